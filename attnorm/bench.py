@@ -1,0 +1,298 @@
+"""Layer benchmark: regional norm fast vs literal; AN vs self-attention vs conv1x1+IN.
+
+Forward+backward median time (after warm-up, all variants measured in this one
+process, interleaved per size) and peak memory:
+  * CUDA: ``torch.cuda.max_memory_allocated`` around one forward+backward;
+  * CPU: a fresh subprocess per (variant, size) runs one forward+backward and
+    reports its peak resident set (``ru_maxrss``) minus its resident set just
+    before, i.e. the memory the computation itself needed.
+A variant whose estimated footprint exceeds ``--max-mem-gb`` is reported as
+skipped, and so is one that runs out of memory.
+
+    attnorm bench                     # built-in sizes 16, 32, 64, 128; b=8, c=128, n=16
+    attnorm bench --sizes 32 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .layers import AttentiveNorm, SelfAttention2d, regional_norm, regional_norm_literal
+
+VARIANTS = ("rn_fast", "rn_literal", "an", "sa", "conv_in")
+DESCRIPTIONS = {
+    "rn_fast": "regional norm, fast path (attnorm.layers.regional_norm)",
+    "rn_literal": "regional norm, literal Algorithm 1 (5-D tensors)",
+    "an": "whole AttentiveNorm layer, training mode (SSR on)",
+    "sa": "SAGAN self-attention (explicit hw x hw/4 attention)",
+    "conv_in": "conv1x1 + InstanceNorm2d (the floor AN cannot beat)",
+}
+
+
+def estimate_bytes(variant: str, b: int, c: int, n: int, hw: int, elt: int = 4) -> int:
+    """Rough forward+backward footprint, used only to skip what cannot fit."""
+    base = b * c * hw * elt
+    if variant == "rn_literal":
+        return 8 * b * c * n * hw * elt + 8 * base
+    if variant == "sa":
+        return 4 * b * hw * max(hw // 4, 1) * elt + 8 * base
+    return 12 * base + 4 * b * n * hw * elt
+
+
+def build(variant: str, b: int, c: int, n: int, size: int, device: str) -> Callable[[], None]:
+    """Return a closure running one forward+backward of ``variant``."""
+    g = torch.Generator().manual_seed(0)
+    shape = (b, c, size, size)
+    grad = torch.randn(shape, generator=g).to(device)
+    if variant in ("rn_fast", "rn_literal"):
+        v = torch.randn(shape, generator=g).to(device).requires_grad_()
+        logits = torch.randn(b, n, size, size, generator=g).to(device).requires_grad_()
+        beta = torch.ones(c, device=device, requires_grad=True)
+        alpha = torch.zeros(c, device=device, requires_grad=True)
+        fn = regional_norm if variant == "rn_fast" else regional_norm_literal
+
+        def step() -> None:
+            layout = torch.softmax(logits, dim=1)
+            fn(v, layout, beta, alpha).backward(grad)
+        return step
+    if variant == "an":
+        module: nn.Module = AttentiveNorm(c, num_entities=n)
+        with torch.no_grad():
+            module.sigma.fill_(0.5)
+    elif variant == "sa":
+        module = SelfAttention2d(c)
+        with torch.no_grad():
+            module.gamma.fill_(0.5)
+    elif variant == "conv_in":
+        module = nn.Sequential(nn.Conv2d(c, c, 1), nn.InstanceNorm2d(c, affine=True))
+    else:
+        raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
+    module = module.to(device).train()
+    x = torch.randn(shape, generator=g).to(device).requires_grad_()
+
+    def step() -> None:
+        module(x).backward(grad)
+    return step
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_variant(step: Callable[[], None], device: str, warmup: int, repeats: int) -> list[float]:
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _status_bytes(field: str) -> int:
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not found in /proc/self/status")
+
+
+def _peak_child(variant: str, b: int, c: int, n: int, size: int) -> None:
+    """Entry point of the memory subprocess: prints the peak bytes of one step."""
+    step = build(variant, b, c, n, size, "cpu")
+    step()  # warm-up: pages in library code and one-time buffers, which are not the step's memory
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak resident set (VmHWM) to the current one
+    before = _status_bytes("VmRSS")
+    step()
+    print(json.dumps({"peak_bytes": max(_status_bytes("VmHWM") - before, 0)}))
+
+
+def peak_memory(variant: str, b: int, c: int, n: int, size: int, device: str) -> int | None:
+    if device.startswith("cuda"):
+        step = build(variant, b, c, n, size, device)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    if not os.path.exists("/proc/self/clear_refs"):
+        return None
+    code = ("import sys; from attnorm.bench import _peak_child; "
+            f"_peak_child({variant!r}, {b}, {c}, {n}, {size})")
+    # A fixed mmap threshold makes glibc return every large block to the OS on free,
+    # so the warm-up's memory is not silently reused by the measured step.
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if res.returncode != 0:
+        return None
+    return int(json.loads(res.stdout.strip().splitlines()[-1])["peak_bytes"])
+
+
+def run(sizes=(16, 32, 64, 128), batch=8, channels=128, entities=16, repeats=7, warmup=2,
+        device="cpu", max_mem_gb=8.0, memory=True, variants=VARIANTS, log=print) -> dict:
+    """Measure every variant at every size; timed runs are interleaved round-robin
+    across the variants of a size, so machine noise hits all of them alike."""
+    results = []
+    for size in sizes:
+        rows, steps = {}, {}
+        for variant in variants:
+            row = {"variant": variant, "size": size, "batch": batch, "channels": channels,
+                   "entities": entities}
+            rows[variant] = row
+            est = estimate_bytes(variant, batch, channels, entities, size * size)
+            if est > max_mem_gb * 2**30:
+                row.update(status="skipped",
+                           reason=f"estimated {est / 2**30:.1f} GiB > --max-mem-gb {max_mem_gb}")
+                continue
+            try:
+                steps[variant] = build(variant, batch, channels, entities, size, device)
+                time_variant(steps[variant], device, warmup, 0)
+            except (RuntimeError, MemoryError) as exc:  # out of memory
+                steps.pop(variant, None)
+                row.update(status="skipped", reason=f"failed: {str(exc).splitlines()[0][:120]}")
+        times: dict[str, list[float]] = {v: [] for v in steps}
+        for _ in range(repeats):
+            for variant, step in steps.items():
+                times[variant] += time_variant(step, device, 0, 1)
+        steps.clear()
+        for variant in variants:
+            row = rows[variant]
+            if variant in times:
+                mem = None
+                if memory:
+                    try:
+                        mem = peak_memory(variant, batch, channels, entities, size, device)
+                    except (RuntimeError, MemoryError):
+                        mem = None
+                row.update(status="ok", median_ms=1e3 * statistics.median(times[variant]),
+                           times_ms=[1e3 * t for t in times[variant]],
+                           peak_mib=None if mem is None else mem / 2**20)
+                log(f"  {variant:>10} {size:>4}: {row['median_ms']:9.2f} ms"
+                    + ("" if mem is None else f"  {mem / 2**20:9.1f} MiB"))
+            else:
+                log(f"  {variant:>10} {size:>4}: skipped ({row['reason']})")
+            results.append(row)
+    return {
+        "config": {"sizes": list(sizes), "batch": batch, "channels": channels, "entities": entities,
+                   "repeats": repeats, "warmup": warmup, "device": device,
+                   "threads": torch.get_num_threads(), "torch": torch.__version__,
+                   "machine": platform.processor() or platform.machine(),
+                   "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
+                   "memory_method": ("torch.cuda.max_memory_allocated" if device.startswith("cuda")
+                                     else "subprocess VmHWM - VmRSS after warm-up")},
+        "results": results,
+        "targets": targets(results),
+    }
+
+
+def _get(results, variant, size, key):
+    for r in results:
+        if r["variant"] == variant and r["size"] == size and r.get("status") == "ok":
+            return r.get(key)
+    return None
+
+
+def targets(results) -> list[dict]:
+    """The issue's targets as measured ratios (None where a variant did not run)."""
+    spec = [  # (name, numerator variant, denominator variant, size, key, goal, direction)
+        ("rn fast vs literal: speed-up at 32", "rn_literal", "rn_fast", 32, "median_ms", 20, ">="),
+        ("rn fast vs literal: memory ratio at 32", "rn_literal", "rn_fast", 32, "peak_mib", 8, ">="),
+        ("AN vs SA: speed-up at 64", "sa", "an", 64, "median_ms", 4, ">="),
+        ("AN vs SA: speed-up at 128", "sa", "an", 128, "median_ms", 10, ">="),
+        ("AN vs SA: memory ratio at 128", "sa", "an", 128, "peak_mib", 10, ">="),
+        ("AN / conv1x1+IN time at 32", "an", "conv_in", 32, "median_ms", 2.5, "<="),
+        ("AN / conv1x1+IN time at 64", "an", "conv_in", 64, "median_ms", 2.5, "<="),
+    ]
+    out = []
+    for name, num, den, size, key, goal, op in spec:
+        a, b = _get(results, num, size, key), _get(results, den, size, key)
+        ratio = a / b if a is not None and b else None
+        met = None if ratio is None else (ratio >= goal if op == ">=" else ratio <= goal)
+        out.append({"target": name, "ratio": ratio, "goal": f"{op} {goal}", "met": met})
+    return out
+
+
+def format_table(report: dict) -> str:
+    cfg = report["config"]
+    lines = [f"device={cfg['device']} threads={cfg['threads']} torch={cfg['torch']} "
+             f"b={cfg['batch']} c={cfg['channels']} n={cfg['entities']} repeats={cfg['repeats']}",
+             f"{'variant':<11}" + "".join(f"{s:>22}" for s in cfg["sizes"]),
+             f"{'':<11}" + "".join(f"{'ms':>11}{'MiB':>11}" for _ in cfg["sizes"])]
+    for variant in dict.fromkeys(r["variant"] for r in report["results"]):
+        cells = []
+        for s in cfg["sizes"]:
+            t, m = _get(report["results"], variant, s, "median_ms"), _get(report["results"], variant, s, "peak_mib")
+            if t is None:
+                cells.append(f"{'skipped':>22}")
+            else:
+                cells.append(f"{t:>11.2f}" + (f"{m:>11.1f}" if m is not None else f"{'-':>11}"))
+        lines.append(f"{variant:<11}" + "".join(cells))
+    lines.append("")
+    lines.append("targets:")
+    for t in report["targets"]:
+        r = "n/a" if t["ratio"] is None else f"{t['ratio']:.2f}"
+        verdict = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
+        lines.append(f"  {t['target']:<40} {r:>8}  (goal {t['goal']}): {verdict}")
+    return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sizes", default="16,32,64,128", help="feature-map sides, comma-separated")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--channels", type=int, default=128)
+    p.add_argument("--entities", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=7, help="timed runs per variant (median reported)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
+    p.add_argument("--max-mem-gb", type=float, default=8.0,
+                   help="skip variants whose estimated footprint exceeds this")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--json", default="bench_results/layers.json", help="where to write the JSON report")
+
+
+def main_from_args(args: argparse.Namespace) -> dict:
+    sizes = tuple(int(s) for s in args.sizes.split(","))
+    variants = tuple(v for v in args.variants.split(",") if v)
+    for v in variants:
+        if v not in VARIANTS:
+            raise SystemExit(f"unknown variant {v!r}; choose from {','.join(VARIANTS)}")
+    report = run(sizes=sizes, batch=args.batch, channels=args.channels, entities=args.entities,
+                 repeats=max(args.repeats, 1), warmup=args.warmup, device=args.device,
+                 max_mem_gb=args.max_mem_gb, memory=not args.no_memory, variants=variants)
+    print(format_table(report))
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"wrote {args.json}")
+    return report
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="attnorm bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    main_from_args(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Normalisation layers by name: ``create_norm("an" | "sa" | "bn" | "in" | "cbn" | "none", c)``."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .attention import SelfAttention2d
+from .attentive import AttentiveNorm
+
+
+class ConditionalBatchNorm2d(nn.Module):
+    """Class-conditional batch norm: BN without affine, then per-class gain and bias.
+
+    Args:
+        num_features: channels ``c``.
+        num_classes: number of classes; gains start at 1 and biases at 0.
+        eps, momentum: as in ``nn.BatchNorm2d``.
+
+    ``forward(x, y)``: ``y`` is a (b,) long tensor of labels, or a (b, num_classes)
+    float tensor of class weights (one-hot or a mixture, for class interpolation).
+    """
+
+    def __init__(self, num_features: int, num_classes: int, eps: float = 1e-5,
+                 momentum: float = 0.1) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.bn = nn.BatchNorm2d(num_features, eps=eps, momentum=momentum, affine=False)
+        self.gain = nn.Embedding(num_classes, num_features)
+        self.bias = nn.Embedding(num_classes, num_features)
+        nn.init.ones_(self.gain.weight)
+        nn.init.zeros_(self.bias.weight)
+
+    def class_params(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Gain and bias (b, c) for labels or class-weight vectors ``y``."""
+        if y.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            if y.dim() != 1:
+                raise ValueError(f"labels must be a (b,) tensor, got shape {tuple(y.shape)}")
+            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+                raise ValueError(f"labels must lie in [0, {self.num_classes}), got {y.tolist()}")
+            return self.gain(y), self.bias(y)
+        if y.dim() != 2 or y.shape[1] != self.num_classes:
+            raise ValueError(
+                f"class weights must be (b, {self.num_classes}), got shape {tuple(y.shape)}")
+        y = y.to(self.gain.weight.dtype)
+        return y @ self.gain.weight, y @ self.bias.weight
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        gain, bias = self.class_params(y)
+        out = self.bn(x)
+        return out * gain[:, :, None, None].to(out.dtype) + bias[:, :, None, None].to(out.dtype)
+
+
+_NORMS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_norm(name: str):
+    """Decorator/registrar: ``register_norm("mine")(factory)`` makes ``create_norm("mine", c)`` work."""
+    def deco(factory: Callable[..., nn.Module]):
+        _NORMS[name] = factory
+        return factory
+    return deco
+
+
+register_norm("an")(AttentiveNorm)
+register_norm("sa")(SelfAttention2d)
+register_norm("bn")(nn.BatchNorm2d)
+register_norm("in")(lambda c, affine=True, **kw: nn.InstanceNorm2d(c, affine=affine, **kw))
+register_norm("cbn")(ConditionalBatchNorm2d)
+register_norm("none")(lambda c, **kw: nn.Identity())
+
+
+def norm_kinds() -> list[str]:
+    return sorted(_NORMS)
+
+
+def create_norm(kind: str, channels: int, **kwargs) -> nn.Module:
+    """Build a normalisation / attention layer by name.
+
+    ``kind``: ``"an"`` (:class:`AttentiveNorm`), ``"sa"`` (:class:`SelfAttention2d`),
+    ``"bn"``, ``"in"`` (affine instance norm), ``"cbn"``
+    (:class:`ConditionalBatchNorm2d`, needs ``num_classes``), ``"none"`` (identity).
+    Extra keyword arguments go to the layer's constructor.
+    """
+    key = (kind or "none").lower()
+    if key not in _NORMS:
+        raise ValueError(f"unknown norm kind {kind!r}; choose one of {norm_kinds()}")
+    return _NORMS[key](channels, **kwargs)
