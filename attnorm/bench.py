@@ -146,6 +146,18 @@ def peak_memory(variant: str, b: int, c: int, n: int, size: int, device: str) ->
     return int(json.loads(res.stdout.strip().splitlines()[-1])["peak_bytes"])
 
 
+def default_memory_budget_gb() -> float:
+    """60% of the memory available now (Linux), else 8 GiB."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return round(0.6 * int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return 8.0
+
+
 def run(sizes=(16, 32, 64, 128), batch=8, channels=128, entities=16, repeats=7, warmup=2,
         device="cpu", max_mem_gb=8.0, memory=True, variants=VARIANTS, log=print) -> dict:
     """Measure every variant at every size; timed runs are interleaved round-robin
@@ -263,8 +275,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
-    p.add_argument("--max-mem-gb", type=float, default=8.0,
-                   help="skip variants whose estimated footprint exceeds this")
+    p.add_argument("--max-mem-gb", type=float, default=None,
+                   help="skip variants whose estimated footprint exceeds this "
+                        "(default: 60%% of the memory available now)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--json", default="bench_results/layers.json", help="where to write the JSON report")
 
@@ -277,7 +290,7 @@ def main_from_args(args: argparse.Namespace) -> dict:
             raise SystemExit(f"unknown variant {v!r}; choose from {','.join(VARIANTS)}")
     report = run(sizes=sizes, batch=args.batch, channels=args.channels, entities=args.entities,
                  repeats=max(args.repeats, 1), warmup=args.warmup, device=args.device,
-                 max_mem_gb=args.max_mem_gb, memory=not args.no_memory, variants=variants)
+                 max_mem_gb=args.max_mem_gb or default_memory_budget_gb(), memory=not args.no_memory, variants=variants)
     print(format_table(report))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

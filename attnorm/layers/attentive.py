@@ -13,7 +13,7 @@ This implementation never builds the query map or the key map: with ``idx`` the
 sampled keys fold into a per-sample entity matrix ``E_b = K + diag(a) Key_s^T W_q``
 and the whole layout is one batched matrix product, fused with the value
 projection. The regional norm output is folded with sigma into the residual
-(``Y = X - (sigma Q) S + V * ((sigma P) S)``, see :mod:`attnorm.layers.regional`).
+(``Y = X - (sigma Q) S + Vc * ((sigma P) S)``, see :mod:`attnorm.layers.regional`).
 The literal, unfused computation lives in :mod:`attnorm.layers.reference`.
 """
 
@@ -148,8 +148,12 @@ class AttentiveNorm(nn.Module):
                 f"{x.shape[1]} (shape {tuple(x.shape)})"
             )
 
-    def _layout_and_value(self, x3: Tensor, positions: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Layout logits (b, n, hw) and value features (b, c, hw) by one batched matmul."""
+    def _layout_and_value(self, x3: Tensor, positions: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Layout logits (b, n, hw), centred values Vc (b, c, hw) and their shift (b, c).
+
+        One batched matmul: ``[E_b; W_v] X + [e_b; -W_v mean_p(X)]``, so the value
+        features come out already centred by their spatial mean ``W_v mean_p(X) + b_v``.
+        """
         b, c, hw = x3.shape
         n = self.num_entities
         dt = x3.dtype
@@ -170,10 +174,11 @@ class AttentiveNorm(nn.Module):
         else:
             ent = entities.expand(b, n, c)  # (b, n, c)
             ent_bias = torch.zeros(1, n, device=x3.device, dtype=dt).expand(b, n)
+        value_of_mean = x3.mean(-1) @ value.t()  # (b, c): W_v mean_p(X)
         weight = torch.cat([ent, value.expand(b, c, c)], dim=1)  # (b, n + c, c)
-        bias = torch.cat([ent_bias, value_bias.view(1, c).expand(b, c)], dim=1)  # (b, n + c)
+        bias = torch.cat([ent_bias, -value_of_mean], dim=1)  # (b, n + c)
         out = torch.baddbmm(bias.unsqueeze(-1), weight, x3)  # (b, n + c, hw)
-        return out[:, :n], out[:, n:]
+        return out[:, :n], out[:, n:], value_of_mean + value_bias
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: Tensor, return_layout: bool = False, positions: Tensor | None = None):
@@ -192,13 +197,14 @@ class AttentiveNorm(nn.Module):
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         with torch.autocast(device_type=x.device.type, enabled=False):
             x3 = x.reshape(b, c, h * w).to(dt)  # (b, c, hw)
-            logits, v = self._layout_and_value(x3, positions)  # (b, n, hw), (b, c, hw)
+            logits, vc, shift = self._layout_and_value(x3, positions)  # (b,n,hw) (b,c,hw) (b,c)
             s = torch.softmax(logits / self.temperature, dim=1)  # (b, n, hw)
-            p, q = regional_coefficients(v, s, self.rn_weight, self.rn_bias, self.eps, self.variance)
+            p, q = regional_coefficients(vc, s, shift, self.rn_weight, self.rn_bias, self.eps,
+                                         self.variance)  # (b, c, n) each
             sigma = self.sigma.to(dt)
-            # Y = X + sigma * (V * (P S) - Q S), evaluated as two fused products.
+            # Y = X + sigma * (Vc * (P S) - Q S), evaluated as two fused products.
             y = torch.baddbmm(x3, q * sigma, s, alpha=-1.0)  # (b, c, hw): X - sigma Q S
-            y = y.addcmul_(v, torch.bmm(p * sigma, s))  # + V * (sigma P S)
+            y = y.addcmul_(vc, torch.bmm(p * sigma, s))  # + Vc * (sigma P S)
         y = y.view(b, c, h, w).to(x.dtype)
         if channels_last:
             y = y.contiguous(memory_format=torch.channels_last)

@@ -16,6 +16,9 @@ product over the pixel axis, and the output expands to
     out_cp = V_cp * (P S)_cp - (Q S)_cp,
     P_ci = beta_c / (std_ci + eps),   Q_ci = beta_c mu_ci / (std_ci + eps) - alpha_c,
 
+(computed on V centred by its per-channel spatial mean, which keeps the
+expanded variances accurate; the shift is added back exactly),
+
 so this module never holds a tensor with both the channel and the entity axis at
 full resolution: memory is O(b c hw + b n hw + b c n). The literal form lives in
 :mod:`attnorm.layers.reference` and the tests check the two agree.
@@ -35,45 +38,68 @@ def _check_variance(variance: str) -> None:
 
 
 def regional_coefficients(
-    v: Tensor,
+    vc: Tensor,
     s: Tensor,
+    shift: Tensor,
     beta: Tensor | None = None,
     alpha: Tensor | None = None,
     eps: float = 1e-5,
     variance: str = "algorithm1",
 ) -> tuple[Tensor, Tensor]:
-    """Per-entity coefficients ``(P, Q)``, each (b, c, n), with RN = V * (P S) - Q S.
+    """Per-entity coefficients ``(P, Q)``, each (b, c, n), with RN = Vc * (P S) - Q S.
 
-    ``v`` is (b, c, hw) and ``s`` is (b, n, hw), both in the compute dtype.
+    Args:
+        vc: centred values (b, c, hw), ``V - shift``; any per-(b, c) shift is
+            exact, the spatial mean of V makes the moments well conditioned.
+        s: soft layout (b, n, hw).
+        shift: (b, c) shift that was subtracted from V.
     """
     _check_variance(variance)
-    hw = v.shape[-1]
-    count = s.sum(-1) + eps  # (b, n)
-    sv = torch.bmm(v, s.transpose(1, 2))  # (b, c, n): sum_p V S
-    mean = sv / count.unsqueeze(1)  # (b, c, n)
-    vv = v * v  # (b, c, hw)
+    hw = vc.shape[-1]
+    tiny = torch.finfo(vc.dtype).tiny
+    k = shift.unsqueeze(-1)  # (b, c, 1)
+    total = s.sum(-1).unsqueeze(1)  # (b, 1, n): T_i = sum_p S_ip
+    count = total + eps  # (b, 1, n)
+    s_t = s.transpose(1, 2)  # (b, hw, n)
+    svc = torch.bmm(vc, s_t)  # (b, c, n): sum_p Vc S
+    sv = svc + k * total  # (b, c, n): sum_p V S
+    # Algorithm 1's (eps-biased) mean relative to the shift, without cancellation:
+    # mu - k = (sum Vc S + k T) / (T + eps) - k = (sum Vc S - k eps) / (T + eps)
+    mean_c = (svc - k * eps) / count  # (b, c, n)
+    vv = vc * vc  # (b, c, hw)
+    # Each sum of squares = a spread about the plain mean m0 of the summed terms
+    # (computed from the centred values) + the offset of m0 from the eps-biased
+    # mean. Both parts are non-negative and free of large cancellations.
     if variance == "algorithm1":
-        # sum_p (V S - mu)^2 = sum V^2 S^2 - 2 mu sum V S + hw mu^2
-        a = torch.bmm(vv, (s * s).transpose(1, 2))  # (b, c, n)
-        sum_sq = a - 2.0 * mean * sv + hw * mean * mean
+        # sum_p (V S - mu)^2 = sum_p (V S - m0)^2 + hw (m0 - mu)^2,  m0 = sum_p V S / hw,
+        # and with V = Vc + k:  sum_p (V S - m0)^2 = [sum Vc^2 S^2 - (sum Vc S)^2 / hw]
+        #     + 2 k [sum Vc S^2 - (T / hw) sum Vc S] + k^2 [sum S^2 - T^2 / hw]
+        s2_t = (s * s).transpose(1, 2)  # (b, hw, n)
+        a = torch.bmm(vv, s2_t)  # (b, c, n): sum_p Vc^2 S^2
+        cross = torch.bmm(vc, s2_t)  # (b, c, n): sum_p Vc S^2
+        s2 = s2_t.sum(1).unsqueeze(1)  # (b, 1, n): sum_p S^2
+        spread = ((a - svc * svc / hw) + 2 * k * (cross - total / hw * svc)
+                  + k * k * (s2 - total * total / hw))
+        offset = sv * ((count - hw) / (hw * count))  # (b, c, n): m0 - mu
+        sum_sq = spread.clamp_min(0) + hw * offset * offset
     else:
-        # sum_p S (V - mu)^2 = sum S V^2 - 2 mu sum S V + mu^2 sum S
-        a = torch.bmm(vv, s.transpose(1, 2))  # (b, c, n)
-        sum_sq = a - 2.0 * mean * sv + mean * mean * (count - eps).unsqueeze(1)
-    var = sum_sq / count.unsqueeze(1)
-    # clamp: rounding can push an (analytically >= 0) variance below zero; the
-    # tiny floor also keeps sqrt's gradient finite for constant inputs.
-    std = var.clamp_min(torch.finfo(var.dtype).tiny).sqrt()
+        # sum_p S (V - mu)^2 = [sum S Vc^2 - (sum S Vc)^2 / T] + T (sum S V / T - mu)^2
+        a = torch.bmm(vv, s_t)  # (b, c, n): sum_p S Vc^2
+        safe_total = total.clamp_min(tiny)
+        spread = a - svc * svc / safe_total
+        offset = (sv / safe_total) * (eps / count)  # (b, c, n): weighted mean - mu
+        sum_sq = spread.clamp_min(0) + total * offset * offset
+    var = sum_sq / count
+    # The tiny floor keeps sqrt's gradient finite where the variance is exactly 0.
+    std = var.clamp_min(tiny).sqrt()
     inv = 1.0 / (std + eps)  # (b, c, n)
     if beta is not None:
-        inv_b = inv * beta.to(inv.dtype).view(1, -1, 1)
-    else:
-        inv_b = inv
-    p = inv_b
-    q = mean * inv_b
+        inv = inv * beta.to(inv.dtype).view(1, -1, 1)
+    # sum_i S_i [(Vc + k - mu_i) inv_i + alpha] = Vc (inv S) - ((mu - k) inv - alpha) S
+    q = mean_c * inv
     if alpha is not None:
         q = q - alpha.to(q.dtype).view(1, -1, 1)
-    return p, q
+    return inv, q
 
 
 def _compute_dtype(t: Tensor) -> torch.dtype:
@@ -119,7 +145,8 @@ def regional_norm(
     with torch.autocast(device_type=v.device.type, enabled=False):
         v3 = v.reshape(b, c, h * w).to(dt)  # (b, c, hw)
         s3 = layout.reshape(b, n, h * w).to(dt)  # (b, n, hw)
-        p, q = regional_coefficients(v3, s3, beta, alpha, eps, variance)  # (b, c, n) each
-        ps = torch.bmm(p, s3)  # (b, c, hw)
-        out = torch.addcmul(torch.bmm(q, s3).neg_(), v3, ps)  # V * (P S) - Q S
+        shift = v3.mean(-1)  # (b, c)
+        vc = v3 - shift.unsqueeze(-1)  # (b, c, hw)
+        p, q = regional_coefficients(vc, s3, shift, beta, alpha, eps, variance)  # (b, c, n) each
+        out = torch.addcmul(torch.bmm(q, s3).neg_(), vc, torch.bmm(p, s3))  # Vc (P S) - Q S
     return out.view(b, c, h, w).to(v.dtype)

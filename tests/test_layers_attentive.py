@@ -1,0 +1,237 @@
+"""AttentiveNorm: the fused layer against the literal, unfused computation."""
+
+import numpy as np
+import pytest
+import torch
+
+from attnorm.layers import AttentiveNorm, attentive_norm_literal, orthogonality_loss
+
+
+def _layer(c=16, n=6, dtype=torch.float64, seed=0, **kw):
+    torch.manual_seed(seed)
+    layer = AttentiveNorm(c, num_entities=n, **kw).to(dtype)
+    with torch.no_grad():  # move away from the identity init so every term matters
+        layer.sigma.fill_(0.8)
+        if layer.affine:
+            layer.rn_weight.normal_()
+            layer.rn_bias.normal_()
+        if layer.self_sampling:
+            layer.ssr_alpha.uniform_(0.2, 0.9)
+            # make the SSR term comparable to the entity term (default init is small)
+            layer.query.mul_(3)
+            layer.key.mul_(3)
+    return layer
+
+
+def _x(b=2, c=16, h=5, w=7, dtype=torch.float64, seed=1):
+    return torch.randn(b, c, h, w, generator=torch.Generator().manual_seed(seed), dtype=dtype) * 2 + 0.5
+
+
+def _rel(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def test_fresh_layer_is_identity():
+    layer = AttentiveNorm(32)
+    x = torch.randn(3, 32, 6, 6)
+    assert torch.equal(layer(x), x)
+    layer.eval()
+    assert torch.equal(layer(x), x)
+
+
+@pytest.mark.parametrize("variance", ["algorithm1", "weighted"])
+@pytest.mark.parametrize("shape", [(2, 5, 7), (1, 1, 1), (3, 4, 4), (2, 9, 2)])
+def test_matches_literal_with_ssr(variance, shape):
+    b, h, w = shape
+    layer = _layer(variance=variance)
+    x = _x(b, 16, h, w)
+    positions = torch.randint(h * w, (layer.num_entities,), generator=torch.Generator().manual_seed(5))
+    y, layout = layer(x, return_layout=True, positions=positions)
+    y_ref, layout_ref = attentive_norm_literal(layer, x, positions)
+    assert _rel(y, y_ref) <= 1e-10
+    assert (layout - layout_ref).abs().max() <= 1e-12
+    assert torch.allclose(layout.sum(1), torch.ones(b, h, w, dtype=x.dtype))
+
+
+def test_eval_mode_is_deterministic_and_ssr_free():
+    layer = _layer().eval()
+    x = _x()
+    y1, y2 = layer(x), layer(x)
+    assert torch.equal(y1, y2)
+    y_ref, _ = attentive_norm_literal(layer, x, None)
+    assert _rel(y1, y_ref) <= 1e-10
+
+
+def test_training_draws_positions_from_torch_rng():
+    layer = _layer().train()
+    x = _x()
+    hw = x.shape[2] * x.shape[3]
+    torch.manual_seed(123)
+    y1 = layer(x)
+    torch.manual_seed(123)
+    y2 = layer(x)
+    assert torch.equal(y1, y2)  # seeded runs reproduce
+    torch.manual_seed(123)
+    positions = torch.randint(hw, (layer.num_entities,))  # the very draw the layer made
+    y_ref, _ = attentive_norm_literal(layer, x, positions)
+    assert _rel(y1, y_ref) <= 1e-10
+    y3 = layer(x)  # a fresh draw changes the output
+    assert not torch.equal(y1, y3)
+
+
+def test_ssr_alpha_is_clipped_to_unit_interval():
+    layer = _layer()
+    x = _x()
+    pos = torch.arange(layer.num_entities) % (x.shape[2] * x.shape[3])
+    outs = []
+    for value in (5.0, 1.0, -3.0, 0.0):
+        with torch.no_grad():
+            layer.ssr_alpha.fill_(value)
+        outs.append(layer(x, positions=pos))
+    assert torch.equal(outs[0], outs[1])
+    assert torch.equal(outs[2], outs[3])
+    assert not torch.equal(outs[1], outs[3])
+
+
+def test_ssr_alpha_starts_at_point_one_and_sigma_at_zero():
+    layer = AttentiveNorm(16, num_entities=5)
+    assert torch.equal(layer.ssr_alpha.detach(), torch.full((5,), 0.1))
+    assert layer.sigma.item() == 0.0
+
+
+def test_gradients_match_literal():
+    layer = _layer()
+    x = _x(2, 16, 4, 3)
+    pos = torch.tensor([0, 5, 5, 11, 2, 7])
+    weight = torch.linspace(-1, 1, x.numel(), dtype=x.dtype).view_as(x)
+    grads = []
+    for fn in (lambda x: layer(x, positions=pos), lambda x: attentive_norm_literal(layer, x, pos)[0]):
+        layer.zero_grad()
+        xr = x.clone().requires_grad_()
+        (fn(xr) * weight).sum().backward()
+        grads.append([xr.grad] + [p.grad.clone() for p in layer.parameters()])
+    for fast, ref in zip(*grads):
+        assert _rel(fast, ref) <= 1e-9
+
+
+def test_gradcheck_small():
+    layer = _layer(c=8, n=3)
+    x = _x(1, 8, 3, 2).requires_grad_()
+    pos = torch.tensor([0, 4, 4])
+    assert torch.autograd.gradcheck(lambda x: layer(x, positions=pos), (x,))
+
+
+def test_float32_close_to_float64():
+    layer = _layer()
+    x = _x()
+    pos = torch.tensor([1, 2, 3, 30, 9, 9])
+    ref, _ = attentive_norm_literal(layer, x, pos)
+    y = layer.float()(x.float(), positions=pos)
+    assert _rel(y.double(), ref) <= 1e-4
+
+
+def test_orthogonality_loss_is_frobenius_norm():
+    layer = AttentiveNorm(16, num_entities=6)
+    k = layer.entities.detach().numpy().astype(np.float64)
+    expected = np.sum((k @ k.T - np.eye(6)) ** 2)
+    assert layer.orthogonality_loss().item() == pytest.approx(expected, rel=1e-5)
+    assert layer.orthogonality_loss().item() > 0
+    with torch.no_grad():  # orthonormal rows: zero penalty
+        q, _ = torch.linalg.qr(torch.randn(16, 6))
+        layer.entities.copy_(q.t())
+    assert layer.orthogonality_loss().item() == pytest.approx(0.0, abs=1e-10)
+    with torch.no_grad():  # the authors' signed sum could go negative; a norm cannot
+        layer.entities.mul_(0.1)
+    assert layer.orthogonality_loss().item() > 0
+
+
+def test_orthogonality_loss_sums_over_a_model():
+    model = torch.nn.Sequential(AttentiveNorm(8, 4), torch.nn.ReLU(), AttentiveNorm(16, 3))
+    total = model[0].orthogonality_loss() + model[2].orthogonality_loss()
+    assert orthogonality_loss(model).item() == pytest.approx(total.item())
+    assert orthogonality_loss(torch.nn.Linear(2, 2)).item() == 0.0
+
+
+def test_channels_last_input():
+    layer = _layer(dtype=torch.float32).eval()
+    x = _x(dtype=torch.float32)
+    y = layer(x)
+    y_cl = layer(x.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(y, y_cl, atol=1e-6)
+    assert y_cl.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_no_state_mutated_in_forward():
+    layer = _layer(dtype=torch.float32).train()
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    layer(_x(dtype=torch.float32)).sum().backward()
+    assert list(layer.buffers()) == []  # nothing for DDP to broadcast or SyncBN to sync
+    for k, v in layer.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_layout_shape_and_argmax_usage():
+    layer = _layer(dtype=torch.float32, n=5).eval()
+    y, layout = layer(_x(3, 16, 6, 4, dtype=torch.float32), return_layout=True)
+    assert layout.shape == (3, 5, 6, 4)
+    assert torch.allclose(layout.sum(1), torch.ones(3, 6, 4), atol=1e-6)
+
+
+def test_variants_without_ssr_or_affine():
+    layer = _layer(c=4, self_sampling=False, affine=False)
+    x = _x(2, 4, 3, 3)
+    y_ref, _ = attentive_norm_literal(layer, x, None)
+    assert _rel(layer(x), y_ref) <= 1e-10  # training mode, but no SSR
+    with pytest.raises(ValueError, match="self_sampling=False"):
+        layer(x, positions=torch.tensor([0]))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(channels=16, num_entities=0), "num_entities"),
+    (dict(channels=16, temperature=0.0), "temperature"),
+    (dict(channels=16, temperature=-1.0), "temperature"),
+    (dict(channels=4), "channels >= 8"),
+    (dict(channels=16, variance="usual"), "variance"),
+])
+def test_constructor_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        AttentiveNorm(**kwargs)
+
+
+def test_input_errors():
+    layer = AttentiveNorm(16)
+    with pytest.raises(ValueError, match="4-D"):
+        layer(torch.randn(16, 4, 4))
+    with pytest.raises(ValueError, match="built for 16 channels"):
+        layer(torch.randn(1, 8, 4, 4))
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    layer = _layer(dtype=torch.float32).eval()
+    x = _x(dtype=torch.float32)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    assert torch.allclose(compiled(x), layer(x), atol=1e-6)
+
+
+def test_torch_export_matches_eager():
+    layer = _layer(dtype=torch.float32).eval()
+    x = _x(dtype=torch.float32)
+    exported = torch.export.export(layer, (x,))
+    assert torch.allclose(exported.module()(x), layer(x), atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_and_bf16_autocast():
+    layer = _layer()
+    x = _x(4, 16, 16, 16)
+    pos = torch.randint(256, (layer.num_entities,))
+    ref, _ = attentive_norm_literal(layer, x, pos)
+    layer32 = layer.float().cuda()
+    y = layer32(x.float().cuda(), positions=pos.cuda())
+    assert _rel(y.double().cpu(), ref) <= 1e-4
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y16 = layer32(x.float().cuda().bfloat16(), positions=pos.cuda())
+        y16.float().sum().backward()
+    assert y16.dtype == torch.bfloat16 and torch.isfinite(y16).all()
+    assert _rel(y16.double().cpu(), ref) <= 5e-2
+    assert all(torch.isfinite(p.grad).all() for p in layer32.parameters())

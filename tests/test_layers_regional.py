@@ -1,0 +1,187 @@
+"""Regional normalisation: the fast path against the literal Algorithm 1."""
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from attnorm.layers import regional_norm, regional_norm_literal
+
+VARIANCES = ["algorithm1", "weighted"]
+
+
+def _inputs(b, c, n, h, w, dtype=torch.float64, layout="soft", seed=0, offset=0.0, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(b, c, h, w, generator=g, dtype=dtype) * scale + offset
+    logits = torch.randn(b, n, h, w, generator=g, dtype=dtype)
+    if layout == "soft":
+        s = torch.softmax(logits * 3, dim=1)
+    elif layout == "onehot":
+        s = torch.nn.functional.one_hot(logits.argmax(1), n).permute(0, 3, 1, 2).to(dtype)
+    elif layout == "empty":  # entity 0 owns nothing, entity 1 almost nothing
+        logits[:, 0] = -float("inf")
+        logits[:, 1] = -60.0
+        s = torch.softmax(logits, dim=1)
+    else:
+        raise ValueError(layout)
+    beta = torch.randn(c, generator=g, dtype=dtype)
+    alpha = torch.randn(c, generator=g, dtype=dtype)
+    return v, s, beta, alpha
+
+
+def _rel_err(a, ref):
+    return ((a - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("variance", VARIANCES)
+@pytest.mark.parametrize("shape", [(2, 8, 4, 6, 5), (1, 3, 16, 9, 9), (3, 5, 2, 1, 7), (2, 4, 3, 2, 2)])
+@pytest.mark.parametrize("layout", ["soft", "onehot", "empty"])
+def test_fast_matches_literal_float64(variance, shape, layout):
+    v, s, beta, alpha = _inputs(*shape, layout=layout)
+    out = regional_norm(v, s, beta, alpha, variance=variance)
+    ref = regional_norm_literal(v, s, beta, alpha, variance=variance)
+    assert out.shape == v.shape and out.dtype == v.dtype
+    assert torch.isfinite(out).all()
+    assert _rel_err(out, ref) <= 1e-10
+
+
+@pytest.mark.parametrize("variance", VARIANCES)
+def test_fast_matches_literal_offset_and_scaled_inputs(variance):
+    # Features far from zero mean stress the expanded variance (cancellation).
+    v, s, beta, alpha = _inputs(2, 6, 5, 7, 7, offset=20.0, scale=0.5)
+    out = regional_norm(v, s, beta, alpha, variance=variance)
+    ref = regional_norm_literal(v, s, beta, alpha, variance=variance)
+    assert _rel_err(out, ref) <= 1e-10
+
+
+@pytest.mark.parametrize("variance", VARIANCES)
+def test_degenerate_1x1_maps_with_near_empty_entities(variance):
+    v, s, beta, alpha = _inputs(4, 6, 8, 1, 1, layout="empty")
+    out = regional_norm(v, s, beta, alpha, variance=variance)
+    ref = regional_norm_literal(v, s, beta, alpha, variance=variance)
+    assert torch.isfinite(out).all()
+    assert _rel_err(out, ref) <= 1e-5
+
+
+@pytest.mark.parametrize("variance", VARIANCES)
+@pytest.mark.parametrize("layout", ["soft", "onehot", "empty"])
+def test_float32_close_to_float64_literal(variance, layout):
+    v, s, beta, alpha = _inputs(2, 16, 8, 12, 10, layout=layout, seed=3)
+    out = regional_norm(v.float(), s.float(), beta.float(), alpha.float(), variance=variance)
+    ref = regional_norm_literal(v, s, beta, alpha, variance=variance)
+    assert out.dtype == torch.float32
+    assert _rel_err(out.double(), ref) <= 1e-4
+
+
+@pytest.mark.parametrize("variance", VARIANCES)
+def test_constant_inputs_are_finite_with_finite_gradients(variance):
+    v = torch.full((2, 4, 5, 5), 3.0, requires_grad=True)
+    s = torch.softmax(torch.randn(2, 3, 5, 5), 1).requires_grad_()
+    out = regional_norm(v, s, variance=variance)
+    ref = regional_norm_literal(v.detach().double(), s.detach().double(), variance=variance)
+    assert _rel_err(out.detach().double(), ref) <= 1e-4
+    out.square().sum().backward()
+    assert torch.isfinite(v.grad).all() and torch.isfinite(s.grad).all()
+
+
+@pytest.mark.parametrize("layout", ["onehot", "empty"])
+def test_extreme_layouts_give_finite_gradients(layout):
+    v, s, beta, alpha = _inputs(2, 4, 3, 4, 4, dtype=torch.float32, layout=layout)
+    v.requires_grad_()
+    s.requires_grad_()
+    regional_norm(v, s, beta, alpha).sum().backward()
+    assert torch.isfinite(v.grad).all() and torch.isfinite(s.grad).all()
+
+
+@pytest.mark.parametrize("variance", VARIANCES)
+def test_gradcheck(variance):
+    v, s, beta, alpha = _inputs(2, 3, 3, 3, 2)
+    logits = torch.randn(2, 3, 3, 2, dtype=torch.float64, requires_grad=True)
+    v.requires_grad_()
+    beta.requires_grad_()
+    alpha.requires_grad_()
+
+    def fn(v, logits, beta, alpha):
+        return regional_norm(v, torch.softmax(logits, 1), beta, alpha, variance=variance)
+
+    assert torch.autograd.gradcheck(fn, (v, logits, beta, alpha))
+
+
+@pytest.mark.parametrize("variance", VARIANCES)
+def test_gradients_match_literal(variance):
+    v, s, beta, alpha = _inputs(2, 5, 4, 6, 3)
+    logits = torch.randn(2, 4, 6, 3, dtype=torch.float64)
+    grads = []
+    for fn in (regional_norm, regional_norm_literal):
+        leaves = [t.clone().requires_grad_() for t in (v, logits, beta, alpha)]
+        out = fn(leaves[0], torch.softmax(leaves[1], 1), leaves[2], leaves[3], variance=variance)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        grads.append([t.grad for t in leaves])
+    for fast, ref in zip(*grads):
+        assert _rel_err(fast, ref) <= 1e-9
+
+
+def test_defaults_are_unit_scale_zero_shift():
+    v, s, _, _ = _inputs(2, 4, 3, 5, 5)
+    c = v.shape[1]
+    a = regional_norm(v, s)
+    b = regional_norm(v, s, torch.ones(c, dtype=v.dtype), torch.zeros(c, dtype=v.dtype))
+    assert torch.equal(a, b)
+
+
+def test_bf16_autocast_computes_moments_in_float32():
+    v, s, beta, alpha = _inputs(2, 8, 4, 6, 6, dtype=torch.float32)
+    v16 = v.to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = regional_norm(v16, s, beta, alpha)
+    assert out.dtype == torch.bfloat16
+    expected = regional_norm(v16.float(), s, beta, alpha).to(torch.bfloat16)
+    assert torch.equal(out, expected)
+
+
+class _MaxNumel(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.max_numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.max_numel = max(self.max_numel, t.numel())
+        return out
+
+
+def test_no_tensor_holds_channel_and_entity_axes_at_full_resolution():
+    b, c, n, h, w = 2, 16, 8, 12, 12
+    v, s, beta, alpha = _inputs(b, c, n, h, w, dtype=torch.float32)
+    v.requires_grad_()
+    s.requires_grad_()
+    bound = b * c * h * w  # the largest tensor the fast path may create (same size as v)
+    with _MaxNumel() as fast:
+        regional_norm(v, s, beta, alpha).sum().backward()
+    with _MaxNumel() as literal:
+        regional_norm_literal(v, s, beta, alpha).sum().backward()
+    assert fast.max_numel <= bound
+    assert literal.max_numel >= b * c * n * h * w  # the probe does see the 5-D tensors
+
+
+def test_errors_name_the_problem():
+    v, s, _, _ = _inputs(2, 4, 3, 5, 5)
+    with pytest.raises(ValueError, match="variance"):
+        regional_norm(v, s, variance="std")
+    with pytest.raises(ValueError, match="spatial"):
+        regional_norm(v, s[:, :, :4])
+    with pytest.raises(ValueError, match=r"\(b, c, h, w\)"):
+        regional_norm(v[0], s)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu_and_bf16_autocast():
+    v, s, beta, alpha = _inputs(2, 32, 16, 16, 16, dtype=torch.float32)
+    ref = regional_norm_literal(v.double(), s.double(), beta.double(), alpha.double())
+    out = regional_norm(v.cuda(), s.cuda(), beta.cuda(), alpha.cuda())
+    assert _rel_err(out.cpu().double(), ref) <= 1e-4
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out16 = regional_norm(v.cuda().bfloat16(), s.cuda(), beta.cuda(), alpha.cuda())
+    assert torch.isfinite(out16).all()
+    assert _rel_err(out16.float().cpu().double(), ref) <= 5e-2
