@@ -178,7 +178,8 @@ class AttentiveNorm(nn.Module):
         weight = torch.cat([ent, value.expand(b, c, c)], dim=1)  # (b, n + c, c)
         bias = torch.cat([ent_bias, -value_of_mean], dim=1)  # (b, n + c)
         out = torch.baddbmm(bias.unsqueeze(-1), weight, x3)  # (b, n + c, hw)
-        return out[:, :n], out[:, n:], value_of_mean + value_bias
+        logits, vc = torch.split(out, [n, c], dim=1)  # one SplitBackward, not two zero-filled slices
+        return logits, vc, value_of_mean + value_bias
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: Tensor, return_layout: bool = False, positions: Tensor | None = None):

@@ -60,8 +60,12 @@ def regional_coefficients(
     k = shift.unsqueeze(-1)  # (b, c, 1)
     total = s.sum(-1).unsqueeze(1)  # (b, 1, n): T_i = sum_p S_ip
     count = total + eps  # (b, 1, n)
-    s_t = s.transpose(1, 2)  # (b, hw, n)
-    svc = torch.bmm(vc, s_t)  # (b, c, n): sum_p Vc S
+    if variance == "algorithm1":
+        s2 = s * s  # (b, n, hw)
+        # one pass over Vc for both sum_p Vc S and sum_p Vc S^2
+        svc, cross = torch.bmm(vc, torch.cat([s, s2], dim=1).transpose(1, 2)).split(s.shape[1], dim=2)
+    else:
+        svc = torch.bmm(vc, s.transpose(1, 2))  # (b, c, n): sum_p Vc S
     sv = svc + k * total  # (b, c, n): sum_p V S
     # Algorithm 1's (eps-biased) mean relative to the shift, without cancellation:
     # mu - k = (sum Vc S + k T) / (T + eps) - k = (sum Vc S - k eps) / (T + eps)
@@ -74,17 +78,15 @@ def regional_coefficients(
         # sum_p (V S - mu)^2 = sum_p (V S - m0)^2 + hw (m0 - mu)^2,  m0 = sum_p V S / hw,
         # and with V = Vc + k:  sum_p (V S - m0)^2 = [sum Vc^2 S^2 - (sum Vc S)^2 / hw]
         #     + 2 k [sum Vc S^2 - (T / hw) sum Vc S] + k^2 [sum S^2 - T^2 / hw]
-        s2_t = (s * s).transpose(1, 2)  # (b, hw, n)
-        a = torch.bmm(vv, s2_t)  # (b, c, n): sum_p Vc^2 S^2
-        cross = torch.bmm(vc, s2_t)  # (b, c, n): sum_p Vc S^2
-        s2 = s2_t.sum(1).unsqueeze(1)  # (b, 1, n): sum_p S^2
+        a = torch.bmm(vv, s2.transpose(1, 2))  # (b, c, n): sum_p Vc^2 S^2
+        s2_sum = s2.sum(-1).unsqueeze(1)  # (b, 1, n): sum_p S^2
         spread = ((a - svc * svc / hw) + 2 * k * (cross - total / hw * svc)
-                  + k * k * (s2 - total * total / hw))
+                  + k * k * (s2_sum - total * total / hw))
         offset = sv * ((count - hw) / (hw * count))  # (b, c, n): m0 - mu
         sum_sq = spread.clamp_min(0) + hw * offset * offset
     else:
         # sum_p S (V - mu)^2 = [sum S Vc^2 - (sum S Vc)^2 / T] + T (sum S V / T - mu)^2
-        a = torch.bmm(vv, s_t)  # (b, c, n): sum_p S Vc^2
+        a = torch.bmm(vv, s.transpose(1, 2))  # (b, c, n): sum_p S Vc^2
         safe_total = total.clamp_min(tiny)
         spread = a - svc * svc / safe_total
         offset = (sv / safe_total) * (eps / count)  # (b, c, n): weighted mean - mu
