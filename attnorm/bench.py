@@ -50,8 +50,14 @@ def estimate_bytes(variant: str, b: int, c: int, n: int, hw: int, elt: int = 4) 
     return 12 * base + 4 * b * n * hw * elt
 
 
-def build(variant: str, b: int, c: int, n: int, size: int, device: str) -> Callable[[], None]:
-    """Return a closure running one forward+backward of ``variant``."""
+def build(variant: str, b: int, c: int, n: int, size: int, device: str,
+          compile_mode: str | None = None) -> Callable[[], None]:
+    """Return a closure running one forward+backward of ``variant``.
+
+    ``compile_mode``: wrap the function/module in ``torch.compile(mode=...)`` (all
+    variants alike); None runs eagerly.
+    """
+    maybe_compile = (lambda f: torch.compile(f, mode=compile_mode)) if compile_mode else (lambda f: f)
     g = torch.Generator().manual_seed(0)
     shape = (b, c, size, size)
     grad = torch.randn(shape, generator=g).to(device)
@@ -60,7 +66,7 @@ def build(variant: str, b: int, c: int, n: int, size: int, device: str) -> Calla
         logits = torch.randn(b, n, size, size, generator=g).to(device).requires_grad_()
         beta = torch.ones(c, device=device, requires_grad=True)
         alpha = torch.zeros(c, device=device, requires_grad=True)
-        fn = regional_norm if variant == "rn_fast" else regional_norm_literal
+        fn = maybe_compile(regional_norm if variant == "rn_fast" else regional_norm_literal)
 
         def step() -> None:
             layout = torch.softmax(logits, dim=1)
@@ -78,7 +84,7 @@ def build(variant: str, b: int, c: int, n: int, size: int, device: str) -> Calla
         module = nn.Sequential(nn.Conv2d(c, c, 1), nn.InstanceNorm2d(c, affine=True))
     else:
         raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
-    module = module.to(device).train()
+    module = maybe_compile(module.to(device).train())
     x = torch.randn(shape, generator=g).to(device).requires_grad_()
 
     def step() -> None:
@@ -113,9 +119,9 @@ def _status_bytes(field: str) -> int:
     raise RuntimeError(f"{field} not found in /proc/self/status")
 
 
-def _peak_child(variant: str, b: int, c: int, n: int, size: int) -> None:
+def _peak_child(variant: str, b: int, c: int, n: int, size: int, compile_mode=None) -> None:
     """Entry point of the memory subprocess: prints the peak bytes of one step."""
-    step = build(variant, b, c, n, size, "cpu")
+    step = build(variant, b, c, n, size, "cpu", compile_mode)
     step()  # warm-up: pages in library code and one-time buffers, which are not the step's memory
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak resident set (VmHWM) to the current one
@@ -124,9 +130,11 @@ def _peak_child(variant: str, b: int, c: int, n: int, size: int) -> None:
     print(json.dumps({"peak_bytes": max(_status_bytes("VmHWM") - before, 0)}))
 
 
-def peak_memory(variant: str, b: int, c: int, n: int, size: int, device: str) -> int | None:
+def peak_memory(variant: str, b: int, c: int, n: int, size: int, device: str,
+                compile_mode: str | None = None) -> int | None:
     if device.startswith("cuda"):
-        step = build(variant, b, c, n, size, device)
+        step = build(variant, b, c, n, size, device, compile_mode)
+        step()  # warm-up (and compilation)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -136,7 +144,7 @@ def peak_memory(variant: str, b: int, c: int, n: int, size: int, device: str) ->
     if not os.path.exists("/proc/self/clear_refs"):
         return None
     code = ("import sys; from attnorm.bench import _peak_child; "
-            f"_peak_child({variant!r}, {b}, {c}, {n}, {size})")
+            f"_peak_child({variant!r}, {b}, {c}, {n}, {size}, {compile_mode!r})")
     # A fixed mmap threshold makes glibc return every large block to the OS on free,
     # so the warm-up's memory is not silently reused by the measured step.
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
@@ -159,7 +167,8 @@ def default_memory_budget_gb() -> float:
 
 
 def run(sizes=(16, 32, 64, 128), batch=8, channels=128, entities=16, repeats=7, warmup=2,
-        device="cpu", max_mem_gb=8.0, memory=True, variants=VARIANTS, log=print) -> dict:
+        device="cpu", max_mem_gb=8.0, memory=True, variants=VARIANTS, compile_mode=None,
+        log=print) -> dict:
     """Measure every variant at every size; timed runs are interleaved round-robin
     across the variants of a size, so machine noise hits all of them alike."""
     results = []
@@ -175,7 +184,7 @@ def run(sizes=(16, 32, 64, 128), batch=8, channels=128, entities=16, repeats=7, 
                            reason=f"estimated {est / 2**30:.1f} GiB > --max-mem-gb {max_mem_gb}")
                 continue
             try:
-                steps[variant] = build(variant, batch, channels, entities, size, device)
+                steps[variant] = build(variant, batch, channels, entities, size, device, compile_mode)
                 time_variant(steps[variant], device, warmup, 0)
             except (RuntimeError, MemoryError) as exc:  # out of memory
                 steps.pop(variant, None)
@@ -191,7 +200,8 @@ def run(sizes=(16, 32, 64, 128), batch=8, channels=128, entities=16, repeats=7, 
                 mem = None
                 if memory:
                     try:
-                        mem = peak_memory(variant, batch, channels, entities, size, device)
+                        mem = peak_memory(variant, batch, channels, entities, size, device,
+                                          compile_mode)
                     except (RuntimeError, MemoryError):
                         mem = None
                 row.update(status="ok", median_ms=1e3 * statistics.median(times[variant]),
@@ -205,6 +215,7 @@ def run(sizes=(16, 32, 64, 128), batch=8, channels=128, entities=16, repeats=7, 
     return {
         "config": {"sizes": list(sizes), "batch": batch, "channels": channels, "entities": entities,
                    "repeats": repeats, "warmup": warmup, "device": device,
+                   "compile": compile_mode,
                    "threads": torch.get_num_threads(), "torch": torch.__version__,
                    "machine": platform.processor() or platform.machine(),
                    "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
@@ -244,7 +255,7 @@ def targets(results) -> list[dict]:
 
 def format_table(report: dict) -> str:
     cfg = report["config"]
-    lines = [f"device={cfg['device']} threads={cfg['threads']} torch={cfg['torch']} "
+    lines = [f"device={cfg['device']} compile={cfg.get('compile')} threads={cfg['threads']} torch={cfg['torch']} "
              f"b={cfg['batch']} c={cfg['channels']} n={cfg['entities']} repeats={cfg['repeats']}",
              f"{'variant':<11}" + "".join(f"{s:>22}" for s in cfg["sizes"]),
              f"{'':<11}" + "".join(f"{'ms':>11}{'MiB':>11}" for _ in cfg["sizes"])]
@@ -279,6 +290,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="skip variants whose estimated footprint exceeds this "
                         "(default: 60%% of the memory available now)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--compile", default=None, metavar="MODE",
+                   help="torch.compile every variant with this mode (default, reduce-overhead, ...)")
     p.add_argument("--json", default="bench_results/layers.json", help="where to write the JSON report")
 
 
@@ -290,7 +303,8 @@ def main_from_args(args: argparse.Namespace) -> dict:
             raise SystemExit(f"unknown variant {v!r}; choose from {','.join(VARIANTS)}")
     report = run(sizes=sizes, batch=args.batch, channels=args.channels, entities=args.entities,
                  repeats=max(args.repeats, 1), warmup=args.warmup, device=args.device,
-                 max_mem_gb=args.max_mem_gb or default_memory_budget_gb(), memory=not args.no_memory, variants=variants)
+                 max_mem_gb=args.max_mem_gb or default_memory_budget_gb(), memory=not args.no_memory,
+                 variants=variants, compile_mode=args.compile)
     print(format_table(report))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
