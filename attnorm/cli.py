@@ -14,6 +14,7 @@ import sys
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("attnorm.bench", "benchmark AN vs literal Algorithm 1, self-attention and conv1x1+IN"),
+    "inpaint": ("attnorm.inpaint_commands", "inpaint an image (or a folder) with its mask using a trained generator"),
 }
 
 
