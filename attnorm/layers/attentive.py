@@ -24,7 +24,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .regional import _check_variance, _compute_dtype, regional_coefficients
+from .regional import _check_variance, _compute_dtype, combine, regional_coefficients
 
 
 class AttentiveNorm(nn.Module):
@@ -204,8 +204,7 @@ class AttentiveNorm(nn.Module):
                                          self.variance)  # (b, c, n) each
             sigma = self.sigma.to(dt)
             # Y = X + sigma * (Vc * (P S) - Q S), evaluated as two fused products.
-            y = torch.baddbmm(x3, q * sigma, s, alpha=-1.0)  # (b, c, hw): X - sigma Q S
-            y = y.addcmul_(vc, torch.bmm(p * sigma, s))  # + Vc * (sigma P S)
+            y = combine(x3, vc, s, p * sigma, q * sigma)  # (b, c, hw)
         y = y.view(b, c, h, w).to(x.dtype)
         if channels_last:
             y = y.contiguous(memory_format=torch.channels_last)

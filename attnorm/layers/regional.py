@@ -37,6 +37,93 @@ def _check_variance(variance: str) -> None:
         raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
 
 
+class _Moments(torch.autograd.Function):
+    """The pixel sums of Algorithm 1 as matrix products, with a hand-written backward.
+
+    forward(vc (b, c, hw), s (b, n, hw), algorithm1) ->
+        algorithm1: m (b, c, 2n) = [sum_p Vc S | sum_p Vc S^2], a (b, c, n) = sum_p Vc^2 S^2
+        weighted:   m (b, c, n)  =  sum_p Vc S,                 a (b, c, n) = sum_p Vc^2 S
+    The backward reads each (b, c, hw) tensor once per product and writes the
+    gradient of Vc in two passes, where autograd would add several temporaries.
+    """
+
+    @staticmethod
+    def forward(ctx, vc: Tensor, s: Tensor, algorithm1: bool):
+        vv = vc * vc  # (b, c, hw)
+        if algorithm1:
+            s2 = s * s  # (b, n, hw)
+            ss = torch.cat([s, s2], dim=1)  # (b, 2n, hw)
+            m = torch.bmm(vc, ss.transpose(1, 2))  # (b, c, 2n)
+            a = torch.bmm(vv, s2.transpose(1, 2))  # (b, c, n)
+        else:
+            ss = s2 = s
+            m = torch.bmm(vc, s.transpose(1, 2))  # (b, c, n)
+            a = torch.bmm(vv, s.transpose(1, 2))  # (b, c, n)
+        ctx.save_for_backward(vc, vv, s, ss, s2)
+        return m, a
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_m: Tensor | None, g_a: Tensor | None):
+        vc, vv, s, ss, s2 = ctx.saved_tensors
+        if g_m is None:
+            g_m = torch.zeros(vc.shape[0], vc.shape[1], ss.shape[1], dtype=vc.dtype, device=vc.device)
+        if g_a is None:
+            g_a = torch.zeros(vc.shape[0], vc.shape[1], s.shape[1], dtype=vc.dtype, device=vc.device)
+        g_vc = g_s = None
+        if ctx.needs_input_grad[0]:
+            g_vc = torch.bmm(g_m, ss)  # (b, c, hw)
+            g_vc.addcmul_(vc, torch.bmm(g_a, s2), value=2.0)
+        if ctx.needs_input_grad[1]:
+            w = torch.bmm(g_m.transpose(1, 2), vc)  # (b, 2n or n, hw)
+            u = torch.bmm(g_a.transpose(1, 2), vv)  # (b, n, hw)
+            n = s.shape[1]
+            if ss is not s:  # algorithm1: d/dS of S^2 terms is 2 S (...)
+                g_s = torch.addcmul(w[:, :n], s, w[:, n:] + u, value=2.0)
+            else:
+                g_s = w + u
+        return g_vc, g_s, None
+
+
+class _Combine(torch.autograd.Function):
+    """``y = x - Q S + Vc * (P S)`` (x optional), with a hand-written backward.
+
+    Shapes: x, vc (b, c, hw); s (b, n, hw); p, q (b, c, n).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor | None, vc: Tensor, s: Tensor, p: Tensor, q: Tensor):
+        t = torch.bmm(p, s)  # (b, c, hw): P S
+        if x is None:
+            y = torch.bmm(q, s).neg_()
+        else:
+            y = torch.baddbmm(x, q, s, alpha=-1.0)  # x - Q S
+        y.addcmul_(vc, t)
+        ctx.save_for_backward(vc, s, p, q, t)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_y: Tensor):
+        vc, s, p, q, t = ctx.saved_tensors
+        need_x, need_vc, need_s, need_p, need_q = ctx.needs_input_grad
+        g_yv = g_y * vc if (need_s or need_p) else None  # (b, c, hw)
+        g_x = g_y if need_x else None
+        g_vc = g_y * t if need_vc else None
+        g_p = torch.bmm(g_yv, s.transpose(1, 2)) if need_p else None  # (b, c, n)
+        g_q = torch.bmm(g_y, s.transpose(1, 2)).neg_() if need_q else None  # (b, c, n)
+        g_s = None
+        if need_s:
+            g_s = torch.bmm(p.transpose(1, 2), g_yv)  # (b, n, hw)
+            g_s.baddbmm_(q.transpose(1, 2), g_y, alpha=-1.0)
+        return g_x, g_vc, g_s, g_p, g_q
+
+
+def combine(x: Tensor | None, vc: Tensor, s: Tensor, p: Tensor, q: Tensor) -> Tensor:
+    """``x - Q S + Vc * (P S)``: the output of regional normalisation (plus a residual)."""
+    return _Combine.apply(x, vc, s, p, q)
+
+
 def regional_coefficients(
     vc: Tensor,
     s: Tensor,
@@ -60,33 +147,29 @@ def regional_coefficients(
     k = shift.unsqueeze(-1)  # (b, c, 1)
     total = s.sum(-1).unsqueeze(1)  # (b, 1, n): T_i = sum_p S_ip
     count = total + eps  # (b, 1, n)
-    if variance == "algorithm1":
-        s2 = s * s  # (b, n, hw)
-        # one pass over Vc for both sum_p Vc S and sum_p Vc S^2
-        svc, cross = torch.bmm(vc, torch.cat([s, s2], dim=1).transpose(1, 2)).split(s.shape[1], dim=2)
-    else:
-        svc = torch.bmm(vc, s.transpose(1, 2))  # (b, c, n): sum_p Vc S
+    algorithm1 = variance == "algorithm1"
+    m, a = _Moments.apply(vc, s, algorithm1)  # (b, c, 2n | n), (b, c, n)
+    n = s.shape[1]
+    svc = m[..., :n]  # (b, c, n): sum_p Vc S
     sv = svc + k * total  # (b, c, n): sum_p V S
     # Algorithm 1's (eps-biased) mean relative to the shift, without cancellation:
     # mu - k = (sum Vc S + k T) / (T + eps) - k = (sum Vc S - k eps) / (T + eps)
     mean_c = (svc - k * eps) / count  # (b, c, n)
-    vv = vc * vc  # (b, c, hw)
     # Each sum of squares = a spread about the plain mean m0 of the summed terms
     # (computed from the centred values) + the offset of m0 from the eps-biased
     # mean. Both parts are non-negative and free of large cancellations.
-    if variance == "algorithm1":
+    if algorithm1:
         # sum_p (V S - mu)^2 = sum_p (V S - m0)^2 + hw (m0 - mu)^2,  m0 = sum_p V S / hw,
         # and with V = Vc + k:  sum_p (V S - m0)^2 = [sum Vc^2 S^2 - (sum Vc S)^2 / hw]
         #     + 2 k [sum Vc S^2 - (T / hw) sum Vc S] + k^2 [sum S^2 - T^2 / hw]
-        a = torch.bmm(vv, s2.transpose(1, 2))  # (b, c, n): sum_p Vc^2 S^2
-        s2_sum = s2.sum(-1).unsqueeze(1)  # (b, 1, n): sum_p S^2
+        cross = m[..., n:]  # (b, c, n): sum_p Vc S^2
+        s2_sum = (s * s).sum(-1).unsqueeze(1)  # (b, 1, n): sum_p S^2
         spread = ((a - svc * svc / hw) + 2 * k * (cross - total / hw * svc)
                   + k * k * (s2_sum - total * total / hw))
         offset = sv * ((count - hw) / (hw * count))  # (b, c, n): m0 - mu
         sum_sq = spread.clamp_min(0) + hw * offset * offset
     else:
-        # sum_p S (V - mu)^2 = [sum S Vc^2 - (sum S Vc)^2 / T] + T (sum S V / T - mu)^2
-        a = torch.bmm(vv, s.transpose(1, 2))  # (b, c, n): sum_p S Vc^2
+        # sum_p S (V - mu)^2 = [sum S Vc^2 - (sum S Vc)^2 / T] + T (sum S V / T - mu)^2, T = sum S
         safe_total = total.clamp_min(tiny)
         spread = a - svc * svc / safe_total
         offset = (sv / safe_total) * (eps / count)  # (b, c, n): weighted mean - mu
@@ -150,5 +233,5 @@ def regional_norm(
         shift = v3.mean(-1)  # (b, c)
         vc = v3 - shift.unsqueeze(-1)  # (b, c, hw)
         p, q = regional_coefficients(vc, s3, shift, beta, alpha, eps, variance)  # (b, c, n) each
-        out = torch.addcmul(torch.bmm(q, s3).neg_(), vc, torch.bmm(p, s3))  # Vc (P S) - Q S
+        out = combine(None, vc, s3, p, q)  # Vc (P S) - Q S
     return out.view(b, c, h, w).to(v.dtype)
