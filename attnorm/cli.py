@@ -15,6 +15,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("attnorm.bench", "benchmark AN vs literal Algorithm 1, self-attention and conv1x1+IN"),
     "inpaint": ("attnorm.inpaint_commands", "inpaint an image (or a folder) with its mask using a trained generator"),
+    "masks": ("attnorm.mask_commands", "write a fixed evaluation mask set (PNGs + masks.json/csv) and print per-bin counts"),
+    "evaluate-inpaint": ("attnorm.evaluate_inpaint", "score an inpainting checkpoint or baseline: PSNR/SSIM/L1 per mask-area bin"),
 }
 
 
