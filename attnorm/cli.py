@@ -14,9 +14,15 @@ import sys
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("attnorm.bench", "benchmark AN vs literal Algorithm 1, self-attention and conv1x1+IN"),
+    "train-gan": ("attnorm.gan_cli.train", "train the class-conditional AN-GAN (small CPU preset by default)"),
+    "sample": ("attnorm.gan_cli.sample", "generate images of chosen classes from a train-gan checkpoint"),
+    "interpolate": ("attnorm.gan_cli.interpolate", "categorical interpolation between two classes (fixed z per row)"),
+    "layouts": ("attnorm.gan_cli.layouts", "show the AN semantic layouts of generated images"),
     "inpaint": ("attnorm.inpaint_commands", "inpaint an image (or a folder) with its mask using a trained generator"),
     "masks": ("attnorm.mask_commands", "write a fixed evaluation mask set (PNGs + masks.json/csv) and print per-bin counts"),
+    "evaluate": ("attnorm.evaluate_cli", "evaluate a model: `evaluate gan` (FID/KID/IS/intra-FID/PR/acc) or `evaluate inpaint`"),
     "evaluate-inpaint": ("attnorm.evaluate_inpaint", "score an inpainting checkpoint or baseline: PSNR/SSIM/L1 per mask-area bin"),
+    "demo": ("attnorm.gan_cli.demo", "train the small AN-GAN on procedural shapes (~5 min CPU) and write all figures"),
 }
 
 

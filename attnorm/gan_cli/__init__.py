@@ -1,0 +1,1 @@
+"""Command-line commands of the class-conditional GAN: train-gan, sample, interpolate, layouts, demo."""

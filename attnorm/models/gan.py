@@ -1,0 +1,356 @@
+"""Class-conditional GAN of the AN paper (supplement, section 2), one definition for 32/64/128 px.
+
+Generator (128 px, ``ch = 64``, listing of the supplement)::
+
+    z(128) -> SN-Linear(4x4x16ch) -> ResBlock up 16ch -> up 8ch -> up 4ch (AN) -> up 2ch -> up 1ch
+           -> BN -> ReLU -> SN-Conv3x3(3) -> tanh
+
+Discriminator::
+
+    x -> ResBlock down ch -> down 2ch (AN) -> down 4ch -> concat(Embed(y), h)
+      -> down 8ch -> down 16ch -> ReLU -> global sum pooling -> SN-Linear -> 1
+
+Other resolutions use the same code: ``log2(res / 4)`` blocks. The generator keeps
+the *last* (finest) blocks of the 128 px multiplier list ``[16, 16, 8, 4, 2, 1]``
+(first entry: the 4x4 map after the linear layer), the discriminator the *first*
+blocks of ``[1, 2, 4, 8, 16]``, so every net ends at ``ch`` channels in G and
+starts at ``ch`` in D. ``channel_mults`` overrides the list.
+
+Attention placement (``attn_index=None`` picks it):
+
+* G: the block whose output is 32x32 (its AN runs at 32x32, as SAGAN places its
+  attention); below 32 px the middle block.
+* D: the block whose output is 32x32 (128 px: the second block, as in the listing;
+  64 px: the first); at 32 px and below, the middle block.
+* ``attention``: ``"an"`` (Attentive Normalization, default), ``"sa"`` (SAGAN
+  self-attention, spectrally normalised, in the same slot), ``"none"`` (SN-GAN-like).
+
+Reading of Figures 1 and 2 (supplement) and of "AN between a convolution and its
+activation" (authors' README):
+
+* G default block:  CBN - ReLU - up(nearest x2) - conv3x3 - CBN - ReLU - conv3x3,
+  shortcut conv1x1(up(x)).
+* G AN block:       CBN - ReLU - up - conv3x3 - **AN** - CBN - ReLU - conv3x3: AN sits
+  right after the first convolution, before the second CBN and its ReLU.
+* D block:          ReLU - conv3x3 - [AN] - ReLU - conv3x3 - avgpool, shortcut
+  avgpool(conv1x1(x)); the first block is SN-GAN's optimised block
+  conv3x3 - [AN] - ReLU - conv3x3 - avgpool with shortcut conv1x1(avgpool(x)).
+  AN in D also sits between the first conv and the following activation, i.e. it
+  runs at the block's input resolution (64x64 for the 128 px D).
+
+The class embedding of D (``embed_dim``, default ``ch``) is broadcast over space
+and concatenated *before* the last two blocks (at 16x16 for every resolution,
+which is where the 128 px listing puts it). D has no projection term: the class
+enters only through this concatenation, as in the listing.
+
+Spectral norm (``torch.nn.utils.parametrizations.spectral_norm``) wraps every
+conv/linear of G and every conv/linear/embedding of D; the CBN gains/biases and
+AN's internal weights (plain parameters) are not normalised. SA's 1x1 convs are.
+
+Both nets keep their constructor arguments in ``self.config``; ``get_config()``
+returns a JSON-able copy, and ``Generator(**cfg)`` rebuilds the same architecture.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from attnorm.layers import AttentiveNorm, ConditionalBatchNorm2d, SelfAttention2d
+
+G_MULTS_128 = (16, 16, 8, 4, 2, 1)  # 4x4 map after the linear, then the output of each up block
+D_MULTS_128 = (1, 2, 4, 8, 16)  # output of each down block
+ATTENTION_KINDS = ("an", "sa", "none")
+
+
+def sn(module: nn.Module) -> nn.Module:
+    """Spectral normalisation of ``module.weight`` (one power iteration per training forward)."""
+    return spectral_norm(module)
+
+
+def num_blocks(resolution: int) -> int:
+    """``log2(resolution / 4)``; resolution must be a power of two in [16, 128] (or more with mults)."""
+    if resolution < 8 or resolution & (resolution - 1):
+        raise ValueError(f"resolution must be a power of two >= 8, got {resolution}")
+    return int(math.log2(resolution // 4))
+
+
+def default_attn_index(resolution: int, net: str) -> int:
+    """Index of the block holding the attention layer (see module docstring)."""
+    nb = num_blocks(resolution)
+    if net == "g":
+        # block i of G outputs 8 * 2**i pixels
+        if resolution >= 32:
+            return int(math.log2(32 // 8))
+        return nb // 2
+    # block i of D outputs resolution / 2**(i+1) pixels
+    if resolution >= 64:
+        return int(math.log2(resolution // 32)) - 1
+    return nb // 2
+
+
+def make_attention(kind: str, channels: int, num_entities: int, an_kwargs: dict | None) -> nn.Module | None:
+    """``"an"`` -> AttentiveNorm, ``"sa"`` -> SN self-attention, ``"none"`` -> None."""
+    kind = (kind or "none").lower()
+    if kind == "an":
+        return AttentiveNorm(channels, num_entities=num_entities, **(an_kwargs or {}))
+    if kind == "sa":
+        return SelfAttention2d(channels, spectral_norm=True)
+    if kind == "none":
+        return None
+    raise ValueError(f"unknown attention kind {kind!r}; choose one of {ATTENTION_KINDS}")
+
+
+def _apply_attention(attn: nn.Module | None, h: Tensor, layouts: list | None) -> Tensor:
+    if attn is None:
+        return h
+    if layouts is not None and isinstance(attn, AttentiveNorm):
+        h, s = attn(h, return_layout=True)  # s: (b, n, h, w)
+        layouts.append(s)
+        return h
+    return attn(h)
+
+
+def class_weights_or_labels(y: Tensor, num_classes: int) -> None:
+    if y.dtype.is_floating_point:
+        if y.dim() != 2 or y.shape[1] != num_classes:
+            raise ValueError(f"class weights must be (b, {num_classes}), got {tuple(y.shape)}")
+    elif y.dim() != 1:
+        raise ValueError(f"labels must be (b,), got {tuple(y.shape)}")
+
+
+# ---------------------------------------------------------------------------- generator
+class GBlock(nn.Module):
+    """Up block (Fig. 1 / Fig. 2 with ``attention``); ``forward(x, y, layouts=None)``.
+
+    Args:
+        in_ch, out_ch: channels in and out; the spatial size doubles.
+        num_classes: classes of the two conditional batch norms.
+        attention: ``"an"``, ``"sa"`` or ``"none"``, placed after the first conv.
+        num_entities, an_kwargs: AN options (``an_kwargs`` goes to ``AttentiveNorm``).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, num_classes: int, attention: str = "none",
+                 num_entities: int = 16, an_kwargs: dict | None = None) -> None:
+        super().__init__()
+        self.cbn1 = ConditionalBatchNorm2d(in_ch, num_classes)
+        self.conv1 = sn(nn.Conv2d(in_ch, out_ch, 3, padding=1))
+        self.attn = make_attention(attention, out_ch, num_entities, an_kwargs)
+        self.cbn2 = ConditionalBatchNorm2d(out_ch, num_classes)
+        self.conv2 = sn(nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        self.shortcut = sn(nn.Conv2d(in_ch, out_ch, 1))
+
+    def forward(self, x: Tensor, y: Tensor, layouts: list | None = None) -> Tensor:
+        x_up = F.interpolate(x, scale_factor=2, mode="nearest")  # (b, in, 2h, 2w)
+        h = F.interpolate(F.relu(self.cbn1(x, y)), scale_factor=2, mode="nearest")
+        h = self.conv1(h)  # (b, out, 2h, 2w)
+        h = _apply_attention(self.attn, h, layouts)
+        h = self.conv2(F.relu(self.cbn2(h, y)))
+        return h + self.shortcut(x_up)
+
+
+class Generator(nn.Module):
+    """Class-conditional generator; ``forward(z, y)`` -> images (b, 3, res, res) in [-1, 1].
+
+    Args:
+        resolution: output size (power of two; presets 32, 64, 128).
+        ch: width unit (paper: 64 at 128 px).
+        num_classes: classes of the conditional batch norms.
+        z_dim: latent size (paper: 128).
+        attention: ``"an"`` (default), ``"sa"`` or ``"none"``.
+        num_entities: AN's number of semantic entities n (paper: 16).
+        attn_index: block holding the attention (None: the 32x32 block, see module doc).
+        channel_mults: override of the multipliers, ``num_blocks + 1`` entries.
+        an_kwargs: extra ``AttentiveNorm`` arguments (``self_sampling``, ``temperature``, ...).
+
+    ``y`` is a (b,) long tensor of labels or a (b, num_classes) float tensor of
+    class weights (soft path through every CBN, for class interpolation).
+    """
+
+    def __init__(self, resolution: int = 128, ch: int = 64, num_classes: int = 1000, z_dim: int = 128,
+                 attention: str = "an", num_entities: int = 16, attn_index: int | None = None,
+                 channel_mults: list[int] | None = None, an_kwargs: dict | None = None) -> None:
+        super().__init__()
+        nb = num_blocks(resolution)
+        if channel_mults is None:
+            if nb + 1 > len(G_MULTS_128):
+                raise ValueError(f"no default channel_mults for resolution {resolution}; pass channel_mults")
+            channel_mults = list(G_MULTS_128[-(nb + 1):])
+        if len(channel_mults) != nb + 1:
+            raise ValueError(f"channel_mults needs {nb + 1} entries for resolution {resolution}, "
+                             f"got {list(channel_mults)}")
+        if attn_index is None:
+            attn_index = default_attn_index(resolution, "g")
+        if (attention or "none").lower() not in ATTENTION_KINDS:
+            raise ValueError(f"unknown attention kind {attention!r}; choose one of {ATTENTION_KINDS}")
+        self.config: dict[str, Any] = dict(
+            resolution=resolution, ch=ch, num_classes=num_classes, z_dim=z_dim, attention=attention,
+            num_entities=num_entities, attn_index=attn_index, channel_mults=list(channel_mults),
+            an_kwargs=dict(an_kwargs or {}))
+        self.resolution, self.num_classes, self.z_dim = resolution, num_classes, z_dim
+        chans = [m * ch for m in channel_mults]
+        self.fc = sn(nn.Linear(z_dim, 4 * 4 * chans[0]))
+        self.blocks = nn.ModuleList(
+            GBlock(chans[i], chans[i + 1], num_classes, attention if i == attn_index else "none",
+                   num_entities, an_kwargs)
+            for i in range(nb))
+        self.bn = nn.BatchNorm2d(chans[-1])
+        self.conv_out = sn(nn.Conv2d(chans[-1], 3, 3, padding=1))
+
+    def get_config(self) -> dict[str, Any]:
+        return copy.deepcopy(self.config)
+
+    def forward(self, z: Tensor, y: Tensor, return_layouts: bool = False):
+        """Args: z (b, z_dim); y labels (b,) or class weights (b, C).
+        ``return_layouts``: also return the list of AN soft layouts (b, n, h, w)."""
+        class_weights_or_labels(y, self.num_classes)
+        layouts: list | None = [] if return_layouts else None
+        h = self.fc(z).view(z.shape[0], -1, 4, 4)  # (b, c0, 4, 4)
+        for block in self.blocks:
+            h = block(h, y, layouts)
+        img = torch.tanh(self.conv_out(F.relu(self.bn(h))))  # (b, 3, res, res)
+        return (img, layouts) if return_layouts else img
+
+
+# ---------------------------------------------------------------------------- discriminator
+class DBlock(nn.Module):
+    """Down block; ``optimized=True`` is SN-GAN's first block (no leading ReLU, pool-then-conv shortcut).
+
+    Args:
+        in_ch, out_ch: channels; the spatial size halves.
+        optimized: first-block variant.
+        attention, num_entities, an_kwargs: as in :class:`GBlock` (after the first conv).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, optimized: bool = False, attention: str = "none",
+                 num_entities: int = 16, an_kwargs: dict | None = None) -> None:
+        super().__init__()
+        self.optimized = optimized
+        self.conv1 = sn(nn.Conv2d(in_ch, out_ch, 3, padding=1))
+        self.attn = make_attention(attention, out_ch, num_entities, an_kwargs)
+        self.conv2 = sn(nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        self.shortcut = sn(nn.Conv2d(in_ch, out_ch, 1))
+
+    def forward(self, x: Tensor, layouts: list | None = None) -> Tensor:
+        h = x if self.optimized else F.relu(x)
+        h = _apply_attention(self.attn, self.conv1(h), layouts)
+        h = F.avg_pool2d(self.conv2(F.relu(h)), 2)  # (b, out, h/2, w/2)
+        if self.optimized:
+            sc = self.shortcut(F.avg_pool2d(x, 2))
+        else:
+            sc = F.avg_pool2d(self.shortcut(x), 2)
+        return h + sc
+
+
+class Discriminator(nn.Module):
+    """Class-conditional discriminator; ``forward(x, y)`` -> logits (b,).
+
+    Args:
+        resolution, ch, num_classes, attention, num_entities, attn_index, channel_mults,
+        an_kwargs: as in :class:`Generator` (``channel_mults`` has ``num_blocks`` entries).
+        embed_dim: size of the class embedding concatenated before the last two
+            blocks (default ``ch``).
+        projection: also add SN-GAN's projection term ``<Embed_p(y), sum_pool(h)>`` to the
+            logit (not in the paper's listing; off by default). A stronger class signal
+            for D, which helps short runs learn the conditioning.
+    """
+
+    def __init__(self, resolution: int = 128, ch: int = 64, num_classes: int = 1000,
+                 attention: str = "an", num_entities: int = 16, attn_index: int | None = None,
+                 channel_mults: list[int] | None = None, embed_dim: int | None = None,
+                 projection: bool = False, an_kwargs: dict | None = None) -> None:
+        super().__init__()
+        nb = num_blocks(resolution)
+        if channel_mults is None:
+            if nb > len(D_MULTS_128):
+                raise ValueError(f"no default channel_mults for resolution {resolution}; pass channel_mults")
+            channel_mults = list(D_MULTS_128[:nb])
+        if len(channel_mults) != nb:
+            raise ValueError(f"channel_mults needs {nb} entries for resolution {resolution}, "
+                             f"got {list(channel_mults)}")
+        if attn_index is None:
+            attn_index = default_attn_index(resolution, "d")
+        if (attention or "none").lower() not in ATTENTION_KINDS:
+            raise ValueError(f"unknown attention kind {attention!r}; choose one of {ATTENTION_KINDS}")
+        embed_dim = ch if embed_dim is None else embed_dim
+        self.config: dict[str, Any] = dict(
+            resolution=resolution, ch=ch, num_classes=num_classes, attention=attention,
+            num_entities=num_entities, attn_index=attn_index, channel_mults=list(channel_mults),
+            embed_dim=embed_dim, projection=projection, an_kwargs=dict(an_kwargs or {}))
+        self.resolution, self.num_classes = resolution, num_classes
+        self.concat_index = max(nb - 2, 0)  # the embedding joins the input of this block
+        chans = [3] + [m * ch for m in channel_mults]
+        blocks = []
+        for i in range(nb):
+            in_ch = chans[i] + (embed_dim if i == self.concat_index else 0)
+            blocks.append(DBlock(in_ch, chans[i + 1], optimized=(i == 0),
+                                 attention=attention if i == attn_index else "none",
+                                 num_entities=num_entities, an_kwargs=an_kwargs))
+        self.blocks = nn.ModuleList(blocks)
+        self.embed = sn(nn.Embedding(num_classes, embed_dim))
+        self.linear = sn(nn.Linear(chans[-1], 1))
+        self.proj = sn(nn.Embedding(num_classes, chans[-1])) if projection else None
+
+    def get_config(self) -> dict[str, Any]:
+        return copy.deepcopy(self.config)
+
+    def class_embedding(self, y: Tensor, table: nn.Embedding | None = None) -> Tensor:
+        """(b, dim) rows of ``table`` (default the concat embedding) for labels (b,) or
+        class weights (b, C) (weights @ table)."""
+        table = self.embed if table is None else table
+        class_weights_or_labels(y, self.num_classes)
+        if y.dtype.is_floating_point:
+            return y.to(table.weight.dtype) @ table.weight
+        return table(y)
+
+    def forward(self, x: Tensor, y: Tensor, return_layouts: bool = False):
+        layouts: list | None = [] if return_layouts else None
+        h = x
+        for i, block in enumerate(self.blocks):
+            if i == self.concat_index:
+                e = self.class_embedding(y)  # (b, e)
+                e = e[:, :, None, None].expand(-1, -1, h.shape[2], h.shape[3])  # (b, e, h, w)
+                h = torch.cat([e.to(h.dtype), h], dim=1)
+            h = block(h, layouts)
+        pooled = F.relu(h).sum(dim=(2, 3))  # (b, c): global sum pooling
+        out = self.linear(pooled).squeeze(1)  # (b,)
+        if self.proj is not None:
+            out = out + (self.class_embedding(y, self.proj).to(pooled.dtype) * pooled).sum(1)
+        return (out, layouts) if return_layouts else out
+
+
+def build_gan(resolution: int = 32, ch: int = 16, num_classes: int = 10, z_dim: int = 128,
+              attention: str = "an", num_entities: int = 16, an_kwargs: dict | None = None,
+              d_ch: int | None = None, projection: bool = False) -> tuple[Generator, Discriminator]:
+    """A matching (G, D) pair from one set of arguments (``d_ch`` defaults to ``ch``)."""
+    g = Generator(resolution=resolution, ch=ch, num_classes=num_classes, z_dim=z_dim,
+                  attention=attention, num_entities=num_entities, an_kwargs=an_kwargs)
+    d = Discriminator(resolution=resolution, ch=d_ch or ch, num_classes=num_classes,
+                      attention=attention, num_entities=num_entities, an_kwargs=an_kwargs,
+                      projection=projection)
+    return g, d
+
+
+def attention_layers(module: nn.Module) -> list[AttentiveNorm]:
+    """The AN layers of ``module``, in forward order."""
+    return [m for m in module.modules() if isinstance(m, AttentiveNorm)]
+
+
+def truncated_normal(shape: tuple[int, ...], truncation: float | None = None,
+                     generator: torch.Generator | None = None) -> Tensor:
+    """Standard normal, entries with ``|z| > truncation`` redrawn until inside (None: no truncation)."""
+    z = torch.randn(shape, generator=generator)
+    if truncation is None or truncation <= 0:
+        return z
+    for _ in range(1000):
+        bad = z.abs() > truncation
+        if not bad.any():
+            break
+        z[bad] = torch.randn(int(bad.sum()), generator=generator)
+    return z.clamp(-truncation, truncation)

@@ -1,0 +1,1 @@
+"""Training: a generic phase loop (:mod:`.loop`) and the class-conditional GAN setup (:mod:`.gan`)."""

@@ -1,0 +1,230 @@
+"""Class-conditional GAN training setup: config -> models, optimizers, data, loop.
+
+Config (flat JSON dict, see :data:`DEFAULT_CONFIG`; files in ``configs/gan_*.json``):
+models (``resolution``, ``ch``, ``d_ch``, ``z_dim``, ``attention``, ``num_entities``,
+``an_kwargs``), data (``data``: an image folder with one subfolder per class, or
+null for the procedural shapes with ``procedural_classes`` classes), optimisation
+(Adam ``lr_g`` 1e-4 / ``lr_d`` 4e-4, ``betas`` (0, 0.999), ``d_steps`` per G step,
+``ortho_weight``, ``ema_decay``, ``ema_start``), run control (``steps``,
+``batch_size``, ``seed``, ``device``, ``threads``, ``log_every``, ``ckpt_every``,
+``sample_every``, ``samples_per_class``, ``max_seconds``).
+
+A run folder holds ``config.json`` (the resolved config), ``stats.jsonl``,
+``samples/step_XXXXXXX.png`` (rows: classes, columns: one fixed z each) and
+``checkpoints/latest.pt``. The checkpoint's ``extra`` entry stores the model
+constructor configs, so :func:`load_generator` rebuilds G from the file alone.
+
+Distributed: when ``WORLD_SIZE`` > 1 (``torchrun``), the process group is set up
+(gloo on CPU, nccl on CUDA), G and D are wrapped in DistributedDataParallel, every
+rank draws its own slice of each global batch, and rank 0 writes the files.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from attnorm.losses.gan import HingeGANLoss
+from attnorm.models.gan import Discriminator, Generator
+from attnorm.training.loop import EMA, BatchStream, Phase, TrainingLoop, load_checkpoint
+from attnorm.viz.grid import make_grid, save_image, to_uint8
+
+# The small CPU preset: 32 px, ch 16, a few minutes per thousand steps on 2 cores.
+DEFAULT_CONFIG: dict[str, Any] = {
+    "resolution": 32,
+    "ch": 16,
+    "d_ch": None,            # None: same as ch
+    "d_projection": False,   # add SN-GAN's projection term to D (not in the paper's listing)
+    "z_dim": 128,
+    "attention": "an",       # "an" | "sa" | "none"
+    "num_entities": 16,
+    "an_kwargs": {},         # extra AttentiveNorm arguments, e.g. {"self_sampling": false}
+    "data": None,            # image folder (one subfolder per class) or None: procedural shapes
+    "procedural_classes": 10,
+    "procedural_length": 50000,
+    "cache_images": True,    # folder data: keep decoded images in memory
+    "batch_size": 32,
+    "steps": 2000,
+    "lr_g": 1e-4,
+    "lr_d": 4e-4,
+    "betas": [0.0, 0.999],
+    "d_steps": 1,
+    "ortho_weight": 1e-3,
+    "ema_decay": 0.995,      # short CPU runs; the GPU configs use 0.9999 from step 20k
+    "ema_start": 100,        # the EMA copies G for the first ema_start steps
+    "seed": 0,
+    "device": "cpu",
+    "threads": None,         # torch.set_num_threads (None: torch's default)
+    "log_every": 10,
+    "ckpt_every": 250,
+    "sample_every": 250,
+    "samples_per_class": 8,
+    "max_seconds": None,     # stop (with a checkpoint) after this much training time
+}
+
+
+def resolve_config(config_file: str | os.PathLike | None = None, overrides: dict | None = None,
+                   base: dict | None = None) -> dict:
+    """``base`` (default :data:`DEFAULT_CONFIG`) <- JSON file <- ``overrides``; unknown keys raise."""
+    cfg = copy.deepcopy(base if base is not None else DEFAULT_CONFIG)
+    layers = []
+    if config_file is not None:
+        layers.append((str(config_file), json.loads(Path(config_file).read_text())))
+    if overrides:
+        layers.append(("overrides", overrides))
+    for where, layer in layers:
+        unknown = sorted(set(layer) - set(DEFAULT_CONFIG))
+        if unknown:
+            raise ValueError(f"unknown config key(s) {unknown} in {where}; known keys: {sorted(DEFAULT_CONFIG)}")
+        cfg.update(layer)
+    return cfg
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["steps=10", "attention=sa", "betas=[0,0.9]"]`` -> dict (values parsed as JSON when possible)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"expected key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+def make_dataset(cfg: dict):
+    """The training dataset: procedural shapes, or an image folder if ``cfg['data']`` is set."""
+    if cfg["data"]:
+        from attnorm.data.folder import ImageFolderDataset
+        return ImageFolderDataset(cfg["data"], resolution=cfg["resolution"], hflip=True,
+                                  cache=bool(cfg["cache_images"]))
+    from attnorm.data.procedural import ProceduralShapes
+    return ProceduralShapes(resolution=cfg["resolution"], num_classes=cfg["procedural_classes"],
+                            length=cfg["procedural_length"], seed=cfg["seed"])
+
+
+def build_models(cfg: dict, num_classes: int) -> tuple[Generator, Discriminator]:
+    common = dict(resolution=cfg["resolution"], num_classes=num_classes, attention=cfg["attention"],
+                  num_entities=cfg["num_entities"], an_kwargs=cfg["an_kwargs"])
+    g = Generator(ch=cfg["ch"], z_dim=cfg["z_dim"], **common)
+    d = Discriminator(ch=cfg["d_ch"] or cfg["ch"], projection=bool(cfg["d_projection"]), **common)
+    return g, d
+
+
+def fixed_latents(cfg: dict, z_dim: int) -> torch.Tensor:
+    """The fixed z of the sample grids: one per column, shared by all class rows."""
+    gen = torch.Generator().manual_seed(int(cfg["seed"]) + 12345)
+    return torch.randn(cfg["samples_per_class"], z_dim, generator=gen)
+
+
+@torch.no_grad()
+def class_grid(G: Generator, z: torch.Tensor, classes: list[int], device="cpu") -> np.ndarray:
+    """Rows = classes, columns = the given z; G in eval mode (no SSR, running BN stats)."""
+    was_training = G.training
+    G.eval()
+    k = z.shape[0]
+    zz = z.to(device).repeat(len(classes), 1)  # (len(classes) * k, z_dim)
+    y = torch.tensor(classes, device=device).repeat_interleave(k)
+    imgs = to_uint8(G(zz, y))
+    G.train(was_training)
+    return make_grid(imgs, ncol=k)
+
+
+class GANTraining:
+    """Everything one GAN run needs, built from a resolved config.
+
+    Args:
+        cfg: resolved config (:func:`resolve_config`).
+        run_dir: output folder.
+        print_fn: progress output (None: silent).
+    """
+
+    def __init__(self, cfg: dict, run_dir: str | os.PathLike, print_fn: Callable[[str], Any] | None = print):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        device = torch.device(cfg["device"])
+        if self.world_size > 1:
+            import torch.distributed as dist
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            if device.type == "cuda":
+                device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+                torch.cuda.set_device(device)
+        self.device = device
+        if cfg["threads"]:
+            torch.set_num_threads(int(cfg["threads"]))
+        # same initial weights on every rank; then per-rank RNG streams for z and SSR
+        torch.manual_seed(cfg["seed"])
+        np.random.seed(cfg["seed"])
+        self.dataset = make_dataset(cfg)
+        self.num_classes = len(self.dataset.classes)
+        self.G, self.D = build_models(cfg, self.num_classes)
+        if self.world_size > 1 and device.type == "cuda":  # BN statistics over the global batch
+            self.G = nn.SyncBatchNorm.convert_sync_batchnorm(self.G)  # (CPU/gloo: per-rank BN)
+        self.G.to(device), self.D.to(device)
+        self.ema = EMA(self.G, decay=cfg["ema_decay"], start_step=cfg["ema_start"])
+        if self.world_size > 1:
+            torch.manual_seed(cfg["seed"] + 1000 * self.rank)
+        g_train, d_train = self.G, self.D
+        if self.world_size > 1:
+            ddp = nn.parallel.DistributedDataParallel
+            kw = {"device_ids": [device.index]} if device.type == "cuda" else {}
+            g_train, d_train = ddp(self.G, **kw), ddp(self.D, broadcast_buffers=False, **kw)
+        betas = tuple(float(b) for b in cfg["betas"])
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg["lr_g"], betas=betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg["lr_d"], betas=betas)
+        self.loss = HingeGANLoss(g_train, d_train, cfg["z_dim"], self.num_classes, cfg["batch_size"],
+                                 ortho_weight=cfg["ortho_weight"], device=device)
+        self.data = BatchStream(self.dataset, cfg["batch_size"], seed=cfg["seed"], rank=self.rank,
+                                world_size=self.world_size)
+        self.z_fixed = fixed_latents(cfg, cfg["z_dim"])
+        self.sample_classes = list(range(min(self.num_classes, 16)))
+        phases = [Phase("D", self.D, self.opt_d, repeats=cfg["d_steps"]),
+                  Phase("G", self.G, self.opt_g, needs_data=False)]
+        self.loop = TrainingLoop(
+            phases, self.loss, self.data, self.run_dir, total_steps=cfg["steps"],
+            modules={"G": self.G, "D": self.D}, ema=self.ema, ckpt_every=cfg["ckpt_every"],
+            log_every=cfg["log_every"], sample_every=cfg["sample_every"], sample_fn=self.save_samples,
+            extra_state={"config": cfg, "generator": self.G.get_config(),
+                         "discriminator": self.D.get_config(), "classes": list(self.dataset.classes)},
+            max_seconds=cfg["max_seconds"], print_fn=print_fn, is_main=self.rank == 0)
+
+    def save_samples(self, step: int) -> Path:
+        grid = class_grid(self.ema.shadow, self.z_fixed, self.sample_classes, self.device)
+        return save_image(grid, self.run_dir / "samples" / f"step_{step:07d}.png")
+
+    def write_config(self) -> None:
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(json.dumps(self.cfg, indent=2) + "\n")
+
+    def run(self, resume: bool = False) -> TrainingLoop:
+        if resume:
+            self.loop.resume(map_location=self.device)
+        self.write_config()
+        return self.loop.run()
+
+
+def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu",
+                   use_ema: bool = True) -> tuple[Generator, dict]:
+    """Rebuild G from a training checkpoint alone; returns (G in eval mode, the checkpoint's ``extra``)."""
+    state = load_checkpoint(path, map_location=device)
+    extra = state.get("extra") or {}
+    if "generator" not in extra:
+        raise ValueError(f"{path} has no generator config; is it a train-gan checkpoint?")
+    g = Generator(**extra["generator"])
+    if use_ema and state.get("ema") is not None:
+        g.load_state_dict(state["ema"]["shadow"])
+    else:
+        g.load_state_dict(state["modules"]["G"])
+    return g.to(device).eval(), extra

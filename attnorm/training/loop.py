@@ -1,0 +1,405 @@
+"""Generic training loop: phases run by a loss object; knows nothing about GANs.
+
+One training *step* runs every :class:`Phase` in order, each ``phase.repeats``
+times. A phase run is::
+
+    optimizer.zero_grad(); only phase.module requires grad
+    stats = loss.run_phase(phase.name, batch)    # forward + backward, returns scalars
+    check every stat and the gradient norm is finite, else NonFiniteLossError
+    optimizer.step()
+
+After the phases the EMA (if any) is updated. The loop also writes:
+
+* ``run_dir/stats.jsonl``: one JSON object per ``log_every`` steps (means over the
+  interval, plus ``it_s`` and ``time``); a resumed run first drops records past the
+  checkpoint, so the file reads as one uninterrupted run;
+* ``run_dir/checkpoints/latest.pt``: every ``ckpt_every`` steps and at the end,
+  written to a temporary file then ``os.replace``-d (a crash never leaves a torn
+  file). It holds only tensors and plain Python types, for
+  ``torch.load(weights_only=True)``: module, optimizer, EMA and data-stream states,
+  the torch/numpy/python RNG states and ``extra_state`` (e.g. model configs);
+* a progress line per log interval (losses, it/s) through ``print_fn``;
+* ``sample_fn(step)`` every ``sample_every`` steps and at the end.
+
+Resuming restores all of it, so a resumed run computes exactly what the
+uninterrupted run would have (same device and thread count). A non-finite loss or
+gradient stops the run before the optimizer step with a message naming the last
+good checkpoint, which is left untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+CHECKPOINT_FORMAT = "attnorm-train-v1"
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss or gradient became NaN/inf; the run stopped before applying it."""
+
+
+class PhaseLoss(Protocol):
+    def run_phase(self, name: str, batch: Any) -> dict[str, torch.Tensor | float]:
+        """Forward + backward for phase ``name``; return scalar stats (detached or not)."""
+
+
+@dataclass
+class Phase:
+    """One optimisation phase.
+
+    Args:
+        name: passed to ``loss.run_phase``; prefixes nothing (the loss names its stats).
+        module: the module whose parameters this phase trains (others are frozen meanwhile).
+        optimizer: optimizer over ``module``'s parameters.
+        repeats: runs per training step (e.g. D steps per G step).
+        needs_data: draw a batch from the data stream for each run (else ``batch=None``).
+    """
+
+    name: str
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+    repeats: int = 1
+    needs_data: bool = True
+
+
+class EMA:
+    """Exponential moving average of a module's parameters; buffers are copied.
+
+    Args:
+        module: the trained module.
+        decay: ``shadow = decay * shadow + (1 - decay) * param`` per update.
+        start_step: before this many updates the shadow simply copies the module.
+    """
+
+    def __init__(self, module: nn.Module, decay: float = 0.999, start_step: int = 0) -> None:
+        self.module, self.decay, self.start_step = module, decay, start_step
+        self.shadow = copy.deepcopy(module).eval().requires_grad_(False)
+        self.num_updates = 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        decay = 0.0 if self.num_updates < self.start_step else self.decay
+        for ps, p in zip(self.shadow.parameters(), self.module.parameters()):
+            ps.lerp_(p.detach(), 1.0 - decay)
+        for bs, b in zip(self.shadow.buffers(), self.module.buffers()):
+            bs.copy_(b)
+        self.num_updates += 1
+
+    def state_dict(self) -> dict:
+        return {"shadow": self.shadow.state_dict(), "num_updates": self.num_updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.shadow.load_state_dict(state["shadow"])
+        self.num_updates = int(state["num_updates"])
+
+
+class BatchStream:
+    """Endless shuffled batches over an indexable dataset; resumable.
+
+    Args:
+        dataset: ``len()`` and ``ds[i] -> (tensor, label)``; ``ds.get_batch(indices)`` is
+            used when present (vectorised datasets).
+        batch_size: items per batch (incomplete batches at epoch ends are dropped).
+        seed: the permutation of epoch ``e`` is ``numpy.random.default_rng([seed, e])``'s.
+        rank, world_size: each rank takes every ``world_size``-th batch of the same stream.
+    """
+
+    def __init__(self, dataset, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        if len(dataset) < batch_size * world_size:
+            raise ValueError(f"dataset has {len(dataset)} items, fewer than one global batch "
+                             f"({batch_size} x {world_size})")
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.pos = 0, 0
+        self._perm = None
+
+    def _permutation(self) -> np.ndarray:
+        if self._perm is None or self._perm[0] != self.epoch:
+            self._perm = (self.epoch, np.random.default_rng([self.seed, self.epoch]).permutation(len(self.dataset)))
+        return self._perm[1]
+
+    def next(self):
+        gb = self.batch_size * self.world_size
+        if self.pos + gb > len(self.dataset):
+            self.epoch, self.pos = self.epoch + 1, 0
+        perm = self._permutation()
+        start = self.pos + self.rank * self.batch_size
+        idx = perm[start:start + self.batch_size].tolist()
+        self.pos += gb
+        if hasattr(self.dataset, "get_batch"):
+            return self.dataset.get_batch(idx)
+        items = [self.dataset[i] for i in idx]
+        return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items], dtype=torch.long)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+
+
+# ------------------------------------------------------------------ RNG state as tensors/plain types
+def get_rng_state() -> dict:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, pystate, gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": {"version": version, "state": list(pystate), "gauss": gauss},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _gather_rng_states() -> list | None:
+    """Every rank's RNG state (DDP ranks draw different z), or None when not distributed."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return None
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, get_rng_state())
+    return out
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to ``path.tmp`` then ``os.replace``: readers see the old or the new file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+class StatsWriter:
+    """Appends one JSON object per line to ``path``."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records with ``step > step`` (left over from a run killed after its checkpoint)."""
+        if not self.path.exists():
+            return
+        keep = [ln for ln in self.path.read_text().splitlines()
+                if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(ln + "\n" for ln in keep))
+        os.replace(tmp, self.path)
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_stats(path: str | os.PathLike) -> list[dict]:
+    return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
+
+
+def _to_float(v) -> float:
+    return float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+
+
+def _grad_norm(module: nn.Module) -> float:
+    grads = [p.grad.detach().pow(2).sum() for p in module.parameters() if p.grad is not None]
+    return math.sqrt(float(torch.stack(grads).sum())) if grads else 0.0
+
+
+class TrainingLoop:
+    """Args:
+        phases: the phases of one step, in order.
+        loss: object with ``run_phase(name, batch) -> dict of scalars``.
+        data: a :class:`BatchStream` (or any object with ``next()``, ``state_dict()``, ``load_state_dict()``).
+        run_dir: output folder (``stats.jsonl``, ``checkpoints/``).
+        total_steps: train until this step.
+        modules: named modules to checkpoint (default: each phase's module by phase name).
+        ema: optional :class:`EMA`, updated after every step.
+        ckpt_every, log_every, sample_every: intervals in steps (0: never; checkpoints
+            and samples are also written at the end).
+        sample_fn: ``sample_fn(step)`` hook.
+        extra_state: plain data stored in every checkpoint (e.g. model configs).
+        max_seconds: stop (with a checkpoint) once a step ends past this wall time.
+        print_fn: where progress lines go (``None``: silent).
+        is_main: this process writes files and prints (False on DDP ranks > 0).
+    """
+
+    def __init__(self, phases: list[Phase], loss: PhaseLoss, data, run_dir: str | os.PathLike,
+                 total_steps: int, modules: dict[str, nn.Module] | None = None, ema: EMA | None = None,
+                 ckpt_every: int = 1000, log_every: int = 10, sample_every: int = 0,
+                 sample_fn: Callable[[int], Any] | None = None, extra_state: dict | None = None,
+                 max_seconds: float | None = None, print_fn: Callable[[str], Any] | None = print,
+                 is_main: bool = True) -> None:
+        self.phases, self.loss, self.data = phases, loss, data
+        self.run_dir = Path(run_dir)
+        self.total_steps, self.ema = total_steps, ema
+        self.modules = modules if modules is not None else {p.name: p.module for p in phases}
+        self.ckpt_every, self.log_every, self.sample_every = ckpt_every, log_every, sample_every
+        self.sample_fn, self.extra_state, self.max_seconds = sample_fn, extra_state or {}, max_seconds
+        self.print_fn, self.is_main = print_fn, is_main
+        self.step = 0
+        self.elapsed = 0.0  # training seconds over all sessions of this run
+        self.stats = StatsWriter(self.run_dir / "stats.jsonl")
+        self.last_checkpoint: Path | None = None
+        self.last_checkpoint_step: int | None = None
+        self.stop_reason = ""
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoints" / "latest.pt"
+
+    # ---------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "modules": {k: m.state_dict() for k, m in self.modules.items()},
+            "optimizers": {p.name: p.optimizer.state_dict() for p in self.phases},
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "data": self.data.state_dict(),
+            "rng": get_rng_state(),
+            "rng_per_rank": _gather_rng_states(),
+            "extra": self.extra_state,
+        }
+
+    def save_checkpoint(self) -> Path:
+        state = self.state_dict()  # every rank: gathering the per-rank RNG states is a collective
+        if self.is_main:
+            atomic_torch_save(state, self.checkpoint_path)
+        self.last_checkpoint, self.last_checkpoint_step = self.checkpoint_path, self.step
+        return self.checkpoint_path
+
+    def resume(self, path: str | os.PathLike | None = None, map_location="cpu") -> int:
+        """Restore everything from ``path`` (default ``latest.pt``); returns the step."""
+        path = Path(path) if path is not None else self.checkpoint_path
+        if not path.exists():
+            raise FileNotFoundError(f"no checkpoint to resume from at {path}")
+        state = load_checkpoint(path, map_location)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path} is not a training checkpoint of this loop (format {state.get('format')!r})")
+        for k, m in self.modules.items():
+            m.load_state_dict(state["modules"][k])
+        for p in self.phases:
+            p.optimizer.load_state_dict(state["optimizers"][p.name])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.data.load_state_dict(state["data"])
+        per_rank = state.get("rng_per_rank")
+        rank = _rank()
+        set_rng_state(per_rank[rank] if per_rank and rank < len(per_rank) else state["rng"])
+        self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
+        self.last_checkpoint, self.last_checkpoint_step = path, self.step
+        if self.is_main:
+            self.stats.truncate_after(self.step)
+        return self.step
+
+    # ---------------------------------------------------------------- one step
+    def _set_trainable(self, active: nn.Module) -> None:
+        for p in self.phases:
+            p.module.requires_grad_(p.module is active)
+
+    def _nonfinite(self, what: str) -> NonFiniteLossError:
+        where = (f"the last good checkpoint is {self.last_checkpoint} (step {self.last_checkpoint_step}); "
+                 "resume from it with --resume, e.g. with lower learning rates"
+                 if self.last_checkpoint is not None else "no checkpoint was written yet")
+        return NonFiniteLossError(f"training stopped at step {self.step + 1}: {what} is not finite; {where}")
+
+    def train_step(self) -> dict[str, float]:
+        stats: dict[str, list[float]] = {}
+        for phase in self.phases:
+            self._set_trainable(phase.module)
+            for _ in range(phase.repeats):
+                batch = self.data.next() if phase.needs_data else None
+                phase.optimizer.zero_grad(set_to_none=True)
+                out = {k: _to_float(v) for k, v in self.loss.run_phase(phase.name, batch).items()}
+                out[f"{phase.name}/grad_norm"] = _grad_norm(phase.module)
+                for k, v in out.items():
+                    if not math.isfinite(v):
+                        raise self._nonfinite(f"{k} = {v} (phase {phase.name!r})")
+                phase.optimizer.step()
+                for k, v in out.items():
+                    stats.setdefault(k, []).append(v)
+        for p in self.phases:
+            p.module.requires_grad_(True)
+        if self.ema is not None:
+            self.ema.update()
+        return {k: sum(v) / len(v) for k, v in stats.items()}
+
+    # ---------------------------------------------------------------- run
+    def _due(self, every: int) -> bool:
+        return every > 0 and self.step % every == 0
+
+    def run(self) -> "TrainingLoop":
+        """Train until ``total_steps`` (or ``max_seconds``); returns self (``stop_reason`` says why)."""
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        window: dict[str, list[float]] = {}
+        t_window, n_window = time.perf_counter(), 0
+        t_session = time.perf_counter()
+        elapsed0 = self.elapsed
+        self.stop_reason = "done"
+        while self.step < self.total_steps:
+            step_stats = self.train_step()
+            self.step += 1
+            self.elapsed = elapsed0 + time.perf_counter() - t_session
+            n_window += 1
+            for k, v in step_stats.items():
+                window.setdefault(k, []).append(v)
+            out_of_time = self.max_seconds is not None and self.elapsed >= self.max_seconds
+            last = self.step >= self.total_steps or out_of_time
+            if self._due(self.log_every) or last:
+                now = time.perf_counter()
+                rate = n_window / max(now - t_window, 1e-9)
+                record = {"step": self.step, "time": round(self.elapsed, 3), "it_s": round(rate, 3)}
+                record.update({k: sum(v) / len(v) for k, v in window.items()})
+                if self.is_main:
+                    self.stats.write(record)
+                    if self.print_fn is not None:
+                        losses = " ".join(f"{k} {v:.4f}" for k, v in record.items()
+                                          if k not in ("step", "time", "it_s") and not k.endswith("grad_norm"))
+                        self.print_fn(f"step {self.step}/{self.total_steps} | {losses} | {rate:.2f} it/s")
+                window, t_window, n_window = {}, now, 0
+            if self._due(self.ckpt_every) or last:
+                self.save_checkpoint()
+            if self.sample_fn is not None and self.is_main and (self._due(self.sample_every) or last):
+                self.sample_fn(self.step)
+            if out_of_time and self.step < self.total_steps:
+                self.stop_reason = f"time limit of {self.max_seconds:.0f} s reached"
+                break
+        return self

@@ -1,0 +1,101 @@
+"""Procedural class-conditional dataset (attnorm.data.procedural)."""
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from attnorm.data.procedural import CLASS_NAMES, ProceduralShapes, shape_alpha
+
+
+def test_deterministic_per_seed_and_index():
+    a = ProceduralShapes(resolution=32, seed=3)
+    b = ProceduralShapes(resolution=32, seed=3)
+    xa, ya = a.get_batch([5, 17, 5000])
+    xb, yb = b.get_batch([5000, 17, 5])  # order does not matter: each image depends on (seed, index) only
+    assert torch.equal(xa, xb.flip(0)) and torch.equal(ya, yb.flip(0))
+    x1, y1 = a[17]
+    assert torch.equal(x1, xa[1]) and y1 == int(ya[1])
+    c = ProceduralShapes(resolution=32, seed=4)
+    assert not torch.equal(c[17][0], x1)
+    assert not torch.equal(a[17][0], a[17 + a.num_classes][0])  # same class, different image
+
+
+def test_classes_range_and_dtype():
+    ds = ProceduralShapes(resolution=24, num_classes=12)
+    assert len(CLASS_NAMES) >= 10 and ds.classes == list(CLASS_NAMES)
+    x, y = ds.get_batch(range(48))
+    assert x.shape == (48, 3, 24, 24) and x.dtype == torch.float32 and y.dtype == torch.long
+    assert x.min() >= -1 and x.max() <= 1
+    assert sorted(set(y.tolist())) == list(range(12))
+    assert torch.bincount(y).tolist() == [4] * 12  # balanced
+    small = ProceduralShapes(resolution=16, num_classes=5)
+    assert set(small.get_batch(range(20))[1].tolist()) == set(range(5))
+    with pytest.raises(ValueError):
+        ProceduralShapes(num_classes=13)
+
+
+def test_any_resolution():
+    for r in (8, 33, 128):
+        x, _ = ProceduralShapes(resolution=r)[3]
+        assert x.shape == (3, r, r)
+
+
+def test_thousands_of_32px_images_in_seconds():
+    ds = ProceduralShapes(resolution=32)
+    t = time.perf_counter()
+    ds.get_batch(range(2000))
+    assert time.perf_counter() - t < 8.0
+
+
+def _grid(n=201):
+    c = np.linspace(-1.1, 1.1, n)
+    y, x = np.meshgrid(c, c, indexing="ij")
+    return x, y
+
+
+@pytest.mark.parametrize("name,k", [("ring", 7), ("triangle", 3), ("hexagon_outline", 6), ("star", 5),
+                                    ("cross", 4), ("concentric", 7), ("flower", 6)])
+def test_shapes_have_their_rotational_symmetry(name, k):
+    # independent check: the shape rotated by 2 pi / k (by resampling the canonical frame) is itself
+    x, y = _grid()
+    i = CLASS_NAMES.index(name)
+    a = 2 * np.pi / k
+    xr, yr = np.cos(a) * x - np.sin(a) * y, np.sin(a) * x + np.cos(a) * y
+    px = 2.2 / 200
+    if name == "triangle":  # the triangle is centred at (0, -0.15): rotate about that point
+        x0, y0 = x, y + 0.15
+        xr, yr = np.cos(a) * x0 - np.sin(a) * y0, np.sin(a) * x0 + np.cos(a) * y0 - 0.15
+    assert np.abs(shape_alpha(i, x, y, px) - shape_alpha(i, xr, yr, px)).mean() < 0.01
+
+
+@pytest.mark.parametrize("name", ["butterfly", "cross", "star", "chevrons", "dot_grid", "checker"])
+def test_shapes_are_mirror_symmetric(name):
+    x, y = _grid()
+    i = CLASS_NAMES.index(name)
+    if name == "checker":  # a 4x4 checkerboard maps to itself under a 180 degree turn
+        assert np.abs(shape_alpha(i, x, y, 0.01) - shape_alpha(i, -x, -y, 0.01)).max() < 1e-6
+        alpha = shape_alpha(i, x, y, 0.01)
+        assert 0.4 < alpha[np.abs(x).__lt__(0.8) & (np.abs(y) < 0.8)].mean() < 0.6
+        return
+    assert np.abs(shape_alpha(i, x, y, 0.01) - shape_alpha(i, -x, y, 0.01)).max() < 1e-6
+
+
+def test_every_class_draws_a_visible_object():
+    x, y = _grid()
+    for i, name in enumerate(CLASS_NAMES):
+        cover = shape_alpha(i, x, y, 0.01).mean()
+        assert 0.03 < cover < 0.6, name
+    # the crescent is not mirror symmetric about the vertical axis (sanity of the symmetry test)
+    i = CLASS_NAMES.index("crescent")
+    assert np.abs(shape_alpha(i, x, y, 0.01) - shape_alpha(i, -x, y, 0.01)).mean() > 0.05
+
+
+def test_object_stands_out_from_background():
+    # images of different classes differ in the centre more than images of one class in the border
+    ds = ProceduralShapes(resolution=32, num_classes=12)
+    x, _ = ds.get_batch(range(120))
+    centre = x[:, :, 8:24, 8:24]
+    # an object is present: the centre has more contrast than a smooth background alone
+    assert centre.std(dim=(2, 3)).mean() > 0.1

@@ -1,0 +1,170 @@
+"""evaluate_gan: every number equals the maths on independently recomputed features; protocol; errors."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from attnorm import cli
+from attnorm.data.procedural import ProceduralShapes
+from attnorm.evaluate_gan import EvaluationError, evaluate_gan, parse_metrics
+from attnorm.metrics import maths
+from attnorm.metrics.extractors import FeatureExtractor, LogitsUnavailableError, get_extractor
+from attnorm.training.gan import load_generator
+
+N, SPLITS = 60, 3
+
+
+pytestmark = pytest.mark.filterwarnings("ignore:FID with .* samples < feature dim")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A tiny train-gan run (1 step, 3 procedural classes, dataset seed 1)."""
+    out = tmp_path_factory.mktemp("run")
+    assert cli.main(["train-gan", "--out", str(out), "--steps", "1", "--batch-size", "4", "--seed", "1", "ch=8",
+                     "procedural_classes=3", "procedural_length=64", "log_every=1", "samples_per_class=2"]) == 0
+    return out / "checkpoints" / "latest.pt"
+
+
+@pytest.fixture(scope="module")
+def clf():
+    return get_extractor("classifier")
+
+
+def scipy_fid(a, b):
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def test_all_metrics_equal_the_maths(ckpt, clf, tmp_path):
+    res = evaluate_gan(checkpoint=ckpt, n=N, batch_size=25, seed=3, is_splits=SPLITS, kid_subsets=4,
+                       kid_subset_size=50, cache_dir=tmp_path / "cache", out=tmp_path / "r.json", print_fn=None)
+    assert json.loads((tmp_path / "r.json").read_text()) == json.loads(json.dumps(res))
+    # independent recomputation of the protocol: EMA G, z from manual_seed(3) batch by batch, labels i % 3
+    g, extra = load_generator(ckpt)
+    gen = torch.Generator().manual_seed(3)
+    xs, ys = [], []
+    for s in range(0, N, 25):
+        y = torch.arange(s, min(s + 25, N)) % 3
+        with torch.no_grad():
+            xs.append(g(torch.randn(len(y), g.z_dim, generator=gen), y))
+        ys.append(y)
+    x, y = torch.cat(xs), torch.cat(ys).numpy()
+    fake, logits = clf.features(x), clf.logits(x)
+    real_x, real_y = ProceduralShapes(32, 3, seed=1).get_batch(range(N))  # the run's data: 3 classes, seed 1
+    real, real_y = clf.features(real_x), real_y.numpy()
+    m = res["metrics"]
+    assert m["fid"]["value"] == pytest.approx(
+        maths.frechet_distance(*maths.feature_statistics(real), *maths.feature_statistics(fake)), rel=1e-6)
+    assert m["fid"]["value"] == pytest.approx(scipy_fid(real, fake), rel=1e-3)
+    kid = maths.kernel_inception_distance(real, fake, num_subsets=4, subset_size=50, seed=3)
+    assert (m["kid"]["mean"], m["kid"]["std"]) == pytest.approx(kid, rel=1e-6, abs=1e-9)
+    assert (m["is"]["mean"], m["is"]["std"]) == pytest.approx(maths.inception_score(logits, SPLITS), rel=1e-6)
+    ifid = maths.intra_fid({c: real[real_y == c] for c in range(3)}, {c: fake[y == c] for c in range(3)})
+    assert m["ifid"]["value"] == pytest.approx(ifid["mean"], rel=1e-6)
+    assert m["ifid"]["per_class"] == pytest.approx({n: ifid["per_class"][c] for c, n in
+                                                   enumerate(["ring", "triangle", "hexagon_outline"])}, rel=1e-6)
+    pr = maths.precision_recall(real, fake, k=3)
+    assert (m["pr"]["precision"], m["pr"]["recall"]) == pytest.approx((pr["precision"], pr["recall"]))
+    assert m["acc"]["value"] == pytest.approx(np.mean(logits.argmax(1) == y))
+    # protocol next to every number
+    for name, r in m.items():
+        p = r["protocol"]
+        assert p["weights_sha256"] == clf.protocol["weights_sha256"] and p["n_fake"] == N and p["seed"] == 3
+        assert p["resize_method"] == clf.protocol["resize_method"]
+        if name in ("fid", "kid", "ifid", "pr"):
+            assert p["extractor"] == "classifier" and p["n_real"] == N
+            assert p["reference_split"] == "procedural(classes=3, seed=1), images [0, 60)"
+    assert m["kid"]["protocol"]["subset_size"] == 50 and m["is"]["protocol"]["splits"] == SPLITS
+    top = res["protocol"]
+    assert top["generator"]["weights"] == "ema" and top["class_names"] == ["ring", "triangle", "hexagon_outline"]
+    assert top["extractor"]["weights_sha256"] == clf.protocol["weights_sha256"] and top["resolution"] == 32
+    assert any("singular" in w for w in res["warnings"])  # 60 samples < 128 feature dims
+
+
+def test_reference_cache_reused_and_seed_changes_fakes(ckpt, tmp_path):
+    kw = dict(checkpoint=ckpt, n=20, metrics="fid", cache_dir=tmp_path, print_fn=None)
+    a = evaluate_gan(seed=0, **kw)
+    b = evaluate_gan(seed=1, **kw)
+    assert not a["protocol"]["reference"]["cached"] and b["protocol"]["reference"]["cached"]
+    assert a["metrics"]["fid"]["value"] != b["metrics"]["fid"]["value"]
+    assert evaluate_gan(seed=0, **kw)["metrics"]["fid"]["value"] == a["metrics"]["fid"]["value"]
+
+
+def test_good_generator_scores_better_than_untrained(ckpt, tmp_path):
+    """A callable that returns real procedural images of the asked class (another dataset seed)."""
+    ds = ProceduralShapes(32, 3, seed=99)
+    counter = {"i": 0}
+
+    def real_generator(z, y):
+        idx = [counter["i"] + 3 * k + int(c) for k, c in enumerate(y)]  # an image of class c (label = idx % 3)
+        counter["i"] += 3 * len(y)
+        return ds.get_batch(idx)[0]
+
+    kw = dict(n=N, metrics="fid,acc,pr", is_splits=SPLITS, cache_dir=tmp_path, print_fn=None)
+    good = evaluate_gan(real_generator, num_classes=3, z_dim=4, data="procedural", ref_seed=1, **kw)["metrics"]
+    bad = evaluate_gan(checkpoint=ckpt, **kw)["metrics"]
+    assert good["acc"]["value"] >= 0.9 and bad["acc"]["value"] < 0.7
+    assert good["fid"]["value"] * 5 < bad["fid"]["value"]
+    assert good["pr"]["precision"] > bad["pr"]["precision"]
+
+
+def test_errors(ckpt, tmp_path):
+    kw = dict(cache_dir=tmp_path, print_fn=None)
+    with pytest.raises(EvaluationError, match="not found"):
+        evaluate_gan(checkpoint=tmp_path / "missing.pt", n=10, **kw)
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(EvaluationError, match="could not load"):
+        evaluate_gan(checkpoint=tmp_path / "junk.pt", n=10, **kw)
+    with pytest.raises(EvaluationError, match="unknown metric"):
+        parse_metrics("fid,foo")
+    with pytest.raises(EvaluationError, match="at least 2 fake"):
+        evaluate_gan(checkpoint=ckpt, n=1, metrics="fid", **kw)
+    with pytest.raises(EvaluationError, match="IS with 10 splits needs at least 10"):
+        evaluate_gan(checkpoint=ckpt, n=6, metrics="is", **kw)
+    with pytest.raises(EvaluationError, match="intra-FID needs at least 2 fake samples per class"):
+        evaluate_gan(checkpoint=ckpt, n=5, metrics="ifid", **kw)
+    with pytest.raises(EvaluationError, match="give exactly one"):
+        evaluate_gan(n=5, **kw)
+
+    class NoLogits(FeatureExtractor):
+        name, dim = "nologits", 3
+
+        def _forward(self, x):
+            raise AssertionError("must not generate/extract before refusing IS")
+
+    with pytest.raises(LogitsUnavailableError, match="logits unavailable"):
+        evaluate_gan(checkpoint=ckpt, n=30, metrics="fid,is", extractor=NoLogits(), **kw)
+
+
+def test_acc_refused_for_non_procedural_folder(ckpt, tmp_path):
+    from PIL import Image
+    for c in ("cats", "dogs", "owls"):
+        (tmp_path / "d" / c).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(tmp_path / "d" / c / f"{i}.png")
+    with pytest.raises(EvaluationError, match="not procedural shapes"):
+        evaluate_gan(checkpoint=ckpt, n=6, metrics="acc", data=tmp_path / "d", class_names=["cats", "dogs", "owls"],
+                     cache_dir=tmp_path, print_fn=None)
+    # a procedural checkpoint against a folder: FID works, the class-name mismatch is reported
+    with pytest.warns(UserWarning, match="differ from the data folder's classes"):
+        r = evaluate_gan(checkpoint=ckpt, n=6, metrics="fid,acc", data=tmp_path / "d", cache_dir=tmp_path,
+                         print_fn=None)
+    assert r["metrics"]["fid"]["protocol"]["n_real"] == 6 and "all 6 images" in r["protocol"]["reference"]["split"]
+    assert any("differ from the data folder's classes" in w for w in r["warnings"])

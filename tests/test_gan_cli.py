@@ -1,0 +1,123 @@
+"""train-gan / sample / interpolate / layouts commands end to end (tiny, CPU)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from attnorm import cli
+from attnorm.training.gan import load_generator
+from attnorm.viz.gan import interpolation_images, layout_figure, parse_classes, sample_images
+from attnorm.viz.grid import entity_usage, make_grid
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one thread is as fast and far more robust on a shared, busy CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    rc = cli.main(["train-gan", "--out", str(out), "--steps", "2", "--batch-size", "4", "--seed", "1",
+                   "ch=8", "procedural_classes=3", "procedural_length=64", "log_every=1", "samples_per_class=3"])
+    assert rc == 0
+    return out
+
+
+def test_run_folder(run):
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["steps"] == 2 and cfg["ch"] == 8 and cfg["seed"] == 1
+    assert len((run / "stats.jsonl").read_text().splitlines()) == 2
+    grid = Image.open(run / "samples" / "step_0000002.png")
+    assert grid.size == (2 + 3 * 34, 2 + 3 * 34)  # 3 classes x 3 fixed z, 32 px tiles, 2 px padding
+
+
+def test_sample_command(run, tmp_path):
+    ckpt = str(run / "checkpoints" / "latest.pt")
+    assert cli.main(["sample", "--ckpt", ckpt, "--classes", "0,triangle,2", "--n", "2", "--out",
+                     str(tmp_path / "g.png"), "--out-dir", str(tmp_path / "d"), "--scale", "1"]) == 0
+    assert Image.open(tmp_path / "g.png").size == (2 + 2 * 34, 2 + 3 * 34)
+    files = sorted(p.name for p in (tmp_path / "d").iterdir())
+    assert files[0] == "000_ring_000.png" and len(files) == 6
+    # the saved images are the generator's output
+    g, _ = load_generator(ckpt)
+    x, _ = sample_images(g, [0], 1)
+    saved = np.asarray(Image.open(tmp_path / "d" / "000_ring_000.png"))
+    expected = ((x[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    assert np.array_equal(saved, expected)
+
+
+def test_interpolation_endpoints_are_the_classes(run, tmp_path):
+    ckpt = str(run / "checkpoints" / "latest.pt")
+    assert cli.main(["interpolate", "--ckpt", ckpt, "--from", "0", "--to", "2", "--steps", "5", "--rows", "2",
+                     "--out", str(tmp_path / "i.png"), "--scale", "1"]) == 0
+    assert Image.open(tmp_path / "i.png").size == (2 + 5 * 34, 2 + 2 * 34)
+    g, _ = load_generator(ckpt)
+    for m in g.modules():  # make the classes differ (2 training steps barely move the CBN tables)
+        if hasattr(m, "gain") and isinstance(m.gain, torch.nn.Embedding):
+            with torch.no_grad():
+                m.gain.weight.normal_(1, 0.5), m.bias.weight.normal_(0, 0.5)
+    x = interpolation_images(g, 0, 2, steps=5, rows=2).view(2, 5, 3, 32, 32)
+    a, _ = sample_images(g, [0], 2)
+    b, _ = sample_images(g, [2], 2)
+    # equal up to batch-size-dependent conv blocking (exact equality at equal batch: test_gan_models)
+    torch.testing.assert_close(x[:, 0], a, atol=1e-5, rtol=0)
+    torch.testing.assert_close(x[:, -1], b, atol=1e-5, rtol=0)
+    mid = x[:, 2]
+    assert (mid - a).abs().max() > 1e-3 and (mid - b).abs().max() > 1e-3
+
+
+def test_layouts_command(run, tmp_path):
+    ckpt = str(run / "checkpoints" / "latest.pt")
+    assert cli.main(["layouts", "--ckpt", ckpt, "--classes", "1", "--n", "2", "--out", str(tmp_path / "l.png"),
+                     "--json", str(tmp_path / "u.json"), "--scale", "1"]) == 0
+    # per row: image + argmax layout + 16 entity maps
+    assert Image.open(tmp_path / "l.png").size == (2 + 18 * 34, 2 + 2 * 34)
+    usage = json.loads((tmp_path / "u.json").read_text())
+    assert usage[0]["size"] == 32 and usage[0]["num_entities"] == 16
+    assert sum(usage[0]["fractions"]) == pytest.approx(1.0, abs=1e-3)
+    g, _ = load_generator(ckpt)
+    _, lay = g(torch.randn(1, 128), torch.tensor([0]), return_layouts=True)
+    grid, _ = layout_figure(g, [0], n=1)
+    assert grid.shape == (2 + 34, 2 + 18 * 34, 3)
+
+
+def test_entity_usage_reference():
+    lay = torch.zeros(2, 4, 10, 10)
+    lay[:, 0] = 1.0
+    lay[0, 1, :5] = 2.0  # entity 1 wins 50 of 200 pixels
+    lay[1, 3, 0, 0] = 2.0  # entity 3 wins 1 of 200 pixels (< 2 %)
+    used, frac = entity_usage(lay)
+    assert used == 2 and frac == pytest.approx([149 / 200, 50 / 200, 0, 1 / 200])
+
+
+def test_grid_and_class_parsing():
+    tiles = np.arange(5 * 2 * 2 * 3, dtype=np.uint8).reshape(5, 2, 2, 3)
+    g = make_grid(tiles, ncol=3, pad=1, pad_value=7)
+    assert g.shape == (1 + 2 * 3, 1 + 3 * 3, 3)
+    assert np.array_equal(g[4:6, 1:3], tiles[3]) and np.array_equal(g[4:6, 4:6], tiles[4]) and (g[4:6, 7:] == 7).all()
+    assert parse_classes("2,b", ["a", "b", "c"], 3) == [2, 1] and parse_classes(None, None, 2) == [0, 1]
+    with pytest.raises(ValueError, match="unknown class"):
+        parse_classes("zz", ["a"], 1)
+
+
+def test_demo_writes_everything(tmp_path):
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--out", str(out), "--steps", "3", "--minutes", "1", "ch=8", "batch_size=4",
+                     "procedural_classes=3", "procedural_length=64"]) == 0
+    for name in ("samples.png", "interpolation.png", "layouts.png", "loss_curve.png", "report.md",
+                 "report.json", "config.json", "stats.jsonl", "checkpoints/latest.pt"):
+        assert (out / name).exists(), name
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["steps"] == 3 and rep["stop_reason"] == "done"
+    u = rep["entity_usage"][0]
+    assert 1 <= u["used"] <= 16 and u["used"] == sum(f >= 0.02 for f in u["fractions"])
+    assert "entities are the argmax" in (out / "report.md").read_text()
+    assert Image.open(out / "samples.png").size == ((2 + 8 * 34) * 4, (2 + 3 * 34) * 4)

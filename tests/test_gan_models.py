@@ -1,0 +1,238 @@
+"""Class-conditional GAN models (attnorm.models.gan) against the supplement listing."""
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from attnorm.layers import AttentiveNorm, ConditionalBatchNorm2d, SelfAttention2d, orthogonality_loss
+from attnorm.models.gan import Discriminator, Generator, build_gan, truncated_normal
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one thread is as fast and far more robust on a shared, busy CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _record_shapes(model, blocks):
+    shapes = []
+    hooks = [b.register_forward_hook(lambda m, i, o: shapes.append((tuple(i[0].shape), tuple(o.shape))))
+             for b in blocks]
+    return shapes, hooks
+
+
+@pytest.fixture(scope="module")
+def nets128():
+    torch.manual_seed(0)
+    return (Generator(resolution=128, ch=64, num_classes=10).eval(),
+            Discriminator(resolution=128, ch=64, num_classes=10).eval())
+
+
+def test_generator_128_matches_supplement_listing(nets128):
+    g, _ = nets128
+    # z -> FC(4x4x1024) -> up 1024 -> up 512 -> up 256 (AN) -> up 128 -> up 64 -> BN -> ReLU -> conv -> tanh
+    assert g.fc.in_features == 128 and g.fc.out_features == 4 * 4 * 1024
+    expected = [(1024, 1024), (1024, 512), (512, 256), (256, 128), (128, 64)]
+    assert [(b.conv1.in_channels, b.conv2.out_channels) for b in g.blocks] == expected
+    assert [(b.shortcut.in_channels, b.shortcut.out_channels, b.shortcut.kernel_size) for b in g.blocks] == \
+        [(i, o, (1, 1)) for i, o in expected]
+    kinds = [type(b.attn).__name__ if b.attn is not None else None for b in g.blocks]
+    assert kinds == [None, None, "AttentiveNorm", None, None]
+    assert g.blocks[2].attn.channels == 256 and g.blocks[2].attn.num_entities == 16
+    assert isinstance(g.bn, nn.BatchNorm2d) and g.bn.num_features == 64
+    assert (g.conv_out.in_channels, g.conv_out.out_channels, g.conv_out.kernel_size) == (64, 3, (3, 3))
+    # every block uses conditional BN, twice
+    assert all(isinstance(b.cbn1, ConditionalBatchNorm2d) and isinstance(b.cbn2, ConditionalBatchNorm2d)
+               for b in g.blocks)
+
+    shapes, hooks = _record_shapes(g, g.blocks)
+    an_in = []
+    hooks.append(g.blocks[2].attn.register_forward_hook(lambda m, i, o: an_in.append(tuple(i[0].shape))))
+    with torch.no_grad():
+        x = g(torch.randn(1, 128), torch.tensor([3]))
+    for h in hooks:
+        h.remove()
+    assert x.shape == (1, 3, 128, 128)
+    assert [s[1] for s in shapes] == [(1, 1024, 8, 8), (1, 512, 16, 16), (1, 256, 32, 32),
+                                      (1, 128, 64, 64), (1, 64, 128, 128)]
+    assert shapes[0][0] == (1, 1024, 4, 4)
+    assert an_in == [(1, 256, 32, 32)]  # AN runs on the 32x32 map, between conv1 and CBN2
+
+
+def test_discriminator_128_matches_supplement_listing(nets128):
+    _, d = nets128
+    # x -> down 64 -> down 128 (AN) -> down 256 -> concat(Embed(y), h) -> down 512 -> down 1024 -> ReLU -> sum -> FC
+    outs = [b.conv2.out_channels for b in d.blocks]
+    assert outs == [64, 128, 256, 512, 1024]
+    ins = [b.conv1.in_channels for b in d.blocks]
+    assert ins == [3, 64, 128, 256 + 64, 512]  # embedding (dim ch=64) joins before the 4th block
+    assert d.embed.num_embeddings == 10 and d.embed.embedding_dim == 64
+    kinds = [type(b.attn).__name__ if b.attn is not None else None for b in d.blocks]
+    assert kinds == [None, "AttentiveNorm", None, None, None]
+    assert d.blocks[0].optimized and not any(b.optimized for b in d.blocks[1:])
+    assert (d.linear.in_features, d.linear.out_features) == (1024, 1)
+
+    shapes, hooks = _record_shapes(d, d.blocks)
+    with torch.no_grad():
+        out = d(torch.randn(2, 3, 128, 128), torch.tensor([1, 2]))
+    for h in hooks:
+        h.remove()
+    assert out.shape == (2,)
+    assert [s[1][2] for s in shapes] == [64, 32, 16, 8, 4]
+    assert shapes[3][0] == (2, 256 + 64, 16, 16)
+
+
+@pytest.mark.parametrize("res,g_attn,d_attn,g_res,d_res", [
+    (32, 2, 1, 32, 16),  # G: the 32x32 (last) block; D: middle block, AN at 16x16
+    (64, 2, 0, 32, 64),  # D: the block that outputs 32x32 (its AN runs on its 64x64 input)
+])
+def test_presets_place_attention(res, g_attn, d_attn, g_res, d_res):
+    g, d = build_gan(resolution=res, ch=8, num_classes=5)
+    assert len(g.blocks) == len(d.blocks) == {32: 3, 64: 4}[res]
+    assert [i for i, b in enumerate(g.blocks) if b.attn is not None] == [g_attn]
+    assert [i for i, b in enumerate(d.blocks) if b.attn is not None] == [d_attn]
+    assert g.blocks[-1].conv2.out_channels == 8 and d.blocks[0].conv2.out_channels == 8
+    g.eval(), d.eval()
+    with torch.no_grad():
+        x, lay = g(torch.randn(2, 128), torch.tensor([0, 4]), return_layouts=True)
+        o, dlay = d(x, torch.tensor([0, 4]), return_layouts=True)
+    assert x.shape == (2, 3, res, res) and o.shape == (2,)
+    assert [t.shape for t in lay] == [(2, 16, g_res, g_res)]
+    assert [t.shape for t in dlay] == [(2, 16, d_res, d_res)]
+    # layouts are softmaxes over entities
+    torch.testing.assert_close(lay[0].sum(1), torch.ones(2, g_res, g_res))
+
+
+@pytest.mark.parametrize("kind,cls,count", [("an", AttentiveNorm, 1), ("sa", SelfAttention2d, 1),
+                                            ("none", AttentiveNorm, 0)])
+def test_attention_variants_from_string(kind, cls, count):
+    g, d = build_gan(resolution=32, ch=8, num_classes=3, attention=kind)
+    for net in (g, d):
+        assert sum(isinstance(m, cls) for m in net.modules()) == count
+        assert sum(isinstance(m, (AttentiveNorm, SelfAttention2d)) for m in net.modules()) == count
+    with torch.no_grad():
+        assert g.eval()(torch.randn(1, 128), torch.tensor([1])).shape == (1, 3, 32, 32)
+    ortho = orthogonality_loss(g).detach()
+    assert (float(ortho) > 0) == (kind == "an")
+
+
+def test_unknown_attention_kind_raises():
+    with pytest.raises(ValueError, match="attention kind"):
+        Generator(resolution=32, ch=8, attention="bogus")
+    with pytest.raises(ValueError, match="power of two"):
+        Discriminator(resolution=48, ch=8)
+
+
+def _randomise_cbn(g):
+    gen = torch.Generator().manual_seed(1)
+    for m in g.modules():
+        if isinstance(m, ConditionalBatchNorm2d):
+            with torch.no_grad():
+                m.gain.weight.copy_(1 + 0.5 * torch.randn(m.gain.weight.shape, generator=gen))
+                m.bias.weight.copy_(0.5 * torch.randn(m.bias.weight.shape, generator=gen))
+
+
+def test_conditioning_labels_and_soft_class_path():
+    torch.manual_seed(0)
+    g, d = build_gan(resolution=32, ch=8, num_classes=6)
+    _randomise_cbn(g)
+    g.eval(), d.eval()
+    z = torch.randn(3, 128)
+    z = torch.cat([z, z])
+    y = torch.tensor([0, 1, 2, 3, 4, 5])
+    with torch.no_grad():
+        x = g(z, y)
+        x_soft = g(z, nn.functional.one_hot(y, 6).float())
+        o = d(x, y)
+        o_soft = d(x, nn.functional.one_hot(y, 6).float())
+        o_same_img = d(x[:1].expand(6, -1, -1, -1), y)
+    # same z, different labels -> different images
+    assert (x[:3] - x[3:]).abs().amax(dim=(1, 2, 3)).min() > 1e-3
+    # one-hot class weights give exactly the label path
+    assert torch.equal(x, x_soft) and torch.equal(o, o_soft)
+    # D depends on the label: the same image scored under 6 labels gives 6 different logits
+    assert torch.unique(o_same_img).numel() == 6
+    assert x.min() >= -1 and x.max() <= 1
+    # a 50/50 class mixture reaches every CBN: it differs from both endpoints
+    with torch.no_grad():
+        mix = g(z[:1], torch.tensor([[0.5, 0.5, 0, 0, 0, 0]]))
+    assert (mix - x[0:1]).abs().max() > 1e-4 and (mix - x[1:2]).abs().max() > 1e-4
+
+
+def test_generator_output_saturates_inside_unit_range():
+    g = Generator(resolution=32, ch=8, num_classes=2, attention="none").eval()
+    with torch.no_grad():
+        g.conv_out.parametrizations.weight.original.mul_(1e3)
+        g.conv_out.bias.fill_(50.0)
+        x = g(torch.randn(4, 128), torch.tensor([0, 1, 0, 1]))
+    assert x.min() >= -1 and x.max() <= 1 and x.max() == 1.0
+
+
+def test_spectral_norm_on_the_right_layers():
+    g, d = build_gan(resolution=32, ch=8, num_classes=4, attention="sa")
+    for net, types in ((g, (nn.Conv2d, nn.Linear)), (d, (nn.Conv2d, nn.Linear, nn.Embedding))):
+        layers = [m for m in net.modules() if isinstance(m, types)
+                  and not isinstance(m, nn.Embedding) or (net is d and isinstance(m, nn.Embedding))]
+        assert layers
+        for m in layers:
+            assert parametrize.is_parametrized(m, "weight"), m
+    # CBN tables and AN's internal weights are not normalised
+    g_an, _ = build_gan(resolution=32, ch=8, num_classes=4, attention="an")
+    for m in g_an.modules():
+        if isinstance(m, ConditionalBatchNorm2d):
+            assert not parametrize.is_parametrized(m.gain) and not parametrize.is_parametrized(m.bias)
+        if isinstance(m, AttentiveNorm):
+            assert not parametrize.is_parametrized(m)
+    # SN really normalises: after power iterations the top singular value is 1
+    fc = g_an.fc
+    for _ in range(200):
+        fc(torch.randn(1, 128))
+    fc.eval()
+    sigma = torch.linalg.svdvals(fc.weight.detach())[0]
+    assert abs(float(sigma) - 1.0) < 2e-3
+
+
+def test_config_rebuilds_identical_model():
+    torch.manual_seed(0)
+    g, d = build_gan(resolution=32, ch=8, num_classes=4, attention="an", an_kwargs={"temperature": 5.0})
+    g2 = Generator(**g.get_config())
+    d2 = Discriminator(**d.get_config())
+    g2.load_state_dict(g.state_dict())
+    d2.load_state_dict(d.state_dict())
+    assert g2.blocks[2].attn.temperature == 5.0
+    g.eval(), g2.eval(), d.eval(), d2.eval()
+    z, y = torch.randn(2, 128), torch.tensor([1, 3])
+    with torch.no_grad():
+        assert torch.equal(g(z, y), g2(z, y))
+        assert torch.equal(d(g(z, y), y), d2(g(z, y), y))
+
+
+def test_truncated_normal():
+    z = truncated_normal((2000, 16), truncation=0.5, generator=torch.Generator().manual_seed(0))
+    assert z.abs().max() <= 0.5
+    # redrawn, not clipped: no mass piles up at the bound
+    assert (z.abs() > 0.499).float().mean() < 0.01
+    assert z.std() < 0.35
+
+
+def test_projection_option_adds_inner_product_term():
+    torch.manual_seed(0)
+    d = Discriminator(resolution=32, ch=8, num_classes=4, projection=True).eval()
+    cfg = d.get_config()
+    assert cfg["projection"] is True
+    plain = Discriminator(**dict(cfg, projection=False)).eval()
+    missing = plain.load_state_dict(d.state_dict(), strict=False)
+    assert all(k.startswith("proj.") for k in missing.unexpected_keys) and not missing.missing_keys
+    feats = []
+    d.blocks[-1].register_forward_hook(lambda m, i, o: feats.append(o))
+    x, y = torch.randn(3, 3, 32, 32), torch.tensor([0, 2, 3])
+    with torch.no_grad():
+        diff = d(x, y) - plain(x, y)
+        pooled = feats[0].relu().sum(dim=(2, 3))  # (b, c)
+        expected = (d.proj.weight[y] * pooled).sum(1)
+    torch.testing.assert_close(diff, expected, rtol=1e-5, atol=1e-5)
+    assert parametrize.is_parametrized(d.proj, "weight")

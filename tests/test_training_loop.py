@@ -1,0 +1,165 @@
+"""Generic training loop (attnorm.training.loop) on a toy regression: no GAN involved."""
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from attnorm.training.loop import (EMA, BatchStream, NonFiniteLossError, Phase, TrainingLoop, get_rng_state,
+                                   load_checkpoint, read_stats, set_rng_state)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one thread is as fast and far more robust on a shared, busy CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class ToyData:
+    """y = x @ w_true + noise; labels are unused ints."""
+
+    def __init__(self, n=64):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 4, generator=g)
+        self.y = self.x @ torch.tensor([1.0, -2.0, 0.5, 3.0])
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return torch.cat([self.x[i], self.y[i:i + 1]]), 0
+
+
+class ToyLoss:
+    """Phase "fit": MSE plus a term using all three RNGs, so resume must restore them."""
+
+    def __init__(self, model, nan_at=None):
+        self.model, self.nan_at, self.calls = model, nan_at, 0
+
+    def run_phase(self, name, batch):
+        self.calls += 1
+        xy, _ = batch
+        noise = torch.randn(()) * 1e-3 + float(np.random.rand()) * 1e-3 + random.random() * 1e-3
+        loss = (self.model(xy[:, :4]).squeeze(1) - xy[:, 4]).pow(2).mean() + noise
+        if self.nan_at is not None and self.calls >= self.nan_at:
+            loss = loss * float("nan")
+        loss.backward()
+        return {"fit/loss": loss.detach(), "fit/noise": noise}
+
+
+def make_loop(run_dir, steps, nan_at=None, **kw):
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)
+    model = nn.Linear(4, 1)
+    opt = torch.optim.Adam(model.parameters(), lr=0.3)
+    ema = EMA(model, decay=0.9)
+    loop = TrainingLoop([Phase("fit", model, opt)], ToyLoss(model, nan_at), BatchStream(ToyData(), 8, seed=1),
+                        run_dir, total_steps=steps, ema=ema, log_every=1, print_fn=None,
+                        extra_state={"config": {"width": 4, "name": "toy"}}, **kw)
+    return loop, model, ema
+
+
+def losses(run_dir):
+    return [(r["step"], r["fit/loss"]) for r in read_stats(run_dir / "stats.jsonl")]
+
+
+def test_resume_is_exact(tmp_path):
+    full, model_full, _ = make_loop(tmp_path / "a", 12, ckpt_every=5)
+    full.run()
+
+    class Kill(Exception):
+        pass
+
+    def kill_at_7(step):
+        if step == 7:
+            raise Kill()
+
+    part, _, _ = make_loop(tmp_path / "b", 12, ckpt_every=5, sample_every=1, sample_fn=kill_at_7)
+    with pytest.raises(Kill):
+        part.run()
+    assert [s for s, _ in losses(tmp_path / "b")] == list(range(1, 8))  # steps 6, 7 ran past the checkpoint
+    resumed, model_res, ema_res = make_loop(tmp_path / "b", 12, ckpt_every=5)
+    assert resumed.resume() == 5
+    resumed.run()
+    assert losses(tmp_path / "b") == losses(tmp_path / "a")  # identical floats, no duplicated steps
+    assert torch.equal(model_full.weight, model_res.weight)
+    assert torch.equal(full.ema.shadow.weight, ema_res.shadow.weight)
+    # the loss did go down: the loop really trains
+    first, last = losses(tmp_path / "a")[0][1], losses(tmp_path / "a")[-1][1]
+    assert last < 0.5 * first
+
+
+def test_checkpoint_is_atomic_and_weights_only(tmp_path):
+    loop, model, _ = make_loop(tmp_path, 4, ckpt_every=2)
+    loop.run()
+    files = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert files == ["latest.pt"]  # no temporary file left behind
+    state = load_checkpoint(tmp_path / "checkpoints" / "latest.pt")  # torch.load(weights_only=True)
+    assert state["step"] == 4 and state["extra"]["config"] == {"width": 4, "name": "toy"}
+    assert torch.equal(state["modules"]["fit"]["weight"], model.weight)
+    assert isinstance(state["rng"]["torch"], torch.Tensor)
+
+
+def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
+    loop, model, _ = make_loop(tmp_path, 10, nan_at=6, ckpt_every=2)
+    with pytest.raises(NonFiniteLossError, match=r"step 6: fit/loss = nan.*latest.pt \(step 4\)"):
+        loop.run()
+    state = load_checkpoint(tmp_path / "checkpoints" / "latest.pt")
+    assert state["step"] == 4
+    assert all(torch.isfinite(v).all() for v in state["modules"]["fit"].values())
+    assert all(math.isfinite(r["fit/loss"]) for r in read_stats(tmp_path / "stats.jsonl"))
+    # the NaN step was not applied to the weights
+    assert torch.isfinite(model.weight).all()
+
+
+def test_nan_before_any_checkpoint(tmp_path):
+    loop, _, _ = make_loop(tmp_path, 10, nan_at=1, ckpt_every=5)
+    with pytest.raises(NonFiniteLossError, match="no checkpoint was written yet"):
+        loop.run()
+
+
+def test_ema_matches_reference():
+    m = nn.Linear(2, 1)
+    ema = EMA(m, decay=0.8)
+    ref = m.weight.detach().clone()
+    for k in range(3):
+        with torch.no_grad():
+            m.weight.add_(1.0 + k)
+        ema.update()
+        ref = 0.8 * ref + 0.2 * m.weight.detach()
+    torch.testing.assert_close(ema.shadow.weight, ref)
+    warm = EMA(m, decay=0.8, start_step=1)
+    with torch.no_grad():
+        m.weight.add_(5.0)
+    warm.update()  # before start_step the shadow copies the module
+    assert torch.equal(warm.shadow.weight, m.weight)
+
+
+def test_batch_stream_epochs_and_ranks():
+    ds = ToyData(20)
+    s = BatchStream(ds, 4, seed=3)
+    seen = [s.next()[0][:, 0] for _ in range(5)]  # one epoch: each item exactly once
+    allx = torch.cat(seen)
+    assert sorted(allx.tolist()) == sorted(ds.x[:, 0].tolist())
+    state = s.state_dict()
+    nxt = s.next()[0]
+    s2 = BatchStream(ds, 4, seed=3)
+    s2.load_state_dict(state)
+    assert torch.equal(s2.next()[0], nxt)
+    r0, r1 = BatchStream(ds, 2, seed=3, rank=0, world_size=2), BatchStream(ds, 2, seed=3, rank=1, world_size=2)
+    assert torch.equal(torch.cat([r0.next()[0], r1.next()[0]]), BatchStream(ds, 4, seed=3).next()[0])
+
+
+def test_rng_state_roundtrip():
+    state = get_rng_state()
+    a = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
+    set_rng_state(state)
+    b = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+    json.dumps(state["python"])  # plain types
