@@ -185,3 +185,38 @@ def test_cuda_matches_cpu_and_bf16_autocast():
         out16 = regional_norm(v.cuda().bfloat16(), s.cuda(), beta.cuda(), alpha.cuda())
     assert torch.isfinite(out16).all()
     assert _rel_err(out16.float().cpu().double(), ref) <= 5e-2
+
+
+@pytest.mark.parametrize("algorithm1", [True, False])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("scaled", [True, False])
+def test_analytic_coefficient_backward_matches_autograd(algorithm1, affine, scaled):
+    from attnorm.layers.regional import _Coefficients, coefficients_autograd
+
+    g = torch.Generator().manual_seed(7)
+    b, c, n, hw = 2, 5, 4, 9
+    r64 = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)
+    s = torch.softmax(r64(b, n, hw) * 2, dim=1)
+    vc = r64(b, c, hw)
+    vc = vc - vc.mean(-1, keepdim=True)
+    inputs = {
+        "u": vc @ s.transpose(1, 2),
+        "r": (vc @ (s * s).transpose(1, 2)) if algorithm1 else None,
+        "a": (vc * vc) @ ((s * s) if algorithm1 else s).transpose(1, 2),
+        "k": r64(b, c, 1),
+        "total": s.sum(-1).unsqueeze(1),
+        "s2_sum": (s * s).sum(-1).unsqueeze(1) if algorithm1 else None,
+        "beta": r64(c) if affine else None,
+        "alpha": r64(c) if affine else None,
+        "scale": r64(()) if scaled else None,
+    }
+    names = [k for k, v in inputs.items() if v is not None]
+    weights = (r64(b, c, n), r64(b, c, n))
+    grads = []
+    for fn in (lambda *a: _Coefficients.apply(*a, 1e-5, hw), lambda *a: coefficients_autograd(*a, 1e-5, hw)):
+        leaves = {k: (v.clone().requires_grad_() if v is not None else None) for k, v in inputs.items()}
+        p, q = fn(*leaves.values())
+        ((p * weights[0]).sum() + (q * weights[1]).sum()).backward()
+        grads.append([leaves[k].grad for k in names])
+    for name, fast, ref in zip(names, *grads):
+        assert torch.allclose(fast, ref, rtol=1e-9, atol=1e-12), name

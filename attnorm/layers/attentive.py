@@ -200,11 +200,10 @@ class AttentiveNorm(nn.Module):
             x3 = x.reshape(b, c, h * w).to(dt)  # (b, c, hw)
             logits, vc, shift = self._layout_and_value(x3, positions)  # (b,n,hw) (b,c,hw) (b,c)
             s = torch.softmax(logits / self.temperature, dim=1)  # (b, n, hw)
+            # Y = X + sigma * (Vc * (P S) - Q S), sigma folded into P and Q
             p, q = regional_coefficients(vc, s, shift, self.rn_weight, self.rn_bias, self.eps,
-                                         self.variance)  # (b, c, n) each
-            sigma = self.sigma.to(dt)
-            # Y = X + sigma * (Vc * (P S) - Q S), evaluated as two fused products.
-            y = combine(x3, vc, s, p * sigma, q * sigma)  # (b, c, hw)
+                                         self.variance, scale=self.sigma)  # (b, c, n) each
+            y = combine(x3, vc, s, p, q)  # (b, c, hw)
         y = y.view(b, c, h, w).to(x.dtype)
         if channels_last:
             y = y.contiguous(memory_format=torch.channels_last)

@@ -124,6 +124,146 @@ def combine(x: Tensor | None, vc: Tensor, s: Tensor, p: Tensor, q: Tensor) -> Te
     return _Combine.apply(x, vc, s, p, q)
 
 
+def _statistics(u: Tensor, r: Tensor | None, a: Tensor, k: Tensor, total: Tensor,
+                s2_sum: Tensor | None, eps: float, hw: int) -> dict[str, Tensor]:
+    """Algorithm 1's per-entity mean and std from the pixel sums (all (b, c, n) or broadcastable).
+
+    u = sum_p Vc S, r = sum_p Vc S^2 (algorithm1 only), a = sum_p Vc^2 S^2 (algorithm1)
+    or sum_p Vc^2 S (weighted), k (b, c, 1) the shift of V, total (b, 1, n) = sum_p S,
+    s2_sum (b, 1, n) = sum_p S^2 (algorithm1 only).
+
+    Each sum of squares is split into a spread about the plain mean m0 of the summed
+    terms (computed from the centred values) plus the offset of m0 from the eps-biased
+    mean: both parts are non-negative and free of large cancellations.
+    """
+    tiny = torch.finfo(u.dtype).tiny
+    count = total + eps  # (b, 1, n)
+    sv = u + k * total  # (b, c, n): sum_p V S
+    # Algorithm 1's (eps-biased) mean relative to the shift, without cancellation:
+    # mu - k = (sum Vc S + k T) / (T + eps) - k = (sum Vc S - k eps) / (T + eps)
+    mean_c = (u - k * eps) / count  # (b, c, n)
+    out = {"count": count, "sv": sv, "mean_c": mean_c}
+    if r is not None:
+        # sum_p (V S - mu)^2 = sum_p (V S - m0)^2 + hw (m0 - mu)^2,  m0 = sum_p V S / hw,
+        # and with V = Vc + k:  sum_p (V S - m0)^2 = [sum Vc^2 S^2 - (sum Vc S)^2 / hw]
+        #     + 2 k [sum Vc S^2 - (T / hw) sum Vc S] + k^2 [sum S^2 - T^2 / hw]
+        spread = ((a - u * u / hw) + 2 * k * (r - total / hw * u)
+                  + k * k * (s2_sum - total * total / hw))
+        d = (count - hw) / (hw * count)  # (b, 1, n): (m0 - mu) / sum_p V S
+        offset = sv * d
+        sum_sq = spread.clamp_min(0) + hw * offset * offset
+        out["d"] = d
+    else:
+        # sum_p S (V - mu)^2 = [sum S Vc^2 - (sum S Vc)^2 / T] + T (sum S V / T - mu)^2, T = sum S
+        safe_total = total.clamp_min(tiny)
+        spread = a - u * u / safe_total
+        offset = (sv / safe_total) * (eps / count)  # (b, c, n): weighted mean - mu
+        sum_sq = spread.clamp_min(0) + total * offset * offset
+        out["safe_total"] = safe_total
+    var = sum_sq / count
+    # The tiny floor keeps sqrt's gradient finite where the variance is exactly 0.
+    std = var.clamp_min(tiny).sqrt()
+    out.update(spread=spread, offset=offset, var=var, std=std, inv=1.0 / (std + eps))
+    return out
+
+
+def _coefficients_from_statistics(st: dict, beta, alpha, scale):
+    """P = scale * beta * inv, Q = scale * (mean_c * beta * inv - alpha)."""
+    ib = st["inv"] if beta is None else st["inv"] * beta.view(1, -1, 1)
+    q = st["mean_c"] * ib
+    if alpha is not None:
+        q = q - alpha.view(1, -1, 1)
+    if scale is not None:
+        return ib * scale, q * scale
+    return ib, q
+
+
+def coefficients_autograd(u, r, a, k, total, s2_sum, beta, alpha, scale, eps, hw):
+    """The coefficient maths left to autograd: the reference for :class:`_Coefficients`."""
+    st = _statistics(u, r, a, k, total, s2_sum, eps, hw)
+    return _coefficients_from_statistics(st, beta, alpha, scale)
+
+
+class _Coefficients(torch.autograd.Function):
+    """``(P, Q)`` from the pixel sums, with an analytic backward.
+
+    The same numbers as :func:`coefficients_autograd`; the hand-derived backward
+    replaces some hundred small autograd nodes (launch overhead on GPU, dispatch
+    overhead on CPU) by a few dozen fused expressions.
+    """
+
+    @staticmethod
+    def forward(ctx, u, r, a, k, total, s2_sum, beta, alpha, scale, eps: float, hw: int):
+        st = _statistics(u, r, a, k, total, s2_sum, eps, hw)
+        p, q = _coefficients_from_statistics(st, beta, alpha, scale)
+        ctx.eps, ctx.hw, ctx.algorithm1 = eps, hw, r is not None
+        ctx.save_for_backward(u, r, k, total, s2_sum, beta, alpha, scale, st["count"], st["sv"],
+                              st["mean_c"], st["spread"], st["offset"], st["var"], st["std"],
+                              st["inv"], st.get("d"), st.get("safe_total"))
+        return p, q
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_p, g_q):
+        (u, r, k, total, s2_sum, beta, alpha, scale, count, sv, mean_c, spread, offset, var, std,
+         inv, d, safe_total) = ctx.saved_tensors
+        eps, hw = ctx.eps, ctx.hw
+        tiny = torch.finfo(u.dtype).tiny
+        g_p = torch.zeros_like(inv) if g_p is None else g_p
+        g_q = torch.zeros_like(inv) if g_q is None else g_q
+        beta_v = None if beta is None else beta.view(1, -1, 1)
+        ib = inv if beta_v is None else inv * beta_v  # (b, c, n)
+        # P = s ib, Q = s (mean_c ib - alpha)
+        g_scale = None
+        if scale is not None:
+            q_unscaled = mean_c * ib if alpha is None else mean_c * ib - alpha.view(1, -1, 1)
+            g_scale = (g_p * ib + g_q * q_unscaled).sum().reshape(scale.shape)
+            g_p, g_q = g_p * scale, g_q * scale
+        g_alpha = None if alpha is None else -g_q.sum(dim=(0, 2))
+        g_ib = g_p + g_q * mean_c
+        g_mean = g_q * ib
+        g_beta = None if beta is None else (g_ib * inv).sum(dim=(0, 2))
+        g_inv = g_ib if beta_v is None else g_ib * beta_v
+        g_var = -g_inv * inv * inv * 0.5 / std * (var > tiny)  # through 1/(std + eps) and sqrt
+        g_sum_sq = g_var / count
+        g_count = -(g_var * var / count).sum(1, keepdim=True)  # (b, 1, n)
+        g_spread = g_sum_sq * (spread > 0)
+        # mean_c = (u - k eps) / count
+        g_u = g_mean / count
+        g_k = -(g_mean * eps / count).sum(2, keepdim=True)  # (b, c, 1)
+        g_count = g_count - (g_mean * mean_c / count).sum(1, keepdim=True)
+        g_r = g_s2 = None
+        if ctx.algorithm1:
+            # sum_sq = relu(spread) + hw * (sv d)^2
+            g_off = g_sum_sq * 2 * hw * offset
+            g_sv = g_off * d
+            g_count = g_count + (g_off * sv).sum(1, keepdim=True) / (count * count)  # d = 1/hw - 1/count
+            # spread = a - u^2/hw + 2k (r - T u/hw) + k^2 (s2 - T^2/hw)
+            g_a = g_spread
+            g_u = g_u - g_spread * 2 * sv / hw
+            g_r = g_spread * 2 * k
+            g_k = g_k + (g_spread * 2 * ((r - total / hw * u) + k * (s2_sum - total * total / hw))
+                         ).sum(2, keepdim=True)
+            g_total = -(g_spread * 2 * k * sv / hw).sum(1, keepdim=True)
+            g_s2 = (g_spread * k * k).sum(1, keepdim=True)
+        else:
+            # sum_sq = relu(spread) + T off^2,  spread = a - u^2 / Ts,  off = sv eps / (Ts count)
+            g_a = g_spread
+            g_u = g_u - g_spread * 2 * u / safe_total
+            g_ts = (g_spread * u * u).sum(1, keepdim=True) / (safe_total * safe_total)
+            g_total = (g_sum_sq * offset * offset).sum(1, keepdim=True)
+            g_off = g_sum_sq * 2 * total * offset
+            g_sv = g_off * (eps / (safe_total * count))
+            g_ts = g_ts - (g_off * offset).sum(1, keepdim=True) / safe_total
+            g_count = g_count - (g_off * offset).sum(1, keepdim=True) / count
+            g_total = g_total + g_ts * (total > tiny)
+        # sv = u + k T
+        g_u = g_u + g_sv
+        g_k = g_k + (g_sv * total).sum(2, keepdim=True)
+        g_total = g_total + (g_sv * k).sum(1, keepdim=True) + g_count  # count = T + eps
+        return g_u, g_r, g_a, g_k, g_total, g_s2, g_beta, g_alpha, g_scale, None, None
+
+
 def regional_coefficients(
     vc: Tensor,
     s: Tensor,
@@ -132,6 +272,7 @@ def regional_coefficients(
     alpha: Tensor | None = None,
     eps: float = 1e-5,
     variance: str = "algorithm1",
+    scale: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Per-entity coefficients ``(P, Q)``, each (b, c, n), with RN = Vc * (P S) - Q S.
 
@@ -140,51 +281,21 @@ def regional_coefficients(
             exact, the spatial mean of V makes the moments well conditioned.
         s: soft layout (b, n, hw).
         shift: (b, c) shift that was subtracted from V.
+        beta, alpha: per-channel scale and shift (None: 1 and 0).
+        scale: optional scalar multiplying both P and Q (the layer's sigma).
     """
     _check_variance(variance)
-    hw = vc.shape[-1]
-    tiny = torch.finfo(vc.dtype).tiny
-    k = shift.unsqueeze(-1)  # (b, c, 1)
-    total = s.sum(-1).unsqueeze(1)  # (b, 1, n): T_i = sum_p S_ip
-    count = total + eps  # (b, 1, n)
     algorithm1 = variance == "algorithm1"
-    m, a = _Moments.apply(vc, s, algorithm1)  # (b, c, 2n | n), (b, c, n)
     n = s.shape[1]
-    svc = m[..., :n]  # (b, c, n): sum_p Vc S
-    sv = svc + k * total  # (b, c, n): sum_p V S
-    # Algorithm 1's (eps-biased) mean relative to the shift, without cancellation:
-    # mu - k = (sum Vc S + k T) / (T + eps) - k = (sum Vc S - k eps) / (T + eps)
-    mean_c = (svc - k * eps) / count  # (b, c, n)
-    # Each sum of squares = a spread about the plain mean m0 of the summed terms
-    # (computed from the centred values) + the offset of m0 from the eps-biased
-    # mean. Both parts are non-negative and free of large cancellations.
-    if algorithm1:
-        # sum_p (V S - mu)^2 = sum_p (V S - m0)^2 + hw (m0 - mu)^2,  m0 = sum_p V S / hw,
-        # and with V = Vc + k:  sum_p (V S - m0)^2 = [sum Vc^2 S^2 - (sum Vc S)^2 / hw]
-        #     + 2 k [sum Vc S^2 - (T / hw) sum Vc S] + k^2 [sum S^2 - T^2 / hw]
-        cross = m[..., n:]  # (b, c, n): sum_p Vc S^2
-        s2_sum = (s * s).sum(-1).unsqueeze(1)  # (b, 1, n): sum_p S^2
-        spread = ((a - svc * svc / hw) + 2 * k * (cross - total / hw * svc)
-                  + k * k * (s2_sum - total * total / hw))
-        offset = sv * ((count - hw) / (hw * count))  # (b, c, n): m0 - mu
-        sum_sq = spread.clamp_min(0) + hw * offset * offset
-    else:
-        # sum_p S (V - mu)^2 = [sum S Vc^2 - (sum S Vc)^2 / T] + T (sum S V / T - mu)^2, T = sum S
-        safe_total = total.clamp_min(tiny)
-        spread = a - svc * svc / safe_total
-        offset = (sv / safe_total) * (eps / count)  # (b, c, n): weighted mean - mu
-        sum_sq = spread.clamp_min(0) + total * offset * offset
-    var = sum_sq / count
-    # The tiny floor keeps sqrt's gradient finite where the variance is exactly 0.
-    std = var.clamp_min(tiny).sqrt()
-    inv = 1.0 / (std + eps)  # (b, c, n)
-    if beta is not None:
-        inv = inv * beta.to(inv.dtype).view(1, -1, 1)
-    # sum_i S_i [(Vc + k - mu_i) inv_i + alpha] = Vc (inv S) - ((mu - k) inv - alpha) S
-    q = mean_c * inv
-    if alpha is not None:
-        q = q - alpha.to(q.dtype).view(1, -1, 1)
-    return inv, q
+    m, a = _Moments.apply(vc, s, algorithm1)  # (b, c, 2n | n), (b, c, n)
+    total = s.sum(-1).unsqueeze(1)  # (b, 1, n): sum_p S
+    u = m[..., :n]  # (b, c, n): sum_p Vc S
+    r = m[..., n:] if algorithm1 else None  # (b, c, n): sum_p Vc S^2
+    s2_sum = s.square().sum(-1).unsqueeze(1) if algorithm1 else None  # (b, 1, n): sum_p S^2
+    dt = vc.dtype
+    cast = lambda t: None if t is None else t.to(dt)
+    return _Coefficients.apply(u, r, a, shift.unsqueeze(-1), total, s2_sum, cast(beta), cast(alpha),
+                               cast(scale), eps, vc.shape[-1])
 
 
 def _compute_dtype(t: Tensor) -> torch.dtype:
