@@ -235,3 +235,17 @@ def test_cuda_and_bf16_autocast():
     assert y16.dtype == torch.bfloat16 and torch.isfinite(y16).all()
     assert _rel(y16.double().cpu(), ref) <= 5e-2
     assert all(torch.isfinite(p.grad).all() for p in layer32.parameters())
+
+
+def test_bf16_autocast_forward_and_backward_on_cpu():
+    layer = _layer(dtype=torch.float32)
+    x = _x(2, 16, 6, 6, dtype=torch.float32)
+    pos = torch.tensor([0, 3, 7, 7, 20, 35])
+    ref, _ = attentive_norm_literal(layer.double(), x.double(), pos)
+    layer.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x.bfloat16(), positions=pos)
+        y.float().sum().backward()  # backward inside autocast, as training loops often do
+    assert y.dtype == torch.bfloat16
+    assert _rel(y.double(), ref) <= 5e-2
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters())

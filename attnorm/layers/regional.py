@@ -26,10 +26,23 @@ full resolution: memory is O(b c hw + b n hw + b c n). The literal form lives in
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
 VARIANCES = ("algorithm1", "weighted")
+
+
+def _full_precision_backward(backward):
+    """Run a custom backward with autocast off: its inputs are float32/64 already,
+    and a backward called inside ``torch.autocast`` would otherwise downcast them."""
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        device = next((g.device.type for g in grads if g is not None), "cpu")
+        with torch.autocast(device_type=device, enabled=False):
+            return backward(ctx, *grads)
+    return wrapper
 
 
 def _check_variance(variance: str) -> None:
@@ -64,6 +77,7 @@ class _Moments(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
+    @_full_precision_backward
     def backward(ctx, g_m: Tensor | None, g_a: Tensor | None):
         vc, vv, s, ss, s2 = ctx.saved_tensors
         if g_m is None:
@@ -104,6 +118,7 @@ class _Combine(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
+    @_full_precision_backward
     def backward(ctx, g_y: Tensor):
         vc, s, p, q, t = ctx.saved_tensors
         need_x, need_vc, need_s, need_p, need_q = ctx.needs_input_grad
@@ -204,6 +219,7 @@ class _Coefficients(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
+    @_full_precision_backward
     def backward(ctx, g_p, g_q):
         (u, r, k, total, s2_sum, beta, alpha, scale, count, sv, mean_c, spread, offset, var, std,
          inv, d, safe_total) = ctx.saved_tensors
