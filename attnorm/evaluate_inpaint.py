@@ -281,7 +281,7 @@ def evaluate_inpaint(method: Method, images: Sequence[Tensor], masks: Sequence[T
                      mask_names: Sequence[str] | None = None, num_pairs: int | None = None,
                      resize_masks: bool = False, psnr_cap: float | None = PSNR_CAP, save_outputs: bool = False,
                      sheet: bool = True, method_name: str = "method", protocol: dict | None = None,
-                     verbose: bool = False) -> dict:
+                     verbose: bool = False, fid: str | None = None) -> dict:
     """Run ``method`` on every (image, mask) pair and score the 8-bit composites (see the module docstring).
 
     Args:
@@ -298,6 +298,10 @@ def evaluate_inpaint(method: Method, images: Sequence[Tensor], masks: Sequence[T
         sheet: write the worst/best image sheet.
         method_name: recorded in the summary.
         protocol: extra protocol entries for the summary (e.g. the data source).
+        fid: name of a feature extractor (``attnorm.metrics.get_extractor``, e.g. ``"inception"``)
+            to also report the FID between the 8-bit composites and their ground truths over all
+            pairs (None: no FID). With few pairs it is a coarse, biased figure: the JSON says how
+            many samples it used.
     Returns: ``{"rows": [per-pair dicts], "summary": {...}}`` (the summary is what ``summary.json`` holds).
     Raises: ValueError for empty data, an empty mask set, a mask/image size mismatch, or a
     method output of the wrong shape.
@@ -325,6 +329,12 @@ def evaluate_inpaint(method: Method, images: Sequence[Tensor], masks: Sequence[T
         if save_outputs:
             (out / "outputs").mkdir(exist_ok=True)
 
+    extractor = None
+    if fid:
+        from attnorm.metrics import get_extractor
+        extractor = get_extractor(fid)
+    feats_fake: list[np.ndarray] = []
+    feats_real: list[np.ndarray] = []
     rows: list[dict] = []
     arrays: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # only kept for the sheet candidates
     sizes = set()
@@ -345,6 +355,10 @@ def evaluate_inpaint(method: Method, images: Sequence[Tensor], masks: Sequence[T
         composite = torch.where(hole.expand_as(x), y.to(x.dtype).cpu(), x.cpu())
         out_u8, gt_u8 = to_uint8(composite), to_uint8(x)
         metrics = image_metrics(out_u8, gt_u8, hole.numpy(), psnr_cap)
+        if extractor is not None:  # features of the quantised composite and ground truth, (1, d) each
+            as_input = lambda u8: torch.from_numpy(u8).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+            feats_fake.append(extractor.features(as_input(out_u8)))
+            feats_real.append(extractor.features(as_input(gt_u8)))
         b = area_bin(m)
         pair_name = f"{k:05d}_{Path(image_names[i]).stem}_{Path(mask_names[j]).stem}"
         rows.append({"index": k, "image": image_names[i], "mask": mask_names[j], "area": float(mask_area(m)),
@@ -392,6 +406,18 @@ def evaluate_inpaint(method: Method, images: Sequence[Tensor], masks: Sequence[T
             **(protocol or {}),
         },
     }
+    if extractor is not None:
+        from attnorm.metrics import feature_statistics, frechet_distance
+        if n < 2:
+            raise ValueError(f"FID needs at least 2 pairs, got {n}")
+        fake, real = np.concatenate(feats_fake), np.concatenate(feats_real)
+        summary["total"]["fid"] = frechet_distance(*feature_statistics(fake), *feature_statistics(real))
+        summary["protocol"]["metrics"]["fid"] = (
+            f"Frechet distance between the features of the {n} 8-bit composites and of their {n} "
+            f"ground truths (one per pair), whole set only; features {fake.shape[1]}-d"
+            + ("; fewer samples than dimensions: covariances are singular, the figure is coarse"
+               if n <= fake.shape[1] else ""))
+        summary["protocol"]["fid_extractor"] = getattr(extractor, "protocol", {"name": fid})
     if out is not None:
         with open(out / "per_image.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(CSV_FIELDS))
@@ -424,6 +450,9 @@ def format_summary(summary: dict) -> str:
             continue
         lines.append(f"{label:>10} {agg['count']:>5} {fmt(agg['psnr'], '8.2f')} {fmt(agg['ssim'], '7.4f')} "
                      f"{fmt(agg['l1'], '7.4f')}")
+    if "fid" in summary["total"]:
+        lines.append(f"FID (all pairs, {summary['protocol']['fid_extractor'].get('name', '?')} features): "
+                     f"{summary['total']['fid']:.4f}")
     return "\n".join(lines)
 
 
@@ -470,6 +499,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-outputs", action="store_true", help="also write every composite PNG to OUT/outputs/")
     parser.add_argument("--device", default="cpu", help="torch device of the generator (default cpu)")
     parser.add_argument("--quiet", action="store_true", help="no per-pair progress lines")
+    parser.add_argument("--fid", default=None, metavar="EXTRACTOR",
+                        help="also report FID of composites vs ground truths with this feature extractor "
+                             "(e.g. inception: needs its weights, see `attnorm evaluate gan --help`)")
 
 
 def main_from_args(args: argparse.Namespace) -> int:
@@ -488,7 +520,8 @@ def main_from_args(args: argparse.Namespace) -> int:
         cap = None if math.isinf(args.psnr_cap) else args.psnr_cap
         res = evaluate_inpaint(method, images, args.masks, args.out, image_names=names, num_pairs=args.pairs,
                                resize_masks=args.resize_masks, psnr_cap=cap, save_outputs=args.save_outputs,
-                               method_name=name, protocol={"data": desc}, verbose=not args.quiet)
+                               method_name=name, protocol={"data": desc}, verbose=not args.quiet,
+                               fid=args.fid)
     except (FileNotFoundError, ValueError, ImportError) as e:
         raise SystemExit(f"attnorm evaluate-inpaint: error: {e}") from e
     print(format_summary(res["summary"]))

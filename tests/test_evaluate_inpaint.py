@@ -261,3 +261,27 @@ def test_command_errors_and_heldout_default(tmp_path, capsys):
     with open(tmp_path / "o" / "per_image.csv") as f:
         assert [r["image"] for r in csv.DictReader(f)] == ["coffee", "rocket", "camera", "gravel"]
     assert s["protocol"]["resolution"] == ["32x32"] and s["per_bin"]["20-30%"]["count"] == 4
+
+
+def test_fid_over_composites_equals_the_maths(tmp_path):
+    from attnorm.inpaint_commands import to_uint8
+    from attnorm.metrics import feature_statistics, frechet_distance, get_extractor
+
+    images = [to_tensor(a) for a in _u8_images(5)]
+    masks = [_bar_mask(40, 40, cols) for cols in (4, 9, 15, 22, 30)]
+    res = evaluate_inpaint(_wobble, images, masks, tmp_path, fid="classifier", sheet=False)
+    ext = get_extractor("classifier")
+    as_input = lambda u8: torch.from_numpy(u8).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+    fake, real = [], []
+    for x, m in zip(images, masks):
+        hole = m[0] >= 0.5
+        comp = torch.where(hole.expand_as(x), _wobble(x, m), x)
+        fake.append(ext.features(as_input(to_uint8(comp))))
+        real.append(ext.features(as_input(to_uint8(x))))
+    expected = frechet_distance(*feature_statistics(np.concatenate(fake)),
+                                *feature_statistics(np.concatenate(real)))
+    assert res["summary"]["total"]["fid"] == pytest.approx(expected, rel=1e-9)
+    assert expected > 0
+    assert "fid" in json.loads((tmp_path / "summary.json").read_text())["total"]
+    identity = evaluate_inpaint(lambda x, m: x, images, masks, None, fid="classifier", sheet=False)
+    assert identity["summary"]["total"]["fid"] == pytest.approx(0.0, abs=1e-6)
