@@ -354,3 +354,61 @@ def truncated_normal(shape: tuple[int, ...], truncation: float | None = None,
             break
         z[bad] = torch.randn(int(bad.sum()), generator=generator)
     return z.clamp(-truncation, truncation)
+
+
+# ---------------------------------------------------------------------------- synchronised batch norm on CPU
+class DistributedBatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` whose training statistics are taken over the batches of all DDP ranks.
+
+    ``nn.SyncBatchNorm`` refuses CPU tensors; this one works with any backend (gloo on
+    CPU). In training mode with an initialised process group of more than one rank the
+    per-channel sum and count, then the sum of squared deviations from the global mean,
+    are all-reduced (``torch.distributed.nn.functional.all_reduce``, which all-reduces
+    the gradients in backward), so output, input gradients and running statistics equal
+    those of one ``BatchNorm2d`` over the concatenated global batch. Every rank must call
+    it the same number of times. Otherwise (eval, or not distributed) it is ``BatchNorm2d``.
+    Same parameters and buffers as ``BatchNorm2d``: state dicts load either way.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        import torch.distributed as dist
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+        self._check_input_dim(x)
+        c = x.shape[1]
+        count = x.new_full((1,), x.numel() // c)
+        s = all_reduce(torch.cat([x.sum(dim=(0, 2, 3)), count]))  # (c + 1,): global sums and pixel count
+        n = s[c]
+        mean = s[:c] / n  # (c,)
+        d = x - mean.view(1, c, 1, 1)
+        var = all_reduce(d.pow(2).sum(dim=(0, 2, 3))) / n  # (c,) biased, two-pass
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), m)
+                unbiased = var.detach() * n / (n - 1).clamp_min(1)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), m)
+        y = d * torch.rsqrt(var + self.eps).view(1, c, 1, 1)
+        if self.affine:
+            y = y * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)
+        return y
+
+
+def convert_distributed_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every ``nn.BatchNorm2d`` in ``module`` (also CBN's inner one) by a
+    :class:`DistributedBatchNorm2d` holding the same parameters and buffers; returns ``module``
+    (or the replacement when ``module`` itself is a ``BatchNorm2d``)."""
+    if type(module) is nn.BatchNorm2d:
+        new = DistributedBatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
+                                     module.track_running_stats)
+        state = module.state_dict()
+        new.load_state_dict(state)
+        new.train(module.training)
+        return new.to(next(iter(state.values())).device) if state else new
+    for name, child in module.named_children():
+        new_child = convert_distributed_batchnorm(child)
+        if new_child is not child:
+            setattr(module, name, new_child)
+    return module

@@ -7,7 +7,7 @@ null for the procedural shapes with ``procedural_classes`` classes), optimisatio
 (Adam ``lr_g`` 1e-4 / ``lr_d`` 4e-4, ``betas`` (0, 0.999), ``d_steps`` per G step,
 ``ortho_weight``, ``ema_decay``, ``ema_start``), run control (``steps``,
 ``batch_size``, ``seed``, ``device``, ``threads``, ``log_every``, ``ckpt_every``,
-``sample_every``, ``samples_per_class``, ``max_seconds``).
+``sample_every``, ``samples_per_class``, ``max_seconds``), distributed (``sync_bn``).
 
 A run folder holds ``config.json`` (the resolved config), ``stats.jsonl``,
 ``samples/step_XXXXXXX.png`` (rows: classes, columns: one fixed z each) and
@@ -16,7 +16,13 @@ constructor configs, so :func:`load_generator` rebuilds G from the file alone.
 
 Distributed: when ``WORLD_SIZE`` > 1 (``torchrun``), the process group is set up
 (gloo on CPU, nccl on CUDA), G and D are wrapped in DistributedDataParallel, every
-rank draws its own slice of each global batch, and rank 0 writes the files.
+rank draws its own slice of each global batch, and rank 0 writes the files (the
+logged losses are rank 0's). ``sync_bn`` (null: on CUDA only, true, false) makes G's
+batch norms (the final BN and the one inside every CBN) use the statistics of the
+global batch: ``nn.SyncBatchNorm`` on CUDA, :class:`attnorm.models.gan.DistributedBatchNorm2d`
+on CPU (torch's SyncBatchNorm refuses CPU tensors). Without it each rank normalises
+with its own batch and keeps its own running statistics (rank 0's are saved).
+``max_seconds`` is decided by rank 0's clock for all ranks, so they stop at the same step.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,7 +39,7 @@ import torch
 from torch import nn
 
 from attnorm.losses.gan import HingeGANLoss
-from attnorm.models.gan import Discriminator, Generator
+from attnorm.models.gan import Discriminator, Generator, convert_distributed_batchnorm
 from attnorm.training.loop import EMA, BatchStream, Phase, TrainingLoop, load_checkpoint
 from attnorm.viz.grid import make_grid, save_image, to_uint8
 
@@ -67,6 +74,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "sample_every": 250,
     "samples_per_class": 8,
     "max_seconds": None,     # stop (with a checkpoint) after this much training time
+    "sync_bn": None,         # DDP: G's BN statistics over the global batch (None: only on CUDA)
 }
 
 
@@ -139,6 +147,43 @@ def class_grid(G: Generator, z: torch.Tensor, classes: list[int], device="cpu") 
     return make_grid(imgs, ncol=k)
 
 
+class _DistributedTrainingLoop(TrainingLoop):
+    """:class:`TrainingLoop` whose time limit is decided by rank 0's clock for every rank.
+
+    Each rank measures its own elapsed time, so near ``max_seconds`` one rank could stop
+    (and enter the checkpoint's collective) while another starts the next step's DDP
+    all-reduce: a hang. Here rank 0 decides after every step and broadcasts the decision.
+    """
+
+    def __init__(self, *args, max_seconds: float | None = None, **kwargs) -> None:
+        super().__init__(*args, max_seconds=None, **kwargs)
+        self.time_limit = max_seconds
+        self.flag_device = torch.device("cpu")
+        self._clock0 = (0.0, 0.0)
+
+    def run(self) -> TrainingLoop:
+        self._clock0 = (self.elapsed, time.perf_counter())
+        try:
+            super().run()
+        finally:
+            self.max_seconds = None
+        if self.stop_reason.startswith("time limit"):
+            self.stop_reason = f"time limit of {self.time_limit:.0f} s reached"
+        return self
+
+    def train_step(self) -> dict[str, float]:
+        stats = super().train_step()
+        if self.time_limit is not None:
+            import torch.distributed as dist
+            elapsed0, t0 = self._clock0
+            out = float(elapsed0 + time.perf_counter() - t0 >= self.time_limit)
+            flag = torch.tensor([out], device=self.flag_device)  # nccl needs a CUDA tensor
+            dist.broadcast(flag, src=0)
+            # the base loop stops when elapsed >= max_seconds: 0 stops now, None never
+            self.max_seconds = 0.0 if flag.item() > 0 else None
+        return stats
+
+
 class GANTraining:
     """Everything one GAN run needs, built from a resolved config.
 
@@ -169,8 +214,14 @@ class GANTraining:
         self.dataset = make_dataset(cfg)
         self.num_classes = len(self.dataset.classes)
         self.G, self.D = build_models(cfg, self.num_classes)
-        if self.world_size > 1 and device.type == "cuda":  # BN statistics over the global batch
-            self.G = nn.SyncBatchNorm.convert_sync_batchnorm(self.G)  # (CPU/gloo: per-rank BN)
+        sync_bn = cfg.get("sync_bn")  # .get: configs saved before the key existed
+        if sync_bn is None:
+            sync_bn = device.type == "cuda"
+        if self.world_size > 1 and sync_bn:  # BN statistics over the global batch
+            if device.type == "cuda":
+                self.G = nn.SyncBatchNorm.convert_sync_batchnorm(self.G)
+            else:  # nn.SyncBatchNorm refuses CPU tensors
+                self.G = convert_distributed_batchnorm(self.G)
         self.G.to(device), self.D.to(device)
         self.ema = EMA(self.G, decay=cfg["ema_decay"], start_step=cfg["ema_start"])
         if self.world_size > 1:
@@ -191,13 +242,16 @@ class GANTraining:
         self.sample_classes = list(range(min(self.num_classes, 16)))
         phases = [Phase("D", self.D, self.opt_d, repeats=cfg["d_steps"]),
                   Phase("G", self.G, self.opt_g, needs_data=False)]
-        self.loop = TrainingLoop(
+        loop_cls = _DistributedTrainingLoop if self.world_size > 1 else TrainingLoop
+        self.loop = loop_cls(
             phases, self.loss, self.data, self.run_dir, total_steps=cfg["steps"],
             modules={"G": self.G, "D": self.D}, ema=self.ema, ckpt_every=cfg["ckpt_every"],
             log_every=cfg["log_every"], sample_every=cfg["sample_every"], sample_fn=self.save_samples,
             extra_state={"config": cfg, "generator": self.G.get_config(),
                          "discriminator": self.D.get_config(), "classes": list(self.dataset.classes)},
             max_seconds=cfg["max_seconds"], print_fn=print_fn, is_main=self.rank == 0)
+        if isinstance(self.loop, _DistributedTrainingLoop):
+            self.loop.flag_device = device
 
     def save_samples(self, step: int) -> Path:
         grid = class_grid(self.ema.shadow, self.z_fixed, self.sample_classes, self.device)
