@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from attnorm.layers import AttentiveNorm, ConditionalBatchNorm2d, SelfAttention2d
+from attnorm.layers import AttentiveNorm, ConditionalBatchNorm2d, create_norm
 
 G_MULTS_128 = (16, 16, 8, 4, 2, 1)  # 4x4 map after the linear, then the output of each up block
 D_MULTS_128 = (1, 2, 4, 8, 16)  # output of each down block
@@ -96,12 +96,12 @@ def default_attn_index(resolution: int, net: str) -> int:
 
 
 def make_attention(kind: str, channels: int, num_entities: int, an_kwargs: dict | None) -> nn.Module | None:
-    """``"an"`` -> AttentiveNorm, ``"sa"`` -> SN self-attention, ``"none"`` -> None."""
+    """``"an"`` -> AttentiveNorm, ``"sa"`` -> SN self-attention (both via ``create_norm``), ``"none"`` -> None."""
     kind = (kind or "none").lower()
     if kind == "an":
-        return AttentiveNorm(channels, num_entities=num_entities, **(an_kwargs or {}))
+        return create_norm("an", channels, num_entities=num_entities, **(an_kwargs or {}))
     if kind == "sa":
-        return SelfAttention2d(channels, spectral_norm=True)
+        return create_norm("sa", channels, spectral_norm=True)
     if kind == "none":
         return None
     raise ValueError(f"unknown attention kind {kind!r}; choose one of {ATTENTION_KINDS}")
