@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "layouts": ("attnorm.gan_cli.layouts", "show the AN semantic layouts of generated images"),
     "inpaint": ("attnorm.inpaint_commands", "inpaint an image (or a folder) with its mask using a trained generator"),
     "train-inpaint": ("attnorm.inpaint_cli.train", "train the AN inpainting generator (DeepFill critics; small CPU preset by default)"),
+    "export-inpaint": ("attnorm.inpaint_cli.export", "export a train-inpaint checkpoint's generator (EMA) as .safetensors"),
     "masks": ("attnorm.mask_commands", "write a fixed evaluation mask set (PNGs + masks.json/csv) and print per-bin counts"),
     "evaluate": ("attnorm.evaluate_cli", "evaluate a model: `evaluate gan` (FID/KID/IS/intra-FID/PR/acc) or `evaluate inpaint`"),
     "evaluate-inpaint": ("attnorm.evaluate_inpaint", "score an inpainting checkpoint or baseline: PSNR/SSIM/L1 per mask-area bin"),

@@ -22,8 +22,9 @@
     8-bit composites, data_range 1, PSNR capped at 100 dB) on the held-out skimage
     photos (centre crop 256) with a fixed mask set written to a temporary folder by
     ``write_eval_masks`` (``--mask-kind``, ``--n-masks``, ``--mask-seed``; pairs are
-    image ``k % 4`` with mask ``k``) for: ``--ckpt`` if given (otherwise skipped with a
-    note), biharmonic, and OpenCV Telea if ``cv2`` imports.
+    image ``k % 4`` with mask ``k``) for: ``--ckpt`` if given (otherwise the shipped
+    ``attnorm/weights/inpaint_skimage.safetensors``, or skipped with a note if absent),
+    biharmonic, and OpenCV Telea if ``cv2`` imports.
 
 Prints tables and writes everything to ``bench_results/inpaint.json`` (``--json``).
 """
@@ -170,14 +171,17 @@ def quality(ckpt, n_masks, mask_kind, mask_seed, size, log=print) -> tuple[dict,
     from attnorm.evaluate_inpaint import (
         biharmonic_method, evaluate_inpaint, generator_method, load_eval_images, telea_method,
     )
-    from attnorm.inpaint_commands import load_generator
+    from attnorm.inpaint_commands import DEFAULT_WEIGHTS, load_generator
 
     notes = []
     methods = {}
+    if not ckpt and DEFAULT_WEIGHTS.is_file():
+        ckpt = DEFAULT_WEIGHTS  # the shipped checkpoint by default
+        notes.append(f"no --ckpt given: scored the shipped weights {DEFAULT_WEIGHTS.name}")
     if ckpt:
         methods[f"generator ({Path(ckpt).name})"] = generator_method(load_generator(ckpt))
     else:
-        notes.append("no --ckpt given: no trained inpainting checkpoint yet, generator quality skipped")
+        notes.append("no --ckpt given and no shipped weights: generator quality skipped")
     methods["biharmonic"] = biharmonic_method()
     try:
         methods["telea"] = telea_method()
@@ -221,7 +225,8 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--max-mem-gb", type=float, default=None, help="SA budget in GiB (default 60%% of MemAvailable)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per subprocess case")
-    p.add_argument("--ckpt", default=None, help="trained inpainting generator checkpoint for (b)")
+    p.add_argument("--ckpt", default=None, help="trained inpainting generator checkpoint for (b) "
+                                                "(default: the shipped attnorm/weights/inpaint_skimage.safetensors)")
     p.add_argument("--n-masks", type=int, default=40)
     p.add_argument("--mask-kind", default="mixed")
     p.add_argument("--mask-seed", type=int, default=0)

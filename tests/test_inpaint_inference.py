@@ -1,6 +1,7 @@
 """inpaint_image: known pixels bit-identical, per-image masks, empty masks, errors; the command."""
 
 import argparse
+import json
 
 import numpy as np
 import pytest
@@ -8,10 +9,13 @@ import torch
 from PIL import Image
 from torch import nn
 
+import attnorm.inpaint_commands as ic
 from attnorm.data.masks import save_mask
 from attnorm.inpaint_commands import (
-    add_arguments, inpaint_image, load_generator, main_from_args, save_generator,
+    add_arguments, inpaint_image, load_generator, main_from_args, save_generator, save_generator_safetensors,
 )
+from attnorm.training.loop import CHECKPOINT_FORMAT
+from attnorm.viz.grid import layout_palette
 from attnorm.models.inpaint import InpaintGenerator
 
 
@@ -94,7 +98,7 @@ def test_shape_errors():
         inpaint_image(stub, torch.zeros(4, 8, 8), torch.ones(8, 8))
 
 
-def test_checkpoint_and_command(tmp_path):
+def test_checkpoint_and_command(tmp_path, capsys):
     g = InpaintGenerator(width=0.125, num_entities=4)
     save_generator(tmp_path / "g.pt", g)
     g2 = load_generator(tmp_path / "g.pt")
@@ -116,5 +120,117 @@ def test_checkpoint_and_command(tmp_path):
     np.testing.assert_array_equal(out[mask == 0], arr[mask == 0])  # known pixels survive the uint8 round trip
     Image.fromarray(arr[:20]).save(tmp_path / "small.png")
     args.image = str(tmp_path / "small.png")
-    with pytest.raises(ValueError, match="resize-mask"):
-        main_from_args(args)
+    assert main_from_args(args) == 2  # size mismatch: a message, not a traceback
+    assert "resize-mask" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- formats, --layouts, shipped weights
+def _parse(*argv):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args([str(a) for a in argv])
+
+
+def _files(tmp_path, h=26, w=35, mask_values=None):
+    arr = np.random.default_rng(1).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(tmp_path / "img.png")
+    m = np.zeros((h, w), np.uint8)
+    for (sl, v) in (mask_values or [((slice(4, 15), slice(6, 20)), 255)]):
+        m[sl] = v
+    Image.fromarray(m, mode="L").save(tmp_path / "m.png")
+    return arr, m
+
+
+def test_safetensors_and_training_checkpoint_formats(tmp_path):
+    torch.manual_seed(0)
+    g = InpaintGenerator(width=0.125, num_entities=4)
+    save_generator_safetensors(tmp_path / "g.safetensors", g, meta={"step": 7})
+    raw = (tmp_path / "g.safetensors").read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])  # independent parse of the safetensors layout
+    assert header["__metadata__"]["format"] == "attnorm-inpaint-generator-v1"
+    assert json.loads(header["__metadata__"]["config"]) == g.config
+    k = "coarse_encoder.0.weight"
+    b, e = header[k]["data_offsets"]
+    w = np.frombuffer(raw[8 + n + b:8 + n + e], dtype="<f4").reshape(header[k]["shape"])
+    np.testing.assert_array_equal(w, g.state_dict()[k].numpy())
+    g2 = load_generator(tmp_path / "g.safetensors")
+    assert g2.config == g.config and not g2.training
+    assert all(torch.equal(v, g2.state_dict()[k]) for k, v in g.state_dict().items())
+    # a train-inpaint checkpoint: EMA weights by default, G with use_ema=False
+    other = InpaintGenerator(width=0.125, num_entities=4)
+    state = {"format": CHECKPOINT_FORMAT, "step": 3, "modules": {"G": other.state_dict()},
+             "ema": {"shadow": g.state_dict(), "num_updates": 3},
+             "extra": {"task": "inpaint", "generator": dict(g.config)}}
+    torch.save(state, tmp_path / "latest.pt")
+    ge = load_generator(tmp_path / "latest.pt")
+    assert all(torch.equal(v, ge.state_dict()[k]) for k, v in g.state_dict().items())
+    gr = load_generator(tmp_path / "latest.pt", use_ema=False)
+    assert all(torch.equal(v, gr.state_dict()[k]) for k, v in other.state_dict().items())
+    state["extra"]["task"] = "gan"
+    torch.save(state, tmp_path / "gan.pt")
+    with pytest.raises(ValueError, match="not of train-inpaint"):
+        load_generator(tmp_path / "gan.pt")
+
+
+def test_layouts_threshold_and_known_pixels(tmp_path):
+    torch.manual_seed(0)
+    g = InpaintGenerator(width=0.125, num_entities=4).eval()
+    save_generator(tmp_path / "g.pt", g)
+    # grey 127 is known, grey 128 is a hole (>= 0.5)
+    arr, m = _files(tmp_path, mask_values=[((slice(2, 12), slice(3, 15)), 128), ((slice(15, 22), slice(20, 30)), 127)])
+    assert main_from_args(_parse("--ckpt", tmp_path / "g.pt", "--image", tmp_path / "img.png", "--mask",
+                                 tmp_path / "m.png", "--out", tmp_path / "out.png", "--layouts")) == 0
+    out = np.asarray(Image.open(tmp_path / "out.png"))
+    hole = m >= 128
+    np.testing.assert_array_equal(out[~hole], arr[~hole])  # bit-identical known pixels (127 included)
+    x = torch.from_numpy(arr).permute(2, 0, 1).float()[None] / 127.5 - 1
+    with torch.no_grad():
+        _c, refined, layout = g(x, torch.from_numpy(hole).float()[None, None], return_layout=True)
+    expect = ((refined[0].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    np.testing.assert_array_equal(out[hole], expect[hole])
+    colour = np.asarray(Image.open(tmp_path / "out_layout.png"))
+    assert colour.shape == arr.shape
+    arg = layout[0].argmax(0).numpy()  # (ceil(H/4), ceil(W/4))
+    ii, jj = np.meshgrid(np.arange(26) // 4, np.arange(35) // 4, indexing="ij")
+    np.testing.assert_array_equal(colour, layout_palette(4)[arg[ii, jj]])
+    ent = np.asarray(Image.open(tmp_path / "out_entities.png"))
+    lh, lw = arg.shape
+    tile1 = ent[2:2 + lh, 2 + lw + 2:2 + 2 * lw + 2, 0]  # entity 1: top row, second column
+    np.testing.assert_array_equal(tile1, (layout[0, 1] * 255).round().to(torch.uint8).numpy())
+
+
+def test_empty_mask_writes_input_and_errors(tmp_path, capsys):
+    g = InpaintGenerator(width=0.125, num_entities=4)
+    save_generator(tmp_path / "g.pt", g)
+    arr, _ = _files(tmp_path, mask_values=[((slice(0, 5), slice(0, 5)), 100)])  # below 0.5: no hole
+    assert main_from_args(_parse("--ckpt", tmp_path / "g.pt", "--image", tmp_path / "img.png", "--mask",
+                                 tmp_path / "m.png", "--out", tmp_path / "out.png", "--layouts")) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out.png")), arr)
+    assert "no hole" in capsys.readouterr().out and not (tmp_path / "out_layout.png").exists()
+    assert main_from_args(_parse("--ckpt", tmp_path / "missing.pt", "--image", tmp_path / "img.png", "--mask",
+                                 tmp_path / "m.png", "--out", tmp_path / "o.png")) == 2
+    assert "not found" in capsys.readouterr().err
+    g_sa = InpaintGenerator(width=0.125, attention="sa")
+    save_generator(tmp_path / "sa.pt", g_sa)
+    assert main_from_args(_parse("--ckpt", tmp_path / "sa.pt", "--image", tmp_path / "img.png", "--mask",
+                                 tmp_path / "m.png", "--out", tmp_path / "o.png", "--layouts")) == 2
+    assert "needs an AN generator" in capsys.readouterr().err
+
+
+def test_default_checkpoint_is_the_shipped_weights(tmp_path, monkeypatch):
+    assert ic.DEFAULT_WEIGHTS.name == "inpaint_skimage.safetensors"
+    if not ic.DEFAULT_WEIGHTS.is_file():
+        pytest.skip("shipped weights not built yet")
+    assert ic.DEFAULT_WEIGHTS.stat().st_size <= 10 * 10**6
+    meta = ic.read_generator_metadata(ic.DEFAULT_WEIGHTS)
+    assert meta["config"]["attention"] == "an" and meta["meta"]["step"] > 0
+    arr, m = _files(tmp_path)
+    args = _parse("--image", tmp_path / "img.png", "--mask", tmp_path / "m.png", "--out", tmp_path / "out.png")
+    assert args.checkpoint is None
+    assert main_from_args(args) == 0
+    out = np.asarray(Image.open(tmp_path / "out.png"))
+    np.testing.assert_array_equal(out[m < 128], arr[m < 128])
+    monkeypatch.setattr(ic, "DEFAULT_WEIGHTS", tmp_path / "gone.safetensors")
+    with pytest.raises(FileNotFoundError, match="shipped weights are missing"):
+        load_generator()

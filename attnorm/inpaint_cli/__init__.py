@@ -1,0 +1,1 @@
+"""Inpainting commands that need the training stack (``attnorm train-inpaint``)."""
