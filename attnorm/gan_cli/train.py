@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from attnorm.training.loop import NonFiniteLossError
+from attnorm.training.distributed import close_process_group
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -54,18 +55,6 @@ def _run_quiet(trainer, resume: bool) -> bool:
         return False
 
 
-def _close_process_group(ok: bool) -> None:
-    """DDP: wait for every rank (rank 0 may still be writing files), then tear the group down.
-
-    A rank that exits with its gloo group still open can abort (SIGABRT) at interpreter
-    shutdown when its peer closes the connection first; torchrun then reports a failure."""
-    import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized():
-        if ok:
-            dist.barrier()
-        dist.destroy_process_group()
-
-
 def main_from_args(args) -> int:
     from attnorm.training.gan import GANTraining, resolve_config
     try:
@@ -93,7 +82,7 @@ def main_from_args(args) -> int:
     if trainer.rank != 0:  # DDP: only rank 0 talks
         trainer.loop.print_fn = None
         ok = _run_quiet(trainer, args.resume)
-        _close_process_group(ok)
+        close_process_group(ok)
         return 0 if ok else 1
     print(f"run folder: {out}  ({trainer.num_classes} classes, {len(trainer.dataset)} images, "
           f"G {sum(p.numel() for p in trainer.G.parameters()) / 1e6:.2f} M params, "
@@ -104,9 +93,9 @@ def main_from_args(args) -> int:
     try:
         loop = trainer.run(resume=args.resume)
     except NonFiniteLossError as exc:
-        _close_process_group(False)
+        close_process_group(False)
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    _close_process_group(True)
+    close_process_group(True)
     print(f"stopped at step {loop.step} ({loop.stop_reason}); checkpoint {loop.checkpoint_path}")
     return 0

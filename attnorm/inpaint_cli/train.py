@@ -57,20 +57,26 @@ def main_from_args(args) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from attnorm.training.distributed import close_process_group
+    main_rank = trainer.rank == 0
+    say = print if main_rank else (lambda *a, **k: None)
     n_g = sum(p.numel() for p in trainer.G.parameters()) / 1e6
     n_d = sum(p.numel() for p in trainer.D.parameters()) / 1e6
-    print(f"run folder: {out}  ({len(trainer.images)} images, {trainer.cfg['mask_kind']} masks, "
+    say(f"run folder: {out}  ({len(trainer.images)} images, {trainer.cfg['mask_kind']} masks, "
           f"critic {trainer.cfg['critic']}, G {n_g:.2f} M params, D {n_d:.2f} M)")
     skipped = getattr(trainer.images, "num_skipped", 0)
     if skipped:
-        print(f"warning: {skipped} unreadable image file(s) skipped")
+        say(f"warning: {skipped} unreadable image file(s) skipped")
     try:
         loop = trainer.run(resume=args.resume)
     except NonFiniteLossError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        close_process_group(False)
         return 1
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        close_process_group(False)
         return 2
-    print(f"stopped at step {loop.step} ({loop.stop_reason}); checkpoint {loop.checkpoint_path}")
+    close_process_group(True)
+    say(f"stopped at step {loop.step} ({loop.stop_reason}); checkpoint {loop.checkpoint_path}")
     return 0

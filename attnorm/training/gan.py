@@ -30,7 +30,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,6 +39,7 @@ from torch import nn
 
 from attnorm.losses.gan import HingeGANLoss
 from attnorm.models.gan import Discriminator, Generator, convert_distributed_batchnorm
+from attnorm.training.distributed import DistributedTrainingLoop, init_distributed, world
 from attnorm.training.loop import EMA, BatchStream, Phase, TrainingLoop, load_checkpoint
 from attnorm.viz.grid import make_grid, save_image, to_uint8
 
@@ -147,43 +147,6 @@ def class_grid(G: Generator, z: torch.Tensor, classes: list[int], device="cpu") 
     return make_grid(imgs, ncol=k)
 
 
-class _DistributedTrainingLoop(TrainingLoop):
-    """:class:`TrainingLoop` whose time limit is decided by rank 0's clock for every rank.
-
-    Each rank measures its own elapsed time, so near ``max_seconds`` one rank could stop
-    (and enter the checkpoint's collective) while another starts the next step's DDP
-    all-reduce: a hang. Here rank 0 decides after every step and broadcasts the decision.
-    """
-
-    def __init__(self, *args, max_seconds: float | None = None, **kwargs) -> None:
-        super().__init__(*args, max_seconds=None, **kwargs)
-        self.time_limit = max_seconds
-        self.flag_device = torch.device("cpu")
-        self._clock0 = (0.0, 0.0)
-
-    def run(self) -> TrainingLoop:
-        self._clock0 = (self.elapsed, time.perf_counter())
-        try:
-            super().run()
-        finally:
-            self.max_seconds = None
-        if self.stop_reason.startswith("time limit"):
-            self.stop_reason = f"time limit of {self.time_limit:.0f} s reached"
-        return self
-
-    def train_step(self) -> dict[str, float]:
-        stats = super().train_step()
-        if self.time_limit is not None:
-            import torch.distributed as dist
-            elapsed0, t0 = self._clock0
-            out = float(elapsed0 + time.perf_counter() - t0 >= self.time_limit)
-            flag = torch.tensor([out], device=self.flag_device)  # nccl needs a CUDA tensor
-            dist.broadcast(flag, src=0)
-            # the base loop stops when elapsed >= max_seconds: 0 stops now, None never
-            self.max_seconds = 0.0 if flag.item() > 0 else None
-        return stats
-
-
 class GANTraining:
     """Everything one GAN run needs, built from a resolved config.
 
@@ -195,17 +158,8 @@ class GANTraining:
 
     def __init__(self, cfg: dict, run_dir: str | os.PathLike, print_fn: Callable[[str], Any] | None = print):
         self.cfg, self.run_dir = cfg, Path(run_dir)
-        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        device = torch.device(cfg["device"])
-        if self.world_size > 1:
-            import torch.distributed as dist
-            if not dist.is_initialized():
-                dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-            if device.type == "cuda":
-                device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-                torch.cuda.set_device(device)
-        self.device = device
+        self.rank, self.world_size = world()
+        self.device = device = init_distributed(torch.device(cfg["device"]))
         if cfg["threads"]:
             torch.set_num_threads(int(cfg["threads"]))
         # same initial weights on every rank; then per-rank RNG streams for z and SSR
@@ -242,7 +196,7 @@ class GANTraining:
         self.sample_classes = list(range(min(self.num_classes, 16)))
         phases = [Phase("D", self.D, self.opt_d, repeats=cfg["d_steps"]),
                   Phase("G", self.G, self.opt_g, needs_data=False)]
-        loop_cls = _DistributedTrainingLoop if self.world_size > 1 else TrainingLoop
+        loop_cls = DistributedTrainingLoop if self.world_size > 1 else TrainingLoop
         self.loop = loop_cls(
             phases, self.loss, self.data, self.run_dir, total_steps=cfg["steps"],
             modules={"G": self.G, "D": self.D}, ema=self.ema, ckpt_every=cfg["ckpt_every"],
@@ -250,7 +204,7 @@ class GANTraining:
             extra_state={"config": cfg, "generator": self.G.get_config(),
                          "discriminator": self.D.get_config(), "classes": list(self.dataset.classes)},
             max_seconds=cfg["max_seconds"], print_fn=print_fn, is_main=self.rank == 0)
-        if isinstance(self.loop, _DistributedTrainingLoop):
+        if isinstance(self.loop, DistributedTrainingLoop):
             self.loop.flag_device = device
 
     def save_samples(self, step: int) -> Path:

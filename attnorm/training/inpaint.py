@@ -56,6 +56,7 @@ from torch import Tensor, nn
 from attnorm.data.masks import MaskGenerator
 from attnorm.losses.inpaint import InpaintLoss
 from attnorm.models.inpaint import GlobalCritic, InpaintGenerator, LocalCritic, PatchCritic
+from attnorm.training.distributed import DistributedTrainingLoop, average_gradients, init_distributed, world
 from attnorm.training.loop import EMA, BatchStream, Phase, TrainingLoop
 from attnorm.viz.grid import make_grid, save_image, to_uint8
 
@@ -216,8 +217,12 @@ class InpaintPhaseLoss:
 
     def __init__(self, G: nn.Module, criterion: InpaintLoss, warmup_steps: int, device: torch.device,
                  amp: bool = False, channels_last: bool = False,
-                 step_fn: Callable[[], int] = lambda: 0) -> None:
+                 step_fn: Callable[[], int] = lambda: 0, critics: nn.Module | None = None,
+                 world_size: int = 1) -> None:
         self.G, self.criterion, self.warmup_steps = G, criterion, int(warmup_steps)
+        # multi-process: gradients are averaged over the ranks after each backward
+        # (not through DistributedDataParallel, which cannot double-backward the penalty)
+        self.critics, self.world_size = critics, int(world_size)
         self.device, self.amp, self.channels_last = device, bool(amp), bool(channels_last)
         self.step_fn = step_fn
         self.gan_weight = criterion.gan_weight
@@ -249,6 +254,8 @@ class InpaintPhaseLoss:
             with self._autocast():
                 out = self.criterion.discriminator_step(x, refined.float(), m)
             out["loss"].float().backward()
+            if self.critics is not None:
+                average_gradients(self.critics, self.world_size)
             stats = {f"D/{k}": v for k, v in out.items()}
             stats["D/adv_weight"] = adv_weight
             return stats
@@ -260,6 +267,7 @@ class InpaintPhaseLoss:
                 out = self.criterion.generator_step(x, m, coarse.float(), refined.float(),
                                                     generator=_unwrap(self.G))
             out["loss"].float().backward()
+            average_gradients(self.G, self.world_size)
             stats = {f"G/{k}": v for k, v in out.items()}
             stats["G/adv_weight"] = adv_weight
             return stats
@@ -320,14 +328,13 @@ class InpaintTraining:
     """
 
     def __init__(self, cfg: dict, run_dir: str | os.PathLike, print_fn: Callable[[str], Any] | None = print):
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise ValueError("train-inpaint runs in a single process (no DDP support yet)")
         self.cfg = cfg = check_config(cfg)
         self.run_dir = Path(run_dir)
-        self.device = device = torch.device(cfg["device"])
+        self.rank, self.world_size = world()
+        self.device = device = init_distributed(torch.device(cfg["device"]))
         if cfg["threads"]:
             torch.set_num_threads(int(cfg["threads"]))
-        torch.manual_seed(cfg["seed"])
+        torch.manual_seed(cfg["seed"])  # the same initial weights on every rank
         np.random.seed(cfg["seed"])
         self.images = make_image_dataset(cfg)
         masks = MaskGenerator(cfg["mask_kind"], cfg["resolution"], seed=int(cfg["seed"]) + 1)
@@ -339,6 +346,8 @@ class InpaintTraining:
         self.D.to(device, memory_format=mf)
         self.ema = EMA(self.G, decay=cfg["ema_decay"], start_step=cfg["ema_start"]) \
             if cfg["ema_decay"] is not None else None
+        if self.world_size > 1:  # per-rank RNG streams (SSR positions); data comes per rank below
+            torch.manual_seed(cfg["seed"] + 1000 * self.rank)
         betas = tuple(float(b) for b in cfg["betas"])
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg["lr_g"], betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg["lr_d"], betas=betas)
@@ -348,19 +357,24 @@ class InpaintTraining:
             coarse_weight=cfg["coarse_weight"], ortho_weight=cfg["ortho_weight"], gp_weight=cfg["gp_weight"],
             gamma=cfg["gamma"])
         self.loss = InpaintPhaseLoss(self.G, self.criterion, cfg["warmup_steps"], device, amp=cfg["amp"],
-                                     channels_last=cfg["channels_last"])
-        self.data = BatchStream(self.dataset, cfg["batch_size"], seed=cfg["seed"])
+                                     channels_last=cfg["channels_last"], critics=self.D,
+                                     world_size=self.world_size)
+        self.data = BatchStream(self.dataset, cfg["batch_size"], seed=cfg["seed"], rank=self.rank,
+                                world_size=self.world_size)
         self.sample_x, self.sample_m = sample_batch(cfg)
         phases = [Phase("G", self.G, self.opt_g)]
         if critics:
             phases.insert(0, Phase("D", self.D, self.opt_d, repeats=int(cfg["d_steps"])))
         modules = {"G": self.G, "D": self.D}
-        self.loop = TrainingLoop(
+        loop_cls = DistributedTrainingLoop if self.world_size > 1 else TrainingLoop
+        self.loop = loop_cls(
             phases, self.loss, self.data, self.run_dir, total_steps=cfg["steps"], modules=modules,
             ema=self.ema, ckpt_every=cfg["ckpt_every"], log_every=cfg["log_every"],
             sample_every=cfg["sample_every"], sample_fn=self.save_samples,
             extra_state={"task": "inpaint", "config": cfg, "generator": dict(self.G.config)},
-            max_seconds=cfg["max_seconds"], print_fn=print_fn)
+            max_seconds=cfg["max_seconds"], print_fn=print_fn, is_main=self.rank == 0)
+        if isinstance(self.loop, DistributedTrainingLoop):
+            self.loop.flag_device = device
         self.loss.step_fn = lambda: self.loop.step
 
     @property
@@ -372,6 +386,8 @@ class InpaintTraining:
         return save_image(sheet, self.run_dir / "samples" / f"step_{step:07d}.png")
 
     def write_config(self) -> None:
+        if self.rank != 0:
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(json.dumps(self.cfg, indent=2) + "\n")
 
