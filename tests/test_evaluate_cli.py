@@ -17,13 +17,6 @@ from attnorm.training.gan import load_generator
 pytestmark = pytest.mark.filterwarnings("ignore:FID with .* samples < feature dim")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):

@@ -12,7 +12,7 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from attnorm.cli import main
-from attnorm.data.masks import save_mask, write_eval_masks
+from attnorm.data.masks import write_eval_masks
 from attnorm.data.photos import to_tensor
 from attnorm.evaluate_inpaint import (
     PSNR_CAP, biharmonic_method, evaluate_inpaint, generator_method, telea_method,

@@ -13,14 +13,6 @@ from attnorm.viz.gan import interpolation_images, layout_figure, parse_classes, 
 from attnorm.viz.grid import entity_usage, make_grid
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is as fast and far more robust on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):

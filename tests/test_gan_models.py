@@ -9,14 +9,6 @@ from attnorm.layers import AttentiveNorm, ConditionalBatchNorm2d, SelfAttention2
 from attnorm.models.gan import Discriminator, Generator, build_gan, truncated_normal
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is as fast and far more robust on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _record_shapes(model, blocks):
     shapes = []

@@ -12,14 +12,6 @@ from attnorm.training.gan import GANTraining, load_generator, parse_overrides, r
 from attnorm.training.loop import NonFiniteLossError, read_stats
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is as fast and far more robust on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 TINY = dict(resolution=32, ch=8, batch_size=8, procedural_classes=4, procedural_length=200, log_every=1,
             ckpt_every=3, sample_every=0, samples_per_class=2, ema_decay=0.9)

@@ -14,13 +14,6 @@ from attnorm.training.inpaint import InpaintTraining, resolve_config
 from attnorm.training.loop import NonFiniteLossError, load_checkpoint, read_stats
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 TINY = dict(resolution=32, width=0.125, critic_width=0.125, batch_size=2, d_steps=2, warmup_steps=1, steps=4,
             log_every=1, ckpt_every=2, sample_every=0, sample_count=2, ema_decay=0.9, ema_start=0, num_entities=4)

@@ -13,14 +13,6 @@ from attnorm.training.loop import (EMA, BatchStream, NonFiniteLossError, Phase, 
                                    load_checkpoint, read_stats, set_rng_state)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is as fast and far more robust on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 class ToyData:
     """y = x @ w_true + noise; labels are unused ints."""
