@@ -27,7 +27,6 @@ with its own batch and keeps its own running statistics (rank 0's are saved).
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from pathlib import Path
@@ -40,6 +39,7 @@ from torch import nn
 from attnorm.losses.gan import HingeGANLoss
 from attnorm.models.gan import Discriminator, Generator, convert_distributed_batchnorm
 from attnorm.training.distributed import DistributedTrainingLoop, init_distributed, world
+from attnorm.training.config import layered_config
 from attnorm.training.loop import EMA, BatchStream, Phase, TrainingLoop, load_checkpoint
 from attnorm.viz.grid import make_grid, save_image, to_uint8
 
@@ -81,18 +81,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
 def resolve_config(config_file: str | os.PathLike | None = None, overrides: dict | None = None,
                    base: dict | None = None) -> dict:
     """``base`` (default :data:`DEFAULT_CONFIG`) <- JSON file <- ``overrides``; unknown keys raise."""
-    cfg = copy.deepcopy(base if base is not None else DEFAULT_CONFIG)
-    layers = []
-    if config_file is not None:
-        layers.append((str(config_file), json.loads(Path(config_file).read_text())))
-    if overrides:
-        layers.append(("overrides", overrides))
-    for where, layer in layers:
-        unknown = sorted(set(layer) - set(DEFAULT_CONFIG))
-        if unknown:
-            raise ValueError(f"unknown config key(s) {unknown} in {where}; known keys: {sorted(DEFAULT_CONFIG)}")
-        cfg.update(layer)
-    return cfg
+    return layered_config(DEFAULT_CONFIG, config_file, overrides, base)
 
 
 def parse_overrides(items: list[str]) -> dict:

@@ -43,7 +43,6 @@ Single process only (no DDP wiring for the inpainting critics yet).
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import os
 from pathlib import Path
@@ -57,6 +56,7 @@ from attnorm.data.masks import MaskGenerator
 from attnorm.losses.inpaint import InpaintLoss
 from attnorm.models.inpaint import GlobalCritic, InpaintGenerator, LocalCritic, PatchCritic
 from attnorm.training.distributed import DistributedTrainingLoop, average_gradients, init_distributed, world
+from attnorm.training.config import layered_config
 from attnorm.training.loop import EMA, BatchStream, Phase, TrainingLoop
 from attnorm.viz.grid import make_grid, save_image, to_uint8
 
@@ -106,24 +106,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
 
 def resolve_config(config_file: str | os.PathLike | None = None, overrides: dict | None = None,
                    base: dict | None = None) -> dict:
-    """``base`` (default :data:`DEFAULT_CONFIG`) <- JSON file <- ``overrides``; unknown keys raise.
-
-    (``attnorm.training.gan.resolve_config`` checks keys against the GAN defaults, so it
-    cannot be reused with another key set.)
-    """
-    cfg = copy.deepcopy(base if base is not None else DEFAULT_CONFIG)
-    layers = []
-    if config_file is not None:
-        layers.append((str(config_file), json.loads(Path(config_file).read_text())))
-    if overrides:
-        layers.append(("overrides", overrides))
-    for where, layer in layers:
-        layer = {k: v for k, v in layer.items() if not k.startswith("_")}  # "_comment" keys
-        unknown = sorted(set(layer) - set(DEFAULT_CONFIG))
-        if unknown:
-            raise ValueError(f"unknown config key(s) {unknown} in {where}; known keys: {sorted(DEFAULT_CONFIG)}")
-        cfg.update(layer)
-    return cfg
+    """``base`` (default :data:`DEFAULT_CONFIG`) <- JSON file <- ``overrides``; unknown keys raise,
+    ``_comment``-style keys are ignored."""
+    return layered_config(DEFAULT_CONFIG, config_file, overrides, base, ignore_underscore=True)
 
 
 def check_config(cfg: dict) -> dict:
