@@ -12,12 +12,10 @@ Under torchrun (WORLD_SIZE set) it trains with DistributedDataParallel.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
-from pathlib import Path
 
 from attnorm.training.loop import NonFiniteLossError
+from attnorm.training.config import config_from_args
 from attnorm.training.distributed import close_process_group
 
 
@@ -58,22 +56,10 @@ def _run_quiet(trainer, resume: bool) -> bool:
 def main_from_args(args) -> int:
     from attnorm.training.gan import GANTraining, resolve_config
     try:
-        overrides = collect_overrides(args)
-    except ValueError as exc:
+        cfg, out = config_from_args(args, resolve_config, collect_overrides(args), "train-gan", "gan")
+    except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.resume:
-        if not args.out:
-            print("error: --resume needs --out RUN_DIR (the run to continue)", file=sys.stderr)
-            return 2
-        saved = Path(args.out) / "config.json"
-        if not saved.exists():
-            print(f"error: {saved} not found; is {args.out} a train-gan run folder?", file=sys.stderr)
-            return 2
-        cfg = resolve_config(args.config, overrides, base=json.loads(saved.read_text()))
-    else:
-        cfg = resolve_config(args.config, overrides)
-    out = Path(args.out or f"runs/gan-{time.strftime('%Y%m%d-%H%M%S')}")
     try:
         trainer = GANTraining(cfg, out)
     except ValueError as exc:  # bad data folder, bad config value: a message, not a traceback

@@ -15,10 +15,7 @@ reads directly (EMA weights if present).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
-from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,22 +34,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main_from_args(args) -> int:
     from attnorm.gan_cli.train import collect_overrides
+    from attnorm.training.config import config_from_args
     from attnorm.training.inpaint import InpaintTraining, resolve_config
     from attnorm.training.loop import NonFiniteLossError
     try:
-        overrides = collect_overrides(args)
-        if args.resume:
-            if not args.out:
-                print("error: --resume needs --out RUN_DIR (the run to continue)", file=sys.stderr)
-                return 2
-            saved = Path(args.out) / "config.json"
-            if not saved.exists():
-                print(f"error: {saved} not found; is {args.out} a train-inpaint run folder?", file=sys.stderr)
-                return 2
-            cfg = resolve_config(args.config, overrides, base=json.loads(saved.read_text()))
-        else:
-            cfg = resolve_config(args.config, overrides)
-        out = Path(args.out or f"runs/inpaint-{time.strftime('%Y%m%d-%H%M%S')}")
+        cfg, out = config_from_args(args, resolve_config, collect_overrides(args), "train-inpaint", "inpaint")
         trainer = InpaintTraining(cfg, out)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -30,3 +30,47 @@ def layered_config(defaults: dict, config_file: str | os.PathLike | None = None,
             raise ValueError(f"unknown config key(s) {unknown} in {where}; known keys: {sorted(defaults)}")
         cfg.update(layer)
     return cfg
+
+
+def config_from_args(args, resolve, overrides: dict, task: str, prefix: str) -> tuple[dict, Path]:
+    """The run's config and folder from a ``train-*`` command's ``--config/--out/--resume``.
+
+    ``resolve(config_file, overrides, base=None)`` layers the task's config; a resumed run
+    starts from the ``config.json`` saved in its folder. Raises ValueError on misuse.
+    """
+    import time
+    if args.resume:
+        if not args.out:
+            raise ValueError("--resume needs --out RUN_DIR (the run to continue)")
+        saved = Path(args.out) / "config.json"
+        if not saved.exists():
+            raise ValueError(f"{saved} not found; is {args.out} a {task} run folder?")
+        cfg = resolve(args.config, overrides, base=json.loads(saved.read_text()))
+    else:
+        cfg = resolve(args.config, overrides)
+    return cfg, Path(args.out or f"runs/{prefix}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+class TaskRun:
+    """What both tasks' runners share: ``config.json`` in the run folder and ``run()``.
+
+    Subclasses set ``cfg``, ``run_dir``, ``rank``, ``device`` and ``loop``.
+    """
+
+    cfg: dict
+    run_dir: Path
+    rank: int
+
+    def write_config(self) -> None:
+        """The resolved config, written by rank 0 only."""
+        if self.rank != 0:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(json.dumps(self.cfg, indent=2) + "\n")
+
+    def run(self, resume: bool = False):
+        """Train (after restoring the last checkpoint when ``resume``); returns the loop."""
+        if resume:
+            self.loop.resume(map_location=self.device)
+        self.write_config()
+        return self.loop.run()

@@ -39,7 +39,7 @@ from torch import nn
 from attnorm.losses.gan import HingeGANLoss
 from attnorm.models.gan import Discriminator, Generator, convert_distributed_batchnorm
 from attnorm.training.distributed import DistributedTrainingLoop, init_distributed, world
-from attnorm.training.config import layered_config
+from attnorm.training.config import TaskRun, layered_config
 from attnorm.training.loop import EMA, BatchStream, Phase, TrainingLoop, load_checkpoint
 from attnorm.viz.grid import make_grid, save_image, to_uint8
 
@@ -136,7 +136,7 @@ def class_grid(G: Generator, z: torch.Tensor, classes: list[int], device="cpu") 
     return make_grid(imgs, ncol=k)
 
 
-class GANTraining:
+class GANTraining(TaskRun):
     """Everything one GAN run needs, built from a resolved config.
 
     Args:
@@ -199,17 +199,6 @@ class GANTraining:
     def save_samples(self, step: int) -> Path:
         grid = class_grid(self.ema.shadow, self.z_fixed, self.sample_classes, self.device)
         return save_image(grid, self.run_dir / "samples" / f"step_{step:07d}.png")
-
-    def write_config(self) -> None:
-        if self.rank == 0:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(json.dumps(self.cfg, indent=2) + "\n")
-
-    def run(self, resume: bool = False) -> TrainingLoop:
-        if resume:
-            self.loop.resume(map_location=self.device)
-        self.write_config()
-        return self.loop.run()
 
 
 def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu",

@@ -43,7 +43,6 @@ Single process only (no DDP wiring for the inpainting critics yet).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -56,7 +55,7 @@ from attnorm.data.masks import MaskGenerator
 from attnorm.losses.inpaint import InpaintLoss
 from attnorm.models.inpaint import GlobalCritic, InpaintGenerator, LocalCritic, PatchCritic
 from attnorm.training.distributed import DistributedTrainingLoop, average_gradients, init_distributed, world
-from attnorm.training.config import layered_config
+from attnorm.training.config import TaskRun, layered_config
 from attnorm.training.loop import EMA, BatchStream, Phase, TrainingLoop
 from attnorm.viz.grid import make_grid, save_image, to_uint8
 
@@ -302,7 +301,7 @@ def inpaint_sheet(G: nn.Module, x: Tensor, m: Tensor) -> np.ndarray:
     return make_grid(to_uint8(tiles), ncol=5)
 
 
-class InpaintTraining:
+class InpaintTraining(TaskRun):
     """Everything one inpainting run needs, built from a resolved config.
 
     Args:
@@ -370,17 +369,6 @@ class InpaintTraining:
         sheet = inpaint_sheet(self.sample_generator, self.sample_x, self.sample_m)
         return save_image(sheet, self.run_dir / "samples" / f"step_{step:07d}.png")
 
-    def write_config(self) -> None:
-        if self.rank != 0:
-            return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.json").write_text(json.dumps(self.cfg, indent=2) + "\n")
-
-    def run(self, resume: bool = False) -> TrainingLoop:
-        if resume:
-            self.loop.resume(map_location=self.device)
-        self.write_config()
-        return self.loop.run()
 
 
 def generator_from_training_checkpoint(state: dict, use_ema: bool = True) -> InpaintGenerator:
