@@ -31,7 +31,6 @@ weights sha256, resize method, sample counts fake/real, reference split, seed).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -42,6 +41,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from attnorm.files import sha256_file
 from attnorm.metrics import maths
 from attnorm.metrics.extractors import FeatureExtractor, LogitsUnavailableError, get_extractor
 from attnorm.metrics.reference_stats import data_source, reference_statistics
@@ -59,14 +59,6 @@ def parse_metrics(spec: str | Sequence[str]) -> list[str]:
     if unknown or not items:
         raise EvaluationError(f"unknown metric(s) {unknown}; choose from {','.join(METRICS)}")
     return list(dict.fromkeys(items))
-
-
-def _sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _load_checkpoint(checkpoint: str | os.PathLike, device, use_ema: bool):
@@ -151,7 +143,7 @@ def evaluate_gan(generator: Callable | torch.nn.Module | None = None, *, checkpo
         g, extra = _load_checkpoint(checkpoint, device, use_ema)
         cfg = extra.get("config") or {}
         class_names = class_names or extra.get("classes")
-        gen_info = {"checkpoint": str(checkpoint), "checkpoint_sha256": _sha256(checkpoint),
+        gen_info = {"checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(checkpoint),
                     "weights": "ema" if use_ema else "G"}
     else:
         g = generator

@@ -118,20 +118,11 @@ def save_generator_safetensors(path: str | os.PathLike, generator: InpaintGenera
     import json
 
     from attnorm.metrics.classifier import write_safetensors
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from attnorm.files import atomic_write
     state = {k: v.detach().cpu().contiguous() for k, v in generator.state_dict().items()}
     info = {"format": SAFETENSORS_FORMAT, "config": json.dumps(dict(generator.config)),
             "meta": json.dumps(meta or {})}
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        write_safetensors(tmp, state, metadata=info)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return atomic_write(path, lambda tmp: write_safetensors(tmp, state, metadata=info), mode=0o644)
 
 
 def read_generator_metadata(path: str | os.PathLike) -> dict:

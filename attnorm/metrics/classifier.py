@@ -29,7 +29,6 @@ loaded with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -40,6 +39,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from attnorm.files import atomic_write, sha256_file
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "procedural_classifier.safetensors"
@@ -85,12 +86,6 @@ class ProceduralClassifier(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- files
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -150,21 +145,11 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
 def save_classifier(model: ProceduralClassifier, path: str | os.PathLike, meta: dict | None = None) -> Path:
     """Write the state dict + config (+ ``meta``) as ``.safetensors`` or ``.pt`` (by extension)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     info = {"config": json.dumps(model.config), "meta": json.dumps(meta or {})}
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        if path.suffix == ".safetensors":
-            write_safetensors(tmp, state, metadata=info)
-        else:
-            torch.save({"state_dict": state, **info}, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    if path.suffix == ".safetensors":
+        return atomic_write(path, lambda tmp: write_safetensors(tmp, state, metadata=info), mode=0o644)
+    return atomic_write(path, lambda tmp: torch.save({"state_dict": state, **info}, tmp), mode=0o644)
 
 
 def load_classifier(path: str | os.PathLike | None = None, device: str | torch.device = "cpu"

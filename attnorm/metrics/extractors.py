@@ -46,7 +46,6 @@ a :class:`FeatureExtractor`).
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import warnings
@@ -56,6 +55,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import Tensor
+
+from attnorm.files import sha256_file
 
 __all__ = [
     "FeatureExtractor",
@@ -76,21 +77,9 @@ class LogitsUnavailableError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file, memoised on (path, size, mtime)."""
-    p = Path(path).resolve()
-    st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _SHA_CACHE[key] = h.hexdigest()
-    return _SHA_CACHE[key]
+file_sha256 = sha256_file  # the name this module exports
 
 
 def check_images(images: Any, tol: float = 1e-3) -> Tensor:

@@ -36,6 +36,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
+from attnorm.files import atomic_write
+
 from .maths import feature_statistics
 
 CACHE_ENV = "ATTNORM_STATS_CACHE"
@@ -169,17 +171,11 @@ def reference_statistics(source: DataSource, extractor, n: int | None, batch_siz
     if f32.size <= max_feature_values:
         out["features"] = f64
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
         save = {k: v for k, v in out.items() if k != "features"}
         if "features" in out:
             save["features"] = f32
-        try:
-            np.savez(tmp, key=np.array(json.dumps(key, sort_keys=True)), **save)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        atomic_write(path, lambda tmp: np.savez(tmp, key=np.array(json.dumps(key, sort_keys=True)), **save),
+                     suffix=".npz")
         if print_fn:
             print_fn(f"reference statistics: wrote {path}")
     return {**out, "n": n, "split": split, "key": key, "path": str(path) if path else None, "cached": False}

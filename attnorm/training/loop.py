@@ -43,6 +43,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from attnorm.files import atomic_write
+
 CHECKPOINT_FORMAT = "attnorm-train-v1"
 
 
@@ -192,15 +194,7 @@ def _gather_rng_states() -> list | None:
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to ``path.tmp`` then ``os.replace``: readers see the old or the new file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
