@@ -5,13 +5,12 @@ group and dumps each rank's final state; the tests compare the ranks' dumps and 
 """
 
 import os
-import socket
-import time
 import traceback
 import types
 from datetime import timedelta
 
 import pytest
+from _ddp import free_port, spawn_two
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -24,12 +23,6 @@ pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_availa
 TINY = dict(resolution=16, ch=8, batch_size=4, procedural_classes=4, procedural_length=64, log_every=1,
             ckpt_every=2, sample_every=0, samples_per_class=1, ema_decay=0.9, ema_start=1, threads=1)
 TIME_LIMIT = 1.5  # s; rank 1's clock is made to run 50x faster in that scenario
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _state(trainer) -> dict:
@@ -98,23 +91,8 @@ def _worker(rank: int, port: int, tmp: str) -> None:
 
 @pytest.fixture(scope="module")
 def ddp(tmp_path_factory):
-    import torch.multiprocessing as mp
     tmp = tmp_path_factory.mktemp("ddp")
-    ctx = mp.spawn(_worker, args=(_free_port(), str(tmp)), nprocs=2, join=False)
-    deadline = time.monotonic() + 180
-    try:
-        while not ctx.join(timeout=1):
-            if time.monotonic() > deadline:
-                pytest.fail("DDP workers did not finish within 180 s (a hang between ranks?)")
-    except Exception as exc:  # a worker raised: show its traceback
-        errs = "\n".join(p.read_text() for p in sorted(tmp.glob("error*.txt")))
-        pytest.fail(f"DDP worker failed: {exc}\n{errs}")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.kill()
-    ranks = [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
-    return tmp, ranks
+    return tmp, spawn_two(_worker, tmp)
 
 
 def _same(a: dict, b: dict, keys=None) -> list[str]:
@@ -211,7 +189,7 @@ def test_torchrun_cli_two_processes(tmp_path):
     import sys
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "attnorm.cli", "train-gan", "--out", str(out), "--steps", "2",
+           "--master_port", str(free_port()), "-m", "attnorm.cli", "train-gan", "--out", str(out), "--steps", "2",
            "resolution=16", "ch=8", "batch_size=4", "procedural_classes=4", "procedural_length=64", "log_every=1",
            "sample_every=0", "samples_per_class=1", "threads=1", "sync_bn=true"]
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -1,12 +1,11 @@
 """train-inpaint with 2 CPU processes (gloo): gradients averaged over the ranks, replicas in sync."""
 
 import os
-import socket
-import time
 import traceback
 from datetime import timedelta
 
 import pytest
+from _ddp import spawn_two
 import torch
 import torch.distributed as dist
 
@@ -18,12 +17,6 @@ pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_availa
 TINY = dict(resolution=32, width=0.125, critic_width=0.125, batch_size=2, d_steps=1, warmup_steps=1, steps=3,
             log_every=1, ckpt_every=3, sample_every=0, sample_count=2, ema_decay=0.9, ema_start=0,
             num_entities=4, threads=1)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, port: int, tmp: str) -> None:
@@ -60,22 +53,8 @@ def _worker(rank: int, port: int, tmp: str) -> None:
 
 @pytest.fixture(scope="module")
 def ddp(tmp_path_factory):
-    import torch.multiprocessing as mp
     tmp = tmp_path_factory.mktemp("inpaint_ddp")
-    ctx = mp.spawn(_worker, args=(_free_port(), str(tmp)), nprocs=2, join=False)
-    deadline = time.monotonic() + 180
-    try:
-        while not ctx.join(timeout=1):
-            if time.monotonic() > deadline:
-                pytest.fail("workers did not finish within 180 s (a hang between ranks?)")
-    except Exception as exc:
-        errs = "\n".join(p.read_text() for p in sorted(tmp.glob("error*.txt")))
-        pytest.fail(f"worker failed: {exc}\n{errs}")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.kill()
-    return tmp, [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    return tmp, spawn_two(_worker, tmp)
 
 
 def test_gradients_are_averaged_over_ranks(ddp):
