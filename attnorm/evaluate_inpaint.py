@@ -134,7 +134,20 @@ def telea_method(radius: float = 3.0) -> Method:
     return method
 
 
-METHODS: dict[str, Callable[[], Method]] = {"biharmonic": biharmonic_method, "telea": telea_method}
+def pushpull_method() -> Method:
+    """Classical baseline: the pull-push fill (:func:`attnorm.models.inpaint.pushpull_fill`), which the
+    learned generator also starts from."""
+    from attnorm.models.inpaint import pushpull_fill
+
+    def method(image: Tensor, mask: Tensor) -> Tensor:
+        hole = (mask >= 0.5).to(image.dtype)
+        return pushpull_fill(image[None], hole[None])[0]
+
+    return method
+
+
+METHODS: dict[str, Callable[[], Method]] = {"biharmonic": biharmonic_method, "telea": telea_method,
+                                            "pushpull": pushpull_method}
 
 
 def make_method(name: str) -> Method:

@@ -28,7 +28,7 @@ KIND_ALIASES = {"free": "free_form", "freeform": "free_form", "centre": "center"
 def _kind(name: str) -> str:
     kind = KIND_ALIASES.get(name, name)
     if kind not in MASK_KINDS:
-        raise ValueError(f"unknown mask kind {name!r}; choose from box, free (free_form), center, mixed")
+        raise ValueError(f"unknown mask kind {name!r}; choose from box, free (free_form), center, mixed, binned")
     return kind
 
 
@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=100, help="number of masks (default 100)")
     parser.add_argument("--size", type=int, nargs="+", default=[256],
                         help="mask size: one int for a square, or H W (default 256)")
-    parser.add_argument("--kind", default="free", choices=["box", "free", "free_form", "center", "mixed"],
+    parser.add_argument("--kind", default="free", choices=["box", "free", "free_form", "center", "mixed", "binned"],
                         help="mask recipe (default free = DeepFill v2 free-form strokes)")
     parser.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
 

@@ -228,3 +228,37 @@ def test_projection_option_adds_inner_product_term():
         expected = (d.proj.weight[y] * pooled).sum(1)
     torch.testing.assert_close(diff, expected, rtol=1e-5, atol=1e-5)
     assert parametrize.is_parametrized(d.proj, "weight")
+
+
+def test_class_embedding_in_z_conditions_the_first_layer_and_interpolates():
+    from attnorm.models.gan import Generator
+    torch.manual_seed(0)
+    g = Generator(resolution=32, ch=8, num_classes=5, class_embed_dim=16).eval()
+    assert g.config["class_embed_dim"] == 16 and "class_embed_dim" not in Generator(32, 8, 5).config
+    z = torch.randn(1, 128).repeat(2, 1)
+    a, b = g(z, torch.tensor([1, 3]))
+    assert (a - b).abs().mean() > 1e-3  # the class changes the image at initialisation (CBN alone would not)
+    plain = Generator(resolution=32, ch=8, num_classes=5).eval()
+    pa, pb = plain(z, torch.tensor([1, 3]))
+    assert torch.allclose(pa, pb, atol=1e-6)  # the listing's G: class-independent CBN at init
+    # one-hot class weights equal labels; a 50/50 mixture uses the mean embedding
+    w = torch.eye(5)[[1, 3]]
+    assert torch.allclose(g(z, w), g(z, torch.tensor([1, 3])), atol=1e-6)
+    mix = torch.full((1, 5), 0.0); mix[0, 1] = mix[0, 3] = 0.5
+    e = 0.5 * (g.class_embed.weight[1] + g.class_embed.weight[3])
+    h = g.fc(torch.cat([z[:1], e[None]], 1))
+    h2 = g.fc(torch.cat([z[:1], (mix @ g.class_embed.weight)], 1))
+    assert torch.allclose(h, h2, atol=1e-6)
+    assert Generator(**g.get_config()).class_embed.weight.shape == (5, 16)
+
+
+def test_generator_param_groups_put_class_tables_at_their_own_lr():
+    from attnorm.models.gan import Generator
+    from attnorm.training.gan import generator_param_groups
+    g = Generator(resolution=32, ch=8, num_classes=5, class_embed_dim=4)
+    groups = generator_param_groups(g, 1e-4, 10.0)
+    cls = {id(p) for p in groups[1]["params"]}
+    expected = {id(m.weight) for n, m in g.named_modules() if isinstance(m, torch.nn.Embedding)}
+    assert cls == expected and groups[1]["lr"] == pytest.approx(1e-3)
+    assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(g.parameters()))
+    assert len(generator_param_groups(g, 1e-4, 1.0)) == 1

@@ -168,6 +168,11 @@ class Generator(nn.Module):
         attn_index: block holding the attention (None: the 32x32 block, see module doc).
         channel_mults: override of the multipliers, ``num_blocks + 1`` entries.
         an_kwargs: extra ``AttentiveNorm`` arguments (``self_sampling``, ``temperature``, ...).
+        class_embed_dim: 0 (the listing): the class enters G only through the conditional
+            batch norms, whose per-class gains and biases start class-independent (1 and 0).
+            ``> 0``: also a class embedding (N(0, 1) initialised, ``class_embed_dim`` wide) is
+            concatenated to ``z`` before the first linear layer, so the class shapes the
+            4x4 map from the first step (cGAN/BigGAN-style; attnorm's CPU preset).
 
     ``y`` is a (b,) long tensor of labels or a (b, num_classes) float tensor of
     class weights (soft path through every CBN, for class interpolation).
@@ -175,9 +180,12 @@ class Generator(nn.Module):
 
     def __init__(self, resolution: int = 128, ch: int = 64, num_classes: int = 1000, z_dim: int = 128,
                  attention: str = "an", num_entities: int = 16, attn_index: int | None = None,
-                 channel_mults: list[int] | None = None, an_kwargs: dict | None = None) -> None:
+                 channel_mults: list[int] | None = None, an_kwargs: dict | None = None,
+                 class_embed_dim: int = 0) -> None:
         super().__init__()
         nb = num_blocks(resolution)
+        if class_embed_dim < 0:
+            raise ValueError(f"class_embed_dim must be >= 0, got {class_embed_dim}")
         if channel_mults is None:
             if nb + 1 > len(G_MULTS_128):
                 raise ValueError(f"no default channel_mults for resolution {resolution}; pass channel_mults")
@@ -193,9 +201,12 @@ class Generator(nn.Module):
             resolution=resolution, ch=ch, num_classes=num_classes, z_dim=z_dim, attention=attention,
             num_entities=num_entities, attn_index=attn_index, channel_mults=list(channel_mults),
             an_kwargs=dict(an_kwargs or {}))
+        if class_embed_dim:  # absent for the listing's G: configs saved before the option still load
+            self.config["class_embed_dim"] = int(class_embed_dim)
         self.resolution, self.num_classes, self.z_dim = resolution, num_classes, z_dim
         chans = [m * ch for m in channel_mults]
-        self.fc = sn(nn.Linear(z_dim, 4 * 4 * chans[0]))
+        self.class_embed = nn.Embedding(num_classes, class_embed_dim) if class_embed_dim else None
+        self.fc = sn(nn.Linear(z_dim + class_embed_dim, 4 * 4 * chans[0]))
         self.blocks = nn.ModuleList(
             GBlock(chans[i], chans[i + 1], num_classes, attention if i == attn_index else "none",
                    num_entities, an_kwargs)
@@ -211,6 +222,12 @@ class Generator(nn.Module):
         ``return_layouts``: also return the list of AN soft layouts (b, n, h, w)."""
         class_weights_or_labels(y, self.num_classes)
         layouts: list | None = [] if return_layouts else None
+        if self.class_embed is not None:
+            if y.dtype.is_floating_point:  # class weights: the same mixture of embeddings
+                e = y.to(self.class_embed.weight.dtype) @ self.class_embed.weight
+            else:
+                e = self.class_embed(y)
+            z = torch.cat([z, e.to(z.dtype)], dim=1)  # (b, z_dim + class_embed_dim)
         h = self.fc(z).view(z.shape[0], -1, 4, 4)  # (b, c0, 4, 4)
         for block in self.blocks:
             h = block(h, y, layouts)

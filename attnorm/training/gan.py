@@ -50,6 +50,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "d_ch": None,            # None: same as ch
     "d_projection": False,   # add SN-GAN's projection term to D (not in the paper's listing)
     "z_dim": 128,
+    "g_class_embed": 0,      # >0: class embedding concatenated to z in G (not in the listing)
+    "class_lr_mult": 1.0,    # learning-rate multiplier of G's class-conditional parameters
     "attention": "an",       # "an" | "sa" | "none"
     "num_entities": 16,
     "an_kwargs": {},         # extra AttentiveNorm arguments, e.g. {"self_sampling": false}
@@ -112,9 +114,21 @@ def make_dataset(cfg: dict):
 def build_models(cfg: dict, num_classes: int) -> tuple[Generator, Discriminator]:
     common = dict(resolution=cfg["resolution"], num_classes=num_classes, attention=cfg["attention"],
                   num_entities=cfg["num_entities"], an_kwargs=cfg["an_kwargs"])
-    g = Generator(ch=cfg["ch"], z_dim=cfg["z_dim"], **common)
+    g = Generator(ch=cfg["ch"], z_dim=cfg["z_dim"], class_embed_dim=int(cfg.get("g_class_embed") or 0), **common)
     d = Discriminator(ch=cfg["d_ch"] or cfg["ch"], projection=bool(cfg["d_projection"]), **common)
     return g, d
+
+
+def generator_param_groups(G: nn.Module, lr: float, class_lr_mult: float = 1.0) -> list[dict]:
+    """Adam parameter groups: G's class-conditional tables (CBN gains/biases, class embedding)
+    at ``lr * class_lr_mult``, everything else at ``lr``."""
+    cls, rest = [], []
+    for name, p in G.named_parameters():
+        (cls if (".gain." in name or ".bias.weight" in name and "cbn" in name or name.startswith("class_embed"))
+         else rest).append(p)
+    if class_lr_mult == 1.0:
+        return [{"params": cls + rest}]
+    return [{"params": rest}, {"params": cls, "lr": lr * float(class_lr_mult)}]
 
 
 def fixed_latents(cfg: dict, z_dim: int) -> torch.Tensor:
@@ -175,7 +189,8 @@ class GANTraining(TaskRun):
             kw = {"device_ids": [device.index]} if device.type == "cuda" else {}
             g_train, d_train = ddp(self.G, **kw), ddp(self.D, broadcast_buffers=False, **kw)
         betas = tuple(float(b) for b in cfg["betas"])
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg["lr_g"], betas=betas)
+        self.opt_g = torch.optim.Adam(generator_param_groups(self.G, cfg["lr_g"], cfg.get("class_lr_mult", 1.0)),
+                                      lr=cfg["lr_g"], betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg["lr_d"], betas=betas)
         self.loss = HingeGANLoss(g_train, d_train, cfg["z_dim"], self.num_classes, cfg["batch_size"],
                                  ortho_weight=cfg["ortho_weight"], device=device)

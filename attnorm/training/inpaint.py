@@ -68,10 +68,13 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "attention": "an",
     "num_entities": 16,
     "an_kwargs": {},
+    "hole_fill": "zero",      # "zero" (paper) | "pushpull" (pull-push fill + residual stages)
     "critic": "global_local",
     "critic_width": 0.25,
     "mask_kind": None,        # None: "box" for global_local, "mixed" for patch/none
-    "data": None,             # image folder, or None: scikit-image train photos
+    "data": None,             # image folder, or None: scikit-image photos (``photos``)
+    "photos": "train",        # without data: a split ("train", "train+extra") or a list of photo names
+    "augment": None,          # dict of attnorm.data.photos.augment_image options (rotate, vflip, hue, ...)
     "data_length": 1000000,   # virtual samples per epoch (crops/masks seeded per sample)
     "crop_scale": [1.0, 2.0],
     "batch_size": 8,
@@ -117,8 +120,8 @@ def check_config(cfg: dict) -> dict:
         raise ValueError(f"critic must be one of {CRITICS}, got {cfg['critic']!r}")
     if cfg["mask_kind"] is None:
         cfg["mask_kind"] = "box" if cfg["critic"] == "global_local" else "mixed"
-    if cfg["mask_kind"] not in ("box", "center", "free_form", "mixed"):
-        raise ValueError(f"mask_kind must be box, center, free_form or mixed, got {cfg['mask_kind']!r}")
+    if cfg["mask_kind"] not in ("box", "center", "free_form", "mixed", "binned"):
+        raise ValueError(f"mask_kind must be box, center, free_form, mixed or binned, got {cfg['mask_kind']!r}")
     r = int(cfg["resolution"])
     if r < 16 or r % 4:
         raise ValueError(f"resolution must be a multiple of 4 and >= 16, got {r}")
@@ -176,6 +179,12 @@ def make_image_dataset(cfg: dict, split: str = "train", crop: str = "random"):
         from attnorm.data.photos import ImageFolderFlat
         return ImageFolderFlat(cfg["data"], resolution=cfg["resolution"], crop=crop, seed=cfg["seed"], scale=scale)
     from attnorm.data.photos import SkimagePhotos
+    if split == "train":
+        photos = cfg.get("photos") or "train"
+        names = None if isinstance(photos, str) else list(photos)
+        split = photos if isinstance(photos, str) else split
+        return SkimagePhotos(split, resolution=cfg["resolution"], crop=crop, seed=cfg["seed"], scale=scale,
+                             names=names, augment=cfg.get("augment"))
     return SkimagePhotos(split, resolution=cfg["resolution"], crop=crop, seed=cfg["seed"], scale=scale)
 
 
@@ -265,7 +274,7 @@ def _unwrap(m: nn.Module) -> nn.Module:
 def build_models(cfg: dict) -> tuple[InpaintGenerator, dict[str, nn.Module]]:
     """The generator and the critics of ``cfg['critic']`` (dict name -> module, maybe empty)."""
     g = InpaintGenerator(width=cfg["width"], attention=cfg["attention"], num_entities=cfg["num_entities"],
-                         **cfg["an_kwargs"])
+                         hole_fill=cfg.get("hole_fill") or "zero", **cfg["an_kwargs"])
     r, cw = int(cfg["resolution"]), cfg["critic_width"]
     if cfg["critic"] == "global_local":
         critics = {"global": GlobalCritic(r, width=cw), "local": LocalCritic(r // 2, width=cw)}
@@ -334,7 +343,8 @@ class InpaintTraining(TaskRun):
             torch.manual_seed(cfg["seed"] + 1000 * self.rank)
         betas = tuple(float(b) for b in cfg["betas"])
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg["lr_g"], betas=betas)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg["lr_d"], betas=betas)
+        # critic "none": no critic parameters, no critic optimizer (Adam refuses an empty list)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg["lr_d"], betas=betas) if critics else None
         self.criterion = InpaintLoss(
             critics.get("global"), critics.get("local"), critics.get("patch"),
             gan_weight=cfg["gan_weight"], hole_weight=cfg["hole_weight"], known_weight=cfg["known_weight"],
