@@ -44,18 +44,23 @@ def test_pushpull_fills_a_smooth_ramp_close_to_the_ramp():
     assert err.mean() < 0.05 and err.mean() < 0.2 * zero_err.mean()
 
 
-def test_pushpull_generator_starts_as_the_fill_and_keeps_flat_colour():
+def test_pushpull_generator_starts_near_the_fill_and_keeps_its_config():
     torch.manual_seed(0)
     g = InpaintGenerator(width=0.25, hole_fill="pushpull").eval()
     assert g.config["hole_fill"] == "pushpull"
-    x = torch.rand(1, 3, 50, 70) * 2 - 1
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 50), torch.linspace(-1, 1, 70), indexing="ij")
+    x = torch.stack([0.6 * xx, 0.3 * yy + 0.4, 0.5 * xx * yy - 0.5])[None]  # a smooth colour image
     m = _hole(50, 70, (10, 20, 30, 50))
     coarse, refined = g(x, m)
     fill = pushpull_fill(x, m)
-    assert torch.allclose(refined, fill, atol=1e-6) and torch.allclose(coarse, fill, atol=1e-6)
+    hole = (m > 0.5).expand_as(x)
+    zero = InpaintGenerator(width=0.25).eval()(x, m)[1]  # the paper's zero-fill G at initialisation
+    err_pp, err_zero = (refined - x)[hole].abs().mean(), (zero - x)[hole].abs().mean()
+    assert (refined - fill)[hole].abs().max() < 0.05 and err_pp < 0.6 * err_zero
+    # a flat colour (the issue's dark teal) stays that colour to within 2 levels of 255
     teal = (torch.tensor([20.0, 70.0, 80.0]) / 127.5 - 1).view(1, 3, 1, 1).expand(1, 3, 50, 70)
     _, r = g(teal, m)
-    assert torch.allclose(r, teal, atol=1e-6)
+    assert ((r - teal)[hole].abs().max() * 127.5) < 2.0
     # rebuild from the config, and the paper's zero fill has no key
     assert InpaintGenerator(**g.config).hole_fill == "pushpull"
     assert "hole_fill" not in InpaintGenerator(width=0.25).config
@@ -64,7 +69,7 @@ def test_pushpull_generator_starts_as_the_fill_and_keeps_flat_colour():
 
 
 def test_pushpull_generator_learns_a_residual():
-    """One gradient step moves the output: the zero-initialised last convs still get gradients."""
+    """The whole network gets gradients from the start (the last convs are small, not zero)."""
     torch.manual_seed(0)
     g = InpaintGenerator(width=0.25, hole_fill="pushpull")
     x = torch.rand(2, 3, 32, 32) * 2 - 1
@@ -73,6 +78,7 @@ def test_pushpull_generator_learns_a_residual():
     (r - x).abs().mean().backward()
     assert g.refine_decoder[-2].weight.grad.abs().sum() > 0
     assert g.coarse_decoder[-2].weight.grad.abs().sum() > 0
+    assert g.refine_encoder[0].weight.grad.abs().sum() > 1e-6 and g.attn_encoder[0].weight.grad.abs().sum() > 1e-6
 
 
 @pytest.mark.parametrize("k", range(5))

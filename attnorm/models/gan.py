@@ -69,9 +69,10 @@ D_MULTS_128 = (1, 2, 4, 8, 16)  # output of each down block
 ATTENTION_KINDS = ("an", "sa", "none")
 
 
-def sn(module: nn.Module) -> nn.Module:
-    """Spectral normalisation of ``module.weight`` (one power iteration per training forward)."""
-    return spectral_norm(module)
+def sn(module: nn.Module, enabled: bool = True) -> nn.Module:
+    """Spectral normalisation of ``module.weight`` (one power iteration per training forward);
+    ``enabled=False`` returns the module unchanged."""
+    return spectral_norm(module) if enabled else module
 
 
 def num_blocks(resolution: int) -> int:
@@ -137,14 +138,14 @@ class GBlock(nn.Module):
     """
 
     def __init__(self, in_ch: int, out_ch: int, num_classes: int, attention: str = "none",
-                 num_entities: int = 16, an_kwargs: dict | None = None) -> None:
+                 num_entities: int = 16, an_kwargs: dict | None = None, use_sn: bool = True) -> None:
         super().__init__()
         self.cbn1 = ConditionalBatchNorm2d(in_ch, num_classes)
-        self.conv1 = sn(nn.Conv2d(in_ch, out_ch, 3, padding=1))
+        self.conv1 = sn(nn.Conv2d(in_ch, out_ch, 3, padding=1), use_sn)
         self.attn = make_attention(attention, out_ch, num_entities, an_kwargs)
         self.cbn2 = ConditionalBatchNorm2d(out_ch, num_classes)
-        self.conv2 = sn(nn.Conv2d(out_ch, out_ch, 3, padding=1))
-        self.shortcut = sn(nn.Conv2d(in_ch, out_ch, 1))
+        self.conv2 = sn(nn.Conv2d(out_ch, out_ch, 3, padding=1), use_sn)
+        self.shortcut = sn(nn.Conv2d(in_ch, out_ch, 1), use_sn)
 
     def forward(self, x: Tensor, y: Tensor, layouts: list | None = None) -> Tensor:
         x_up = F.interpolate(x, scale_factor=2, mode="nearest")  # (b, in, 2h, 2w)
@@ -173,6 +174,8 @@ class Generator(nn.Module):
             ``> 0``: also a class embedding (N(0, 1) initialised, ``class_embed_dim`` wide) is
             concatenated to ``z`` before the first linear layer, so the class shapes the
             4x4 map from the first step (cGAN/BigGAN-style; attnorm's CPU preset).
+        spectral_norm: spectral normalisation of G's convolutions and linear layer (the
+            listing, SAGAN, BigGAN); False leaves them plain (SN-GAN's generator).
 
     ``y`` is a (b,) long tensor of labels or a (b, num_classes) float tensor of
     class weights (soft path through every CBN, for class interpolation).
@@ -181,7 +184,7 @@ class Generator(nn.Module):
     def __init__(self, resolution: int = 128, ch: int = 64, num_classes: int = 1000, z_dim: int = 128,
                  attention: str = "an", num_entities: int = 16, attn_index: int | None = None,
                  channel_mults: list[int] | None = None, an_kwargs: dict | None = None,
-                 class_embed_dim: int = 0) -> None:
+                 class_embed_dim: int = 0, spectral_norm: bool = True) -> None:
         super().__init__()
         nb = num_blocks(resolution)
         if class_embed_dim < 0:
@@ -203,16 +206,18 @@ class Generator(nn.Module):
             an_kwargs=dict(an_kwargs or {}))
         if class_embed_dim:  # absent for the listing's G: configs saved before the option still load
             self.config["class_embed_dim"] = int(class_embed_dim)
+        if not spectral_norm:
+            self.config["spectral_norm"] = False
         self.resolution, self.num_classes, self.z_dim = resolution, num_classes, z_dim
         chans = [m * ch for m in channel_mults]
         self.class_embed = nn.Embedding(num_classes, class_embed_dim) if class_embed_dim else None
-        self.fc = sn(nn.Linear(z_dim + class_embed_dim, 4 * 4 * chans[0]))
+        self.fc = sn(nn.Linear(z_dim + class_embed_dim, 4 * 4 * chans[0]), spectral_norm)
         self.blocks = nn.ModuleList(
             GBlock(chans[i], chans[i + 1], num_classes, attention if i == attn_index else "none",
-                   num_entities, an_kwargs)
+                   num_entities, an_kwargs, use_sn=spectral_norm)
             for i in range(nb))
         self.bn = nn.BatchNorm2d(chans[-1])
-        self.conv_out = sn(nn.Conv2d(chans[-1], 3, 3, padding=1))
+        self.conv_out = sn(nn.Conv2d(chans[-1], 3, 3, padding=1), spectral_norm)
 
     def get_config(self) -> dict[str, Any]:
         return copy.deepcopy(self.config)

@@ -193,10 +193,13 @@ class InpaintGenerator(nn.Module):
         self.refine_encoder = encoder(cin, c)
         self.refine_bottleneck = bottleneck(c)
         self.refine_decoder = decoder2(2 * c[128], c, clip=not residual)
-        if residual:  # start as the pull-push fill itself: zero the last conv of both decoders
-            for dec in (self.coarse_decoder, self.refine_decoder):
-                nn.init.zeros_(dec[-2].weight)
-                nn.init.zeros_(dec[-2].bias)
+        if residual:  # start close to the pull-push fill: the last conv of both decoders scaled by 0.1
+            # (not zeroed: a zero last layer passes no gradient to the rest of the network, and
+            # the hole L1's sign gradients then keep it near zero for hundreds of steps)
+            with torch.no_grad():
+                for dec in (self.coarse_decoder, self.refine_decoder):
+                    dec[-2].weight.mul_(0.1)
+                    dec[-2].bias.zero_()
 
     @property
     def attention_layer(self) -> nn.Module:

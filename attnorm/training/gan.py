@@ -51,7 +51,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "d_projection": False,   # add SN-GAN's projection term to D (not in the paper's listing)
     "z_dim": 128,
     "g_class_embed": 0,      # >0: class embedding concatenated to z in G (not in the listing)
-    "class_lr_mult": 1.0,    # learning-rate multiplier of G's class-conditional parameters
+    "class_lr_mult": 1.0,
+    "g_spectral_norm": True, # spectral norm on G's layers (the listing); False: plain layers    # learning-rate multiplier of G's class-conditional parameters
     "attention": "an",       # "an" | "sa" | "none"
     "num_entities": 16,
     "an_kwargs": {},         # extra AttentiveNorm arguments, e.g. {"self_sampling": false}
@@ -114,7 +115,8 @@ def make_dataset(cfg: dict):
 def build_models(cfg: dict, num_classes: int) -> tuple[Generator, Discriminator]:
     common = dict(resolution=cfg["resolution"], num_classes=num_classes, attention=cfg["attention"],
                   num_entities=cfg["num_entities"], an_kwargs=cfg["an_kwargs"])
-    g = Generator(ch=cfg["ch"], z_dim=cfg["z_dim"], class_embed_dim=int(cfg.get("g_class_embed") or 0), **common)
+    g = Generator(ch=cfg["ch"], z_dim=cfg["z_dim"], class_embed_dim=int(cfg.get("g_class_embed") or 0),
+                  spectral_norm=bool(cfg.get("g_spectral_norm", True)), **common)
     d = Discriminator(ch=cfg["d_ch"] or cfg["ch"], projection=bool(cfg["d_projection"]), **common)
     return g, d
 
