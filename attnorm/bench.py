@@ -25,7 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -237,23 +237,37 @@ def _get(results, variant, size, key):
     return None
 
 
+class Target(NamedTuple):
+    """A goal on the ratio ``numerator[key] / denominator[key]`` of two variants at one size."""
+
+    name: str
+    numerator: str
+    denominator: str
+    size: int
+    key: str      # "median_ms" or "peak_mib"
+    goal: float
+    op: str       # ">=" or "<="
+
+
+TARGETS = (
+    Target("rn fast vs literal: speed-up at 32", "rn_literal", "rn_fast", 32, "median_ms", 20, ">="),
+    Target("rn fast vs literal: memory ratio at 32", "rn_literal", "rn_fast", 32, "peak_mib", 8, ">="),
+    Target("AN vs SA: speed-up at 64", "sa", "an", 64, "median_ms", 4, ">="),
+    Target("AN vs SA: speed-up at 128", "sa", "an", 128, "median_ms", 10, ">="),
+    Target("AN vs SA: memory ratio at 128", "sa", "an", 128, "peak_mib", 10, ">="),
+    Target("AN / conv1x1+IN time at 32", "an", "conv_in", 32, "median_ms", 2.5, "<="),
+    Target("AN / conv1x1+IN time at 64", "an", "conv_in", 64, "median_ms", 2.5, "<="),
+)
+
+
 def targets(results) -> list[dict]:
-    """The issue's targets as measured ratios (None where a variant did not run)."""
-    spec = [  # (name, numerator variant, denominator variant, size, key, goal, direction)
-        ("rn fast vs literal: speed-up at 32", "rn_literal", "rn_fast", 32, "median_ms", 20, ">="),
-        ("rn fast vs literal: memory ratio at 32", "rn_literal", "rn_fast", 32, "peak_mib", 8, ">="),
-        ("AN vs SA: speed-up at 64", "sa", "an", 64, "median_ms", 4, ">="),
-        ("AN vs SA: speed-up at 128", "sa", "an", 128, "median_ms", 10, ">="),
-        ("AN vs SA: memory ratio at 128", "sa", "an", 128, "peak_mib", 10, ">="),
-        ("AN / conv1x1+IN time at 32", "an", "conv_in", 32, "median_ms", 2.5, "<="),
-        ("AN / conv1x1+IN time at 64", "an", "conv_in", 64, "median_ms", 2.5, "<="),
-    ]
+    """The :data:`TARGETS` as measured ratios (None where a variant did not run at that size)."""
     out = []
-    for name, num, den, size, key, goal, op in spec:
-        a, b = _get(results, num, size, key), _get(results, den, size, key)
+    for t in TARGETS:
+        a, b = _get(results, t.numerator, t.size, t.key), _get(results, t.denominator, t.size, t.key)
         ratio = a / b if a is not None and b else None
-        met = None if ratio is None else (ratio >= goal if op == ">=" else ratio <= goal)
-        out.append({"target": name, "ratio": ratio, "goal": f"{op} {goal}", "met": met})
+        met = None if ratio is None else (ratio >= t.goal if t.op == ">=" else ratio <= t.goal)
+        out.append({"target": t.name, "ratio": ratio, "goal": f"{t.op} {t.goal}", "met": met})
     return out
 
 

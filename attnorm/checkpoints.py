@@ -49,9 +49,15 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """A training checkpoint's dict (tensors and plain Python types only: ``weights_only=True``)."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
+    """What ``torch.save`` wrote to ``path``, loaded with ``weights_only=True`` (tensors and plain
+    Python types only); ValueError, in one line, for a file that is not such a checkpoint."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # torch/pickle raise many types, with multi-line messages
+        raise ValueError(f"{path} is not a checkpoint attnorm can read ({type(exc).__name__} in torch.load)") from exc
 
 
 def generator_weights(state: dict, use_ema: bool = True) -> tuple[dict, str]:
@@ -136,7 +142,7 @@ def load_inpaint_generator(path: str | os.PathLike | None = None, map_location: 
         g = InpaintGenerator(**json.loads(info["config"]))
         g.load_state_dict(state)
         return g.to(map_location).eval()
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    ckpt = load_checkpoint(path, map_location)
     if not isinstance(ckpt, dict):
         raise ValueError(f"{path} is not an inpainting generator checkpoint")
     if ckpt.get("format") == CHECKPOINT_FORMAT:

@@ -100,7 +100,7 @@ def test_classifier_save_load_roundtrip_pt(clf, tmp_path, fresh):
     assert info["meta"] == {"note": "x"} and info["sha256"] == hashlib.sha256(p.read_bytes()).hexdigest()
     e = ex.get_extractor("classifier", weights=p)
     np.testing.assert_array_equal(e.features(fresh[0][:4]), clf.features(fresh[0][:4]))
-    with pytest.raises(FileNotFoundError, match="python -m attnorm.metrics.classifier"):
+    with pytest.raises(FileNotFoundError, match="attnorm train-classifier"):
         load_classifier(tmp_path / "missing.safetensors")
 
 
@@ -142,13 +142,27 @@ def test_safetensors_files_follow_the_format(tmp_path):
         read_safetensors(tmp_path / "junk.safetensors")
 
 
-def test_classifier_training_runs(tmp_path):
-    from attnorm.metrics.classifier import main
+def test_classifier_training_command(tmp_path, capsys):
+    from attnorm.cli import main
     out = tmp_path / "tiny.safetensors"
-    assert main(["--out", str(out), "--steps", "2", "--batch-size", "8", "--eval-n", "24"]) == 0
+    assert main(["train-classifier", "--out", str(out), "--steps", "3", "--batch-size", "8", "--eval-n", "36",
+                 "--seed", "4"]) == 0
+    printed = capsys.readouterr().out
     m, info = load_classifier(out)
-    assert info["meta"]["steps"] == 2 and isinstance(m, ProceduralClassifier)
-    assert 0.0 <= info["meta"]["heldout_accuracy"] <= 1.0
+    meta = info["meta"]
+    assert meta["steps"] == 3 and meta["seed"] == 4 and meta["batch_size"] == 8
+    # the stored held-out accuracy is the accuracy of the saved weights on images 0..35 of dataset seed 5,
+    # recomputed here from the logits (argmax by hand)
+    x, y = ProceduralShapes(32, 12, seed=5).get_batch(range(36))
+    with torch.no_grad():
+        pred = m(x).argmax(1)
+    assert meta["heldout_accuracy"] == pytest.approx(float((pred == y).double().mean()), abs=1e-12)
+    assert f"held-out accuracy {meta['heldout_accuracy']:.4f} on 36 images of dataset seed 5" in printed
+    assert f"sha256 {info['sha256']}" in printed
+    # trained: the weights moved away from the seed-4 initialisation
+    torch.manual_seed(4)
+    init = ProceduralClassifier()
+    assert any(not torch.equal(a, b) for a, b in zip(init.state_dict().values(), m.state_dict().values()))
 
 
 # ---------------------------------------------------------------------------------------------- registry, inputs

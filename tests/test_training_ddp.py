@@ -15,7 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from attnorm.training.loop import load_checkpoint, read_stats
+from attnorm.checkpoints import load_checkpoint
+from attnorm.training.loop import read_stats
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with the gloo backend is not available in this build")
@@ -63,7 +64,7 @@ def _worker(rank: int, port: int, tmp: str) -> None:
         out["bn"] = _bn_scenario(rank)
 
         def train(name, resume=False, **kw):
-            t = GANTraining(resolve_config(overrides=dict(TINY, **kw)), os.path.join(tmp, name), print_fn=None)
+            t = GANTraining(resolve_config(overrides=dict(TINY, **kw)), os.path.join(tmp, name))
             t.run(resume=resume)
             return _state(t)
 
@@ -161,7 +162,7 @@ def test_distributed_batchnorm_equals_batchnorm_over_the_global_batch(ddp):
 
 def test_sync_bn_shares_statistics_and_checkpoint_loads_into_plain_generator(ddp):
     from attnorm.models.gan import Generator
-    from attnorm.training.gan import load_generator
+    from attnorm.checkpoints import load_gan_generator as load_generator
     tmp, (r0, r1) = ddp
     assert r0["sync"]["bn_types"] == ["DistributedBatchNorm2d"]
     assert _same(r0["sync"]["G"], r1["sync"]["G"]) == []  # weights and BN running statistics

@@ -32,7 +32,7 @@ def _worker(rank: int, port: int, tmp: str) -> None:
         lin.weight.grad = torch.full((1, 2), float(rank + 1))
         average_gradients(lin, 2)
         out["avg"] = lin.weight.grad.clone()
-        trainer = InpaintTraining(resolve_config(overrides=TINY), os.path.join(tmp, "run"), print_fn=None)
+        trainer = InpaintTraining(resolve_config(overrides=TINY), os.path.join(tmp, "run"))
         out["init_G"] = {k: v.clone() for k, v in trainer.G.state_dict().items()}
         out["first_batch"] = trainer.data.next().load()[0].clone()
         trainer.data = type(trainer.data)(trainer.dataset, TINY["batch_size"], seed=trainer.cfg["seed"],

@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             result = run(args)
         except CommandError as exc:
-            print(f"attnorm {name}: error: {exc}", file=sys.stderr)
+            target = getattr(args, "target", None)  # `evaluate gan`, `evaluate inpaint`
+            message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+            print(f"attnorm {name}{' ' + target if target else ''}: error: {message}", file=sys.stderr)
             return 2
     return result if isinstance(result, int) else 0
