@@ -4,6 +4,7 @@ tensor <-> 8-bit image conversions and ``.safetensors`` files (through the ``saf
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from pathlib import Path
 from typing import Callable
@@ -13,7 +14,7 @@ import torch
 from PIL import Image
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "atomic_write", "image_error", "list_images", "read_rgb", "read_safetensors",
+    "IMAGE_EXTENSIONS", "atomic_write", "image_error", "json_safe", "list_images", "read_rgb", "read_safetensors",
     "sha256_file", "to_rgb_uint8", "to_uint8", "write_safetensors",
 ]
 
@@ -58,6 +59,22 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object], suffi
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def json_safe(obj):
+    """``obj`` with every float that strict JSON cannot hold replaced: inf -> ``"inf"`` / ``"-inf"``,
+    NaN -> None (dicts, lists and tuples are converted recursively)."""
+    if isinstance(obj, float):
+        if math.isnan(obj):
+            return None
+        if math.isinf(obj):
+            return "inf" if obj > 0 else "-inf"
+        return obj
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 # ---------------------------------------------------------------------------- images

@@ -70,7 +70,7 @@ from torch import Tensor
 
 from attnorm.data.masks import AREA_BIN_LABELS, area_bin, load_mask, mask_area
 from attnorm.inference import inpaint_image
-from attnorm.io import list_images, to_uint8
+from attnorm.io import json_safe, list_images, to_uint8
 from attnorm.metrics import l1 as l1_metric
 from attnorm.metrics import psnr as psnr_metric
 from attnorm.metrics import ssim as ssim_metric
@@ -219,21 +219,6 @@ def _aggregate(rows: list[dict]) -> dict:
     return {"count": len(rows), **{m: (_mean([r[m] for r in rows]) if rows else None) for m in METRICS}}
 
 
-def _json_safe(obj):
-    """inf -> "inf" / "-inf", NaN -> None (strict JSON has neither)."""
-    if isinstance(obj, float):
-        if math.isnan(obj):
-            return None
-        if math.isinf(obj):
-            return "inf" if obj > 0 else "-inf"
-        return obj
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
 # ---------------------------------------------------------------------------- sheet
 def _label(text: str, width: int, height: int = 14) -> Image.Image:
     img = Image.new("RGB", (width, height), (255, 255, 255))
@@ -363,7 +348,7 @@ def _write_outputs(out: Path, rows: list[dict], summary: dict, picker: SheetPick
     if save_outputs:
         files["outputs"] = "outputs/"
     summary["files"] = files
-    (out / "summary.json").write_text(json.dumps(_json_safe(summary), indent=1))
+    (out / "summary.json").write_text(json.dumps(json_safe(summary), indent=1))
 
 
 def evaluate_inpaint(method: Method, images: Sequence[Tensor], masks: Sequence[Tensor] | str | os.PathLike,
