@@ -199,6 +199,25 @@ def _generate(subject: _Subject, n: int, ext: FeatureExtractor, acc_ext: Feature
     return _Fakes(np.concatenate(feats), labels.numpy(), np.concatenate(logits) if logits else None, correct)
 
 
+def _protocols(ext: FeatureExtractor, acc_ext: FeatureExtractor | None, ref: dict | None, subject: _Subject,
+               n: int, seed: int, truncation: float | None) -> tuple[dict, dict | None]:
+    """The protocol every feature metric shares, and that of ``acc`` (None when not requested)."""
+    ep = ext.protocol
+    common = {"extractor": ep.get("name", ext.name), "weights_file": ep.get("weights_file"),
+              "weights_sha256": ep.get("weights_sha256"), "resize_method": ep.get("resize_method"),
+              "feature_layer": ep.get("feature_layer"), "dim": ext.dim, "n_fake": n,
+              "n_real": ref["n"] if ref is not None else None,
+              "reference_split": ref["split"] if ref is not None else None, "seed": seed,
+              "truncation": truncation, "resolution": subject.resolution}
+    if acc_ext is None:
+        return common, None
+    ap = acc_ext.protocol
+    return common, {"classifier": ap["name"], "weights_file": ap["weights_file"],
+                    "weights_sha256": ap["weights_sha256"], "resize_method": ap["resize_method"], "n_fake": n,
+                    "labels": "i % num_classes", "seed": seed, "truncation": truncation,
+                    "resolution": subject.resolution}
+
+
 def _metric_values(metrics: list[str], fakes: _Fakes, ref: dict | None, common: dict, class_names: list[str],
                    acc_protocol: dict | None, *, kid_subsets: int, kid_subset_size: int, is_splits: int, pr_k: int,
                    seed: int) -> dict[str, Any]:
@@ -302,30 +321,16 @@ def evaluate_gan(generator: Callable | torch.nn.Module | None = None, *, checkpo
 
     fakes = _generate(subject, n, ext, acc_ext, "is" in metrics, batch_size, seed, truncation, device)
 
-    ep = ext.protocol
-    common = {"extractor": ep.get("name", ext.name), "weights_file": ep.get("weights_file"),
-              "weights_sha256": ep.get("weights_sha256"), "resize_method": ep.get("resize_method"),
-              "feature_layer": ep.get("feature_layer"), "dim": ext.dim, "n_fake": n,
-              "n_real": ref["n"] if ref is not None else None,
-              "reference_split": ref["split"] if ref is not None else None, "seed": seed,
-              "truncation": truncation, "resolution": subject.resolution}
-    acc_protocol = None
-    if acc_ext is not None:
-        ap = acc_ext.protocol
-        acc_protocol = {"classifier": ap["name"], "weights_file": ap["weights_file"],
-                        "weights_sha256": ap["weights_sha256"], "resize_method": ap["resize_method"], "n_fake": n,
-                        "labels": "i % num_classes", "seed": seed, "truncation": truncation,
-                        "resolution": subject.resolution}
+    common, acc_protocol = _protocols(ext, acc_ext, ref, subject, n, seed, truncation)
     results = _metric_values(metrics, fakes, ref, common, class_names, acc_protocol, kid_subsets=kid_subsets,
                              kid_subset_size=kid_subset_size, is_splits=is_splits, pr_k=pr_k, seed=seed)
-
     result = {
         "metrics": results,
         "protocol": {
             "generator": dict(subject.info, z="N(0, I) from torch.Generator().manual_seed(seed), batch after batch",
                               labels="sample i has class i % num_classes", truncation=truncation,
                               batch_size=batch_size),
-            "extractor": ep, "num_classes": subject.num_classes, "class_names": list(class_names),
+            "extractor": ext.protocol, "num_classes": subject.num_classes, "class_names": list(class_names),
             "resolution": subject.resolution, "n_fake": n, "seed": seed,
             "reference": None if ref is None else {"data": source.id, "split": ref["split"], "n_real": ref["n"],
                                                    "cache": ref["path"], "cached": bool(ref["cached"])},

@@ -288,6 +288,25 @@ class SheetPicker:
 
 
 # ---------------------------------------------------------------------------- evaluation
+def _run_method(method: Method, method_name: str, x: Tensor, m: Tensor) -> tuple[np.ndarray, np.ndarray, float]:
+    """The 8-bit composite ``where(hole, method(x, m), x)``, the 8-bit ground truth, the call's seconds."""
+    t0 = time.perf_counter()
+    y = method(x, m)
+    seconds = time.perf_counter() - t0
+    if tuple(y.shape) != tuple(x.shape):
+        raise ValueError(f"{method_name} returned shape {tuple(y.shape)} for an image of shape {tuple(x.shape)}")
+    composite = torch.where((m[0] >= 0.5).expand_as(x), y.to(x.dtype).cpu(), x.cpu())
+    return to_uint8(composite), to_uint8(x), seconds
+
+
+def _load_masks(masks, mask_names) -> tuple[Sequence, list[str] | None, str, dict]:
+    """(masks, names, source, masks.json settings) from a sequence or a mask folder."""
+    if isinstance(masks, (str, os.PathLike)):
+        loaded, names_from_files, meta = load_mask_set(masks)
+        return loaded, mask_names or names_from_files, str(masks), meta
+    return masks, mask_names, "in-memory masks", {}
+
+
 def _protocol(sizes: set, n_img: int, n_mask: int, mask_source: str, mask_meta: dict, resize_masks: bool,
               psnr_cap: float | None, extra: dict | None) -> dict:
     """The ``protocol`` entry of the summary: how every number was made."""
@@ -382,12 +401,7 @@ def evaluate_inpaint(method: Method, images: Sequence[Tensor], masks: Sequence[T
     Raises: ValueError for empty data, an empty mask set, a mask/image size mismatch, or a
     method output of the wrong shape.
     """
-    mask_meta: dict = {}
-    mask_source = "in-memory masks"
-    if isinstance(masks, (str, os.PathLike)):
-        mask_source = str(masks)
-        masks, names_from_files, mask_meta = load_mask_set(masks)
-        mask_names = mask_names or names_from_files
+    masks, mask_names, mask_source, mask_meta = _load_masks(masks, mask_names)
     n_img, n_mask = len(images), len(masks)
     if n_img == 0:
         raise ValueError("no images to evaluate (empty data)")
@@ -423,13 +437,7 @@ def evaluate_inpaint(method: Method, images: Sequence[Tensor], masks: Sequence[T
         sizes.add(size)
         m = _fit_mask(torch.as_tensor(masks[j]), size, resize_masks, mask_names[j])
         hole = m[0] >= 0.5
-        t0 = time.perf_counter()
-        y = method(x, m)
-        seconds = time.perf_counter() - t0
-        if tuple(y.shape) != tuple(x.shape):
-            raise ValueError(f"{method_name} returned shape {tuple(y.shape)} for an image of shape {tuple(x.shape)}")
-        composite = torch.where(hole.expand_as(x), y.to(x.dtype).cpu(), x.cpu())
-        out_u8, gt_u8 = to_uint8(composite), to_uint8(x)
+        out_u8, gt_u8, seconds = _run_method(method, method_name, x, m)
         metrics = image_metrics(out_u8, gt_u8, hole.numpy(), psnr_cap)
         if extractor is not None:  # features of the quantised composite and ground truth, (1, d) each
             as_input = lambda u8: torch.from_numpy(u8).permute(2, 0, 1)[None].float() / 127.5 - 1.0
