@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 
 from _cli import cli_error
 from attnorm import cli
@@ -157,6 +158,24 @@ def test_cli_run_then_inpaint_loads_ema(tmp_path, capsys):
     assert any(not torch.equal(ema[k], raw[k]) for k in raw)
     g_raw = load_generator(run / "checkpoints" / "latest.pt", use_ema=False)
     assert all(torch.equal(v, raw[k]) for k, v in g_raw.state_dict().items())
+    # export-inpaint: the EMA (or, with --no-ema, the trained) weights as .safetensors, with provenance
+    ckpt = str(run / "checkpoints" / "latest.pt")
+    assert cli.main(["export-inpaint", ckpt, str(tmp_path / "g.safetensors")]) == 0
+    assert cli.main(["export-inpaint", ckpt, str(tmp_path / "raw.safetensors"), "--no-ema"]) == 0
+    assert f"wrote {tmp_path / 'g.safetensors'}" in capsys.readouterr().out
+    for name, weights, ref in (("g", "ema", ema), ("raw", "G", raw)):
+        with safe_open(str(tmp_path / f"{name}.safetensors"), framework="pt") as f:
+            meta = json.loads(f.metadata()["meta"])
+            assert json.loads(f.metadata()["config"]) == state["extra"]["generator"]
+            assert sorted(f.keys()) == sorted(ref) and all(torch.equal(f.get_tensor(k), ref[k]) for k in ref)
+        assert meta["weights"] == weights and meta["step"] == 3 and meta["source"] == "latest.pt"
+        assert meta["train_config"] == state["extra"]["config"]
+    exported = load_generator(tmp_path / "g.safetensors")
+    assert all(torch.equal(v, ema[k]) for k, v in exported.state_dict().items())
+    assert "not found" in cli_error(capsys, ["export-inpaint", str(tmp_path / "none.pt"), str(tmp_path / "x.st")])
+    torch.save({**state, "extra": {**state["extra"], "task": "gan"}}, tmp_path / "gan.pt")
+    assert "not a train-inpaint checkpoint" in cli_error(capsys, ["export-inpaint", str(tmp_path / "gan.pt"),
+                                                                  str(tmp_path / "x.st")])
     assert "config.json not found" in cli_error(capsys, ["train-inpaint", "--out", str(tmp_path / "nope"), "--resume"])
     assert "unknown config key" in cli_error(capsys, ["train-inpaint", "--out", str(tmp_path / "x"), "stpes=3"])
     assert "expected key=value" in cli_error(capsys, ["train-inpaint", "--out", str(tmp_path / "x"), "steps"])
