@@ -214,6 +214,8 @@ def test_empty_mask_writes_input_and_errors(tmp_path, capsys):
     g_sa = InpaintGenerator(width=0.125, attention="sa")
     save_generator(tmp_path / "sa.pt", g_sa)
     assert "needs an AN generator" in cli_error(capsys, base + ["--ckpt", str(tmp_path / "sa.pt"), "--layouts"])
+    (tmp_path / "img.png").write_bytes(b"not an image")
+    assert "cannot identify image file" in cli_error(capsys, base + ["--ckpt", str(tmp_path / "g.pt")])
 
 
 def test_default_checkpoint_is_the_shipped_weights(tmp_path, monkeypatch):

@@ -79,8 +79,9 @@ def inpaint(args: argparse.Namespace) -> int:
     with user_errors():
         pairs = _pairs(Path(args.image), Path(args.mask), Path(args.out))
     for img_path, mask_path, out_path in pairs:
-        x = to_tensor(read_rgb(img_path))  # (3, H, W)
-        m = load_mask(mask_path, size=x.shape[-2:] if args.resize_mask else None)
+        with user_errors(OSError, ValueError):  # unreadable image or mask file
+            x = to_tensor(read_rgb(img_path))  # (3, H, W)
+            m = load_mask(mask_path, size=x.shape[-2:] if args.resize_mask else None)
         if m.shape[-2:] != x.shape[-2:]:
             raise CommandError(f"mask {mask_path} is {tuple(m.shape[-2:])} (H, W) but image {img_path} is "
                                f"{tuple(x.shape[-2:])}; pass --resize-mask to resize it")
