@@ -92,7 +92,8 @@ def load_gan_generator(path: str | os.PathLike, device: str | torch.device = "cp
 # ---------------------------------------------------------------------------- inpainting
 def inpaint_generator_from_training_checkpoint(state: dict, use_ema: bool = True) -> InpaintGenerator:
     """Rebuild the generator (eval mode) from a ``train-inpaint`` checkpoint dict."""
-    if state.get("format") != CHECKPOINT_FORMAT or (state.get("extra") or {}).get("task") != "inpaint":
+    if (not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT
+            or (state.get("extra") or {}).get("task") != "inpaint"):
         raise ValueError("not a train-inpaint checkpoint")
     return _generator_from_state(state, InpaintGenerator, "train-inpaint", use_ema)
 
@@ -146,9 +147,10 @@ def load_inpaint_generator(path: str | os.PathLike | None = None, map_location: 
     if not isinstance(ckpt, dict):
         raise ValueError(f"{path} is not an inpainting generator checkpoint")
     if ckpt.get("format") == CHECKPOINT_FORMAT:
-        if "generator" not in (ckpt.get("extra") or {}) or (ckpt.get("extra") or {}).get("task") != "inpaint":
-            raise ValueError(f"{path} is a training checkpoint but not of train-inpaint")
-        return inpaint_generator_from_training_checkpoint(ckpt, use_ema=use_ema).to(map_location)
+        try:
+            return inpaint_generator_from_training_checkpoint(ckpt, use_ema=use_ema).to(map_location)
+        except ValueError as exc:
+            raise ValueError(f"{path} is a training checkpoint but not of train-inpaint") from exc
     if "config" not in ckpt and isinstance(ckpt.get("generator"), dict):
         ckpt = ckpt["generator"]
     if "config" not in ckpt or "state_dict" not in ckpt:
