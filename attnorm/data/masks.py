@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -44,6 +44,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import Tensor
+
+from attnorm.io import list_images
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "AREA_BIN_LABELS", "MASK_KINDS", "MaskGenerator", "Stroke", "area_bin", "area_bin_label",
@@ -255,11 +259,6 @@ def save_mask(path: str | os.PathLike, mask: Tensor | np.ndarray) -> None:
     Image.fromarray(((arr >= 0.5) * 255).astype(np.uint8), mode="L").save(path)
 
 
-def _list_images(folder: Path) -> list[Path]:
-    exts = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in exts and p.is_file())
-
-
 # ---------------------------------------------------------------------------- area / bbox
 def mask_area(mask: Tensor) -> Tensor:
     """Hole fraction (pixels >= 0.5) per mask: a scalar for (1, H, W), (b,) for (b, 1, H, W)."""
@@ -328,7 +327,7 @@ class MaskGenerator:
                 folder = Path(files)
                 if not folder.is_dir():
                     raise FileNotFoundError(f"mask folder {folder} does not exist")
-                self.files = _list_images(folder)
+                self.files = list_images(folder)
             else:
                 self.files = [Path(f) for f in files]
             if not self.files:
@@ -395,6 +394,6 @@ def write_eval_masks(out_dir: str | os.PathLike, n: int, size: int | Sequence[in
         writer.writeheader()
         writer.writerows(records)
     if counts[AREA_BIN_LABELS[-1]]:
-        warnings.warn(f"{counts[AREA_BIN_LABELS[-1]]} of {n} masks cover >= 60% of the image "
-                      "(LaMa-style evaluation usually drops them)", stacklevel=2)
+        log.warning("%d of %d masks cover >= 60%% of the image (LaMa-style evaluation usually drops them)",
+                    counts[AREA_BIN_LABELS[-1]], n)
     return records

@@ -30,9 +30,9 @@ Samples are (3, R, R) float tensors in [-1, 1]. Random crops are a pure function
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
-import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -41,6 +41,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from attnorm.io import IMAGE_EXTENSIONS, image_error, list_images, read_rgb, to_rgb_uint8
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "COLOR_PHOTOS", "EXTRA_PHOTOS", "GRAY_PHOTOS", "HELDOUT_PHOTOS", "IMAGE_EXTENSIONS", "ImageFolderFlat", "SkimagePhotos",
@@ -59,31 +63,7 @@ EXTRA_PHOTOS: dict[str, tuple[str, str]] = {
 }
 TRAIN_PHOTOS = tuple(n for n in COLOR_PHOTOS + GRAY_PHOTOS if n not in HELDOUT_PHOTOS)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
-
-
 # ---------------------------------------------------------------------------- conversions
-def to_rgb_uint8(arr: np.ndarray) -> np.ndarray:
-    """Any image array -> (H, W, 3) uint8: grey is repeated, alpha dropped, bool/float scaled."""
-    arr = np.asarray(arr)
-    if arr.dtype == bool:
-        arr = arr.astype(np.uint8) * 255
-    elif arr.dtype != np.uint8:
-        arr = arr.astype(np.float64)
-        if arr.max() <= 1.0:
-            arr = arr * 255.0
-        arr = np.clip(np.round(arr), 0, 255).astype(np.uint8)
-    if arr.ndim == 2:
-        arr = np.repeat(arr[:, :, None], 3, axis=2)
-    elif arr.ndim == 3 and arr.shape[2] == 1:
-        arr = np.repeat(arr, 3, axis=2)
-    elif arr.ndim == 3 and arr.shape[2] == 4:
-        arr = arr[:, :, :3]
-    if arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f"cannot make an RGB image of an array of shape {arr.shape}")
-    return np.ascontiguousarray(arr)
-
-
 def to_tensor(img: Image.Image | np.ndarray) -> Tensor:
     """RGB uint8 image -> (3, H, W) float32 in [-1, 1] (0 -> -1, 255 -> 1)."""
     arr = to_rgb_uint8(np.array(img))  # np.array: a writable copy
@@ -264,7 +244,7 @@ class SkimagePhotos(Dataset):
         self.names = [n for n in names if n in avail]
         missing = [n for n in names if n not in avail]
         if missing:
-            warnings.warn(f"skimage photos not available offline, skipped: {missing}", stacklevel=2)
+            log.warning("skimage photos not available offline, skipped: %s", missing)
         if not self.names:
             raise RuntimeError("no scikit-image photo could be loaded; is scikit-image installed?")
         self.resolution, self.crop, self.seed, self.scale = int(resolution), crop, int(seed), scale
@@ -327,21 +307,14 @@ class ImageFolderFlat(Dataset):
             raise FileNotFoundError(f"image folder {self.root} does not exist or is not a folder")
         if crop not in ("random", "center"):
             raise ValueError(f"crop must be 'random' or 'center', got {crop!r}")
-        exts = tuple(e.lower() for e in extensions)
-        files = sorted(p for p in self.root.rglob("*") if p.is_file() and p.name.lower().endswith(exts))
+        files = list_images(self.root, tuple(extensions))
         if not files:
-            raise ValueError(f"no images ({', '.join(exts)}) found under {self.root}")
+            raise ValueError(f"no images ({', '.join(extensions)}) found under {self.root}")
         self.skipped: list[Path] = []
         if verify:
-            good = []
-            for p in files:
-                try:
-                    with Image.open(p) as im:
-                        im.verify()
-                    good.append(p)
-                except Exception:
-                    self.skipped.append(p)
-            files = good
+            self.skipped = [p for p in files if image_error(p)]
+            bad = set(self.skipped)
+            files = [p for p in files if p not in bad]
             self._warn_skipped()
             if not files:
                 raise ValueError(f"all {len(self.skipped)} image files under {self.root} are unreadable")
@@ -357,8 +330,8 @@ class ImageFolderFlat(Dataset):
         if self.skipped:
             shown = ", ".join(str(p.relative_to(self.root)) for p in self.skipped[:5])
             more = "" if len(self.skipped) <= 5 else f" and {len(self.skipped) - 5} more"
-            warnings.warn(f"ImageFolderFlat: skipped {len(self.skipped)} unreadable file(s) under "
-                          f"{self.root}: {shown}{more}", stacklevel=3)
+            log.warning("ImageFolderFlat: skipped %d unreadable file(s) under %s: %s%s", len(self.skipped),
+                        self.root, shown, more)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -366,26 +339,19 @@ class ImageFolderFlat(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def _load(self, path: Path) -> Image.Image:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("RGB", "L", "RGBA", "LA", "P", "CMYK", "1"):
-                return im.convert("RGB")
-            return Image.fromarray(to_rgb_uint8(np.asarray(im)))
-
     def __getitem__(self, index: int) -> Tensor:
         if not 0 <= index < len(self.files):
             raise IndexError(index)
         for k in range(len(self.files)):
             path = self.files[(index + k) % len(self.files)]
             try:
-                img = self._load(path)
+                img = read_rgb(path)
                 break
             except Exception:
                 if path not in self.skipped:
                     self.skipped.append(path)
-                    warnings.warn(f"ImageFolderFlat: cannot read {path}, skipped "
-                                  f"({len(self.skipped)} skipped so far)", stacklevel=2)
+                    log.warning("ImageFolderFlat: cannot read %s, skipped (%d skipped so far)", path,
+                                len(self.skipped))
         else:
             raise RuntimeError(f"no readable image under {self.root}")
         if self.crop == "center":

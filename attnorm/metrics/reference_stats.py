@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,9 +37,11 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from attnorm.files import atomic_write
+from attnorm.io import atomic_write
 
 from .maths import feature_statistics
+
+log = logging.getLogger(__name__)
 
 CACHE_ENV = "ATTNORM_STATS_CACHE"
 CACHE_VERSION = 1
@@ -138,7 +141,7 @@ def _load(path: Path, key: dict) -> dict | None:
 
 def reference_statistics(source: DataSource, extractor, n: int | None, batch_size: int = 100,
                          cache_dir: str | os.PathLike | None = None, use_cache: bool = True,
-                         max_feature_values: int = 1 << 25, print_fn: Callable[[str], Any] | None = None) -> dict:
+                         max_feature_values: int = 1 << 25) -> dict:
     """mu/sigma (+ float32-exact features and labels) of ``n`` real images of ``source``.
 
     Returns a dict with ``mu`` (d,), ``sigma`` (d, d), ``labels`` (n,), ``features``
@@ -154,16 +157,14 @@ def reference_statistics(source: DataSource, extractor, n: int | None, batch_siz
     if path is not None and path.is_file():
         out = _load(path, key)
         if out is not None:
-            if print_fn:
-                print_fn(f"reference statistics: loaded {path}")
+            log.info("reference statistics: loaded %s", path)
             return {**out, "n": n, "split": split, "key": key, "path": str(path), "cached": True}
     feats, labels, done = [], [], 0
     for x, y in source.batches(indices, batch_size):
         feats.append(extractor.features(x).astype(np.float32))
         labels.append(np.asarray(y, dtype=np.int64))
         done += len(y)
-        if print_fn:
-            print_fn(f"reference features [{extractor.name}]: {done}/{n}")
+        log.info("reference features [%s]: %d/%d", extractor.name, done, n)
     f32 = np.concatenate(feats)
     f64 = f32.astype(np.float64)
     mu, sigma = feature_statistics(f64)
@@ -176,6 +177,5 @@ def reference_statistics(source: DataSource, extractor, n: int | None, batch_siz
             save["features"] = f32
         atomic_write(path, lambda tmp: np.savez(tmp, key=np.array(json.dumps(key, sort_keys=True)), **save),
                      suffix=".npz")
-        if print_fn:
-            print_fn(f"reference statistics: wrote {path}")
+        log.info("reference statistics: wrote %s", path)
     return {**out, "n": n, "split": split, "key": key, "path": str(path) if path else None, "cached": False}

@@ -349,10 +349,13 @@ class Discriminator(nn.Module):
 
 def build_gan(resolution: int = 32, ch: int = 16, num_classes: int = 10, z_dim: int = 128,
               attention: str = "an", num_entities: int = 16, an_kwargs: dict | None = None,
-              d_ch: int | None = None, projection: bool = False) -> tuple[Generator, Discriminator]:
-    """A matching (G, D) pair from one set of arguments (``d_ch`` defaults to ``ch``)."""
+              d_ch: int | None = None, projection: bool = False, class_embed_dim: int = 0,
+              g_spectral_norm: bool = True) -> tuple[Generator, Discriminator]:
+    """A matching (G, D) pair from one set of arguments (``d_ch`` defaults to ``ch``;
+    ``class_embed_dim`` and ``g_spectral_norm`` go to the generator)."""
     g = Generator(resolution=resolution, ch=ch, num_classes=num_classes, z_dim=z_dim,
-                  attention=attention, num_entities=num_entities, an_kwargs=an_kwargs)
+                  attention=attention, num_entities=num_entities, an_kwargs=an_kwargs,
+                  class_embed_dim=class_embed_dim, spectral_norm=g_spectral_norm)
     d = Discriminator(resolution=resolution, ch=d_ch or ch, num_classes=num_classes,
                       attention=attention, num_entities=num_entities, an_kwargs=an_kwargs,
                       projection=projection)

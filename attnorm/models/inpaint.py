@@ -151,7 +151,7 @@ class InpaintGenerator(nn.Module):
     ``forward(x, mask)`` with ``x`` (b, 3, H, W) in [-1, 1] and ``mask`` (b or 1, 1, H, W),
     1 = hole, returns ``(coarse, refined)``, both (b, 3, H, W) clipped to [-1, 1]
     (the raw network outputs: paste them into the hole yourself, or use
-    :func:`attnorm.inpaint_commands.inpaint_image`). With ``return_layout=True`` (AN
+    :func:`attnorm.inference.inpaint_image`). With ``return_layout=True`` (AN
     only) it returns ``(coarse, refined, layout)``, the soft layout (b, n, ceil(H/4),
     ceil(W/4)) of the padded input.
     """
