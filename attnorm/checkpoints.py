@@ -22,17 +22,21 @@ from __future__ import annotations
 
 import json
 import os
+import pickletools
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from attnorm.errors import CheckpointError, UnsafeCheckpointError, check_device
 from attnorm.io import atomic_write, read_safetensors, write_safetensors
 from attnorm.models.gan import Generator
 from attnorm.models.inpaint import InpaintGenerator
 
 __all__ = [
-    "CHECKPOINT_FORMAT", "DEFAULT_INPAINT_WEIGHTS", "INPAINT_SAFETENSORS_FORMAT", "atomic_torch_save",
+    "CHECKPOINT_FORMAT", "DEFAULT_INPAINT_WEIGHTS", "INPAINT_SAFETENSORS_FORMAT", "atomic_torch_save", "check_task",
     "export_inpaint_generator", "generator_weights", "inpaint_generator_from_training_checkpoint",
     "load_checkpoint", "load_gan_generator", "load_inpaint_generator", "read_inpaint_generator_metadata",
     "save_inpaint_generator", "save_inpaint_generator_safetensors",
@@ -45,19 +49,115 @@ DEFAULT_INPAINT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "inpaint
 
 # ---------------------------------------------------------------------------- training checkpoints
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file, then ``os.replace``: readers see the old or the new file."""
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """``torch.save`` to a temporary file, then ``os.replace``: readers see the old or the new file.
+    A failed write (full disk...) raises :class:`attnorm.errors.OutputError` and keeps the old file."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: torch's write errors keep the OSError as context
+            torch.save(obj, f)
+    atomic_write(path, write)
+
+
+# modules a checkpoint pickle may name: torch's own rebuild functions and storages, and the
+# containers torch.save writes; anything else (os.system, builtins.eval, ...) is code
+_SAFE_PICKLE_MODULES = ("torch", "collections", "_codecs", "numpy.core.multiarray", "numpy._core.multiarray",
+                        "numpy", "builtins.set", "builtins.frozenset", "builtins.bytearray", "builtins.slice",
+                        "builtins.complex", "builtins.range")
+
+
+def _pickle_globals(path: Path) -> list[str] | None:
+    """The ``module.name`` globals that the pickle in ``path`` (torch zip or plain pickle) would
+    import, read with :mod:`pickletools` (nothing is executed); None if it is not a parsable pickle."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                names = [n for n in z.namelist() if n.endswith("data.pkl")]
+                if not names:
+                    return None
+                data = z.read(names[0])
+        else:
+            data = path.read_bytes()
+        found, strings = [], []
+        for op, arg, _pos in pickletools.genops(data):
+            if op.name in ("GLOBAL", "INST"):
+                found.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            if isinstance(arg, str):
+                strings.append(arg)
+        return found
+    except Exception:  # not a pickle, or a truncated one
+        return None
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    names = _pickle_globals(path) or []
+    return sorted({g for g in names if not g.startswith(_SAFE_PICKLE_MODULES)})
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
     """What ``torch.save`` wrote to ``path``, loaded with ``weights_only=True`` (tensors and plain
-    Python types only); ValueError, in one line, for a file that is not such a checkpoint."""
+    Python types only). Errors, each one line: FileNotFoundError for a missing file;
+    :class:`attnorm.errors.UnsafeCheckpointError` for a pickle that would import code (refused,
+    never executed); :class:`attnorm.errors.CheckpointError` (a ValueError) for an empty,
+    truncated, corrupt or non-checkpoint file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found" + (" (it is a folder)" if path.is_dir() else ""))
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); pass a checkpoint written by attnorm")
+    if _is_safetensors(path):
+        raise CheckpointError(f"{path} is a .safetensors weights file, not a training checkpoint; pass the run's "
+                              "checkpoints/latest.pt")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing a file
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch/pickle raise many types, with multi-line messages
-        raise ValueError(f"{path} is not a checkpoint attnorm can read ({type(exc).__name__} in torch.load)") from exc
+        unsafe = _unsafe_globals(path)
+        if unsafe:
+            raise UnsafeCheckpointError(
+                f"refused to load {path}: it is a pickle that would import {', '.join(unsafe[:3])} "
+                "(code that runs when loaded); attnorm loads only checkpoints holding tensors and plain data. "
+                "Use a checkpoint written by attnorm or a .safetensors file") from None
+        text = str(exc)
+        if "Unsupported global" in text:  # allowed module names but a class torch does not allow
+            name = text.split("Unsupported global:", 1)[1].split()[1] if "GLOBAL" in text else "an object"
+            raise UnsafeCheckpointError(
+                f"refused to load {path}: it holds {name}, which is not plain data; attnorm loads only "
+                "checkpoints holding tensors and plain data. Use a checkpoint written by attnorm or a "
+                ".safetensors file") from None
+        kind = ("truncated or corrupt" if zipfile.is_zipfile(path) or "zip archive" in text or isinstance(exc, EOFError)
+                else "not a PyTorch checkpoint (unrecognised content)")
+        first = text.strip().splitlines()[0].split(". ")[0][:160] if text.strip() else type(exc).__name__
+        if "Weights only load failed" in first:
+            first = "not a valid pickle"
+        raise CheckpointError(f"{path} is {kind} ({type(exc).__name__}: {first}); "
+                              "pass a checkpoint written by attnorm") from None
+
+
+def _state_task(state: Any) -> str | None:
+    """``"gan"`` / ``"inpaint"`` for an attnorm training checkpoint, else None."""
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        return None
+    extra = state.get("extra") or {}
+    if extra.get("task"):
+        return str(extra["task"])
+    return "gan" if "classes" in extra or "discriminator" in extra else None
+
+
+_TASK_COMMANDS = {"gan": "train-gan (use it with attnorm sample / interpolate / layouts / evaluate gan)",
+                  "inpaint": "train-inpaint (use it with attnorm inpaint / export-inpaint / evaluate inpaint)"}
+
+
+def check_task(state: Any, path: str | os.PathLike, task: str) -> None:
+    """:class:`attnorm.errors.CheckpointError` unless ``state`` is a training checkpoint of ``task``."""
+    found = _state_task(state)
+    if found == task:
+        return
+    if found is not None:
+        raise CheckpointError(f"{path} is a checkpoint of {_TASK_COMMANDS.get(found, found)}, not of train-{task}")
+    raise CheckpointError(f"{path} is not a train-{task} checkpoint (format "
+                          f"{state.get('format') if isinstance(state, dict) else type(state).__name__!r})")
 
 
 def generator_weights(state: dict, use_ema: bool = True) -> tuple[dict, str]:
@@ -68,24 +168,40 @@ def generator_weights(state: dict, use_ema: bool = True) -> tuple[dict, str]:
     return state["modules"]["G"], "G"
 
 
-def _generator_from_state(state: dict, cls: type, task: str, use_ema: bool) -> torch.nn.Module:
+def _build(cls: type, config: dict, weights: dict, what: str) -> torch.nn.Module:
+    """``cls(**config)`` with ``weights``; CheckpointError (one line) if they do not fit."""
+    try:
+        g = cls(**config)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{what}: its generator config does not build a {cls.__name__} ({exc})") from None
+    try:
+        g.load_state_dict(weights)
+    except (RuntimeError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:2])[:200]
+        raise CheckpointError(f"{what}: its weights do not match its generator config ({detail})") from None
+    return g.eval()
+
+
+def _generator_from_state(state: dict, cls: type, task: str, use_ema: bool, path="the checkpoint") -> torch.nn.Module:
     extra = state.get("extra") or {}
     if "generator" not in extra:
-        raise ValueError(f"the checkpoint has no generator config; is it a {task} checkpoint?")
-    g = cls(**extra["generator"])
-    g.load_state_dict(generator_weights(state, use_ema)[0])
-    return g.eval()
+        raise CheckpointError(f"{path} has no generator config; is it a {task} checkpoint?")
+    try:
+        weights = generator_weights(state, use_ema)[0]
+    except (KeyError, TypeError):
+        raise CheckpointError(f"{path} has no generator weights; is it a {task} checkpoint?") from None
+    return _build(cls, extra["generator"], weights, str(path))
 
 
 # ---------------------------------------------------------------------------- GAN
 def load_gan_generator(path: str | os.PathLike, device: str | torch.device = "cpu",
                        use_ema: bool = True) -> tuple[Generator, dict]:
     """Rebuild G from a ``train-gan`` checkpoint alone; returns (G in eval mode, the checkpoint's ``extra``)."""
+    device = check_device(device)
     state = load_checkpoint(path, map_location=device)
-    try:
-        g = _generator_from_state(state, Generator, "train-gan", use_ema)
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+    check_task(state, path, "gan")
+    g = _generator_from_state(state, Generator, "train-gan", use_ema, path)
     return g.to(device), state.get("extra") or {}
 
 
@@ -94,13 +210,13 @@ def inpaint_generator_from_training_checkpoint(state: dict, use_ema: bool = True
     """Rebuild the generator (eval mode) from a ``train-inpaint`` checkpoint dict."""
     if (not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT
             or (state.get("extra") or {}).get("task") != "inpaint"):
-        raise ValueError("not a train-inpaint checkpoint")
+        raise CheckpointError("not a train-inpaint checkpoint")
     return _generator_from_state(state, InpaintGenerator, "train-inpaint", use_ema)
 
 
 def save_inpaint_generator(path: str | os.PathLike, generator: InpaintGenerator) -> None:
-    """Save ``{"config", "state_dict"}``: enough to rebuild with :func:`load_inpaint_generator`."""
-    torch.save({"config": dict(generator.config), "state_dict": generator.state_dict()}, path)
+    """Save ``{"config", "state_dict"}`` (atomically): enough to rebuild with :func:`load_inpaint_generator`."""
+    atomic_torch_save({"config": dict(generator.config), "state_dict": generator.state_dict()}, path)
 
 
 def save_inpaint_generator_safetensors(path: str | os.PathLike, generator: InpaintGenerator,
@@ -125,50 +241,58 @@ def _is_safetensors(path: Path) -> bool:
     return path.suffix == ".safetensors" or (len(head) == 9 and head[8:9] == b"{")
 
 
+def _safetensors_generator(path: Path) -> InpaintGenerator:
+    state, info = read_safetensors(path)
+    if info.get("format") != INPAINT_SAFETENSORS_FORMAT or "config" not in info:
+        raise CheckpointError(f"{path} is not an inpainting generator .safetensors file "
+                              f"(metadata format {info.get('format')!r})")
+    try:
+        config = json.loads(info["config"])
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path}: the generator config in its metadata is not valid JSON") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: the generator config in its metadata is not a JSON object")
+    return _build(InpaintGenerator, config, state, str(path))
+
+
 def load_inpaint_generator(path: str | os.PathLike | None = None, map_location: str | torch.device = "cpu",
                            use_ema: bool = True) -> InpaintGenerator:
     """Rebuild an :class:`InpaintGenerator` (eval mode) from any format of the module docstring;
     ``path=None`` loads the shipped :data:`DEFAULT_INPAINT_WEIGHTS`. ``use_ema`` picks the EMA
     weights of a training checkpoint (when it has them) over the trained ones."""
     path = Path(path) if path is not None else DEFAULT_INPAINT_WEIGHTS
+    map_location = check_device(map_location)
     if not path.is_file():
         hint = (" (the shipped weights are missing from this install; pass --ckpt)"
                 if path == DEFAULT_INPAINT_WEIGHTS else "")
         raise FileNotFoundError(f"generator checkpoint {path} not found{hint}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); pass a checkpoint written by attnorm")
     if _is_safetensors(path):
-        state, info = read_safetensors(path)
-        if info.get("format") != INPAINT_SAFETENSORS_FORMAT or "config" not in info:
-            raise ValueError(f"{path} is not an inpainting generator .safetensors file "
-                             f"(metadata format {info.get('format')!r})")
-        g = InpaintGenerator(**json.loads(info["config"]))
-        g.load_state_dict(state)
-        return g.to(map_location).eval()
+        return _safetensors_generator(path).to(map_location)
     ckpt = load_checkpoint(path, map_location)
     if not isinstance(ckpt, dict):
-        raise ValueError(f"{path} is not an inpainting generator checkpoint")
+        raise CheckpointError(f"{path} is not an inpainting generator checkpoint")
     if ckpt.get("format") == CHECKPOINT_FORMAT:
-        try:
-            return inpaint_generator_from_training_checkpoint(ckpt, use_ema=use_ema).to(map_location)
-        except ValueError as exc:
-            raise ValueError(f"{path} is a training checkpoint but not of train-inpaint") from exc
+        check_task(ckpt, path, "inpaint")
+        return _generator_from_state(ckpt, InpaintGenerator, "train-inpaint", use_ema, path).to(map_location)
     if "config" not in ckpt and isinstance(ckpt.get("generator"), dict):
         ckpt = ckpt["generator"]
     if "config" not in ckpt or "state_dict" not in ckpt:
-        raise ValueError(f"{path} is not an inpainting generator checkpoint (needs 'config' and 'state_dict'; "
-                         f"found keys {sorted(ckpt)})")
-    g = InpaintGenerator(**ckpt["config"])
-    g.load_state_dict(ckpt["state_dict"])
-    return g.eval()
+        raise CheckpointError(f"{path} is not an inpainting generator checkpoint (needs 'config' and 'state_dict'; "
+                              f"found keys {sorted(map(str, ckpt))[:8]})")
+    if not isinstance(ckpt["config"], dict) or not isinstance(ckpt["state_dict"], dict):
+        raise CheckpointError(f"{path} is not an inpainting generator checkpoint ('config' and 'state_dict' "
+                              "must be dicts)")
+    return _build(InpaintGenerator, ckpt["config"], ckpt["state_dict"], str(path)).to(map_location)
 
 
 def export_inpaint_generator(checkpoint: str | os.PathLike, out: str | os.PathLike, use_ema: bool = True) -> Path:
     """Write a ``train-inpaint`` checkpoint's generator (EMA weights if present and ``use_ema``) as
     ``.safetensors``, with the source file, step, training time, weights and training config as ``meta``."""
     state = load_checkpoint(checkpoint)
-    try:
-        g = inpaint_generator_from_training_checkpoint(state, use_ema=use_ema)
-    except ValueError as exc:
-        raise ValueError(f"{checkpoint} is not a train-inpaint checkpoint") from exc
+    check_task(state, checkpoint, "inpaint")
+    g = _generator_from_state(state, InpaintGenerator, "train-inpaint", use_ema, checkpoint)
     meta = {"source": Path(checkpoint).name, "step": int(state["step"]),
             "train_seconds": round(float(state["elapsed"]), 1), "weights": generator_weights(state, use_ema)[1],
             "train_config": state["extra"].get("config", {})}

@@ -6,22 +6,23 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import CommandError
+from .common import CommandError, int_list, nonnegative_int, output_file, positive_float, positive_int
 
 
 def bench_arguments(p: argparse.ArgumentParser) -> None:
     import torch
 
     from attnorm.bench import VARIANTS
-    p.add_argument("--sizes", default="16,32,64,128", help="feature-map sides, comma-separated")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--channels", type=int, default=128)
-    p.add_argument("--entities", type=int, default=16)
-    p.add_argument("--repeats", type=int, default=7, help="timed runs per variant (median reported)")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--sizes", type=int_list(1, 4096), default=(16, 32, 64, 128),
+                   help="feature-map sides, comma-separated (1 to 4096)")
+    p.add_argument("--batch", type=positive_int, default=8)
+    p.add_argument("--channels", type=positive_int, default=128)
+    p.add_argument("--entities", type=positive_int, default=16)
+    p.add_argument("--repeats", type=positive_int, default=7, help="timed runs per variant (median reported)")
+    p.add_argument("--warmup", type=nonnegative_int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
-    p.add_argument("--max-mem-gb", type=float, default=None,
+    p.add_argument("--max-mem-gb", type=positive_float, default=None,
                    help="skip variants whose estimated footprint exceeds this "
                         "(default: 60%% of the memory available now)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
@@ -42,10 +43,12 @@ def bench(args: argparse.Namespace) -> int:
     are reported as skipped. The table ends with the targets as measured ratios.
     """
     from attnorm.bench import VARIANTS, default_memory_budget_gb, format_table, run
-    try:
-        sizes = tuple(int(s) for s in args.sizes.split(","))
-    except ValueError as exc:
-        raise CommandError(f"--sizes takes comma-separated integers, got {args.sizes!r}") from exc
+    from attnorm.errors import check_device
+    from attnorm.io import write_text
+    sizes = tuple(args.sizes)
+    check_device(args.device)
+    if args.json:
+        output_file(args.json, "--json")
     variants = tuple(v for v in args.variants.split(",") if v)
     for v in variants:
         if v not in VARIANTS:
@@ -56,8 +59,6 @@ def bench(args: argparse.Namespace) -> int:
                  variants=variants, compile_mode=args.compile)
     print(format_table(report))
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2))
+        write_text(Path(args.json), json.dumps(report, indent=2))
         print(f"wrote {args.json}")
     return 0

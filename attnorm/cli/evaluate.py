@@ -7,7 +7,9 @@ import argparse
 import math
 from pathlib import Path
 
-from .common import CommandError, user_errors
+from .common import (
+    CommandError, output_file, output_folder, positive_float, positive_int, seed_int, user_errors,
+)
 
 GAN_HELP = """FID/KID/IS/intra-FID/PR/accuracy of a train-gan checkpoint.
 
@@ -43,27 +45,27 @@ def _gan_arguments(p: argparse.ArgumentParser) -> None:
                    help="real images: an image folder (one subfolder per class) or 'procedural' "
                         "(default: the checkpoint's training data)")
     p.add_argument("--metrics", default=",".join(METRICS), help=f"comma-separated subset of {','.join(METRICS)}")
-    p.add_argument("--n", type=int, default=10000, help="generated images (default 10000)")
-    p.add_argument("--n-real", type=int, default=None, help="real reference images (default: --n)")
+    p.add_argument("--n", type=positive_int, default=10000, help="generated images (default 10000)")
+    p.add_argument("--n-real", type=positive_int, default=None, help="real reference images (default: --n)")
     p.add_argument("--extractor", default="classifier", choices=["classifier", "inception"],
                    help="feature network (default classifier)")
     p.add_argument("--inception", default=None, help="TorchScript Inception file (inception extractor)")
     p.add_argument("--classifier-weights", default=None, help="classifier weights (default: the shipped file)")
     p.add_argument("--out", default=None, help="write the results JSON here")
-    p.add_argument("--seed", type=int, default=0, help="seed of the latents (and KID subsets)")
-    p.add_argument("--ref-seed", type=int, default=None,
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the latents (and KID subsets)")
+    p.add_argument("--ref-seed", type=seed_int, default=None,
                    help="procedural dataset seed of the reference (default: the checkpoint's seed)")
-    p.add_argument("--truncation", type=float, default=None, help="redraw |z| entries above T")
-    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--truncation", type=positive_float, default=None, help="redraw |z| entries above T")
+    p.add_argument("--batch-size", type=positive_int, default=100)
     p.add_argument("--no-ema", action="store_true", help="use the trained G instead of its EMA")
     p.add_argument("--device", default="cpu")
     p.add_argument("--cache-dir", default=None,
                    help="reference statistics cache (default $ATTNORM_STATS_CACHE or ~/.cache/attnorm/reference_stats)")
     p.add_argument("--no-cache", action="store_true", help="recompute the reference statistics, write no cache")
-    p.add_argument("--kid-subsets", type=int, default=100)
-    p.add_argument("--kid-subset-size", type=int, default=1000)
-    p.add_argument("--is-splits", type=int, default=10)
-    p.add_argument("--pr-k", type=int, default=3)
+    p.add_argument("--kid-subsets", type=positive_int, default=100)
+    p.add_argument("--kid-subset-size", type=positive_int, default=1000)
+    p.add_argument("--is-splits", type=positive_int, default=10)
+    p.add_argument("--pr-k", type=positive_int, default=3)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
@@ -78,8 +80,8 @@ def _inpaint_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--heldout", action="store_true", help="the held-out skimage photos (the default)")
     parser.add_argument("--masks", required=True, help="mask folder written by `attnorm masks`")
     parser.add_argument("--out", required=True, help="output folder: per_image.csv, summary.json, sheet.png")
-    parser.add_argument("--size", type=int, default=256, help="image side after centre crop (default 256)")
-    parser.add_argument("--pairs", type=int, default=None,
+    parser.add_argument("--size", type=positive_int, default=256, help="image side after centre crop (default 256)")
+    parser.add_argument("--pairs", type=positive_int, default=None,
                         help="number of (image, mask) pairs (default max(#images, #masks), paired modulo)")
     parser.add_argument("--resize-masks", action="store_true",
                         help="resize masks of another size to the images (nearest); default: error")
@@ -108,8 +110,11 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def evaluate_gan(args: argparse.Namespace) -> int:
+    from attnorm.errors import check_device
     from attnorm.evaluation.gan import evaluate_gan as run, format_summary
     from attnorm.metrics.extractors import LogitsUnavailableError
+    check_device(args.device)
+    output_file(args.out, "--out")
     kw = {}
     if args.extractor == "inception" and args.inception:
         kw["weights"] = args.inception
@@ -128,15 +133,26 @@ def evaluate_gan(args: argparse.Namespace) -> int:
 
 def evaluate_inpaint(args: argparse.Namespace) -> int:
     from attnorm.checkpoints import load_inpaint_generator
+    from attnorm.errors import UserError, check_device
     from attnorm.evaluation.inpaint import (
         evaluate_inpaint as run, format_summary, generator_method, load_eval_images, make_method,
     )
+    from attnorm.io import max_image_pixels
+    check_device(args.device)
+    output_folder(args.out, "--out")
+    if args.size * args.size > max_image_pixels():
+        raise CommandError(f"--size {args.size} is over the pixel limit ({max_image_pixels() / 1e6:.1f} M pixels, "
+                           "ATTNORM_MAX_IMAGE_PIXELS); choose a smaller --size")
+    if math.isnan(args.psnr_cap) or args.psnr_cap <= 0:
+        raise CommandError(f"--psnr-cap must be > 0 dB (or inf for no cap), got {args.psnr_cap}")
     with user_errors(FileNotFoundError, ValueError, ImportError):
         if args.checkpoint:
             if not Path(args.checkpoint).is_file():
                 raise FileNotFoundError(f"checkpoint {args.checkpoint} not found")
             try:
                 generator = load_inpaint_generator(args.checkpoint, map_location=args.device)
+            except UserError:
+                raise
             except Exception as e:  # any failure to read a user-given file is a user error
                 raise ValueError(f"cannot load checkpoint {args.checkpoint}: {e}") from e
             method, name = generator_method(generator), f"generator:{args.checkpoint}"
@@ -156,12 +172,12 @@ def evaluate_inpaint(args: argparse.Namespace) -> int:
 def train_classifier_arguments(p: argparse.ArgumentParser) -> None:
     from attnorm.metrics.classifier import DEFAULT_WEIGHTS
     p.add_argument("--out", default=str(DEFAULT_WEIGHTS), help="output file (.safetensors or .pt)")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--eval-n", type=int, default=2400, help="held-out images (dataset seed + 1)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--steps", type=positive_int, default=2000)
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--lr", type=positive_float, default=2e-3)
+    p.add_argument("--eval-n", type=positive_int, default=2400, help="held-out images (dataset seed + 1)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads")
 
 
 def train_classifier(args: argparse.Namespace) -> int:
@@ -177,8 +193,7 @@ def train_classifier(args: argparse.Namespace) -> int:
 
     from attnorm.io import sha256_file
     from attnorm.metrics.classifier import save_classifier, train_classifier as train
-    if args.steps < 1 or args.eval_n < 1:
-        raise CommandError("--steps and --eval-n must be >= 1")
+    output_file(args.out, "--out", (".safetensors", ".pt"))
     if args.threads:
         torch.set_num_threads(args.threads)
     model, meta = train(args.steps, args.seed, args.batch_size, args.lr, eval_n=args.eval_n)

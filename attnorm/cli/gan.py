@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from .common import (
-    CommandError, generator_arguments, grid_scale, load_gan, millions, parse_classes, run_config, run_training,
-    train_arguments,
+    CommandError, check_grid, generator_arguments, grid_scale, image_output, int_at_least, load_gan, millions,
+    output_file, output_folder, parse_classes, positive_int, run_config, run_training, train_arguments,
 )
 
 
@@ -37,15 +36,15 @@ def train_gan(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from exc
     return run_training(trainer, args.resume, lambda t: (
         f"run folder: {out}  ({t.num_classes} classes, {len(t.dataset)} images, "
-        f"G {millions(t.G):.2f} M params, D {millions(t.D):.2f} M)"))
+        f"G {millions(t.G):.2f} M params, D {millions(t.D):.2f} M)"), overwrite=args.overwrite)
 
 
 # ---------------------------------------------------------------------------- sample
 def sample_arguments(p: argparse.ArgumentParser) -> None:
     generator_arguments(p)
     p.add_argument("--classes", default=None, help="comma-separated indices or names (default: all)")
-    p.add_argument("--n", type=int, default=8, help="images per class")
-    p.add_argument("--cols", type=int, default=None, help="grid columns (default: n, at most 16)")
+    p.add_argument("--n", type=positive_int, default=8, help="images per class")
+    p.add_argument("--cols", type=positive_int, default=None, help="grid columns (default: n, at most 16)")
     p.add_argument("--out", default="samples.png", help="grid image")
     p.add_argument("--out-dir", default=None, help="also write every image as <class>_<i>.png here")
 
@@ -59,8 +58,11 @@ def sample(args: argparse.Namespace) -> int:
     from attnorm.inference import sample_images
     from attnorm.io import to_uint8
     from attnorm.viz.grid import make_grid, save_image
+    image_output(args.out)
+    output_folder(args.out_dir, "--out-dir")
     g, names = load_gan(args)
     classes = parse_classes(args.classes, names, g.num_classes)
+    check_grid(args, len(classes) * args.n, args.cols or min(args.n, 16), g.resolution)
     x, y = sample_images(g, classes, args.n, seed=args.seed, truncation=args.truncation, device=args.device)
     imgs = to_uint8(x)
     path = save_image(make_grid(imgs, ncol=args.cols or min(args.n, 16)), args.out,
@@ -79,8 +81,8 @@ def interpolate_arguments(p: argparse.ArgumentParser) -> None:
     generator_arguments(p)
     p.add_argument("--from", dest="class_from", required=True, help="start class (index or name)")
     p.add_argument("--to", dest="class_to", required=True, help="end class (index or name)")
-    p.add_argument("--steps", type=int, default=8, help="columns, endpoints included")
-    p.add_argument("--rows", type=int, default=4, help="rows, one fixed z each")
+    p.add_argument("--steps", type=int_at_least(2), default=8, help="columns, endpoints included (>= 2)")
+    p.add_argument("--rows", type=positive_int, default=4, help="rows, one fixed z each")
     p.add_argument("--out", default="interp.png")
 
 
@@ -94,11 +96,11 @@ def interpolate(args: argparse.Namespace) -> int:
     from attnorm.inference import interpolation_images
     from attnorm.io import to_uint8
     from attnorm.viz.grid import make_grid, save_image
+    image_output(args.out)
     g, names = load_gan(args)
-    (a,) = parse_classes(args.class_from, names, g.num_classes)
-    (b,) = parse_classes(args.class_to, names, g.num_classes)
-    if args.steps < 2:
-        raise CommandError("--steps must be >= 2")
+    (a,) = _one_class(args.class_from, "--from", names, g.num_classes)
+    (b,) = _one_class(args.class_to, "--to", names, g.num_classes)
+    check_grid(args, args.rows * args.steps, args.steps, g.resolution)
     x = interpolation_images(g, a, b, steps=args.steps, rows=args.rows, seed=args.seed,
                              truncation=args.truncation, device=args.device)
     path = save_image(make_grid(to_uint8(x), ncol=args.steps), args.out, scale=grid_scale(args, g.resolution))
@@ -106,11 +108,18 @@ def interpolate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_class(spec: str, option: str, names, num_classes: int) -> list[int]:
+    classes = parse_classes(spec, names, num_classes)
+    if len(classes) != 1:
+        raise CommandError(f"{option} takes one class (an index or a name), got {spec!r}")
+    return classes
+
+
 # ---------------------------------------------------------------------------- layouts
 def layouts_arguments(p: argparse.ArgumentParser) -> None:
     generator_arguments(p)
     p.add_argument("--classes", default=None, help="comma-separated indices or names (default: all)")
-    p.add_argument("--n", type=int, default=2, help="images per class")
+    p.add_argument("--n", type=positive_int, default=2, help="images per class")
     p.add_argument("--out", default="layouts.png")
     p.add_argument("--json", default=None, help="also write entity usage as JSON here")
 
@@ -126,8 +135,13 @@ def layouts(args: argparse.Namespace) -> int:
     """
     from attnorm.inference import layout_figure
     from attnorm.viz.grid import save_image
+    from attnorm.io import write_json
+    image_output(args.out)
+    output_file(args.json, "--json")
     g, names = load_gan(args)
     classes = parse_classes(args.classes, names, g.num_classes)
+    tiles = 1 + sum(1 + m.num_entities for m in _an_layers(g))
+    check_grid(args, len(classes) * args.n * tiles, tiles, g.resolution)
     try:
         grid, usage = layout_figure(g, classes, n=args.n, seed=args.seed, truncation=args.truncation,
                                     device=args.device)
@@ -139,6 +153,10 @@ def layouts(args: argparse.Namespace) -> int:
         print(f"AN layer {u['layer']} ({u['size']}x{u['size']}): {u['used']} of {u['num_entities']} "
               f"entities are argmax for >= 2% of pixels")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(usage, f, indent=2)
+        write_json(args.json, usage)
     return 0
+
+
+def _an_layers(g) -> list:
+    from attnorm.layers import AttentiveNorm
+    return [m for m in g.modules() if isinstance(m, AttentiveNorm)]

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import CommandError, millions, run_config, run_training, train_arguments, user_errors
+from .common import (
+    CommandError, check_image_size, image_output, millions, output_file, output_folder, positive_int, run_config,
+    run_training, train_arguments, user_errors,
+)
 
 
 # ---------------------------------------------------------------------------- inpaint
@@ -30,21 +33,38 @@ def inpaint_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _pairs(image: Path, mask: Path, out: Path) -> list[tuple[Path, Path, Path]]:
+    from attnorm.io import IMAGE_EXTENSIONS
     if image.is_file():
         if not mask.is_file():
-            raise FileNotFoundError(f"mask file {mask} not found")
+            raise FileNotFoundError(f"mask file {mask} not found" + (" (it is a folder)" if mask.is_dir() else ""))
+        image_output(str(out))
         return [(image, mask, out)]
     if not image.is_dir():
         raise FileNotFoundError(f"{image} not found")
     if not mask.is_dir():
         raise ValueError("--image is a folder, so --mask must be a folder too")
-    masks = {p.stem: p for p in sorted(mask.iterdir()) if p.is_file()}
+    output_folder(str(out), "--out")
+    masks = {p.stem: p for p in sorted(mask.iterdir()) if p.is_file() and not p.name.startswith(".")}
     pairs = [(p, masks[p.stem], out / f"{p.stem}.png") for p in sorted(image.iterdir())
-             if p.is_file() and p.stem in masks]
+             if p.is_file() and p.stem in masks and not p.name.startswith(".")]
     if not pairs:
-        raise ValueError(f"no image in {image} has a mask with the same name in {mask}")
-    out.mkdir(parents=True, exist_ok=True)
+        raise ValueError(f"no image in {image} has a mask with the same name in {mask} "
+                         f"(pairs are matched by file name without extension; images: {', '.join(IMAGE_EXTENSIONS[:4])}...)")
     return pairs
+
+
+def _read_pair(img_path: Path, mask_path: Path, resize: bool):
+    """(image (3, H, W) in [-1, 1], mask (1, H, W)); ImageReadError / CommandError for a bad pair."""
+    from attnorm.data.masks import load_mask
+    from attnorm.data.photos import to_tensor
+    from attnorm.io import read_rgb
+    x = to_tensor(read_rgb(img_path))  # (3, H, W), upright (EXIF)
+    m = load_mask(mask_path, size=x.shape[-2:] if resize else None)
+    if m.shape[-2:] != x.shape[-2:]:
+        raise CommandError(f"mask {mask_path} is {tuple(m.shape[-2:])} (H, W) but image {img_path} is "
+                           f"{tuple(x.shape[-2:])} (as displayed, EXIF orientation applied); draw the mask at the "
+                           "image's size or pass --resize-mask")
+    return x, m
 
 
 def inpaint(args: argparse.Namespace) -> int:
@@ -64,30 +84,32 @@ def inpaint(args: argparse.Namespace) -> int:
     unless --no-ema) or an exported .safetensors; without it the shipped weights are used
     (see attnorm.checkpoints).
     """
-    from PIL import Image
-
     from attnorm.checkpoints import load_inpaint_generator
-    from attnorm.data.masks import load_mask
-    from attnorm.data.photos import to_tensor
+    from attnorm.errors import ImageReadError, check_device
     from attnorm.inference import inpaint_image, inpaint_layout_images
-    from attnorm.io import read_rgb, to_uint8
+    from attnorm.io import save_image_file, to_uint8
+    check_device(args.device)
+    with user_errors():
+        pairs = _pairs(Path(args.image), Path(args.mask), Path(args.out))
+    folder_mode = Path(args.image).is_dir()
     with user_errors():
         generator = load_inpaint_generator(args.checkpoint, map_location=args.device, use_ema=not args.no_ema)
     if args.layouts and generator.config.get("attention") != "an":
         raise CommandError(f"--layouts needs an AN generator; this one has "
                            f"attention={generator.config.get('attention')!r}")
-    with user_errors():
-        pairs = _pairs(Path(args.image), Path(args.mask), Path(args.out))
+    skipped: list[tuple[Path, str]] = []
     for img_path, mask_path, out_path in pairs:
-        with user_errors(OSError, ValueError):  # unreadable image or mask file
-            x = to_tensor(read_rgb(img_path))  # (3, H, W)
-            m = load_mask(mask_path, size=x.shape[-2:] if args.resize_mask else None)
-        if m.shape[-2:] != x.shape[-2:]:
-            raise CommandError(f"mask {mask_path} is {tuple(m.shape[-2:])} (H, W) but image {img_path} is "
-                               f"{tuple(x.shape[-2:])}; pass --resize-mask to resize it")
+        try:
+            x, m = _read_pair(img_path, mask_path, args.resize_mask)
+        except (ImageReadError, CommandError) as exc:
+            if not folder_mode:
+                raise
+            skipped.append((img_path, str(exc)))
+            print(f"warning: skipped {img_path} + {mask_path}: {exc}")
+            continue
         y, layout = inpaint_image(generator, x, m, return_layout=True) if args.layouts \
             else (inpaint_image(generator, x, m), None)
-        Image.fromarray(to_uint8(y)).save(out_path)
+        save_image_file(to_uint8(y), out_path)  # atomic: an existing file survives a failed write
         print(f"{img_path} + {mask_path} -> {out_path}")
         if not args.layouts:
             continue
@@ -96,9 +118,16 @@ def inpaint(args: argparse.Namespace) -> int:
             continue
         colour, entities = inpaint_layout_images(layout[0], tuple(x.shape[-2:]))
         stem = out_path.with_suffix("")
-        Image.fromarray(colour).save(f"{stem}_layout.png")
-        Image.fromarray(entities).save(f"{stem}_entities.png")
+        save_image_file(colour, f"{stem}_layout.png")
+        save_image_file(entities, f"{stem}_entities.png")
         print(f"  layouts -> {stem}_layout.png, {stem}_entities.png")
+    if skipped:
+        done = len(pairs) - len(skipped)
+        print(f"inpainted {done} of {len(pairs)} pairs; skipped {len(skipped)} unreadable or mismatched: "
+              + ", ".join(str(p) for p, _ in skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
+        if not done:
+            raise CommandError(f"none of the {len(pairs)} pairs in {args.image} could be read; first problem: "
+                               f"{skipped[0][1]}")
     return 0
 
 
@@ -130,7 +159,7 @@ def train_inpaint(args: argparse.Namespace) -> int:
         trainer = InpaintTraining(cfg, out)
     return run_training(trainer, args.resume, lambda t: (
         f"run folder: {out}  ({len(t.images)} images, {t.cfg['mask_kind']} masks, critic {t.cfg['critic']}, "
-        f"G {millions(t.G):.2f} M params, D {millions(t.D):.2f} M)"))
+        f"G {millions(t.G):.2f} M params, D {millions(t.D):.2f} M)"), overwrite=args.overwrite)
 
 
 # ---------------------------------------------------------------------------- export-inpaint
@@ -152,6 +181,7 @@ def export_inpaint(args: argparse.Namespace) -> int:
     from attnorm.checkpoints import export_inpaint_generator
     if not Path(args.checkpoint).is_file():
         raise CommandError(f"checkpoint {args.checkpoint} not found")
+    output_file(args.out, "output", (".safetensors",))
     with user_errors():
         path = export_inpaint_generator(args.checkpoint, args.out, use_ema=not args.no_ema)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
@@ -184,8 +214,8 @@ def format_bin_counts(records: list[dict]) -> str:
 
 def masks_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (created if missing)")
-    parser.add_argument("--n", type=int, default=100, help="number of masks (default 100)")
-    parser.add_argument("--size", type=int, nargs="+", default=[256],
+    parser.add_argument("--n", type=positive_int, default=100, help="number of masks (default 100)")
+    parser.add_argument("--size", type=positive_int, nargs="+", default=[256],
                         help="mask size: one int for a square, or H W (default 256)")
     parser.add_argument("--kind", default="free", choices=["box", "free", "free_form", "center", "mixed", "binned"],
                         help="mask recipe (default free = DeepFill v2 free-form strokes)")
@@ -211,8 +241,9 @@ def masks(args: argparse.Namespace) -> int:
     if len(args.size) not in (1, 2):
         raise CommandError("--size takes one int (square) or two (H W)")
     size = args.size[0] if len(args.size) == 1 else (args.size[0], args.size[1])
-    if args.n < 1:
-        raise CommandError(f"--n must be >= 1, got {args.n}")
+    h, w = (size, size) if isinstance(size, int) else size
+    check_image_size(h, w, f"a mask of --size {' '.join(map(str, args.size))}", "choose a smaller --size")
+    output_folder(args.out, "--out")
     kind = mask_kind(args.kind)
     with user_errors():
         records = write_eval_masks(args.out, args.n, size, kind, args.seed)

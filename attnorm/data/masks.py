@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from attnorm.io import list_images
+from attnorm.io import atomic_write, list_images, read_grey01, save_image_file, write_text
 
 log = logging.getLogger(__name__)
 
@@ -230,18 +230,14 @@ def free_form_mask(size: int | Sequence[int], rng: np.random.Generator | int | N
 def load_mask(path: str | os.PathLike, size: int | Sequence[int] | None = None) -> Tensor:
     """Load a mask image as a (1, H, W) float tensor of 0/1 (1 = hole).
 
-    Any Pillow-readable file: it is converted to grey, scaled to [0, 1] (by 255, or
-    by 65535 for 16-bit files), thresholded (>= 0.5 is hole), then -- if ``size``
+    Any Pillow-readable file, read by :func:`attnorm.io.read_grey01` (EXIF orientation
+    applied, pixel limit): it is converted to grey, scaled to [0, 1] (by 255, by 65535 for
+    16-bit files, float files as they are), thresholded (>= 0.5 is hole), then -- if ``size``
     is given -- resized by nearest neighbour (pixel-centre sampling), so it stays binary.
-    An alpha channel is ignored.
+    An alpha channel is ignored. An unreadable file raises
+    :class:`attnorm.errors.ImageReadError` (a ValueError).
     """
-    with Image.open(path) as img:
-        img.load()
-        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(img, dtype=np.float64)
-            arr = arr / (65535.0 if arr.max() > 255 or img.mode.startswith("I;16") else 255.0)
-        else:
-            arr = np.asarray(img.convert("L"), dtype=np.float64) / 255.0
+    arr = read_grey01(path)
     m = torch.from_numpy((arr >= 0.5).astype(np.float32)).unsqueeze(0)  # (1, H, W)
     if size is not None:
         h, w = _size2(size)
@@ -256,7 +252,7 @@ def save_mask(path: str | os.PathLike, mask: Tensor | np.ndarray) -> None:
     arr = np.squeeze(arr)
     if arr.ndim != 2:
         raise ValueError(f"save_mask needs a single (1, H, W) or (H, W) mask, got shape {mask.shape}")
-    Image.fromarray(((arr >= 0.5) * 255).astype(np.uint8), mode="L").save(path)
+    save_image_file(Image.fromarray(((arr >= 0.5) * 255).astype(np.uint8), mode="L"), path)  # atomic
 
 
 # ---------------------------------------------------------------------------- area / bbox
@@ -371,28 +367,67 @@ def write_eval_masks(out_dir: str | os.PathLike, n: int, size: int | Sequence[in
     ``masks.csv`` (one row per mask). Each record: ``file``, ``index``, ``area``
     (hole fraction), ``bin`` (index into :data:`AREA_BIN_LABELS`), ``bin_label``.
     Mask ``i`` is ``MaskGenerator(kind, size, seed)(i)``, so the set is reproducible.
+
+    All or nothing: the PNGs are written into a staging folder inside ``out_dir`` and moved
+    in only when every one was written, then ``masks.csv`` and, last, ``masks.json``
+    (atomically); a failure (full disk, no permission) removes the staging folder and leaves
+    ``out_dir`` as it was, raising :class:`attnorm.errors.OutputError`. Staging folders of
+    killed processes are removed by the next call.
     """
+    import shutil
+
+    from attnorm.errors import OutputError
+    from attnorm.io import _os_error, _output_error, _pid_alive
+
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     gen = MaskGenerator(kind, size, seed, **kwargs)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _output_error(out, exc, kept=False) from exc
+    for old in out.glob(".masks-staging-*"):  # left by a killed run
+        pid = old.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    stage = out / f".masks-staging-{os.getpid()}"
     records = []
-    for i in range(n):
-        m = gen(i)
-        name = f"mask_{i:05d}.png"
-        save_mask(out / name, m)
-        b = area_bin(m)
-        records.append({"file": name, "index": i, "area": float(mask_area(m)), "bin": b,
-                        "bin_label": AREA_BIN_LABELS[b]})
+    try:
+        stage.mkdir(exist_ok=True)
+        for i in range(n):
+            m = gen(i)
+            name = f"mask_{i:05d}.png"
+            save_mask(stage / name, m)
+            b = area_bin(m)
+            records.append({"file": name, "index": i, "area": float(mask_area(m)), "bin": b,
+                            "bin_label": AREA_BIN_LABELS[b]})
+        (out / "masks.json").unlink(missing_ok=True)  # never an index describing other files
+        for r in records:
+            os.replace(stage / r["file"], out / r["file"])
+    except OSError as exc:
+        if isinstance(exc, OutputError):
+            raise
+        raise _output_error(out, exc, kept=False) from exc
+    except Exception as exc:
+        os_exc = _os_error(exc)
+        if os_exc is None:
+            raise
+        raise _output_error(out, os_exc, kept=False) from exc
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     counts = {lab: sum(r["bin"] == k for r in records) for k, lab in enumerate(AREA_BIN_LABELS)}
     meta = {"kind": kind, "size": list(gen.size), "seed": seed, "n": n, "bin_labels": list(AREA_BIN_LABELS),
             "bin_counts": counts, "masks": records}
-    (out / "masks.json").write_text(json.dumps(meta, indent=1))
-    with open(out / "masks.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["file", "index", "area", "bin", "bin_label"])
-        writer.writeheader()
-        writer.writerows(records)
+
+    def write_csv(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["file", "index", "area", "bin", "bin_label"])
+            writer.writeheader()
+            writer.writerows(records)
+
+    atomic_write(out / "masks.csv", write_csv)
+    write_text(out / "masks.json", json.dumps(meta, indent=1))  # last: its presence marks a complete set
     if counts[AREA_BIN_LABELS[-1]]:
         log.warning("%d of %d masks cover >= 60%% of the image (LaMa-style evaluation usually drops them)",
                     counts[AREA_BIN_LABELS[-1]], n)

@@ -339,9 +339,8 @@ def evaluate_gan(generator: Callable | torch.nn.Module | None = None, *, checkpo
         "warnings": warn_list,
     }
     if out is not None:
-        path = Path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2) + "\n")
+        from attnorm.io import write_text
+        path = write_text(Path(out), json.dumps(result, indent=2) + "\n")  # atomic
         log.info("wrote %s", path)
     return result
 

@@ -70,7 +70,8 @@ from torch import Tensor
 
 from attnorm.data.masks import AREA_BIN_LABELS, area_bin, load_mask, mask_area
 from attnorm.inference import inpaint_image
-from attnorm.io import json_safe, list_images, to_uint8
+from attnorm.errors import ImageReadError
+from attnorm.io import atomic_write, json_safe, list_images, save_image_file, to_uint8, write_text
 from attnorm.metrics import l1 as l1_metric
 from attnorm.metrics import psnr as psnr_metric
 from attnorm.metrics import ssim as ssim_metric
@@ -166,7 +167,9 @@ def load_mask_set(folder: str | os.PathLike) -> tuple[list[Tensor], list[str], d
     """Masks of a folder written by ``attnorm masks``: (masks (1, H, W), file names, masks.json settings).
 
     The order is that of ``masks.json`` when present, else the sorted image files
-    (then the settings dict is empty).
+    (then the settings dict is empty). Unreadable mask files (empty, corrupt, over the pixel
+    limit) are skipped, counted in the settings (``skipped``: file names and reasons) and
+    reported with a warning; ValueError if none is readable.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -184,7 +187,20 @@ def load_mask_set(folder: str | os.PathLike) -> tuple[list[Tensor], list[str], d
         files = list_images(folder)
     if not files:
         raise ValueError(f"no masks in {folder}")
-    return [load_mask(f) for f in files], [f.name for f in files], meta
+    masks, names, skipped = [], [], []
+    for f in files:
+        try:
+            masks.append(load_mask(f))
+            names.append(f.name)
+        except ImageReadError as exc:
+            skipped.append({"file": f.name, "reason": str(exc)})
+    if skipped:
+        log.warning("skipped %d unreadable mask file(s) in %s, e.g. %s", len(skipped), folder, skipped[0]["reason"])
+        meta["skipped"] = skipped
+    if not masks:
+        raise ValueError(f"none of the {len(files)} mask files in {folder} is readable, e.g. {skipped[0]['reason']}; "
+                         "write the set again with `attnorm masks`")
+    return masks, names, meta
 
 
 def _fit_mask(mask: Tensor, size: tuple[int, int], resize: bool, what: str) -> Tensor:
@@ -266,7 +282,7 @@ def write_sheet(path: str | os.PathLike, cases: list[tuple[str, np.ndarray, np.n
     for r in rows:
         sheet.paste(r, (0, y))
         y += r.height + 4
-    sheet.save(path)
+    save_image_file(sheet, path)
 
 
 class SheetPicker:
@@ -366,11 +382,14 @@ def _add_fid(summary: dict, extractor, name: str, feats_fake: list[np.ndarray], 
 
 def _write_outputs(out: Path, rows: list[dict], summary: dict, picker: SheetPicker | None, save_outputs: bool) -> None:
     """``per_image.csv``, ``sheet.png`` and ``summary.json`` (which lists the files)."""
-    with open(out / "per_image.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(CSV_FIELDS))
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
+    def write_csv(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(CSV_FIELDS))
+            writer.writeheader()
+            for r in rows:
+                writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
+
+    atomic_write(out / "per_image.csv", write_csv)
     files = {"csv": "per_image.csv", "json": "summary.json"}
     if picker is not None:
         cases = [(f"{tag}: {rows[p]['image']} + {rows[p]['mask']}  PSNR {rows[p]['psnr']:.2f} dB", *picker.arrays[p])
@@ -380,7 +399,7 @@ def _write_outputs(out: Path, rows: list[dict], summary: dict, picker: SheetPick
     if save_outputs:
         files["outputs"] = "outputs/"
     summary["files"] = files
-    (out / "summary.json").write_text(json.dumps(json_safe(summary), indent=1))
+    write_text(out / "summary.json", json.dumps(json_safe(summary), indent=1))
 
 
 def evaluate_inpaint(method: Method, images: Sequence[Tensor], masks: Sequence[Tensor] | str | os.PathLike,
@@ -461,7 +480,7 @@ def evaluate_inpaint(method: Method, images: Sequence[Tensor], masks: Sequence[T
         rows.append({"index": k, "image": image_names[i], "mask": mask_names[j], "area": float(mask_area(m)),
                      "bin": b, "bin_label": AREA_BIN_LABELS[b], **metrics, "seconds": seconds})
         if out is not None and save_outputs:
-            Image.fromarray(out_u8).save(out / "outputs" / f"{pair_name}.png")
+            save_image_file(out_u8, out / "outputs" / f"{pair_name}.png")
         if picker is not None:
             inp = gt_u8.copy()
             inp[hole.numpy()] = 255

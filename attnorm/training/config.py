@@ -1,43 +1,168 @@
-"""Run configuration (defaults <- JSON file <- ``key=value`` overrides) and :class:`TaskRun`,
-the skeleton both tasks' runners (:mod:`.gan`, :mod:`.inpaint`) are built on."""
+"""Run configuration (defaults <- JSON file <- ``key=value`` overrides, every value checked for
+its type and bounds) and :class:`TaskRun`, the skeleton both tasks' runners (:mod:`.gan`,
+:mod:`.inpaint`) are built on, with the run-folder rules (:func:`check_run_folder`)."""
 
 from __future__ import annotations
 
 import copy
 import json
+import logging
+import math
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from attnorm.errors import RunFolderError, check_device
+from attnorm.io import write_text
+
 from .distributed import DistributedTrainingLoop, init_distributed, world
 from .loop import EMA, BatchStream, Phase, TrainingLoop
+
+log = logging.getLogger(__name__)
+
+_NUMBER = "number"
+#: Allowed types of the keys whose default does not show them (default None, or several types);
+#: other keys must have the type of their default (a float default also takes an int).
+KEY_TYPES: dict[str, tuple] = {
+    "d_ch": (int, None), "data": (str, None), "threads": (int, None), "max_seconds": (_NUMBER, None),
+    "sync_bn": (bool, None), "mask_kind": (str, None), "augment": (dict, None), "photos": (str, list),
+    "amp": (bool, None), "channels_last": (bool, None), "ema_decay": (_NUMBER, None), "gamma": (_NUMBER, None),
+    "hole_fill": (str, None),
+}
+#: Lower bounds of numeric keys (a key missing from a task's defaults is ignored).
+MIN_VALUES: dict[str, float] = {
+    "batch_size": 1, "steps": 1, "resolution": 1, "ch": 1, "d_ch": 1, "z_dim": 1, "num_entities": 1, "d_steps": 1,
+    "procedural_classes": 1, "procedural_length": 1, "data_length": 1, "samples_per_class": 1, "sample_count": 1,
+    "threads": 1, "seed": 0, "log_every": 0, "ckpt_every": 0, "sample_every": 0, "ema_start": 0, "warmup_steps": 0,
+    "g_class_embed": 0, "lr_g": 0, "lr_d": 0, "class_lr_mult": 0, "ortho_weight": 0, "max_seconds": 0,
+    "ema_decay": 0, "width": 0, "critic_width": 0, "gan_weight": 0, "hole_weight": 0, "known_weight": 0,
+    "coarse_weight": 0, "gp_weight": 0, "gamma": 0,
+}
+MAX_VALUES: dict[str, float] = {"seed": 2 ** 32 - 1, "ema_decay": 1, "gamma": 1}
+_TYPE_NAMES = {int: "an integer", float: "a number", _NUMBER: "a number", bool: "true or false", str: "a string",
+               list: "a list", dict: "a JSON object", None: "null"}
+
+
+def _is(value, kind) -> bool:
+    if kind is None:
+        return value is None
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind in (float, _NUMBER):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def check_config_value(key: str, value, default, where: str) -> None:
+    """ValueError (one line, naming ``where`` the value came from) unless ``value`` has the type
+    of ``default`` (or :data:`KEY_TYPES`) and is finite and within :data:`MIN_VALUES` / :data:`MAX_VALUES`."""
+    kinds = KEY_TYPES.get(key)
+    if kinds is None:
+        if default is None:
+            return
+        kinds = (type(default),)
+    if not any(_is(value, k) for k in kinds):
+        want = " or ".join(dict.fromkeys(_TYPE_NAMES.get(k, getattr(k, "__name__", str(k))) for k in kinds))
+        raise ValueError(f"config key {key!r} must be {want}, got {json.dumps(value)} "
+                         f"({type(value).__name__}) in {where}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ValueError(f"config key {key!r} must be finite, got {value} in {where}")
+        lo, hi = MIN_VALUES.get(key), MAX_VALUES.get(key)
+        if lo is not None and value < lo:
+            raise ValueError(f"config key {key!r} must be >= {lo:g}, got {value} in {where}")
+        if hi is not None and value > hi:
+            raise ValueError(f"config key {key!r} must be <= {hi:g}, got {value} in {where}")
+    if key == "betas" and isinstance(value, list):
+        if len(value) != 2 or not all(_is(b, _NUMBER) and 0 <= b < 1 for b in value):
+            raise ValueError(f"config key 'betas' must be two numbers in [0, 1), got {json.dumps(value)} in {where}")
+
+
+def read_config_file(path: str | os.PathLike) -> dict:
+    """A JSON config file as a dict; ValueError / FileNotFoundError in one line naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} not found")
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"config file {path} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a JSON object {{\"key\": value, ...}}, "
+                         f"got {type(data).__name__}")
+    return data
 
 
 def layered_config(defaults: dict, config_file: str | os.PathLike | None = None,
                    overrides: dict | None = None, base: dict | None = None,
-                   ignore_underscore: bool = False) -> dict:
-    """``base`` (default ``defaults``) <- JSON file <- ``overrides``; keys not in ``defaults`` raise.
+                   ignore_underscore: bool = False, base_name: str = "the saved config") -> dict:
+    """``defaults`` <- ``base`` <- JSON file <- ``overrides``; keys not in ``defaults`` raise, and
+    every given value is checked (:func:`check_config_value`), all as one-line ValueErrors.
 
     ``ignore_underscore`` drops keys starting with ``_`` (``"_comment"``) from the file and
-    the overrides instead of rejecting them.
+    the overrides instead of rejecting them. ``base`` (a resumed run's saved config) may lack
+    keys added since; they take their defaults.
     """
-    cfg = copy.deepcopy(base if base is not None else defaults)
+    cfg = copy.deepcopy(defaults)
     layers = []
+    if base is not None:
+        layers.append((base_name, base))
     if config_file is not None:
-        layers.append((str(config_file), json.loads(Path(config_file).read_text())))
+        layers.append((str(config_file), read_config_file(config_file)))
     if overrides:
         layers.append(("overrides", overrides))
     for where, layer in layers:
         if ignore_underscore:
-            layer = {k: v for k, v in layer.items() if not k.startswith("_")}
-        unknown = sorted(set(layer) - set(defaults))
+            layer = {k: v for k, v in layer.items() if not str(k).startswith("_")}
+        unknown = sorted(map(str, set(layer) - set(defaults)))
         if unknown:
             raise ValueError(f"unknown config key(s) {unknown} in {where}; known keys: {sorted(defaults)}")
-        cfg.update(layer)
+        for k, v in layer.items():
+            check_config_value(k, v, defaults[k], where)
+        cfg.update(copy.deepcopy(layer))
     return cfg
+
+
+# ---------------------------------------------------------------------------- run folders
+def checkpoint_file(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / "checkpoints" / "latest.pt"
+
+
+def check_run_folder(run_dir: str | os.PathLike, resume: bool, overwrite: bool = False) -> None:
+    """The run-folder rules: a folder holding a checkpoint is continued only with ``resume`` and
+    started over only with ``overwrite``; ``resume`` needs a checkpoint. RunFolderError otherwise."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunFolderError(f"run folder {run_dir} is a file; choose another --out")
+    ckpt = checkpoint_file(run_dir)
+    if resume:
+        if overwrite:
+            raise RunFolderError("--resume continues the run and --overwrite starts it over; give one of them")
+        if not ckpt.is_file():
+            raise RunFolderError(f"no checkpoint to resume from at {ckpt}; train without --resume to start the run")
+        return
+    if ckpt.exists() and not overwrite:
+        raise RunFolderError(f"run folder {run_dir} already holds a run (checkpoint {ckpt}); continue it with "
+                             "--resume, start it over with --overwrite, or choose another --out")
+
+
+def clear_run_folder(run_dir: str | os.PathLike) -> None:
+    """What a fresh run writes (checkpoint, stats.jsonl, events.jsonl, samples/step_*.png), removed
+    so that a run started over (``--overwrite``) does not mix with the old one."""
+    run_dir = Path(run_dir)
+    for name in ("stats.jsonl", "events.jsonl"):
+        (run_dir / name).unlink(missing_ok=True)
+    checkpoint_file(run_dir).unlink(missing_ok=True)
+    for png in (run_dir / "samples").glob("step_*.png"):
+        png.unlink(missing_ok=True)
+    if (run_dir / "samples").is_dir() and not any((run_dir / "samples").iterdir()):
+        shutil.rmtree(run_dir / "samples", ignore_errors=True)
 
 
 class TaskRun:
@@ -63,7 +188,7 @@ class TaskRun:
         count, and the seed every rank shares (so all start from the same weights)."""
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.rank, self.world_size = world()
-        self.device = init_distributed(torch.device(cfg["device"]))
+        self.device = init_distributed(check_device(cfg["device"]))
         if cfg["threads"]:
             torch.set_num_threads(int(cfg["threads"]))
         torch.manual_seed(cfg["seed"])
@@ -105,12 +230,24 @@ class TaskRun:
         """The resolved config, written by rank 0 only."""
         if self.rank != 0:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.json").write_text(json.dumps(self.cfg, indent=2) + "\n")
+        write_text(self.run_dir / "config.json", json.dumps(self.cfg, indent=2) + "\n")
 
-    def run(self, resume: bool = False):
-        """Train (after restoring the last checkpoint when ``resume``); returns the loop."""
+    def run(self, resume: bool = False, overwrite: bool = False):
+        """Train (after restoring the last checkpoint when ``resume``); returns the loop.
+
+        The folder rules of :func:`check_run_folder` apply: a folder that holds a checkpoint is
+        started over only with ``overwrite`` (its checkpoint, statistics and sample grids are
+        removed first). A resumed run applies the config's optimizer settings (learning
+        rates, betas) to the restored optimizers and logs what changed
+        (:meth:`TrainingLoop.resume`); a fresh run starts a new ``stats.jsonl``.
+        """
+        check_run_folder(self.run_dir, resume, overwrite)
         if resume:
             self.loop.resume(map_location=self.device)
+            if self.loop.total_steps < self.loop.step:
+                raise RunFolderError(f"steps={self.loop.total_steps} is before the checkpoint's step {self.loop.step}; "
+                                     f"pass --steps N (steps=N) with N > {self.loop.step} to train further")
+        elif self.rank == 0:
+            clear_run_folder(self.run_dir)
         self.write_config()
         return self.loop.run()

@@ -158,7 +158,7 @@ class GANTraining(TaskRun):
         phases = [Phase("D", self.D, self.opt_d, repeats=cfg["d_steps"]),
                   Phase("G", self.G, self.opt_g, needs_data=False)]
         self.make_loop(phases, self.loss, self.dataset, self.ema,
-                       extra_state={"config": cfg, "generator": self.G.get_config(),
+                       extra_state={"task": "gan", "config": cfg, "generator": self.G.get_config(),
                                     "discriminator": self.D.get_config(), "classes": list(self.dataset.classes)})
 
     def save_samples(self, step: int) -> Path:

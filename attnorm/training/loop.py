@@ -22,9 +22,17 @@ After the phases the EMA (if any) is updated. The loop also writes:
 * ``sample_fn(step)`` every ``sample_every`` steps and at the end.
 
 Resuming restores all of it, so a resumed run computes exactly what the
-uninterrupted run would have (same device and thread count). A non-finite loss or
-gradient stops the run before the optimizer step with a message naming the last
-good checkpoint, which is left untouched.
+uninterrupted run would have (same device and thread count); optimizer settings
+(learning rate, betas) that the caller changed since are applied to the restored
+optimizers and reported (``resume_changes``). A non-finite loss or gradient stops
+the run before the optimizer step with a message naming the last good checkpoint,
+which is left untouched.
+
+Ctrl-C (SIGINT) or SIGTERM during :meth:`TrainingLoop.run` in a single process: the
+current step is finished, a checkpoint is written and the run stops with
+``stop_reason == "interrupted"`` (a second Ctrl-C stops at once, keeping the last
+checkpoint). Temporary files of checkpoints whose writer was killed are removed when
+the run starts.
 """
 
 from __future__ import annotations
@@ -35,6 +43,8 @@ import logging
 import math
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +55,8 @@ import torch
 from torch import nn
 
 from attnorm.checkpoints import CHECKPOINT_FORMAT, atomic_torch_save, load_checkpoint
-from attnorm.io import atomic_write
+from attnorm.errors import CheckpointError
+from attnorm.io import atomic_write, remove_stale_temps
 
 log = logging.getLogger(__name__)
 
@@ -201,11 +212,18 @@ class StatsWriter:
         self.path = Path(path)
 
     def truncate_after(self, step: int) -> None:
-        """Drop records with ``step > step`` (left over from a run killed after its checkpoint)."""
+        """Drop records with ``step > step`` (left over from a run killed after its checkpoint),
+        and lines that are not JSON objects (a line torn by a kill)."""
         if not self.path.exists():
             return
-        keep = [ln for ln in self.path.read_text().splitlines()
-                if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        keep = []
+        for ln in self.path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(ln)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and record.get("step", 0) <= step:
+                keep.append(ln)
         atomic_write(self.path, lambda tmp: tmp.write_text("".join(ln + "\n" for ln in keep)))
 
     def write(self, record: dict) -> None:
@@ -215,6 +233,43 @@ class StatsWriter:
 
 def read_stats(path: str | os.PathLike) -> list[dict]:
     return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
+
+
+#: optimizer hyperparameters that a resumed run takes from its (new) config, not from the checkpoint
+OPTIMIZER_SETTINGS = ("lr", "betas", "eps", "weight_decay")
+
+
+def _optimizer_settings(opt: torch.optim.Optimizer) -> list[dict]:
+    return [{k: copy.deepcopy(g[k]) for k in OPTIMIZER_SETTINGS if k in g} for g in opt.param_groups]
+
+
+class _GracefulInterrupt:
+    """While active (main thread only): the first SIGINT/SIGTERM sets ``requested`` (the loop
+    finishes its step and checkpoints); a second SIGINT raises KeyboardInterrupt at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._saved: dict = {}
+
+    def _handler(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("interrupted: finishing this step and saving a checkpoint (Ctrl-C again to stop at once)")
+
+    def __enter__(self) -> "_GracefulInterrupt":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    self._saved[sig] = signal.signal(sig, self._handler)
+                except (ValueError, OSError):  # not settable here
+                    pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+        self._saved = {}
 
 
 def _to_float(v) -> float:
@@ -261,6 +316,9 @@ class TrainingLoop:
         self.last_checkpoint: Path | None = None
         self.last_checkpoint_step: int | None = None
         self.stop_reason = ""
+        self.resume_changes: dict[str, dict] = {}
+        #: finish the step, checkpoint and stop on SIGINT/SIGTERM (single process, main thread)
+        self.graceful_interrupt = True
 
     @property
     def checkpoint_path(self) -> Path:
@@ -288,18 +346,61 @@ class TrainingLoop:
         self.last_checkpoint, self.last_checkpoint_step = self.checkpoint_path, self.step
         return self.checkpoint_path
 
-    def resume(self, path: str | os.PathLike | None = None, map_location="cpu") -> int:
-        """Restore everything from ``path`` (default ``latest.pt``); returns the step."""
+    def _check_resumable(self, state, path: Path) -> None:
+        """CheckpointError (one line) unless ``state`` is a checkpoint of this loop's task and modules."""
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            found = state.get("format") if isinstance(state, dict) else type(state).__name__
+            raise CheckpointError(f"{path} is not a training checkpoint of this loop (format {found!r})")
+        mine, theirs = self.extra_state.get("task"), (state.get("extra") or {}).get("task")
+        if mine and theirs and mine != theirs:
+            raise CheckpointError(f"{path} is a checkpoint of train-{theirs}, not of train-{mine}; "
+                                  f"resume it with attnorm train-{theirs}")
+        missing = [k for k in self.modules if k not in (state.get("modules") or {})]
+        missing += [p.name for p in self.phases if p.name not in (state.get("optimizers") or {})]
+        if missing:
+            raise CheckpointError(f"{path} lacks the state of {missing}; it was written by another kind of run")
+
+    def resume(self, path: str | os.PathLike | None = None, map_location="cpu",
+               apply_optimizer_settings: bool = True) -> int:
+        """Restore everything from ``path`` (default ``latest.pt``); returns the step.
+
+        With ``apply_optimizer_settings`` the optimizers keep the settings they were built with
+        (:data:`OPTIMIZER_SETTINGS`, e.g. a lower learning rate given on the resumed command
+        line) instead of the checkpoint's; ``resume_changes`` maps ``"<phase>[/group]"`` to
+        ``{setting: [old, new]}`` for each one that differs (also logged)."""
         path = Path(path) if path is not None else self.checkpoint_path
         if not path.exists():
             raise FileNotFoundError(f"no checkpoint to resume from at {path}")
         state = load_checkpoint(path, map_location)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path} is not a training checkpoint of this loop (format {state.get('format')!r})")
-        for k, m in self.modules.items():
-            m.load_state_dict(state["modules"][k])
+        self._check_resumable(state, path)
+        try:
+            for k, m in self.modules.items():
+                m.load_state_dict(state["modules"][k])
+        except RuntimeError as exc:
+            first = " ".join(str(exc).strip().splitlines()[:2])[:200]
+            raise CheckpointError(f"{path} does not fit this run's models ({first}); was the run's config "
+                                  "(e.g. ch, resolution, attention) changed since it was written?") from None
+        self.resume_changes = {}
         for p in self.phases:
-            p.optimizer.load_state_dict(state["optimizers"][p.name])
+            wanted = _optimizer_settings(p.optimizer)
+            try:
+                p.optimizer.load_state_dict(state["optimizers"][p.name])
+            except (ValueError, KeyError) as exc:
+                raise CheckpointError(f"{path}: the {p.name} optimizer state does not fit this run ({exc})") from None
+            if not apply_optimizer_settings:
+                continue
+            for i, (group, want) in enumerate(zip(p.optimizer.param_groups, wanted)):
+                changed = {k: [group[k], v] for k, v in want.items() if k in group and group[k] != v}
+                if changed:
+                    group.update(want)
+                    key = p.name if len(wanted) == 1 else f"{p.name}/{i}"
+                    self.resume_changes[key] = {k: [list(o) if isinstance(o, tuple) else o,
+                                                    list(n) if isinstance(n, tuple) else n]
+                                                for k, (o, n) in changed.items()}
+        if self.resume_changes and self.is_main:
+            log.info("resume: applied changed optimizer settings: %s", "; ".join(
+                f"{k} " + ", ".join(f"{s} {o} -> {n}" for s, (o, n) in v.items())
+                for k, v in self.resume_changes.items()))
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
         self.data.load_state_dict(state["data"])
@@ -310,6 +411,9 @@ class TrainingLoop:
         self.last_checkpoint, self.last_checkpoint_step = path, self.step
         if self.is_main:
             self.stats.truncate_after(self.step)
+            if self.resume_changes:
+                StatsWriter(self.run_dir / "events.jsonl").write(
+                    {"event": "resume", "step": self.step, "time": time.time(), "changed": self.resume_changes})
         return self.step
 
     # ---------------------------------------------------------------- one step
@@ -319,7 +423,8 @@ class TrainingLoop:
 
     def _nonfinite(self, what: str) -> NonFiniteLossError:
         where = (f"the last good checkpoint is {self.last_checkpoint} (step {self.last_checkpoint_step}); "
-                 "resume from it with --resume, e.g. with lower learning rates"
+                 "resume from it with --resume, e.g. with lower learning rates (lr_g=... lr_d=...: a resumed "
+                 "run applies them)"
                  if self.last_checkpoint is not None else "no checkpoint was written yet")
         return NonFiniteLossError(f"training stopped at step {self.step + 1}: {what} is not finite; {where}")
 
@@ -348,10 +453,25 @@ class TrainingLoop:
     def _due(self, every: int) -> bool:
         return every > 0 and self.step % every == 0
 
+    def _interrupt_guard(self):
+        import contextlib
+
+        import torch.distributed as dist
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if not self.graceful_interrupt or distributed:  # ranks would see the signal at different steps
+            return contextlib.nullcontext(None)
+        return _GracefulInterrupt()
+
     def run(self) -> "TrainingLoop":
-        """Train until ``total_steps`` (or ``max_seconds``); returns self (``stop_reason`` says why)."""
+        """Train until ``total_steps`` (or ``max_seconds``, or an interrupt); returns self
+        (``stop_reason`` says why: ``"done"``, a time limit, or ``"interrupted"``)."""
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(self.checkpoint_path)  # left by a writer killed mid-save
+        with self._interrupt_guard() as interrupt:
+            return self._run(interrupt)
+
+    def _run(self, interrupt: "_GracefulInterrupt | None") -> "TrainingLoop":
         window: dict[str, list[float]] = {}
         t_window, n_window = time.perf_counter(), 0
         t_session = time.perf_counter()
@@ -365,7 +485,8 @@ class TrainingLoop:
             for k, v in step_stats.items():
                 window.setdefault(k, []).append(v)
             out_of_time = self.max_seconds is not None and self.elapsed >= self.max_seconds
-            last = self.step >= self.total_steps or out_of_time
+            interrupted = interrupt is not None and interrupt.requested
+            last = self.step >= self.total_steps or out_of_time or interrupted
             if self._due(self.log_every) or last:
                 now = time.perf_counter()
                 rate = n_window / max(now - t_window, 1e-9)
@@ -379,6 +500,9 @@ class TrainingLoop:
                 window, t_window, n_window = {}, now, 0
             if self._due(self.ckpt_every) or last:
                 self.save_checkpoint()
+            if interrupted:
+                self.stop_reason = "interrupted"
+                break
             if self.sample_fn is not None and self.is_main and (self._due(self.sample_every) or last):
                 self.sample_fn(self.step)
             if out_of_time and self.step < self.total_steps:

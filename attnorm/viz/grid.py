@@ -25,14 +25,13 @@ def make_grid(tiles: np.ndarray, ncol: int, pad: int = 2, pad_value: int = 255) 
 
 
 def save_image(img: np.ndarray, path: str | os.PathLike, scale: int = 1) -> Path:
-    """Save a (H, W, 3) uint8 array as PNG/JPEG (``scale``: nearest-neighbour enlargement)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Save a (H, W, 3) uint8 array as PNG/JPEG (``scale``: nearest-neighbour enlargement),
+    atomically (:func:`attnorm.io.save_image_file`: the previous file survives a failed write)."""
+    from attnorm.io import save_image_file
     im = Image.fromarray(img)
     if scale > 1:
         im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
-    im.save(path)
-    return path
+    return save_image_file(im, path)
 
 
 def layout_palette(n: int) -> np.ndarray:
@@ -80,6 +79,8 @@ def save_line_plot(records: list[dict], keys: list[str], path: str | os.PathLike
     """A minimal line plot with Pillow (no matplotlib): ``records[i][key]`` against ``records[i]["step"]``
     for each key, on a shared y axis; fewer than two records give an empty frame."""
     from PIL import ImageDraw
+
+    from attnorm.io import save_image_file
     path = Path(path)
     w, h, m = 640, 300, 40
     im = Image.new("RGB", (w, h), "white")
@@ -87,8 +88,7 @@ def save_line_plot(records: list[dict], keys: list[str], path: str | os.PathLike
     steps = [r["step"] for r in records]
     vals = [r[k] for r in records for k in keys if k in r]
     if len(steps) < 2 or not vals:
-        im.save(path)
-        return path
+        return save_image_file(im, path)
     lo, hi = min(vals), max(vals)
     hi = hi if hi > lo else lo + 1
     sx = lambda s: m + (s - steps[0]) / max(steps[-1] - steps[0], 1) * (w - 2 * m)  # noqa: E731
@@ -102,5 +102,4 @@ def save_line_plot(records: list[dict], keys: list[str], path: str | os.PathLike
     dr.text((2, m - 12), f"{hi:.2f}", fill="black")
     dr.text((2, h - m), f"{lo:.2f}", fill="black")
     dr.text((w - m - 40, h - m + 5), f"step {steps[-1]}", fill="black")
-    im.save(path)
-    return path
+    return save_image_file(im, path)
