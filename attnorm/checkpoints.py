@@ -129,10 +129,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         kind = ("truncated or corrupt" if zipfile.is_zipfile(path) or "zip archive" in text or isinstance(exc, EOFError)
                 else "not a PyTorch checkpoint (unrecognised content)")
         first = text.strip().splitlines()[0].split(". ")[0][:160] if text.strip() else type(exc).__name__
-        if "Weights only load failed" in first:
-            first = "not a valid pickle"
-        raise CheckpointError(f"{path} is {kind} ({type(exc).__name__}: {first}); "
-                              "pass a checkpoint written by attnorm") from None
+        detail = "" if "Weights only load failed" in first else f" ({type(exc).__name__}: {first})"
+        raise CheckpointError(f"{path} is {kind}{detail}; pass a checkpoint written by attnorm") from None
 
 
 def _state_task(state: Any) -> str | None:

@@ -26,7 +26,12 @@ class UserError(Exception):
 
 
 class ImageReadError(UserError, ValueError):
-    """An image (or mask) file cannot be read: missing, empty, not an image, truncated, or too large."""
+    """An image (or mask) file cannot be read: missing, empty, not an image, truncated, or too large.
+    ``reason`` is the message without the file name (for lists of skipped files)."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class ImageTooLargeError(ImageReadError):

@@ -202,9 +202,11 @@ def check_output_path(path: str | os.PathLike, what: str = "output", extensions:
         if path.is_dir():
             raise OutputError(f"{what} {path} is a folder; give a file name, e.g. {path / ('out' + (extensions or ('',))[0])}")
         if extensions and path.suffix.lower() not in extensions:
-            shown = ", ".join(extensions[:5])
             got = f"ends with {path.suffix!r}" if path.suffix else "has no extension"
-            raise OutputError(f"{what} {path} {got}; name it with one of {shown}..., e.g. {path.with_name(path.name + extensions[0])}")
+            example = path.with_suffix(extensions[0]) if path.suffix else path.with_name(path.name + extensions[0])
+            which = f"one of {', '.join(extensions[:5])}{', ...' if len(extensions) > 5 else ''}" \
+                if len(extensions) > 1 else extensions[0]
+            raise OutputError(f"{what} {path} {got}; it must end with {which}, e.g. {example}")
     parent = path if folder else path.parent
     parent = parent.absolute()
     while not parent.exists():
@@ -253,11 +255,17 @@ def max_image_pixels() -> int:
     return DEFAULT_MAX_IMAGE_PIXELS
 
 
+_READ_FIX = "pass an image file (" + ", ".join(IMAGE_EXTENSIONS[:4]) + "...)"
+
+
+def _unreadable(path, reason: str, fix: str = _READ_FIX, cls: type = ImageReadError) -> ImageReadError:
+    return cls(f"cannot read image {path}: {reason}; {fix}", reason)
+
+
 def _too_large(path, w: int, h: int, limit: int) -> ImageTooLargeError:
-    return ImageTooLargeError(
-        f"image {path} is {w}x{h} = {w * h / 1e6:.1f} M pixels, over the limit of {limit / 1e6:.1f} M "
-        "(a decompression bomb or a very large photo); downscale it, or raise the limit with "
-        "ATTNORM_MAX_IMAGE_PIXELS")
+    return _unreadable(path, f"{w}x{h} = {w * h / 1e6:.1f} M pixels is over the limit of {limit / 1e6:.1f} M "
+                             "(a decompression bomb or a very large photo)",
+                       "downscale it, or raise the limit with ATTNORM_MAX_IMAGE_PIXELS", ImageTooLargeError)
 
 
 @contextlib.contextmanager
@@ -273,13 +281,13 @@ def open_image(path: str | os.PathLike, load: bool = True) -> Iterator[Image.Ima
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        raise ImageReadError(f"image file {path} not found") from None
+        raise _unreadable(path, "file not found", "check the path") from None
     except OSError as exc:
-        raise ImageReadError(f"cannot read image file {path}: {exc.strerror or exc}") from None
+        raise _unreadable(path, exc.strerror or str(exc), "check the path") from None
     if path.is_dir():
-        raise ImageReadError(f"{path} is a folder, not an image file")
+        raise _unreadable(path, "it is a folder, not a file", "give an image file")
     if size == 0:
-        raise ImageReadError(f"image file {path} is empty (0 bytes)")
+        raise _unreadable(path, "empty file (0 bytes)")
     limit = max_image_pixels()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -287,19 +295,18 @@ def open_image(path: str | os.PathLike, load: bool = True) -> Iterator[Image.Ima
         try:
             im = Image.open(path)
         except Image.DecompressionBombError:
-            raise ImageTooLargeError(f"image {path} has more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} M pixels "
-                                     "(a decompression bomb or a very large photo); downscale it") from None
+            raise _unreadable(path, f"more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} M pixels (a decompression "
+                                    "bomb or a very large photo)", "downscale it", ImageTooLargeError) from None
         except UnidentifiedImageError:
-            raise ImageReadError(f"{path} is not an image file Pillow can read (unknown format or corrupt header); "
-                                 f"pass a {', '.join(IMAGE_EXTENSIONS[:4])}... file") from None
+            raise _unreadable(path, "not an image file Pillow can read (unknown format or corrupt header)") from None
         except (OSError, SyntaxError, ValueError) as exc:
-            raise ImageReadError(f"cannot read image file {path}: {exc}") from None
+            raise _unreadable(path, f"{type(exc).__name__}: {exc}") from None
         with im:
             w, h = im.size
             if w * h > limit:
                 raise _too_large(path, w, h, limit)
             if w < 1 or h < 1:
-                raise ImageReadError(f"image file {path} has no pixels ({w}x{h})")
+                raise _unreadable(path, f"no pixels ({w}x{h})")
             if not load:
                 yield im
                 return
@@ -309,22 +316,21 @@ def open_image(path: str | os.PathLike, load: bool = True) -> Iterator[Image.Ima
             except Image.DecompressionBombError:
                 raise _too_large(path, w, h, limit) from None
             except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct_error) as exc:
-                raise ImageReadError(f"image file {path} is truncated or corrupt ({type(exc).__name__}: {exc})") \
-                    from None
+                raise _unreadable(path, f"truncated or corrupt ({type(exc).__name__}: {exc})") from None
             yield upright if upright is not None else im
 
 
 def image_error(path: str | os.PathLike) -> str | None:
     """None if ``path`` opens within the pixel limit and its structure checks out (Pillow's
-    ``verify``, no full decode), else the reason (one line)."""
+    ``verify``, no full decode), else the reason (one line, without the file name)."""
     try:
         with open_image(path, load=False) as im:
             im.verify()
         return None
     except ImageReadError as exc:
-        return str(exc)
+        return exc.reason
     except Exception as exc:  # Pillow's verify raises many types for broken files
-        return f"{path} is corrupt ({type(exc).__name__}: {exc})"
+        return f"corrupt ({type(exc).__name__}: {exc})"
 
 
 def _scaled01(im: Image.Image) -> np.ndarray | None:
@@ -361,7 +367,7 @@ def read_rgb(path: str | os.PathLike) -> Image.Image:
         try:
             return _without_palette_alpha(im).convert("RGB")
         except (OSError, ValueError) as exc:
-            raise ImageReadError(f"cannot convert image {path} (mode {im.mode}) to RGB: {exc}") from None
+            raise _unreadable(path, f"cannot convert mode {im.mode} to RGB ({exc})") from None
 
 
 def read_grey01(path: str | os.PathLike) -> np.ndarray:
@@ -375,7 +381,7 @@ def read_grey01(path: str | os.PathLike) -> np.ndarray:
         try:
             return np.asarray(_without_palette_alpha(im).convert("L"), dtype=np.float64) / 255.0
         except (OSError, ValueError) as exc:
-            raise ImageReadError(f"cannot convert image {path} (mode {im.mode}) to grey: {exc}") from None
+            raise _unreadable(path, f"cannot convert mode {im.mode} to grey ({exc})") from None
 
 
 def save_image_file(img: Image.Image | np.ndarray, path: str | os.PathLike) -> Path:

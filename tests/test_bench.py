@@ -63,4 +63,5 @@ def test_cli_writes_json(tmp_path, capsys):
 def test_cli_bad_input_is_one_error_line(capsys):
     from _cli import cli_error
     assert "unknown variant 'nope'" in cli_error(capsys, ["bench", "--variants", "an,nope", "--no-memory"])
-    assert "--sizes takes comma-separated integers" in cli_error(capsys, ["bench", "--sizes", "4,x"])
+    assert "expected comma-separated integers" in cli_error(capsys, ["bench", "--sizes", "4,x"])
+    assert "must be between 1 and 4096, got 0" in cli_error(capsys, ["bench", "--sizes", "0"])

@@ -125,8 +125,8 @@ def test_train_gan_reports_skipped_files_and_user_errors(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     # the library's warning and progress line, printed by the command's log handler
     assert out[0] == (f"warning: skipped 1 unreadable image file(s) under {tmp_path / 'data'}, e.g. "
-                      f"{tmp_path / 'data' / 'dog' / 'broken.png'} (UnidentifiedImageError: cannot identify image "
-                      f"file '{tmp_path / 'data' / 'dog' / 'broken.png'}')")
+                      f"{tmp_path / 'data' / 'dog' / 'broken.png'} (not an image file Pillow can read (unknown "
+                      f"format or corrupt header))")
     assert out[1].startswith(f"run folder: {run}  (2 classes, 6 images, G ")
     assert out[2].startswith("step 1/1 | D/loss ") and out[2].endswith(" it/s")
     assert out[3] == f"stopped at step 1 (done); checkpoint {run / 'checkpoints' / 'latest.pt'}"
@@ -141,5 +141,5 @@ def test_train_gan_reports_skipped_files_and_user_errors(tmp_path, capsys):
     ckpt = str(run / "checkpoints" / "latest.pt")
     assert "unknown class 'owl'" in cli_error(capsys, ["sample", "--ckpt", ckpt, "--classes", "cat,owl"])
     assert "not found" in cli_error(capsys, ["layouts", "--ckpt", str(tmp_path / "none.pt")])
-    assert "--steps must be >= 2" in cli_error(capsys, ["interpolate", "--ckpt", ckpt, "--from", "0", "--to", "1",
+    assert "--steps: must be >= 2, got 1" in cli_error(capsys, ["interpolate", "--ckpt", ckpt, "--from", "0", "--to", "1",
                                                         "--steps", "1"])

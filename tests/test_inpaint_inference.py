@@ -210,12 +210,12 @@ def test_empty_mask_writes_input_and_errors(tmp_path, capsys):
             "--out", str(tmp_path / "o.png")]
     assert "not found" in cli_error(capsys, base + ["--ckpt", str(tmp_path / "missing.pt")])
     (tmp_path / "junk.pt").write_bytes(b"junk")
-    assert "is not a checkpoint attnorm can read" in cli_error(capsys, base + ["--ckpt", str(tmp_path / "junk.pt")])
+    assert "junk.pt is not a PyTorch checkpoint" in cli_error(capsys, base + ["--ckpt", str(tmp_path / "junk.pt")])
     g_sa = InpaintGenerator(width=0.125, attention="sa")
     save_generator(tmp_path / "sa.pt", g_sa)
     assert "needs an AN generator" in cli_error(capsys, base + ["--ckpt", str(tmp_path / "sa.pt"), "--layouts"])
     (tmp_path / "img.png").write_bytes(b"not an image")
-    assert "cannot identify image file" in cli_error(capsys, base + ["--ckpt", str(tmp_path / "g.pt")])
+    assert "img.png: not an image file Pillow can read" in cli_error(capsys, base + ["--ckpt", str(tmp_path / "g.pt")])
 
 
 def test_default_checkpoint_is_the_shipped_weights(tmp_path, monkeypatch):

@@ -174,8 +174,9 @@ def test_cli_run_then_inpaint_loads_ema(tmp_path, capsys):
     assert all(torch.equal(v, ema[k]) for k, v in exported.state_dict().items())
     assert "not found" in cli_error(capsys, ["export-inpaint", str(tmp_path / "none.pt"), str(tmp_path / "x.st")])
     torch.save({**state, "extra": {**state["extra"], "task": "gan"}}, tmp_path / "gan.pt")
-    assert "not a train-inpaint checkpoint" in cli_error(capsys, ["export-inpaint", str(tmp_path / "gan.pt"),
-                                                                  str(tmp_path / "x.st")])
+    assert "gan.pt is a checkpoint of train-gan" in cli_error(capsys, ["export-inpaint", str(tmp_path / "gan.pt"),
+                                                                      str(tmp_path / "x.safetensors")])
+    assert "it must end with .safetensors, e.g." in cli_error(capsys, ["export-inpaint", ckpt, str(tmp_path / "x.st")])
     assert "config.json not found" in cli_error(capsys, ["train-inpaint", "--out", str(tmp_path / "nope"), "--resume"])
     assert "unknown config key" in cli_error(capsys, ["train-inpaint", "--out", str(tmp_path / "x"), "stpes=3"])
     assert "expected key=value" in cli_error(capsys, ["train-inpaint", "--out", str(tmp_path / "x"), "steps"])

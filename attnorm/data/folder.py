@@ -99,8 +99,9 @@ class ImageFolderDataset:
             try:
                 arr = load_rgb(path, self.resolution)
             except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-                self.skipped.append((path, f"{type(exc).__name__}: {exc}"))
-                log.warning("skipping unreadable image %s (%s); %d skipped so far", path, exc, self.num_skipped)
+                reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
+                self.skipped.append((path, reason))
+                log.warning("skipping unreadable image %s (%s); %d skipped so far", path, reason, self.num_skipped)
                 index += 1
                 continue
             if self.cache:

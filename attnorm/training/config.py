@@ -239,15 +239,21 @@ class TaskRun:
         started over only with ``overwrite`` (its checkpoint, statistics and sample grids are
         removed first). A resumed run applies the config's optimizer settings (learning
         rates, betas) to the restored optimizers and logs what changed
-        (:meth:`TrainingLoop.resume`); a fresh run starts a new ``stats.jsonl``.
+        (:meth:`TrainingLoop.resume`); a fresh run starts a new ``stats.jsonl``. Calling ``run``
+        again on the same object (with a larger ``loop.total_steps``) continues in memory.
         """
-        check_run_folder(self.run_dir, resume, overwrite)
-        if resume:
-            self.loop.resume(map_location=self.device)
-            if self.loop.total_steps < self.loop.step:
-                raise RunFolderError(f"steps={self.loop.total_steps} is before the checkpoint's step {self.loop.step}; "
-                                     f"pass --steps N (steps=N) with N > {self.loop.step} to train further")
-        elif self.rank == 0:
-            clear_run_folder(self.run_dir)
+        if getattr(self, "_started", False) and not resume:
+            pass  # a later call on the same object continues the run it started (the folder is this run's)
+        else:
+            check_run_folder(self.run_dir, resume, overwrite)
+            if resume:
+                self.loop.resume(map_location=self.device)
+                if self.loop.total_steps < self.loop.step:
+                    raise RunFolderError(f"steps={self.loop.total_steps} is before the checkpoint's step "
+                                         f"{self.loop.step}; pass --steps N (steps=N) with N > {self.loop.step} "
+                                         "to train further")
+            elif self.rank == 0:
+                clear_run_folder(self.run_dir)
+        self._started = True
         self.write_config()
         return self.loop.run()
