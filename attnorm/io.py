@@ -84,7 +84,7 @@ def _os_error(exc: BaseException | None) -> OSError | None:
     """The first :class:`OSError` in ``exc``'s cause/context chain (torch wraps write errors)."""
     seen = set()
     while exc is not None and id(exc) not in seen:
-        if isinstance(exc, OSError):
+        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
             return exc
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
@@ -263,7 +263,7 @@ def _unreadable(path, reason: str, fix: str = _READ_FIX, cls: type = ImageReadEr
 
 
 def _too_large(path, w: int, h: int, limit: int) -> ImageTooLargeError:
-    return _unreadable(path, f"{w}x{h} = {w * h / 1e6:.1f} M pixels is over the limit of {limit / 1e6:.1f} M "
+    return _unreadable(path, f"{w}x{h} = {w * h:,} pixels is over the limit of {limit:,} "
                              "(a decompression bomb or a very large photo)",
                        "downscale it, or raise the limit with ATTNORM_MAX_IMAGE_PIXELS", ImageTooLargeError)
 
@@ -295,7 +295,7 @@ def open_image(path: str | os.PathLike, load: bool = True) -> Iterator[Image.Ima
         try:
             im = Image.open(path)
         except Image.DecompressionBombError:
-            raise _unreadable(path, f"more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} M pixels (a decompression "
+            raise _unreadable(path, f"more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels (a decompression "
                                     "bomb or a very large photo)", "downscale it", ImageTooLargeError) from None
         except UnidentifiedImageError:
             raise _unreadable(path, "not an image file Pillow can read (unknown format or corrupt header)") from None

@@ -103,8 +103,8 @@ def check_image_size(height: int, width: int, what: str, fix: str) -> None:
     from attnorm.io import max_image_pixels
     limit = max_image_pixels()
     if height * width > limit:
-        raise CommandError(f"{what} would be {width}x{height} = {height * width / 1e6:.1f} M pixels, over the limit "
-                           f"of {limit / 1e6:.1f} M (ATTNORM_MAX_IMAGE_PIXELS); {fix}")
+        raise CommandError(f"{what} would be {width}x{height} = {height * width:,} pixels, over the limit "
+                           f"of {limit:,} (ATTNORM_MAX_IMAGE_PIXELS); {fix}")
 
 
 def parse_overrides(items: list[str]) -> dict:

@@ -141,7 +141,7 @@ def evaluate_inpaint(args: argparse.Namespace) -> int:
     check_device(args.device)
     output_folder(args.out, "--out")
     if args.size * args.size > max_image_pixels():
-        raise CommandError(f"--size {args.size} is over the pixel limit ({max_image_pixels() / 1e6:.1f} M pixels, "
+        raise CommandError(f"--size {args.size} is over the pixel limit ({max_image_pixels():,} pixels, "
                            "ATTNORM_MAX_IMAGE_PIXELS); choose a smaller --size")
     if math.isnan(args.psnr_cap) or args.psnr_cap <= 0:
         raise CommandError(f"--psnr-cap must be > 0 dB (or inf for no cap), got {args.psnr_cap}")

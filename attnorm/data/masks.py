@@ -405,15 +405,12 @@ def write_eval_masks(out_dir: str | os.PathLike, n: int, size: int | Sequence[in
         (out / "masks.json").unlink(missing_ok=True)  # never an index describing other files
         for r in records:
             os.replace(stage / r["file"], out / r["file"])
-    except OSError as exc:
-        if isinstance(exc, OutputError):
-            raise
-        raise _output_error(out, exc, kept=False) from exc
     except Exception as exc:
         os_exc = _os_error(exc)
         if os_exc is None:
             raise
-        raise _output_error(out, os_exc, kept=False) from exc
+        reason = str(_output_error(out, os_exc, kept=False)).split(": ", 1)[1]
+        raise OutputError(f"cannot write the mask set to {out}: {reason}; nothing in {out} was changed") from exc
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     counts = {lab: sum(r["bin"] == k for r in records) for k, lab in enumerate(AREA_BIN_LABELS)}
