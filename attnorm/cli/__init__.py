@@ -175,4 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"attnorm{' ' + name if name else ''}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `attnorm ... | head`: the reader left; stay quiet like other tools
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return result if isinstance(result, int) else 0

@@ -193,12 +193,14 @@ def load_mask_set(folder: str | os.PathLike) -> tuple[list[Tensor], list[str], d
             masks.append(load_mask(f))
             names.append(f.name)
         except ImageReadError as exc:
-            skipped.append({"file": f.name, "reason": str(exc)})
+            skipped.append({"file": f.name, "reason": exc.reason})
     if skipped:
-        log.warning("skipped %d unreadable mask file(s) in %s, e.g. %s", len(skipped), folder, skipped[0]["reason"])
+        log.warning("skipped %d unreadable mask file(s) in %s, e.g. %s (%s)", len(skipped), folder,
+                    skipped[0]["file"], skipped[0]["reason"])
         meta["skipped"] = skipped
     if not masks:
-        raise ValueError(f"none of the {len(files)} mask files in {folder} is readable, e.g. {skipped[0]['reason']}; "
+        raise ValueError(f"none of the {len(files)} mask files in {folder} is readable, e.g. {skipped[0]['file']} "
+                         f"({skipped[0]['reason']}); "
                          "write the set again with `attnorm masks`")
     return masks, names, meta
 

@@ -227,8 +227,12 @@ class StatsWriter:
         atomic_write(self.path, lambda tmp: tmp.write_text("".join(ln + "\n" for ln in keep)))
 
     def write(self, record: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        from attnorm.io import _output_error
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as exc:  # a torn last line is dropped by truncate_after on resume
+            raise _output_error(self.path, exc, kept=False) from exc
 
 
 def read_stats(path: str | os.PathLike) -> list[dict]:
