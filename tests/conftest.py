@@ -28,3 +28,26 @@ def gan_run(tmp_path_factory):
 def gan_ckpt(gan_run):
     """The checkpoint of :func:`gan_run`."""
     return gan_run / "checkpoints" / "latest.pt"
+
+
+@pytest.fixture(scope="session")
+def inpaint_run(tmp_path_factory):
+    """One tiny `attnorm train-inpaint` run (2 steps, 16 px, width 0.125, global+local critics after
+    one warm-up step), for the probes that need a train-inpaint checkpoint."""
+    from attnorm import cli
+    out = tmp_path_factory.mktemp("inpaint_run")
+    assert cli.main(["train-inpaint", "--out", str(out), "--steps", "2", "--batch-size", "2", "--resolution", "16",
+                     "width=0.125", "critic_width=0.125", "warmup_steps=1", "d_steps=1", "num_entities=4",
+                     "sample_count=1"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def inpaint_gen(tmp_path_factory):
+    """A tiny untrained inpainting generator file (save_inpaint_generator format)."""
+    from attnorm.checkpoints import save_inpaint_generator
+    from attnorm.models.inpaint import InpaintGenerator
+    path = tmp_path_factory.mktemp("inpaint_gen") / "g.pt"
+    torch.manual_seed(0)
+    save_inpaint_generator(path, InpaintGenerator(width=0.125, num_entities=4))
+    return path
