@@ -280,3 +280,14 @@ def test_p14_mask_of_another_size_needs_resize_mask(tmp_path, capsys, inpaint_ge
           "is (16, 24) (H, W) but image", "pass --resize-mask")
     run_ok(capsys, _inpaint(inpaint_gen, img, tmp_path / "small.png", tmp_path / "o.png", "--resize-mask"))
     _known_equal(tmp_path / "o.png", _rgb(), _mask())
+
+
+def test_p04_p05_missing_data_folder_or_one_without_classes(tmp_path, capsys):
+    probe(capsys, ["train-gan", "--data", tmp_path / "nope", "--out", tmp_path / "g"], "does not exist",
+          "pass --data pointing to an image folder")
+    probe(capsys, ["train-inpaint", "--data", tmp_path / "nope", "--out", tmp_path / "i"], "nope does not exist")
+    (tmp_path / "flat").mkdir()
+    Image.fromarray(_rgb()).save(tmp_path / "flat" / "a.png")
+    probe(capsys, ["train-gan", "--data", tmp_path / "flat", "--out", tmp_path / "g"], "has no class subfolders",
+          "one subfolder per class")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flat"]
