@@ -200,7 +200,8 @@ def check_output_path(path: str | os.PathLike, what: str = "output", extensions:
             raise OutputError(f"{what} {path} is a file; give a folder")
     else:
         if path.is_dir():
-            raise OutputError(f"{what} {path} is a folder; give a file name, e.g. {path / ('out' + (extensions or ('',))[0])}")
+            example = path / ("out" + (extensions or ("",))[0])
+            raise OutputError(f"{what} {path} is a folder; give a file name, e.g. {example}")
         if extensions and path.suffix.lower() not in extensions:
             got = f"ends with {path.suffix!r}" if path.suffix else "has no extension"
             example = path.with_suffix(extensions[0]) if path.suffix else path.with_name(path.name + extensions[0])

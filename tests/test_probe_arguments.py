@@ -86,7 +86,8 @@ def test_x8_truncation_must_be_a_positive_finite_number(tmp_path, capsys, gan_ck
 
 def test_m5_image_counts_must_be_positive(tmp_path, capsys, gan_ckpt):
     for n in ("0", "-1"):
-        probe(capsys, ["sample", "--ckpt", gan_ckpt, "--n", n, "--out", tmp_path / "s.png"], f"--n: must be >= 1, got {n}")
+        probe(capsys, ["sample", "--ckpt", gan_ckpt, "--n", n, "--out", tmp_path / "s.png"],
+              f"--n: must be >= 1, got {n}")
         probe(capsys, ["layouts", "--ckpt", gan_ckpt, "--n", n, "--out", tmp_path / "l.png"], "--n: must be >= 1")
         probe(capsys, ["interpolate", "--ckpt", gan_ckpt, "--from", "0", "--to", "1", "--rows", n, "--out",
                        tmp_path / "i.png"], "--rows: must be >= 1")

@@ -88,7 +88,8 @@ def test_m7_broken_checkpoints_are_one_line(files, capsys, name, fragment):
 
 def test_m7_safetensors_with_a_lying_header(files, capsys):
     line = probe(capsys, ["inpaint", "--ckpt", files / "lie.safetensors", "--image", files / "img.png", "--mask",
-                          files / "mask.png", "--out", files / "o.png"], "lie.safetensors is not a readable safetensors")
+                          files / "mask.png", "--out", files / "o.png"],
+                 "lie.safetensors is not a readable safetensors")
     assert "invalid shape" in line
     probe(capsys, ["sample", "--ckpt", files / "lie.safetensors", "--out", files / "s.png"],
           "is a .safetensors weights file, not a training checkpoint")

@@ -18,7 +18,7 @@ from PIL import Image
 from _probe import digest, file_size_limit, probe, run_ok, snapshot
 from attnorm.data.folder import ImageFolderDataset
 from attnorm.data.masks import load_mask
-from attnorm.data.photos import ImageFolderFlat, to_tensor
+from attnorm.data.photos import ImageFolderFlat
 from attnorm.io import read_rgb
 
 
@@ -71,7 +71,8 @@ def test_x1_16bit_and_float_images_keep_their_range(tmp_path, capsys, inpaint_ge
         (tmp_path / "flat" / sub).mkdir(parents=True)
     for name in ("g16.png", "g8.png"):
         for root in ("cls", "flat"):
-            (tmp_path / root / ("a" if name == "g16.png" else "b") / "x.png").write_bytes((tmp_path / name).read_bytes())
+            dst = tmp_path / root / ("a" if name == "g16.png" else "b") / "x.png"
+            dst.write_bytes((tmp_path / name).read_bytes())
     ds = ImageFolderDataset(tmp_path / "cls", resolution=16, hflip=False)
     torch.testing.assert_close(ds[0][0], ds[1][0], rtol=0, atol=0)
     flat = ImageFolderFlat(tmp_path / "flat", resolution=16, crop="center")

@@ -72,7 +72,8 @@ def test_x3_resume_applies_changed_learning_rates_and_p10_nan_keeps_the_checkpoi
     assert state["extra"]["config"]["lr_g"] == 1e-5 == json.loads((run / "config.json").read_text())["lr_g"]
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
     assert events == [{"event": "resume", "step": 2, "time": events[0]["time"],
-                       "changed": {"D": {"lr": [4e-4, 2e-5]}, "G/0": {"lr": [1e-4, 1e-5]}, "G/1": {"lr": [2e-4, 2e-5]}}}]
+                       "changed": {"D": {"lr": [4e-4, 2e-5]}, "G/0": {"lr": [1e-4, 1e-5]},
+                                   "G/1": {"lr": [2e-4, 2e-5]}}}]
     # P10: absurd learning rates (applied on resume, as the NaN message advises) make the loss NaN:
     # rc 1, the message names the last good checkpoint, which stays as it was
     good = digest(run / "checkpoints" / "latest.pt")

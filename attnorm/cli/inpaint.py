@@ -49,7 +49,8 @@ def _pairs(image: Path, mask: Path, out: Path) -> list[tuple[Path, Path, Path]]:
              if p.is_file() and p.stem in masks and not p.name.startswith(".")]
     if not pairs:
         raise ValueError(f"no image in {image} has a mask with the same name in {mask} "
-                         f"(pairs are matched by file name without extension; images: {', '.join(IMAGE_EXTENSIONS[:4])}...)")
+                         f"(pairs are matched by file name without extension; images: "
+                         f"{', '.join(IMAGE_EXTENSIONS[:4])}...)")
     return pairs
 
 
