@@ -73,3 +73,80 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
     with pytest.raises(RuntimeError, match="disk full"):
         atomic_write(path, broken)
     assert path.read_text() == "old" and sorted(p.name for p in path.parent.iterdir()) == ["f.txt"]
+
+
+def test_atomic_write_turns_write_errors_into_one_line_output_errors(tmp_path):
+    """Issue 12 (X6, M16): an OSError, also one wrapped by the writer (torch.save raises a RuntimeError
+    with the OSError as context), becomes OutputError naming the file, the reason and the fix."""
+    import errno
+
+    from attnorm.errors import OutputError
+    path = tmp_path / "f.bin"
+    path.write_text("old")
+
+    def torch_like(tmp):
+        tmp.write_text("half")
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    with pytest.raises(OutputError, match=r"cannot write .*f.bin: No space left on device \(the disk is full; "
+                                          r"free some space or write elsewhere\); the previous file is unchanged"):
+        atomic_write(path, torch_like)
+    assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
+    with pytest.raises(RuntimeError, match="a bug"):  # not a write error: passed on unchanged
+        atomic_write(path, lambda tmp: (_ for _ in ()).throw(RuntimeError("a bug")))
+    (tmp_path / "d").mkdir()
+    with pytest.raises(OutputError, match="it is a folder"):
+        atomic_write(tmp_path / "d", lambda tmp: tmp.write_text("x"))
+
+
+def test_stale_temporary_files_of_dead_writers_are_removed(tmp_path):
+    import os
+
+    from _probe import dead_pid
+    from attnorm.io import remove_stale_temps
+    dead, alive = dead_pid(), os.getppid()
+    names = [f".a.pt.tmp{dead}", f"a.pt.tmp{dead}", f".a.pt.tmp{alive}", f".b.pt.tmp{dead}", f".c.npz.tmp{dead}.npz",
+             "a.pt", "a.pt.tmp", "notes.tmp12x"]
+    for n in names:
+        (tmp_path / n).write_text("x")
+    assert sorted(p.name for p in remove_stale_temps(tmp_path / "a.pt")) == sorted(names[:2])
+    remove_stale_temps(tmp_path)  # a folder: every target in it
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f".a.pt.tmp{alive}", "a.pt", "a.pt.tmp",
+                                                                  "notes.tmp12x"])
+
+
+def test_check_output_path(tmp_path):
+    from attnorm.errors import OutputError
+    from attnorm.io import check_output_path
+    assert check_output_path(tmp_path / "x" / "y" / "o.PNG", "--out", IMAGE_EXTENSIONS) == tmp_path / "x" / "y" / "o.PNG"
+    assert not (tmp_path / "x").exists()  # checked, not created
+    with pytest.raises(OutputError, match=r"--out .*o has no extension; it must end with one of .png, .jpg"):
+        check_output_path(tmp_path / "o", "--out", IMAGE_EXTENSIONS)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match="file is a file, not a folder"):
+        check_output_path(tmp_path / "file" / "sub" / "o.png", "--out")
+    with pytest.raises(OutputError, match="is a file; give a folder"):
+        check_output_path(tmp_path / "file", "--out", folder=True)
+
+
+def test_read_grey01_and_read_rgb_scale_16_bit_and_float(tmp_path):
+    from attnorm.io import read_grey01
+    a16 = np.array([[0, 257, 32768, 65535]], np.uint16)
+    Image.fromarray(a16).save(tmp_path / "g.png")
+    np.testing.assert_allclose(read_grey01(tmp_path / "g.png"), a16 / 65535.0)
+    np.testing.assert_array_equal(np.asarray(read_rgb(tmp_path / "g.png"))[0, :, 0], [0, 1, 128, 255])
+    f = np.array([[0.0, 0.25, 1.0, np.nan]], np.float32)
+    Image.fromarray(f, mode="F").save(tmp_path / "f.tiff")
+    np.testing.assert_allclose(read_grey01(tmp_path / "f.tiff"), [[0.0, 0.25, 1.0, 0.0]])
+    Image.fromarray(np.array([[0.0, 127.5, 255.0]], np.float32), mode="F").save(tmp_path / "f255.tiff")
+    np.testing.assert_allclose(read_grey01(tmp_path / "f255.tiff"), [[0.0, 0.5, 1.0]])
+    pal = Image.new("P", (4, 1))
+    pal.putpalette([10, 20, 30, 200, 100, 50] + [0] * 762)
+    pal.putdata([0, 1, 1, 0])
+    pal.info["transparency"] = 0
+    pal.save(tmp_path / "p.png", transparency=0)
+    np.testing.assert_array_equal(np.asarray(read_rgb(tmp_path / "p.png"))[0], [[10, 20, 30], [200, 100, 50],
+                                                                               [200, 100, 50], [10, 20, 30]])

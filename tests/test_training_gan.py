@@ -117,3 +117,24 @@ def test_nan_stops_run_and_keeps_checkpoint(tmp_path):
         tr.run()
     g, _ = load_generator(tmp_path / "checkpoints" / "latest.pt", use_ema=False)
     assert all(torch.isfinite(p).all() for p in g.parameters())
+
+
+def test_config_values_are_checked_for_type_and_bounds(tmp_path):
+    """Issue 12 (X4, M10, M11, M14): a wrong type or an out-of-bounds value is one ValueError line naming
+    the key and where it came from; missing keys of a saved config take their defaults."""
+    for bad, msg in (({"ch": "abc"}, r"'ch' must be an integer, got \"abc\" \(str\) in overrides"),
+                     ({"batch_size": 8.0}, r"'batch_size' must be an integer, got 8.0"),
+                     ({"batch_size": -2}, r"'batch_size' must be >= 1, got -2"),
+                     ({"steps": 0}, r"'steps' must be >= 1"), ({"seed": 2 ** 32}, r"'seed' must be <= 4294967295"),
+                     ({"d_ch": "x"}, r"'d_ch' must be an integer or null"), ({"lr_g": True}, "must be a number"),
+                     ({"ema_decay": 1.5}, r"'ema_decay' must be <= 1"), ({"lr_d": float("inf")}, "must be finite"),
+                     ({"betas": [0.5, 1.0]}, "two numbers in")):
+        with pytest.raises(ValueError, match=msg):
+            resolve_config(overrides=bad)
+    (tmp_path / "c.json").write_text('{"steps": "two"}')
+    with pytest.raises(ValueError, match=r"'steps' must be an integer, got \"two\" \(str\) in .*c.json"):
+        resolve_config(tmp_path / "c.json")
+    cfg = resolve_config(overrides={"d_ch": 8, "lr_g": 1, "max_seconds": 60, "sync_bn": None})
+    assert cfg["d_ch"] == 8 and cfg["lr_g"] == 1
+    old = {k: v for k, v in resolve_config().items() if k != "g_spectral_norm"}
+    assert resolve_config(base=old)["g_spectral_norm"] is True

@@ -174,3 +174,69 @@ def test_progress_lines_go_to_the_logger(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="attnorm.training.loop"):
         other.run()
     assert not caplog.records
+
+
+def test_resume_applies_the_optimizer_settings_it_was_built_with(tmp_path):
+    """Issue 12 (X3): a resumed loop keeps the learning rate / betas of its (new) optimizers, not the
+    checkpoint's, and says what changed; with apply_optimizer_settings=False it restores them as saved."""
+    first, _, _ = make_loop(tmp_path, 2, ckpt_every=2)
+    first.run()
+    again, model, _ = make_loop(tmp_path, 4)
+    opt = again.phases[0].optimizer
+    opt.param_groups[0]["lr"], opt.param_groups[0]["betas"] = 0.05, (0.5, 0.9)
+    assert again.resume() == 2
+    assert opt.param_groups[0]["lr"] == 0.05 and opt.param_groups[0]["betas"] == (0.5, 0.9)
+    assert again.resume_changes == {"fit": {"lr": [0.3, 0.05], "betas": [[0.9, 0.999], [0.5, 0.9]]}}
+    assert opt.state[model.weight]["step"] == 2  # the moments and step count are the checkpoint's
+    event = json.loads((tmp_path / "events.jsonl").read_text().splitlines()[-1])
+    assert event["event"] == "resume" and event["step"] == 2 and event["changed"] == again.resume_changes
+    kept, _, _ = make_loop(tmp_path, 4)
+    kept.phases[0].optimizer.param_groups[0]["lr"] = 0.05
+    kept.resume(apply_optimizer_settings=False)
+    assert kept.phases[0].optimizer.param_groups[0]["lr"] == 0.3 and kept.resume_changes == {}
+
+
+def test_interrupt_finishes_the_step_checkpoints_and_resumes_exactly(tmp_path):
+    """Issue 12 (M15): SIGINT during a step -> the step completes, a checkpoint of it is written,
+    run() returns with stop_reason "interrupted"; resuming gives the uninterrupted run's numbers."""
+    import os
+    import signal
+    full, model_full, _ = make_loop(tmp_path / "a", 8, ckpt_every=0)
+    full.run()
+    part, _, _ = make_loop(tmp_path / "b", 8, ckpt_every=0)
+    loss = part.loss
+    real = loss.run_phase
+
+    def run_phase(name, batch):
+        if loss.calls == 4:  # during step 5
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(name, batch)
+    loss.run_phase = run_phase
+    part.run()
+    assert part.stop_reason == "interrupted" and part.step == 5
+    assert load_checkpoint(tmp_path / "b" / "checkpoints" / "latest.pt")["step"] == 5
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    resumed, model_res, _ = make_loop(tmp_path / "b", 8, ckpt_every=0)
+    resumed.resume()
+    resumed.run()
+    assert losses(tmp_path / "b") == losses(tmp_path / "a") and torch.equal(model_full.weight, model_res.weight)
+
+
+def test_resume_refuses_other_checkpoints_in_one_line(tmp_path):
+    from attnorm.errors import CheckpointError
+    loop, _, _ = make_loop(tmp_path, 1)
+    loop.run()
+    other, _, _ = make_loop(tmp_path, 2)
+    other.extra_state = {"task": "inpaint"}
+    state = load_checkpoint(tmp_path / "checkpoints" / "latest.pt")
+    state["extra"]["task"] = "gan"
+    torch.save(state, tmp_path / "gan.pt")
+    with pytest.raises(CheckpointError, match="is a checkpoint of train-gan, not of train-inpaint"):
+        other.resume(tmp_path / "gan.pt")
+    wider = TrainingLoop([Phase("fit", nn.Linear(5, 1), torch.optim.Adam(nn.Linear(5, 1).parameters()))],
+                         None, BatchStream(ToyData(), 8), tmp_path, total_steps=2)
+    with pytest.raises(CheckpointError, match="does not fit this run's models .*size mismatch"):
+        wider.resume()
+    (tmp_path / "stats.jsonl").write_text('{"step": 1}\n{"step": 2, "fit/lo')  # a line torn by kill -9
+    make_loop(tmp_path, 2)[0].resume()
+    assert [r["step"] for r in read_stats(tmp_path / "stats.jsonl")] == [1]

@@ -76,9 +76,9 @@ def check_config_value(key: str, value, default, where: str) -> None:
             raise ValueError(f"config key {key!r} must be finite, got {value} in {where}")
         lo, hi = MIN_VALUES.get(key), MAX_VALUES.get(key)
         if lo is not None and value < lo:
-            raise ValueError(f"config key {key!r} must be >= {lo:g}, got {value} in {where}")
+            raise ValueError(f"config key {key!r} must be >= {lo}, got {value} in {where}")
         if hi is not None and value > hi:
-            raise ValueError(f"config key {key!r} must be <= {hi:g}, got {value} in {where}")
+            raise ValueError(f"config key {key!r} must be <= {hi}, got {value} in {where}")
     if key == "betas" and isinstance(value, list):
         if len(value) != 2 or not all(_is(b, _NUMBER) and 0 <= b < 1 for b in value):
             raise ValueError(f"config key 'betas' must be two numbers in [0, 1), got {json.dumps(value)} in {where}")
