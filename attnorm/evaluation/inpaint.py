@@ -32,7 +32,9 @@ Protocol (written into ``summary.json`` under ``"protocol"``):
   pixels and channels (in [0, 1]; x100 for the "L1 %" of papers); ``l1_hole`` =
   the same over hole pixels only (NaN for an empty mask, ignored by the means);
   ``color_shift`` = the mean colour of the fill vs the ground truth's over the hole,
-  ``mean_c |mean_hole(out_c) - mean_hole(gt_c)|``, in levels of 255 (NaN for an empty mask); ``mse``; ``seconds`` = wall time of the method's call.
+  ``mean_c |mean_hole(out_c) - mean_hole(gt_c)|``, in levels of 255 (NaN for an empty mask);
+  ``bias_r``/``bias_g``/``bias_b`` = the signed ``mean_hole(out_c) - mean_hole(gt_c)`` per channel
+  (their means over pairs are the method's systematic colour shift); ``mse``; ``seconds`` = wall time of the method's call.
 * **PSNR of a perfect result**: MSE = 0 gives an infinite PSNR. By default the
   per-pair PSNR is capped at :data:`PSNR_CAP` = 100 dB before averaging (finite
   and well above anything a real fill reaches: one 8-bit level of error on one
@@ -90,8 +92,8 @@ Method = Callable[[Tensor, Tensor], Tensor]
 PSNR_CAP = 100.0
 
 CSV_FIELDS = ("index", "image", "mask", "area", "bin", "bin_label", "psnr", "ssim", "l1", "l1_hole", "color_shift",
-              "mse", "seconds")
-METRICS = ("psnr", "ssim", "l1", "l1_hole", "color_shift", "mse", "seconds")
+              "bias_r", "bias_g", "bias_b", "mse", "seconds")
+METRICS = ("psnr", "ssim", "l1", "l1_hole", "color_shift", "bias_r", "bias_g", "bias_b", "mse", "seconds")
 
 
 # ---------------------------------------------------------------------------- methods
@@ -205,9 +207,10 @@ def image_metrics(output_u8: np.ndarray, target_u8: np.ndarray, hole: np.ndarray
                   psnr_cap: float | None = PSNR_CAP) -> dict[str, float]:
     """PSNR / SSIM / L1 / MSE of two (H, W, 3) uint8 images, in [0, 1] with data_range 1.
 
-    ``hole`` (H, W) bool adds ``l1_hole`` and ``color_shift`` (NaN when the hole is empty):
-    the mean colour of the fill against the ground truth's over the hole,
-    ``mean_c |mean_hole(out_c) - mean_hole(gt_c)|`` in levels of 255. PSNR is capped at
+    ``hole`` (H, W) bool adds ``l1_hole``, ``color_shift`` and ``bias_r/g/b`` (NaN when the hole
+    is empty): the mean colour of the fill against the ground truth's over the hole, as
+    ``mean_c |mean_hole(out_c) - mean_hole(gt_c)|`` and as the signed per-channel differences, in
+    levels of 255 (averaged over pairs, the biases measure a systematic shift). PSNR is capped at
     ``psnr_cap`` (None: not capped, MSE 0 gives inf).
     """
     a = torch.from_numpy(np.asarray(output_u8, dtype=np.float64) / 255.0).permute(2, 0, 1)[None]
@@ -220,8 +223,10 @@ def image_metrics(output_u8: np.ndarray, target_u8: np.ndarray, hole: np.ndarray
     if hole is not None:
         h = torch.from_numpy(np.asarray(hole, dtype=bool))
         res["l1_hole"] = float((a - b).abs()[0][:, h].mean()) if bool(h.any()) else math.nan
-        res["color_shift"] = (float((a[0][:, h].mean(1) - b[0][:, h].mean(1)).abs().mean()) * 255.0
-                              if bool(h.any()) else math.nan)
+        d = (a[0][:, h].mean(1) - b[0][:, h].mean(1)) * 255.0 if bool(h.any()) else None  # (3,) levels
+        res["color_shift"] = float(d.abs().mean()) if d is not None else math.nan
+        for c, name in enumerate(("bias_r", "bias_g", "bias_b")):
+            res[name] = float(d[c]) if d is not None else math.nan
     return res
 
 
@@ -347,6 +352,7 @@ def _protocol(sizes: set, n_img: int, n_mask: int, mask_source: str, mask_meta: 
             "l1": "mean |output - gt| over all pixels and channels, in [0, 1]",
             "l1_hole": "mean |output - gt| over hole pixels only (empty holes ignored)",
             "color_shift": "mean over channels of |mean over the hole of output - of gt|, in levels of 255",
+            "bias_r/g/b": "signed mean over the hole of output - gt per channel, levels of 255 (systematic shift)",
             "mse": "mean squared error in [0, 1] units",
             "seconds": "wall time of one method call",
         },
