@@ -52,7 +52,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "z_dim": 128,
     "g_class_embed": 0,      # >0: class embedding concatenated to z in G (not in the listing)
     "class_lr_mult": 1.0,
-    "g_spectral_norm": True, # spectral norm on G's layers (the listing); False: plain layers    # learning-rate multiplier of G's class-conditional parameters
+    "g_spectral_norm": True, # spectral norm on G's layers (the listing); False: plain layers
+    "d_mbstd": 0,            # >0: minibatch-stddev channel in D over groups of this size (not in the listing)    # learning-rate multiplier of G's class-conditional parameters
     "attention": "an",       # "an" | "sa" | "none"
     "num_entities": 16,
     "an_kwargs": {},         # extra AttentiveNorm arguments, e.g. {"self_sampling": false}
@@ -84,7 +85,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
 def resolve_config(config_file: str | os.PathLike | None = None, overrides: dict | None = None,
                    base: dict | None = None) -> dict:
     """``base`` (default :data:`DEFAULT_CONFIG`) <- JSON file <- ``overrides``; unknown keys raise."""
-    return layered_config(DEFAULT_CONFIG, config_file, overrides, base)
+    return layered_config(DEFAULT_CONFIG, config_file, overrides, base, ignore_underscore=True)
 
 
 def make_dataset(cfg: dict):
@@ -133,7 +134,8 @@ class GANTraining(TaskRun):
                                    z_dim=cfg["z_dim"], attention=cfg["attention"], num_entities=cfg["num_entities"],
                                    an_kwargs=cfg["an_kwargs"], d_ch=cfg["d_ch"], projection=bool(cfg["d_projection"]),
                                    class_embed_dim=int(cfg.get("g_class_embed") or 0),
-                                   g_spectral_norm=bool(cfg.get("g_spectral_norm", True)))
+                                   g_spectral_norm=bool(cfg.get("g_spectral_norm", True)),
+                                   mbstd_group=int(cfg.get("d_mbstd") or 0))
         sync_bn = cfg.get("sync_bn")  # .get: configs saved before the key existed
         if sync_bn is None:
             sync_bn = device.type == "cuda"
