@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("attnorm.evaluate_cli", "evaluate a model: `evaluate gan` (FID/KID/IS/intra-FID/PR/acc) or `evaluate inpaint`"),
     "evaluate-inpaint": ("attnorm.evaluate_inpaint", "score an inpainting checkpoint or baseline: PSNR/SSIM/L1 per mask-area bin"),
     "demo": ("attnorm.gan_cli.demo", "train the small AN-GAN on procedural shapes (~5 min CPU) and write all figures"),
+    "serve": ("attnorm.serve.command", "local web app + HTTP API: inpaint by painting a mask, explore the GAN"),
 }
 
 
