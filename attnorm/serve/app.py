@@ -425,6 +425,8 @@ class ServeApp:
         if spec is None:
             pass  # all classes
         elif isinstance(spec, list):
+            if not spec:
+                raise ApiError(400, "choose at least one class")
             spec = ",".join(str(s) for s in spec)
         elif isinstance(spec, int) and not isinstance(spec, bool):
             spec = str(spec)

@@ -81,6 +81,23 @@ def _header_params(value: str) -> Message:
     return m
 
 
+def _find_delimiter(body: bytes, delim: bytes, start: int) -> int:
+    """Index of the next ``CRLF--boundary`` that really ends a part: followed by ``--`` (the last one)
+    or by optional blanks and CRLF, not by other characters (a line that merely starts like it)."""
+    while True:
+        i = body.find(delim, start)
+        if i < 0:
+            return -1
+        j = i + len(delim)
+        if body[j:j + 2] == b"--":
+            return i
+        while body[j:j + 1] in (b" ", b"\t"):
+            j += 1
+        if body[j:j + 2] == b"\r\n":
+            return i
+        start = i + 1
+
+
 def parse_multipart(body: bytes, content_type: str) -> dict[str, Part]:
     """Parse a ``multipart/form-data`` body (RFC 7578) into {field name: Part}; the first part of a
     repeated name wins. Raises ApiError(400) on malformed input."""
@@ -100,10 +117,12 @@ def parse_multipart(body: bytes, content_type: str) -> dict[str, Part]:
     while True:
         if body[pos:pos + 2] == b"--":
             return parts  # closing delimiter (anything after it is an epilogue)
+        while body[pos:pos + 1] in (b" ", b"\t"):  # transport padding
+            pos += 1
         if body[pos:pos + 2] != b"\r\n":
             raise ApiError(400, "malformed multipart body: bad boundary line")
         pos += 2
-        end = body.find(b"\r\n" + delim, pos)
+        end = _find_delimiter(body, b"\r\n" + delim, pos)
         if end < 0:
             raise ApiError(400, "malformed multipart body: a part is not terminated (truncated upload?)")
         head_end = body.find(b"\r\n\r\n", pos, end + 2)
