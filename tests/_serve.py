@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import threading
 import uuid
 from contextlib import contextmanager
 
@@ -29,6 +30,34 @@ def tiny_inpainter(seed: int = 0) -> InpaintGenerator:
             if hasattr(m, "sigma") and isinstance(m.sigma, torch.nn.Parameter):
                 m.sigma.fill_(0.5)
     return g
+
+
+class Gate(torch.nn.Module):
+    """Wraps a generator; its forward waits until the test opens ``gate`` (``entered`` says it is waiting)."""
+
+    def __init__(self, g):
+        super().__init__()
+        self.g, self.config = g, g.config
+        self.entered, self.gate = threading.Event(), threading.Event()
+
+    def forward(self, *a, **kw):
+        self.entered.set()
+        assert self.gate.wait(60), "gate never opened"
+        return self.g(*a, **kw)
+
+
+class Negate(torch.nn.Module):
+    """A stand-in inpainter for page tests on big images: predicts the negative image (255 - v in the hole,
+    so every hole pixel changes) in milliseconds; no attentive branch, so no layouts."""
+
+    config = {"attention": "none"}
+
+    def __init__(self):
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x, m):
+        return -x[:, :3], -x[:, :3]
 
 
 def tiny_gan(seed: int = 0) -> Generator:

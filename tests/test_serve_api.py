@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from _serve import (CLASS_NAMES, box_mask, decode, inpaint, make_app, multipart, noise_image, png, post_json, request,
+from _serve import (CLASS_NAMES, Gate, box_mask, decode, inpaint, make_app, multipart, noise_image, png, post_json, request,
                     running, save_gan_safetensors, tiny_gan, tiny_inpainter)
 from attnorm.serve import models
 from attnorm.serve.app import ApiError, Limits, load_app
@@ -27,7 +27,7 @@ from attnorm.serve.server import parse_multipart, static_files
 
 @pytest.fixture(scope="module")
 def server():
-    with running(make_app()) as s:
+    with running(make_app(limits=Limits(max_gan_images=100))) as s:
         yield s
 
 
@@ -141,6 +141,10 @@ def test_layouts_json(server):
     assert np.array_equal(decode(models_blob(res["layout"])), colour)       # as `attnorm inpaint --layouts`
     assert np.array_equal(decode(models_blob(res["entities"])), entities)
     assert res["width"] == 64 and res["height"] == 48 and res["hole_pixels"] == int((mask >= 128).sum())
+    st, h, body = inpaint(server, png(img), png(mask), "?format=json")
+    plain = json.loads(body)
+    assert st == 200 and plain["layout"] is None and plain["image"] == res["image"]
+    assert "format must be png or json" in _error(inpaint(server, png(img), png(mask), "?format=tiff"), 400)
 
 
 def models_blob(data_url: str) -> bytes:
@@ -380,22 +384,8 @@ def test_concurrent_requests_do_not_corrupt_each_other(server):
         assert st == 200 and np.array_equal(decode(body), exp)
 
 
-class _Gate(torch.nn.Module):
-    """Wraps a generator; its forward waits until the test opens the gate."""
-
-    def __init__(self, g):
-        super().__init__()
-        self.g, self.config = g, g.config
-        self.entered, self.gate = threading.Event(), threading.Event()
-
-    def forward(self, *a, **kw):
-        self.entered.set()
-        assert self.gate.wait(30), "gate never opened"
-        return self.g(*a, **kw)
-
-
 def test_a_slow_request_does_not_block_the_page_progress_or_admission_limit():
-    gated = _Gate(tiny_inpainter())
+    gated = Gate(tiny_inpainter())
     app = make_app(gan=True, inpainter=gated, limits=Limits(max_queue=2))
     img, mask = png(noise_image(32, 32)), png(box_mask(32, 32, (4, 20, 4, 20)))
     with running(app) as s, ThreadPoolExecutor(4) as pool:
@@ -451,12 +441,11 @@ def test_generate_json_tiles_and_truncation(server):
 
 @pytest.mark.parametrize("body, words", [
     ({"classes": [5]}, "out of range"), ({"classes": ["dog"]}, "unknown class"), ({"n": 0}, "n must be in 1..64"),
-    ({"n": "many"}, "n must be an integer"), ({"classes": [0, 1, 2], "n": 64}, "at most"),
+    ({"n": "many"}, "n must be an integer"), ({"classes": [0, 1, 2], "n": 64}, "192 images; at most 100 per request"),
     ({"truncation": "x"}, "truncation"), ({"classes": []}, "at least one class"), ([1, 2], "JSON object"),
 ])
-def test_generate_bad_parameters(body, words):
-    with running(make_app(limits=Limits(max_gan_images=100))) as s:
-        assert words in _error(post_json(s, "/api/generate", body), 400)
+def test_generate_bad_parameters(server, body, words):
+    assert words in _error(post_json(server, "/api/generate", body), 400)
 
 
 def test_interpolation_ends_are_the_two_classes_with_the_chosen_z(server):
@@ -586,13 +575,23 @@ def test_serve_command_prints_the_url_and_stops_cleanly_on_ctrl_c():
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--inpaint-ckpt", "/nonexistent/x.safetensors"], "not found"),
+    (["--inpaint-ckpt", "/nonexistent/x.safetensors"], "generator checkpoint /nonexistent/x.safetensors not found"),
     (["--gan-ckpt", "/nonexistent/g.pt"], "GAN checkpoint /nonexistent/g.pt not found"),
     (["--max-pixels", "0"], "--max-pixels must be positive"),
+    (["--port", "70000"], "--port must be in 0..65535"),
 ])
-def test_serve_command_errors_are_one_line(args, words):
-    proc = subprocess.run([sys.executable, "-m", "attnorm.cli", "serve", "--port", "0", *args],
-                          capture_output=True, text=True, timeout=60,
-                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 2 and words in proc.stderr
-    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+def test_serve_command_errors_are_one_line(capsys, args, words):
+    from attnorm import cli
+    assert cli.main(["serve", "--port", "0", *args]) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.strip().count("\n") == 0 and "Traceback" not in err
+
+
+def test_serve_command_port_in_use(capsys):
+    from attnorm import cli
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        assert cli.main(["serve", "--port", str(taken.getsockname()[1])]) == 2
+    err = capsys.readouterr().err
+    assert "cannot listen on 127.0.0.1:" in err and err.strip().count("\n") == 0

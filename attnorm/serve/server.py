@@ -10,7 +10,8 @@ Routes (every error is JSON ``{"error": "...", "status": N}``, never a traceback
     GET  /static/<file>          the page's files (an allow-list built from the package folder)
     GET  /api/health             status, versions, limits, loaded models
     GET  /api/progress?job=ID    progress of an inpainting request sent with header X-Job-Id: ID
-    POST /api/inpaint            multipart image + mask -> image/png  (?layouts=1 -> JSON with the AN layout)
+    POST /api/inpaint            multipart image + mask -> image/png  (?format=json: JSON with the PNG as a
+                                 data URL; ?layouts=1: JSON with the AN layout of the fill too)
     GET  /api/gan                the GAN's classes and settings, or why there is none
     POST /api/generate           JSON {classes, n, seed, truncation} -> grid image/png (?format=json: tiles)
     POST /api/interpolate        JSON {from, to, steps, seed, n, index, truncation} -> strip png (or JSON frames)
@@ -364,11 +365,12 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(400, f"missing form field(s) {', '.join(missing)}: send multipart fields image and mask "
                                 f"(image files; white = hole)")
         layouts = self._flag(query, "layouts")
+        as_json = layouts or (query.get("format") and self._format(query) == "json")
         res = self.server.app.inpaint(form["image"].data, form["mask"].data, layouts=layouts,
                                       job_id=self.headers.get("X-Job-Id"))
         timing = {"X-Queue-Seconds": f"{res.queue_s:.4f}", "X-Inference-Seconds": f"{res.inference_s:.4f}",
                   "X-Hole-Pixels": str(res.hole_pixels)}
-        if layouts:
+        if as_json:
             self._json(200, res.as_json(), timing)
         else:
             self._send(200, res.png, "image/png", {"Cache-Control": "no-store", **timing})
@@ -441,5 +443,6 @@ def make_server(app: ServeApp, host: str = "127.0.0.1", port: int = 7860, quiet:
 def serve_in_thread(app: ServeApp, host: str = "127.0.0.1", port: int = 0, quiet: bool = True) -> ServeServer:
     """Start a server on a daemon thread (tests, notebooks); stop it with ``server.shutdown()``."""
     server = make_server(app, host, port, quiet=quiet)
-    threading.Thread(target=server.serve_forever, name="attnorm-serve", daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="attnorm-serve",
+                     daemon=True).start()
     return server

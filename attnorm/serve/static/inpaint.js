@@ -365,7 +365,7 @@ async function run() {
     form.append("image", cur.blob, `${S.image.name}.png`);
     form.append("mask", await maskBlob(), "mask.png");
     const id = jobId();
-    const url = S.layoutsAvailable ? "/api/inpaint?layouts=1" : "/api/inpaint?layouts=0";
+    const url = S.layoutsAvailable ? "/api/inpaint?layouts=1" : "/api/inpaint?format=json";
     polling = setInterval(async () => {
       if (uploaded < 1) { setBusy(true, `Uploading ${Math.round(uploaded * 100)}% · ${secs()}`, uploaded); return; }
       try {
