@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+import sys
 import threading
 import time
 import warnings
@@ -56,8 +57,26 @@ class Limits:
                 "max_queue": self.max_queue, "max_gan_images": self.max_gan_images}
 
 
-def _mb(n: int) -> str:
-    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n} bytes"
+def process_memory() -> dict[str, float | None]:
+    """This process's resident memory now and at its peak, in MB (None where the platform does not say)."""
+    rss = peak = None
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1]) / 1024
+                elif line.startswith("VmHWM:"):
+                    peak = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    if peak is None:
+        try:
+            import resource
+            r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            peak = r / 2**20 if sys.platform == "darwin" else r / 1024  # bytes on macOS, KiB on Linux
+        except (ImportError, OSError):
+            pass
+    return {"rss_mb": None if rss is None else round(rss, 1), "peak_rss_mb": None if peak is None else round(peak, 1)}
 
 
 # ---------------------------------------------------------------------------- scheduling
@@ -324,6 +343,7 @@ class ServeApp:
         from attnorm import __version__
         return {"status": "ok", "version": __version__, "device": self.info.get("device", "cpu"),
                 "uptime_seconds": round(time.time() - self.started, 1), "limits": self.limits.as_dict(),
+                "memory": process_memory(),
                 "inpaint": self.inpaint_info(), "gan": self.gan_info()}
 
     def progress(self, job_id: str) -> dict[str, Any]:

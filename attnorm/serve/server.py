@@ -418,6 +418,7 @@ class ServeServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # listen backlog (socketserver's default of 5 resets bursts of connections)
 
     def __init__(self, address: tuple[str, int], app: ServeApp, quiet: bool = False) -> None:
         host = address[0]

@@ -1,0 +1,36 @@
+"""Load test of `attnorm serve`: 20 concurrent 512 px inpainting requests on loopback (tiny random model)."""
+
+import pytest
+
+from _serve import make_app, running
+from attnorm.serve.app import Limits
+from attnorm.serve.loadtest import format_report, main, run_load
+
+
+def test_twenty_concurrent_512px_requests():
+    with running(make_app(gan=False, limits=Limits(max_queue=32))) as s:
+        rep = run_load(f"http://127.0.0.1:{s.server_port}/", n=20, concurrency=20, size=512)
+    print("\n" + format_report(rep))
+    assert rep["failures"] == [] and rep["ok"] == 20  # every answer checked: known pixels bit-identical
+    lat = rep["latency_s"]
+    assert 0 < lat["p50"] <= lat["p95"] <= lat["max"]
+    # the model runs one request at a time, so the slowest waited for the others: latency spreads
+    assert lat["max"] >= 5 * rep["inference_s"]["p50"]
+    # bounded memory: 20 requests of 512 px add little to the server's peak (uploads stay in memory,
+    # one forward pass at a time)
+    srv = rep["server"]
+    assert srv["peak_rss_after_mb"] - srv["peak_rss_before_mb"] < 1000
+
+
+def test_more_requests_than_the_queue_get_503_not_a_crash():
+    with running(make_app(gan=False, limits=Limits(max_queue=4))) as s:
+        rep = run_load(f"http://127.0.0.1:{s.server_port}/", n=12, concurrency=12, size=256)
+    assert rep["ok"] >= 4 and rep["ok"] + len(rep["failures"]) == 12
+    assert all(f.startswith("HTTP 503") and "--max-queue" in f for f in rep["failures"])
+
+
+def test_refuses_other_hosts(capsys):
+    with pytest.raises(ValueError, match="loopback"):
+        run_load("http://example.com:7860/")
+    assert main(["--url", "http://10.1.2.3:7860/"]) == 2
+    assert "loopback" in capsys.readouterr().err
