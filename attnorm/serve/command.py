@@ -69,16 +69,17 @@ def main_from_args(args: argparse.Namespace) -> int:
         print("warning: serving beyond this machine; anyone who can reach this address can use the models",
               file=sys.stderr, flush=True)
 
-    def _stop(signum, frame):  # SIGTERM behaves as Ctrl-C
-        raise KeyboardInterrupt
+    def _stop(signum, frame):  # Ctrl-C and SIGTERM (also when started in the background, where the
+        raise KeyboardInterrupt  # shell makes SIGINT ignored and Python would never see it)
 
-    previous = signal.signal(signal.SIGTERM, _stop)
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         server.server_close()
     print("attnorm serve: stopped", flush=True)
     return 0
