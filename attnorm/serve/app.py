@@ -119,7 +119,7 @@ class Job:
     """Progress of one inpainting request, polled by the page (``GET /api/progress``)."""
 
     id: str
-    state: str = "queued"  # queued | running | encoding | done | failed
+    state: str = "reading"  # reading (decoding the upload) | queued | running | encoding | done | failed
     ticket: int = -1
     created: float = field(default_factory=time.monotonic)
     started: float | None = None
@@ -380,22 +380,23 @@ class ServeApp:
         per-entity maps, as ``attnorm inpaint --layouts`` writes them."""
         if self.inpainter is None:
             raise ApiError(503, "no inpainting generator loaded")
-        lim = self.limits.max_pixels
-        im = open_image(image, "image", lim)
-        mk = open_image(mask, "mask", lim)
-        if im.size != mk.size:
-            raise ApiError(400, f"mask is {mk.width}x{mk.height} but image is {im.width}x{im.height} (width x height); "
-                                f"they must have the same size")
-        if layouts and self.inpainter.config.get("attention") != "an":
-            raise ApiError(400, f"layouts need an AN generator; this one has "
-                                f"attention={self.inpainter.config.get('attention')!r}")
-        with self._admission():
-            job = self.jobs.create(job_id)
-            try:
+        job = self.jobs.create(job_id)
+        try:
+            lim = self.limits.max_pixels
+            im = open_image(image, "image", lim)
+            mk = open_image(mask, "mask", lim)
+            if im.size != mk.size:
+                raise ApiError(400, f"mask is {mk.width}x{mk.height} but image is {im.width}x{im.height} "
+                                    f"(width x height); they must have the same size")
+            if layouts and self.inpainter.config.get("attention") != "an":
+                raise ApiError(400, f"layouts need an AN generator; this one has "
+                                    f"attention={self.inpainter.config.get('attention')!r}")
+            with self._admission():
+                job.state = "queued"
                 return self._inpaint_admitted(im, mk, layouts, job)
-            except BaseException:
-                job.state, job.finished = "failed", time.monotonic()
-                raise
+        except BaseException:
+            job.state, job.finished = "failed", time.monotonic()
+            raise
 
     def _inpaint_admitted(self, im: Image.Image, mk: Image.Image, layouts: bool, job: Job) -> InpaintResult:
         rgb, grey, alpha = split_pixels(im)

@@ -371,7 +371,8 @@ async function run() {
       try {
         const p = await getJSON(`/api/progress?job=${id}`);
         if (!S.busy) return;
-        if (p.state === "queued") setBusy(true, `Waiting for the model${p.ahead ? ` (${p.ahead} ahead)` : ""} · ${secs()}`);
+        if (p.state === "reading" || p.state === "unknown") setBusy(true, `Reading the image · ${secs()}`);
+        else if (p.state === "queued") setBusy(true, `Waiting for the model${p.ahead ? ` (${p.ahead} ahead)` : ""} · ${secs()}`);
         else if (p.state === "running") setBusy(true, `Inpainting ${Math.round(100 * p.fraction)}% · ${secs()}`, p.fraction);
         else if (p.state === "encoding" || p.state === "done") setBusy(true, `Receiving the result · ${secs()}`, 1);
       } catch (_) { /* the next poll will tell */ }
