@@ -120,7 +120,6 @@ function draw() {
     vctx.globalAlpha = 1;
   }
   $("compare-badge").hidden = !before;
-  $("entities-panel").hidden = !(S.layout && res && res.after.entities && !before);
   $("st-zoom").textContent = `${Math.round(S.scale * 100)}%`;
 }
 
@@ -383,17 +382,14 @@ async function run() {
     setBusy(true, "Decoding the result…", 1);
     const blob = dataURLToBlob(res.image);
     const bmp = await createImageBitmap(blob);
-    const after = { canvas: canvasOf(bmp), blob, layout: null, entities: null };
+    const after = { canvas: canvasOf(bmp), blob, layout: null };
     bmp.close();
     if (res.layout) {
       const lb = await createImageBitmap(dataURLToBlob(res.layout));
       after.layout = canvasOf(lb);
       lb.close();
-      after.entities = res.entities;
     }
-    const op = { t: "result", before: cur, after };
-    pushOp(op);
-    showEntities(op);
+    pushOp({ t: "result", before: cur, after });
     rebuildMask();
     setBusy(false);
     updateHole();
@@ -423,7 +419,6 @@ function undo() {
   if (!S.ops.length || S.busy) return;
   const op = S.ops.pop();
   S.redo.push(op);
-  if (op.t === "result") showEntities(lastResult());
   rebuildMask();
   updateHole();
   render();
@@ -432,12 +427,8 @@ function redo() {
   if (!S.redo.length || S.busy) return;
   const op = S.redo.pop();
   S.ops.push(op);
-  if (op.t === "result") {
-    rebuildMask();
-    showEntities(op);
-  } else {
-    applyOp(op);
-  }
+  if (op.t === "result") rebuildMask();
+  else applyOp(op);
   updateHole();
   render();
 }
@@ -448,10 +439,6 @@ function clearMask() {
   applyOp(op);
   updateHole();
   render();
-}
-function showEntities(res) {
-  const img = $("entities-img");
-  if (res && res.after.entities) img.src = res.after.entities; else img.removeAttribute("src");
 }
 function toggleLayout(on) {
   const res = lastResult();
