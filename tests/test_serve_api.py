@@ -345,6 +345,9 @@ def test_host_and_origin_checks(server):
     r = request(server, "POST", "/api/inpaint", body, {"Content-Type": ctype, "Origin": "https://evil.example"})
     assert "cross-origin" in _error(r, 403)
     port = server.server_port
+    for origin in ("null", f"http://127.0.0.1:{port + 1}", "http://[::1]:x"):
+        r = request(server, "POST", "/api/inpaint", body, {"Content-Type": ctype, "Origin": origin})
+        assert "cross-origin" in _error(r, 403)
     for origin in (f"http://127.0.0.1:{port}", f"http://localhost:{port}"):
         assert request(server, "POST", "/api/inpaint", body, {"Content-Type": ctype, "Origin": origin})[0] == 200
 

@@ -8,8 +8,8 @@ HTTP layer (:mod:`attnorm.serve.server`) only maps requests to calls.
 Concurrency: requests are handled on their own threads; decoding, validation and PNG
 encoding run in parallel, the model itself runs one request at a time, in arrival order
 (:class:`FifoLock`). At most ``Limits.max_queue`` inpainting requests are admitted at
-once (the rest get 503 with ``Retry-After``), which bounds the memory held by waiting
-uploads. Uploads stay in memory; nothing is written to disk.
+once (:meth:`ServeApp.admission`, taken by the HTTP layer before it reads an upload; the
+rest get 503 with ``Retry-After``), which bounds the memory held by waiting uploads. Uploads stay in memory; nothing is written to disk.
 """
 
 from __future__ import annotations
@@ -363,7 +363,10 @@ class ServeApp:
 
     # ------------------------------------------------------------------ inpainting
     @contextmanager
-    def _admission(self) -> Iterator[None]:
+    def admission(self) -> Iterator[None]:
+        """Hold one of the ``max_queue`` inpainting slots (503 at once when none is free). The HTTP layer
+        takes it before reading an upload, so waiting requests, their bodies and their decoded pixels
+        are bounded by ``max_queue``."""
         if not self._admitted.acquire(blocking=False):
             raise ApiError(503, f"server busy: {self.limits.max_queue} inpainting requests are already queued "
                                 f"(--max-queue); retry shortly", {"Retry-After": "2"})
@@ -391,14 +394,13 @@ class ServeApp:
             if layouts and self.inpainter.config.get("attention") != "an":
                 raise ApiError(400, f"layouts need an AN generator; this one has "
                                     f"attention={self.inpainter.config.get('attention')!r}")
-            with self._admission():
-                job.state = "queued"
-                return self._inpaint_admitted(im, mk, layouts, job)
+            job.state = "queued"
+            return self._inpaint_decoded(im, mk, layouts, job)
         except BaseException:
             job.state, job.finished = "failed", time.monotonic()
             raise
 
-    def _inpaint_admitted(self, im: Image.Image, mk: Image.Image, layouts: bool, job: Job) -> InpaintResult:
+    def _inpaint_decoded(self, im: Image.Image, mk: Image.Image, layouts: bool, job: Job) -> InpaintResult:
         rgb, grey, alpha = split_pixels(im)
         buf = io.BytesIO()
         _to_8bit(mk).convert("L").save(buf, format="PNG", compress_level=0)

@@ -168,6 +168,11 @@ class Handler(BaseHTTPRequestHandler):
         if not self.server.quiet:
             sys.stderr.write(f"{self.address_string()} - {format % args}\n")
 
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        if str(code) == "200" and self.path.startswith("/api/progress"):
+            return  # the page polls it several times a second while a request runs
+        super().log_request(code, size)
+
     def _send(self, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", ctype)
@@ -265,10 +270,14 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(403, f"Host {host!r} is not a loopback address; this server only answers local "
                                 f"requests (start it with --host to serve others)")
         origin = self.headers.get("Origin")
-        if origin and origin != "null":
+        if origin:  # browsers send it on cross-origin requests and on every POST ("null" from sandboxes)
             oh = urlsplit(origin)
-            if not _is_loopback(oh.hostname or "") or oh.port != self.server.server_port:
-                raise ApiError(403, f"cross-origin request from {origin} refused")
+            try:
+                port = oh.port or {"http": 80, "https": 443}.get(oh.scheme)
+            except ValueError:
+                port = None
+            if not _is_loopback(oh.hostname or "") or port != self.server.server_port:
+                raise ApiError(403, f"cross-origin request from {origin[:100]} refused")
 
     # ------------------------------------------------------------------ dispatch
     def _handle(self) -> None:
@@ -359,6 +368,10 @@ class Handler(BaseHTTPRequestHandler):
         return fmt
 
     def _inpaint(self, query: dict) -> None:
+        with self.server.app.admission():  # before the body is read: a refused upload is never held
+            self._inpaint_admitted(query)
+
+    def _inpaint_admitted(self, query: dict) -> None:
         form = self._form()
         missing = [k for k in ("image", "mask") if k not in form]
         if missing:
