@@ -18,8 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
-from _serve import (CLASS_NAMES, Gate, box_mask, decode, inpaint, make_app, multipart, noise_image, png, post_json, request,
-                    running, save_gan_safetensors, tiny_gan, tiny_inpainter)
+from _serve import (CLASS_NAMES, Gate, box_mask, decode, inpaint, make_app, multipart, noise_image, png,
+                    post_json, request, running, save_gan_safetensors, tiny_gan, tiny_inpainter)
 from attnorm.serve import models
 from attnorm.serve.app import ApiError, Limits, load_app
 from attnorm.serve.server import parse_multipart, static_files

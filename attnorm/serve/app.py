@@ -9,7 +9,8 @@ Concurrency: requests are handled on their own threads; decoding, validation and
 encoding run in parallel, the model itself runs one request at a time, in arrival order
 (:class:`FifoLock`). At most ``Limits.max_queue`` inpainting requests are admitted at
 once (:meth:`ServeApp.admission`, taken by the HTTP layer before it reads an upload; the
-rest get 503 with ``Retry-After``), which bounds the memory held by waiting uploads. Uploads stay in memory; nothing is written to disk.
+rest get 503 with ``Retry-After``), which bounds the memory held by waiting uploads.
+Uploads stay in memory; nothing is written to disk.
 """
 
 from __future__ import annotations

@@ -116,7 +116,8 @@ def run_load(url: str = "http://127.0.0.1:7860/", n: int = 20, concurrency: int 
     return {
         "requests": n, "concurrency": concurrency, "size": size, "ok": int(sum(r["ok"] for r in results)),
         "failures": [r["error"] for r in results if not r["ok"]],
-        "latency_s": {"p50": pct(lat, 50), "p95": pct(lat, 95), "max": round(float(lat.max()), 3) if len(lat) else None},
+        "latency_s": {"p50": pct(lat, 50), "p95": pct(lat, 95),
+                      "max": round(float(lat.max()), 3) if len(lat) else None},
         "inference_s": {"p50": pct(inf, 50), "max": round(float(inf.max()), 3) if len(inf) else None},
         "wall_s": round(wall, 3), "throughput_per_s": round(n / wall, 3),
         "server": {"device": after.get("device"), "inpaint": after.get("inpaint", {}).get("checkpoint"),

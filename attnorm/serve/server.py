@@ -36,7 +36,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from .app import ApiError, ServeApp, data_url
 
-__all__ = ["ServeServer", "make_server", "parse_multipart", "static_files"]
+__all__ = ["ServeServer", "make_server", "parse_multipart", "serve_in_thread", "static_files"]
 
 # how much of an over-limit request body is read (and discarded) so that the client sees the 413
 # instead of a reset connection; beyond this the connection is closed without reading
@@ -188,7 +188,8 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
-        self._send(status, json.dumps(obj).encode(), "application/json", {"Cache-Control": "no-store", **(headers or {})})
+        self._send(status, json.dumps(obj).encode(), "application/json",
+                   {"Cache-Control": "no-store", **(headers or {})})
 
     def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         self._json(status, {"error": message, "status": status}, headers)
