@@ -421,10 +421,9 @@ class ServeApp:
                 self._active = job
                 try:
                     res = models.inpaint_image(self.inpainter, x, m, return_layout=layouts)
+                    self._calls_per_run = max(job.calls, 1)  # the next progress bar's 100%
                 finally:
                     self._active = None
-                    if job.calls:
-                        self._calls_per_run = job.calls
             y, layout = res if layouts else (res, None)
             t_queue, t_inf = t1 - t0, time.monotonic() - t1
             pred = models.to_uint8(y)
