@@ -11,24 +11,28 @@ skipped, and so is one that runs out of memory.
 
     attnorm bench                     # built-in sizes 16, 32, 64, 128; b=8, c=128, n=16
     attnorm bench --sizes 32 --json out.json
+
+(the command is :mod:`attnorm.cli.bench`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import logging
 import os
 import platform
 import statistics
 import subprocess
 import sys
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
 
 from .layers import AttentiveNorm, SelfAttention2d, regional_norm, regional_norm_literal
+
+log = logging.getLogger(__name__)
 
 VARIANTS = ("rn_fast", "rn_literal", "an", "sa", "conv_in")
 DESCRIPTIONS = {
@@ -110,7 +114,7 @@ def time_variant(step: Callable[[], None], device: str, warmup: int, repeats: in
     return times
 
 
-def _status_bytes(field: str) -> int:
+def status_bytes(field: str) -> int:
     """A memory field of /proc/self/status (VmRSS, VmHWM) in bytes."""
     with open("/proc/self/status") as f:
         for line in f:
@@ -125,9 +129,9 @@ def _peak_child(variant: str, b: int, c: int, n: int, size: int, compile_mode=No
     step()  # warm-up: pages in library code and one-time buffers, which are not the step's memory
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak resident set (VmHWM) to the current one
-    before = _status_bytes("VmRSS")
+    before = status_bytes("VmRSS")
     step()
-    print(json.dumps({"peak_bytes": max(_status_bytes("VmHWM") - before, 0)}))
+    print(json.dumps({"peak_bytes": max(status_bytes("VmHWM") - before, 0)}))
 
 
 def peak_memory(variant: str, b: int, c: int, n: int, size: int, device: str,
@@ -167,10 +171,10 @@ def default_memory_budget_gb() -> float:
 
 
 def run(sizes=(16, 32, 64, 128), batch=8, channels=128, entities=16, repeats=7, warmup=2,
-        device="cpu", max_mem_gb=8.0, memory=True, variants=VARIANTS, compile_mode=None,
-        log=print) -> dict:
+        device="cpu", max_mem_gb=8.0, memory=True, variants=VARIANTS, compile_mode=None) -> dict:
     """Measure every variant at every size; timed runs are interleaved round-robin
-    across the variants of a size, so machine noise hits all of them alike."""
+    across the variants of a size, so machine noise hits all of them alike. One line
+    per measured case goes to this module's logger."""
     results = []
     for size in sizes:
         rows, steps = {}, {}
@@ -207,10 +211,10 @@ def run(sizes=(16, 32, 64, 128), batch=8, channels=128, entities=16, repeats=7, 
                 row.update(status="ok", median_ms=1e3 * statistics.median(times[variant]),
                            times_ms=[1e3 * t for t in times[variant]],
                            peak_mib=None if mem is None else mem / 2**20)
-                log(f"  {variant:>10} {size:>4}: {row['median_ms']:9.2f} ms"
-                    + ("" if mem is None else f"  {mem / 2**20:9.1f} MiB"))
+                log.info(f"  {variant:>10} {size:>4}: {row['median_ms']:9.2f} ms"
+                         + ("" if mem is None else f"  {mem / 2**20:9.1f} MiB"))
             else:
-                log(f"  {variant:>10} {size:>4}: skipped ({row['reason']})")
+                log.info(f"  {variant:>10} {size:>4}: skipped ({row['reason']})")
             results.append(row)
     return {
         "config": {"sizes": list(sizes), "batch": batch, "channels": channels, "entities": entities,
@@ -233,23 +237,37 @@ def _get(results, variant, size, key):
     return None
 
 
+class Target(NamedTuple):
+    """A goal on the ratio ``numerator[key] / denominator[key]`` of two variants at one size."""
+
+    name: str
+    numerator: str
+    denominator: str
+    size: int
+    key: str      # "median_ms" or "peak_mib"
+    goal: float
+    op: str       # ">=" or "<="
+
+
+TARGETS = (
+    Target("rn fast vs literal: speed-up at 32", "rn_literal", "rn_fast", 32, "median_ms", 20, ">="),
+    Target("rn fast vs literal: memory ratio at 32", "rn_literal", "rn_fast", 32, "peak_mib", 8, ">="),
+    Target("AN vs SA: speed-up at 64", "sa", "an", 64, "median_ms", 4, ">="),
+    Target("AN vs SA: speed-up at 128", "sa", "an", 128, "median_ms", 10, ">="),
+    Target("AN vs SA: memory ratio at 128", "sa", "an", 128, "peak_mib", 10, ">="),
+    Target("AN / conv1x1+IN time at 32", "an", "conv_in", 32, "median_ms", 2.5, "<="),
+    Target("AN / conv1x1+IN time at 64", "an", "conv_in", 64, "median_ms", 2.5, "<="),
+)
+
+
 def targets(results) -> list[dict]:
-    """The issue's targets as measured ratios (None where a variant did not run)."""
-    spec = [  # (name, numerator variant, denominator variant, size, key, goal, direction)
-        ("rn fast vs literal: speed-up at 32", "rn_literal", "rn_fast", 32, "median_ms", 20, ">="),
-        ("rn fast vs literal: memory ratio at 32", "rn_literal", "rn_fast", 32, "peak_mib", 8, ">="),
-        ("AN vs SA: speed-up at 64", "sa", "an", 64, "median_ms", 4, ">="),
-        ("AN vs SA: speed-up at 128", "sa", "an", 128, "median_ms", 10, ">="),
-        ("AN vs SA: memory ratio at 128", "sa", "an", 128, "peak_mib", 10, ">="),
-        ("AN / conv1x1+IN time at 32", "an", "conv_in", 32, "median_ms", 2.5, "<="),
-        ("AN / conv1x1+IN time at 64", "an", "conv_in", 64, "median_ms", 2.5, "<="),
-    ]
+    """The :data:`TARGETS` as measured ratios (None where a variant did not run at that size)."""
     out = []
-    for name, num, den, size, key, goal, op in spec:
-        a, b = _get(results, num, size, key), _get(results, den, size, key)
+    for t in TARGETS:
+        a, b = _get(results, t.numerator, t.size, t.key), _get(results, t.denominator, t.size, t.key)
         ratio = a / b if a is not None and b else None
-        met = None if ratio is None else (ratio >= goal if op == ">=" else ratio <= goal)
-        out.append({"target": name, "ratio": ratio, "goal": f"{op} {goal}", "met": met})
+        met = None if ratio is None else (ratio >= t.goal if t.op == ">=" else ratio <= t.goal)
+        out.append({"target": t.name, "ratio": ratio, "goal": f"{t.op} {t.goal}", "met": met})
     return out
 
 
@@ -275,51 +293,3 @@ def format_table(report: dict) -> str:
         verdict = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
         lines.append(f"  {t['target']:<40} {r:>8}  (goal {t['goal']}): {verdict}")
     return "\n".join(lines)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sizes", default="16,32,64,128", help="feature-map sides, comma-separated")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--channels", type=int, default=128)
-    p.add_argument("--entities", type=int, default=16)
-    p.add_argument("--repeats", type=int, default=7, help="timed runs per variant (median reported)")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
-    p.add_argument("--max-mem-gb", type=float, default=None,
-                   help="skip variants whose estimated footprint exceeds this "
-                        "(default: 60%% of the memory available now)")
-    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
-    p.add_argument("--compile", default=None, metavar="MODE",
-                   help="torch.compile every variant with this mode (default, reduce-overhead, ...)")
-    p.add_argument("--json", default="bench_results/layers.json", help="where to write the JSON report")
-
-
-def main_from_args(args: argparse.Namespace) -> dict:
-    sizes = tuple(int(s) for s in args.sizes.split(","))
-    variants = tuple(v for v in args.variants.split(",") if v)
-    for v in variants:
-        if v not in VARIANTS:
-            raise SystemExit(f"unknown variant {v!r}; choose from {','.join(VARIANTS)}")
-    report = run(sizes=sizes, batch=args.batch, channels=args.channels, entities=args.entities,
-                 repeats=max(args.repeats, 1), warmup=args.warmup, device=args.device,
-                 max_mem_gb=args.max_mem_gb or default_memory_budget_gb(), memory=not args.no_memory,
-                 variants=variants, compile_mode=args.compile)
-    print(format_table(report))
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-        print(f"wrote {args.json}")
-    return report
-
-
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="attnorm bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    main_from_args(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    main()

@@ -77,7 +77,7 @@ def make_step(kind: str, res: int, ch: int, batch: int, num_classes: int, device
     phases = [Phase("D", d, torch.optim.Adam(d.parameters(), lr=4e-4, betas=(0.0, 0.999))),
               Phase("G", g, torch.optim.Adam(g.parameters(), lr=1e-4, betas=(0.0, 0.999)), needs_data=False)]
     loop = TrainingLoop(phases, loss, _FixedBatch(x, y), run_dir=tempfile.gettempdir(), total_steps=1,
-                        print_fn=None, is_main=False)
+                        is_main=False)
     params = sum(p.numel() for p in g.parameters()) + sum(p.numel() for p in d.parameters())
     return loop.train_step, params
 
@@ -161,7 +161,7 @@ def ssr_ablation(res: int, ch: int, steps: int, batch: int, eval_batches: int, e
                 an_kwargs={"self_sampling": ssr}, device=str(device), threads=threads,
                 log_every=max(steps // 4, 1), ckpt_every=0, sample_every=0, samples_per_class=1))
             run_dir = Path(tmp) / f"ssr_{ssr}"
-            trainer = GANTraining(cfg, run_dir, print_fn=None)
+            trainer = GANTraining(cfg, run_dir)
             t0 = time.perf_counter()
             loop = trainer.run()
             train_s = time.perf_counter() - t0

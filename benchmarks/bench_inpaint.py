@@ -18,7 +18,7 @@
     (constant s/MP) vs quadratic (growing s/MP) growth visible. An SA case is skipped
     when its attention logits + softmax, ``2 x 4 B x hw x hw/4`` at the branch's
     1/4 resolution, exceed ``--max-mem-gb`` (default 60% of MemAvailable).
-(b) Quality. PSNR / SSIM / L1 per hole-area bin (:func:`attnorm.evaluate_inpaint.evaluate_inpaint`,
+(b) Quality. PSNR / SSIM / L1 per hole-area bin (:func:`attnorm.evaluation.inpaint.evaluate_inpaint`,
     8-bit composites, data_range 1, PSNR capped at 100 dB) on the held-out skimage
     photos (centre crop 256) with a fixed mask set written to a temporary folder by
     ``write_eval_masks`` (``--mask-kind``, ``--n-masks``, ``--mask-seed``; pairs are
@@ -45,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-from attnorm.bench import _status_bytes, default_memory_budget_gb
+from attnorm.bench import default_memory_budget_gb, status_bytes
 
 GiB = 2**30
 AN_2048_LIMIT_BYTES = 8 * 10**9  # "under 8 GB" (decimal; 7.45 GiB)
@@ -82,14 +82,14 @@ def _child(spec: dict) -> None:
         out["warmup_s"] = time.perf_counter() - t0
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset VmHWM to the current resident set
-        before = _status_bytes("VmRSS")
+        before = status_bytes("VmRSS")
         times = []
         for _ in range(spec["repeats"]):
             t0 = time.perf_counter()
             g(x, m)
             times.append(time.perf_counter() - t0)
-        out["peak_bytes"] = max(_status_bytes("VmHWM") - before, 0)
-        out["process_peak_bytes"] = _status_bytes("VmHWM")
+        out["peak_bytes"] = max(status_bytes("VmHWM") - before, 0)
+        out["process_peak_bytes"] = status_bytes("VmHWM")
         out["rss_before_bytes"] = before
     out["times_s"] = times
     print(json.dumps(out))
@@ -168,10 +168,10 @@ def an_2048_verdict(rows: list[dict]) -> dict:
 # ---------------------------------------------------------------------------- (b) quality
 def quality(ckpt, n_masks, mask_kind, mask_seed, size, log=print) -> tuple[dict, list[str]]:
     from attnorm.data.masks import write_eval_masks
-    from attnorm.evaluate_inpaint import (
+    from attnorm.checkpoints import DEFAULT_INPAINT_WEIGHTS as DEFAULT_WEIGHTS, load_inpaint_generator
+    from attnorm.evaluation.inpaint import (
         biharmonic_method, evaluate_inpaint, generator_method, load_eval_images, telea_method,
     )
-    from attnorm.inpaint_commands import DEFAULT_WEIGHTS, load_generator
 
     notes = []
     methods = {}
@@ -179,7 +179,7 @@ def quality(ckpt, n_masks, mask_kind, mask_seed, size, log=print) -> tuple[dict,
         ckpt = DEFAULT_WEIGHTS  # the shipped checkpoint by default
         notes.append(f"no --ckpt given: scored the shipped weights {DEFAULT_WEIGHTS.name}")
     if ckpt:
-        methods[f"generator ({Path(ckpt).name})"] = generator_method(load_generator(ckpt))
+        methods[f"generator ({Path(ckpt).name})"] = generator_method(load_inpaint_generator(ckpt))
     else:
         notes.append("no --ckpt given and no shipped weights: generator quality skipped")
     methods["biharmonic"] = biharmonic_method()
@@ -270,8 +270,8 @@ def main(argv=None) -> dict:
     report["config"]["loadavg_end"] = os.getloadavg()
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    from attnorm.evaluate_inpaint import _json_safe
-    out.write_text(json.dumps(_json_safe(report), indent=1))
+    from attnorm.io import json_safe
+    out.write_text(json.dumps(json_safe(report), indent=1))
     print(f"wrote {out}")
     return report
 

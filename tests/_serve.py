@@ -72,7 +72,7 @@ def tiny_gan(seed: int = 0) -> Generator:
 
 
 def save_gan_safetensors(path, g: Generator, classes=None) -> None:
-    from attnorm.metrics.classifier import write_safetensors
+    from attnorm.io import write_safetensors
     state = {k: v.detach().contiguous() for k, v in g.state_dict().items()}
     meta = {"format": GAN_SAFETENSORS_FORMAT, "config": json.dumps(g.config)}
     if classes:

@@ -2,17 +2,30 @@
 
 import json
 
+import pytest
+
 from attnorm import bench, cli
 
 
 def test_run_reports_every_variant_and_ratios():
-    report = bench.run(sizes=(4, 8), batch=1, channels=16, entities=2, repeats=1, warmup=0,
-                       memory=False, log=lambda *_: None)
+    report = bench.run(sizes=(8, 32), batch=1, channels=16, entities=2, repeats=1, warmup=0, memory=False)
     rows = {(r["variant"], r["size"]): r for r in report["results"]}
-    assert set(rows) == {(v, s) for v in bench.VARIANTS for s in (4, 8)}
-    assert all(r["status"] == "ok" and r["median_ms"] > 0 for r in rows.values())
-    assert len(report["targets"]) == 7
-    assert all(t["ratio"] is None for t in report["targets"])  # no 32/64/128 rows measured
+    assert set(rows) == {(v, s) for v in bench.VARIANTS for s in (8, 32)}
+    assert all(r["status"] == "ok" and r["median_ms"] > 0 and r["peak_mib"] is None for r in rows.values())
+    assert [t["target"] for t in report["targets"]] == [t.name for t in bench.TARGETS]
+    measured = 0
+    for spec, got in zip(bench.TARGETS, report["targets"]):
+        assert spec.numerator in bench.VARIANTS and spec.denominator in bench.VARIANTS
+        assert got["goal"] == f"{spec.op} {spec.goal}"
+        num, den = rows.get((spec.numerator, spec.size)), rows.get((spec.denominator, spec.size))
+        if num is None or num.get(spec.key) is None:  # size not run, or memory not measured
+            assert got["ratio"] is None and got["met"] is None
+            continue
+        measured += 1
+        ratio = num[spec.key] / den[spec.key]
+        assert got["ratio"] == pytest.approx(ratio, rel=1e-12)
+        assert got["met"] is (ratio >= spec.goal if spec.op == ">=" else ratio <= spec.goal)
+    assert measured == sum(t.size == 32 and t.key == "median_ms" for t in bench.TARGETS) > 0
 
 
 def test_target_ratio_is_the_ratio_of_medians():
@@ -24,7 +37,7 @@ def test_target_ratio_is_the_ratio_of_medians():
 
 def test_variants_over_the_memory_budget_are_skipped():
     report = bench.run(sizes=(8,), batch=1, channels=16, entities=2, repeats=1, warmup=0,
-                       memory=False, max_mem_gb=1e-6, variants=("rn_literal",), log=lambda *_: None)
+                       memory=False, max_mem_gb=1e-6, variants=("rn_literal",))
     (row,) = report["results"]
     assert row["status"] == "skipped" and "max-mem-gb" in row["reason"]
     assert "skipped" in bench.format_table(report)
@@ -45,3 +58,9 @@ def test_cli_writes_json(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert data["config"]["sizes"] == [4]
     assert "targets:" in capsys.readouterr().out
+
+
+def test_cli_bad_input_is_one_error_line(capsys):
+    from _cli import cli_error
+    assert "unknown variant 'nope'" in cli_error(capsys, ["bench", "--variants", "an,nope", "--no-memory"])
+    assert "--sizes takes comma-separated integers" in cli_error(capsys, ["bench", "--sizes", "4,x"])

@@ -1,6 +1,7 @@
 """evaluate_gan: every number equals the maths on independently recomputed features; protocol; errors."""
 
 import json
+import logging
 import warnings
 
 import numpy as np
@@ -8,27 +9,20 @@ import pytest
 import scipy.linalg
 import torch
 
-from attnorm import cli
 from attnorm.data.procedural import ProceduralShapes
-from attnorm.evaluate_gan import EvaluationError, evaluate_gan, parse_metrics
+from attnorm.checkpoints import load_gan_generator as load_generator
+from attnorm.evaluation.gan import EvaluationError, evaluate_gan, parse_metrics
 from attnorm.metrics import maths
 from attnorm.metrics.extractors import FeatureExtractor, LogitsUnavailableError, get_extractor
-from attnorm.training.gan import load_generator
 
 N, SPLITS = 60, 3
 
 
-pytestmark = pytest.mark.filterwarnings("ignore:FID with .* samples < feature dim")
 
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    """A tiny train-gan run (1 step, 3 procedural classes, dataset seed 1)."""
-    out = tmp_path_factory.mktemp("run")
-    assert cli.main(["train-gan", "--out", str(out), "--steps", "1", "--batch-size", "4", "--seed", "1", "ch=8",
-                     "procedural_classes=3", "procedural_length=64", "log_every=1", "samples_per_class=2"]) == 0
-    return out / "checkpoints" / "latest.pt"
+@pytest.fixture
+def ckpt(gan_ckpt):
+    """The shared tiny train-gan run (3 procedural classes, dataset seed 1)."""
+    return gan_ckpt
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +41,7 @@ def scipy_fid(a, b):
 
 def test_all_metrics_equal_the_maths(ckpt, clf, tmp_path):
     res = evaluate_gan(checkpoint=ckpt, n=N, batch_size=25, seed=3, is_splits=SPLITS, kid_subsets=4,
-                       kid_subset_size=50, cache_dir=tmp_path / "cache", out=tmp_path / "r.json", print_fn=None)
+                       kid_subset_size=50, cache_dir=tmp_path / "cache", out=tmp_path / "r.json")
     assert json.loads((tmp_path / "r.json").read_text()) == json.loads(json.dumps(res))
     # independent recomputation of the protocol: EMA G, z from manual_seed(3) batch by batch, labels i % 3
     g, extra = load_generator(ckpt)
@@ -92,7 +86,7 @@ def test_all_metrics_equal_the_maths(ckpt, clf, tmp_path):
 
 
 def test_reference_cache_reused_and_seed_changes_fakes(ckpt, tmp_path):
-    kw = dict(checkpoint=ckpt, n=20, metrics="fid", cache_dir=tmp_path, print_fn=None)
+    kw = dict(checkpoint=ckpt, n=20, metrics="fid", cache_dir=tmp_path)
     a = evaluate_gan(seed=0, **kw)
     b = evaluate_gan(seed=1, **kw)
     assert not a["protocol"]["reference"]["cached"] and b["protocol"]["reference"]["cached"]
@@ -110,7 +104,7 @@ def test_good_generator_scores_better_than_untrained(ckpt, tmp_path):
         counter["i"] += 3 * len(y)
         return ds.get_batch(idx)[0]
 
-    kw = dict(n=N, metrics="fid,acc,pr", is_splits=SPLITS, cache_dir=tmp_path, print_fn=None)
+    kw = dict(n=N, metrics="fid,acc,pr", is_splits=SPLITS, cache_dir=tmp_path)
     good = evaluate_gan(real_generator, num_classes=3, z_dim=4, data="procedural", ref_seed=1, **kw)["metrics"]
     bad = evaluate_gan(checkpoint=ckpt, **kw)["metrics"]
     assert good["acc"]["value"] >= 0.9 and bad["acc"]["value"] < 0.7
@@ -119,7 +113,7 @@ def test_good_generator_scores_better_than_untrained(ckpt, tmp_path):
 
 
 def test_errors(ckpt, tmp_path):
-    kw = dict(cache_dir=tmp_path, print_fn=None)
+    kw = dict(cache_dir=tmp_path)
     with pytest.raises(EvaluationError, match="not found"):
         evaluate_gan(checkpoint=tmp_path / "missing.pt", n=10, **kw)
     (tmp_path / "junk.pt").write_bytes(b"junk")
@@ -146,7 +140,7 @@ def test_errors(ckpt, tmp_path):
         evaluate_gan(checkpoint=ckpt, n=30, metrics="fid,is", extractor=NoLogits(), **kw)
 
 
-def test_acc_refused_for_non_procedural_folder(ckpt, tmp_path):
+def test_acc_refused_for_non_procedural_folder(ckpt, tmp_path, caplog):
     from PIL import Image
     for c in ("cats", "dogs", "owls"):
         (tmp_path / "d" / c).mkdir(parents=True)
@@ -154,10 +148,30 @@ def test_acc_refused_for_non_procedural_folder(ckpt, tmp_path):
             Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(tmp_path / "d" / c / f"{i}.png")
     with pytest.raises(EvaluationError, match="not procedural shapes"):
         evaluate_gan(checkpoint=ckpt, n=6, metrics="acc", data=tmp_path / "d", class_names=["cats", "dogs", "owls"],
-                     cache_dir=tmp_path, print_fn=None)
+                     cache_dir=tmp_path)
     # a procedural checkpoint against a folder: FID works, the class-name mismatch is reported
-    with pytest.warns(UserWarning, match="differ from the data folder's classes"):
-        r = evaluate_gan(checkpoint=ckpt, n=6, metrics="fid,acc", data=tmp_path / "d", cache_dir=tmp_path,
-                         print_fn=None)
+    with caplog.at_level(logging.WARNING, logger="attnorm"):
+        r = evaluate_gan(checkpoint=ckpt, n=6, metrics="fid,acc", data=tmp_path / "d", cache_dir=tmp_path)
+    assert any("differ from the data folder's classes" in rec.getMessage() for rec in caplog.records)
     assert r["metrics"]["fid"]["protocol"]["n_real"] == 6 and "all 6 images" in r["protocol"]["reference"]["split"]
     assert any("differ from the data folder's classes" in w for w in r["warnings"])
+
+
+def test_real_vs_real_floor_equals_the_maths_on_a_second_real_set(ckpt, clf, tmp_path):
+    """The floor scores real images [n_real, n_real + n) of the reference dataset with the same maths."""
+    res = evaluate_gan(checkpoint=ckpt, n=N, metrics="fid,pr,acc,kid", is_splits=SPLITS, cache_dir=tmp_path,
+                       kid_subsets=5, kid_subset_size=20, floor=True)["metrics"]
+    ds = ProceduralShapes(32, 3, seed=1)  # the shared run's dataset seed
+    ref_x, _ = ds.get_batch(list(range(N)))
+    x2, y2 = ds.get_batch(list(range(N, 2 * N)))
+    f_ref, f2 = clf.features(ref_x).astype(np.float64), clf.features(x2).astype(np.float64)
+    assert res["fid"]["floor"]["value"] == pytest.approx(scipy_fid(f_ref, f2), rel=1e-3, abs=1e-6)
+    acc = float((clf.logits(x2).argmax(1) == y2.numpy()).mean())
+    assert res["acc"]["floor"]["value"] == pytest.approx(acc)
+    pr = maths.precision_recall(f_ref, f2, k=3)
+    assert res["pr"]["floor"]["precision"] == pytest.approx(pr["precision"])
+    assert res["pr"]["floor"]["recall"] == pytest.approx(pr["recall"])
+    assert res["fid"]["protocol"]["floor_split"].endswith(f"images [{N}, {2 * N})")
+    # the floor is the better side: the tiny run is far from it
+    assert res["fid"]["floor"]["value"] < res["fid"]["value"] and res["acc"]["floor"]["value"] > 0.9
+    assert "floor" not in evaluate_gan(checkpoint=ckpt, n=N, metrics="acc", cache_dir=tmp_path)["metrics"]["acc"]

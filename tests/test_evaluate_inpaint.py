@@ -4,6 +4,8 @@ results, CSV/JSON/sheet contents, baselines, errors and the command."""
 import csv
 import json
 import math
+import re
+import sys
 
 import numpy as np
 import pytest
@@ -11,13 +13,16 @@ import torch
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from _cli import cli_error
+from attnorm.checkpoints import save_inpaint_generator
 from attnorm.cli import main
 from attnorm.data.masks import write_eval_masks
 from attnorm.data.photos import to_tensor
-from attnorm.evaluate_inpaint import (
-    PSNR_CAP, biharmonic_method, evaluate_inpaint, generator_method, telea_method,
+from attnorm.evaluation.inpaint import (
+    PSNR_CAP, SheetPicker, biharmonic_method, evaluate_inpaint, generator_method, telea_method,
 )
-from attnorm.inpaint_commands import inpaint_image, save_generator
+from attnorm.inference import inpaint_image
+from attnorm.io import to_uint8
 from attnorm.models.inpaint import InpaintGenerator
 
 LABELS = ["0-10%", "10-20%", "20-30%", "30-40%", "40-50%", "50-60%", ">=60%"]
@@ -187,19 +192,28 @@ def test_mask_folder_and_size_errors(tmp_path):
         evaluate_inpaint(_wobble, gts, tmp_path / "nope")
 
 
-def test_classical_baselines_reference_cases():
-    h = w = 48
+def _ramp(h=48, w=48):
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     ramp = np.stack([xx * 4, yy * 4, (xx + yy) * 2], -1)  # linear in x, y: biharmonic reproduces it
     x = torch.from_numpy(ramp / 127.5 - 1).permute(2, 0, 1).float()
     m = torch.zeros(1, h, w)
     m[:, 15:30, 12:33] = 1
+    return x, m
+
+
+def test_biharmonic_baseline_reproduces_a_linear_ramp():
+    x, m = _ramp()
     y = biharmonic_method()(x, m)
     hole = m[0] >= 0.5
     assert (y - x)[:, hole].abs().max() < 1e-4
-    assert torch.equal(y[:, ~hole], x[:, ~hole])  # both baselines composite on their own
-    cv2 = pytest.importorskip("cv2")
-    assert cv2 is not None
+    assert torch.equal(y[:, ~hole], x[:, ~hole])  # the baseline composites on its own
+
+
+def test_telea_baseline_fills_constant_and_ramp():
+    import cv2  # noqa: F401  (opencv-python-headless: optional for users, in the test extra)
+    x, m = _ramp()
+    h, w = x.shape[-2:]
+    hole = m[0] >= 0.5
     const = torch.full((3, h, w), 0.2)
     const[1] = -0.4
     y = telea_method()(to_tensor(np.round((const.permute(1, 2, 0).numpy() + 1) * 127.5).astype(np.uint8)), m)
@@ -211,6 +225,54 @@ def test_classical_baselines_reference_cases():
     assert torch.equal(z[:, ~hole], x[:, ~hole]) and (z - x)[:, hole].abs().mean() < 0.1  # near the ramp
 
 
+def test_telea_without_opencv_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cv2", None)  # `import cv2` raises ImportError
+    with pytest.raises(ImportError, match="pip install opencv-python-headless"):
+        telea_method()
+
+
+class _Counted:
+    """A score that counts the comparisons made on it."""
+
+    calls = 0
+
+    def __init__(self, v):
+        self.v = v
+
+    def _cmp(self, other, op):
+        type(self).calls += 1
+        return op(self.v, other.v)
+
+    def __lt__(self, other):
+        return self._cmp(other, lambda a, b: a < b)
+
+    def __eq__(self, other):
+        return self._cmp(other, lambda a, b: a == b)
+
+
+def test_sheet_picker_matches_a_full_sort_in_linear_time():
+    rng = np.random.default_rng(0)
+    for n in (1, 3, 6, 8, 9, 50):
+        scores = rng.integers(0, 5, n).astype(float)  # ties: broken by position
+        picker = SheetPicker(k=4)
+        for pos, v in enumerate(scores):
+            picker.add(pos, v, ("images", pos))
+        order = sorted(range(n), key=lambda i: (scores[i], i))  # the reference: sort once, at the end
+        worst = order[:4]
+        best = [i for i in reversed(order) if i not in worst][:4]
+        assert picker.cases() == [(f"worst {j + 1}", p) for j, p in enumerate(worst)] + \
+            [(f"best {j + 1}", p) for j, p in enumerate(best)]
+        assert set(picker.arrays) == set(worst + best)  # images kept only for the sheet's pairs
+        assert all(picker.arrays[p] == ("images", p) for p in picker.arrays)
+    # O(k) comparisons per pair: re-sorting every row at every pair would be O(n^2 log n)
+    n = 3000
+    _Counted.calls = 0
+    picker = SheetPicker(k=4)
+    for pos, v in enumerate(rng.normal(size=n)):
+        picker.add(pos, _Counted(v), None)
+    assert _Counted.calls < 20 * n
+
+
 def _write_pngs(folder, arrays):
     folder.mkdir(parents=True)
     for i, a in enumerate(arrays):
@@ -220,11 +282,11 @@ def _write_pngs(folder, arrays):
 def test_command_generator_checkpoint(tmp_path, capsys):
     torch.manual_seed(0)
     g = InpaintGenerator(width=0.125).eval()
-    save_generator(tmp_path / "g.pt", g)
+    save_inpaint_generator(tmp_path / "g.pt", g)
     gts = _u8_images(2, 32, 32, seed=5)
     _write_pngs(tmp_path / "data", gts)
     write_eval_masks(tmp_path / "m", 2, 32, "box", seed=1)
-    assert main(["evaluate-inpaint", "--ckpt", str(tmp_path / "g.pt"), "--data", str(tmp_path / "data"),
+    assert main(["evaluate", "inpaint", "--ckpt", str(tmp_path / "g.pt"), "--data", str(tmp_path / "data"),
                  "--masks", str(tmp_path / "m"), "--out", str(tmp_path / "o"), "--size", "32",
                  "--save-outputs", "--quiet"]) == 0
     assert "all" in capsys.readouterr().out
@@ -242,18 +304,15 @@ def test_command_generator_checkpoint(tmp_path, capsys):
 
 def test_command_errors_and_heldout_default(tmp_path, capsys):
     write_eval_masks(tmp_path / "m", 2, 32, "center")
-    base = ["evaluate-inpaint", "--masks", str(tmp_path / "m"), "--out", str(tmp_path / "o"), "--size", "32"]
-    with pytest.raises(SystemExit, match="checkpoint .* not found"):
-        main(base + ["--ckpt", str(tmp_path / "missing.pt")])
+    base = ["evaluate", "inpaint", "--masks", str(tmp_path / "m"), "--out", str(tmp_path / "o"), "--size", "32"]
+    assert re.search("checkpoint .* not found", cli_error(capsys, base + ["--ckpt", str(tmp_path / "missing.pt")]))
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(SystemExit, match="cannot load checkpoint"):
-        main(base + ["--ckpt", str(tmp_path / "junk.pt")])
+    assert "cannot load checkpoint" in cli_error(capsys, base + ["--ckpt", str(tmp_path / "junk.pt")])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SystemExit, match="empty data"):
-        main(base + ["--method", "biharmonic", "--data", str(tmp_path / "empty")])
-    with pytest.raises(SystemExit, match="image is \\(48, 48\\)"):
-        main(base[:-1] + ["48", "--method", "biharmonic", "--data", str(tmp_path / "m")])
-    with pytest.raises(SystemExit):  # --ckpt and --method are exclusive
+    assert "empty data" in cli_error(capsys, base + ["--method", "biharmonic", "--data", str(tmp_path / "empty")])
+    line = cli_error(capsys, base[:-1] + ["48", "--method", "biharmonic", "--data", str(tmp_path / "m")])
+    assert "image is (48, 48)" in line
+    with pytest.raises(SystemExit):  # --ckpt and --method are exclusive (argparse's usage error)
         main(base + ["--method", "biharmonic", "--ckpt", "x.pt"])
     # default data: the held-out skimage photos, centre-cropped to --size
     assert main(base + ["--method", "biharmonic", "--heldout", "--pairs", "4", "--quiet"]) == 0
@@ -263,8 +322,18 @@ def test_command_errors_and_heldout_default(tmp_path, capsys):
     assert s["protocol"]["resolution"] == ["32x32"] and s["per_bin"]["20-30%"]["count"] == 4
 
 
+def test_command_progress_lines_and_quiet(tmp_path, capsys):
+    write_eval_masks(tmp_path / "m", 2, 32, "center")
+    base = ["evaluate", "inpaint", "--method", "biharmonic", "--masks", str(tmp_path / "m"), "--size", "32"]
+    assert main(base + ["--out", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "[1/4] 00000_coffee_mask_00000: PSNR" in out and "[4/4] 00003_gravel_mask_00001: PSNR" in out
+    assert main(base + ["--out", str(tmp_path / "b"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "PSNR" in out and "[1/4]" not in out  # the summary table, no progress lines
+
+
 def test_fid_over_composites_equals_the_maths(tmp_path):
-    from attnorm.inpaint_commands import to_uint8
     from attnorm.metrics import feature_statistics, frechet_distance, get_extractor
 
     images = [to_tensor(a) for a in _u8_images(5)]

@@ -100,36 +100,69 @@ def test_classifier_save_load_roundtrip_pt(clf, tmp_path, fresh):
     assert info["meta"] == {"note": "x"} and info["sha256"] == hashlib.sha256(p.read_bytes()).hexdigest()
     e = ex.get_extractor("classifier", weights=p)
     np.testing.assert_array_equal(e.features(fresh[0][:4]), clf.features(fresh[0][:4]))
-    with pytest.raises(FileNotFoundError, match="python -m attnorm.metrics.classifier"):
+    with pytest.raises(FileNotFoundError, match="attnorm train-classifier"):
         load_classifier(tmp_path / "missing.safetensors")
 
 
-def test_safetensors_reader_writer_match_the_package(tmp_path):
-    st = pytest.importorskip("safetensors.torch")
-    from attnorm.metrics.classifier import read_safetensors, write_safetensors
-    mine, meta = read_safetensors(DEFAULT_WEIGHTS)
-    ref = st.load_file(str(DEFAULT_WEIGHTS))
-    assert sorted(mine) == sorted(ref) and "config" in meta
+def _parse_safetensors(path):
+    """The format from its specification: u64-LE header size, JSON header, little-endian data."""
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    meta = header.pop("__metadata__", {})
+    dtypes = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32}
+    body = data[8 + n:]
+    out = {}
+    for name, spec in header.items():
+        b, e = spec["data_offsets"]
+        out[name] = np.frombuffer(body[b:e], dtype=np.dtype(dtypes[spec["dtype"]]).newbyteorder("<"))
+        out[name] = out[name].reshape(spec["shape"])
+    return out, meta
+
+
+def test_safetensors_files_follow_the_format(tmp_path):
+    from attnorm.io import read_safetensors, write_safetensors
+    mine, meta = read_safetensors(DEFAULT_WEIGHTS)  # the shipped classifier weights
+    ref, ref_meta = _parse_safetensors(DEFAULT_WEIGHTS)
+    assert sorted(mine) == sorted(ref) and meta == ref_meta and "config" in meta
     for k in ref:
-        assert mine[k].dtype == ref[k].dtype and torch.equal(mine[k], ref[k])
+        np.testing.assert_array_equal(mine[k].numpy(), ref[k])
     tensors = {"a": torch.randn(3, 4, dtype=torch.float64), "b": torch.arange(5), "c": torch.zeros(0, 2),
-               "d": torch.tensor(7, dtype=torch.int32), "e": torch.rand(2, 3).half()}
+               "d": torch.tensor(7, dtype=torch.int32), "e": torch.rand(2, 3).half(),
+               "f": torch.arange(12.0).reshape(3, 4).T}  # not contiguous
     write_safetensors(tmp_path / "t.safetensors", tensors, {"k": "v"})
-    back = st.load_file(str(tmp_path / "t.safetensors"))
-    from safetensors import safe_open
-    with safe_open(str(tmp_path / "t.safetensors"), framework="pt") as f:
-        assert f.metadata() == {"k": "v"}
+    parsed, parsed_meta = _parse_safetensors(tmp_path / "t.safetensors")
+    back, back_meta = read_safetensors(tmp_path / "t.safetensors")
+    assert parsed_meta == back_meta == {"k": "v"}
     for k, v in tensors.items():
-        assert back[k].dtype == v.dtype and back[k].shape == v.shape and torch.equal(back[k], v)
+        assert parsed[k].shape == tuple(v.shape) and np.array_equal(parsed[k], v.numpy())
+        assert back[k].dtype == v.dtype and torch.equal(back[k], v)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        read_safetensors(tmp_path / "junk.safetensors")
 
 
-def test_classifier_training_runs(tmp_path):
-    from attnorm.metrics.classifier import main
+def test_classifier_training_command(tmp_path, capsys):
+    from attnorm.cli import main
     out = tmp_path / "tiny.safetensors"
-    assert main(["--out", str(out), "--steps", "2", "--batch-size", "8", "--eval-n", "24"]) == 0
+    assert main(["train-classifier", "--out", str(out), "--steps", "3", "--batch-size", "8", "--eval-n", "36",
+                 "--seed", "4"]) == 0
+    printed = capsys.readouterr().out
     m, info = load_classifier(out)
-    assert info["meta"]["steps"] == 2 and isinstance(m, ProceduralClassifier)
-    assert 0.0 <= info["meta"]["heldout_accuracy"] <= 1.0
+    meta = info["meta"]
+    assert meta["steps"] == 3 and meta["seed"] == 4 and meta["batch_size"] == 8
+    # the stored held-out accuracy is the accuracy of the saved weights on images 0..35 of dataset seed 5,
+    # recomputed here from the logits (argmax by hand)
+    x, y = ProceduralShapes(32, 12, seed=5).get_batch(range(36))
+    with torch.no_grad():
+        pred = m(x).argmax(1)
+    assert meta["heldout_accuracy"] == pytest.approx(float((pred == y).double().mean()), abs=1e-12)
+    assert f"held-out accuracy {meta['heldout_accuracy']:.4f} on 36 images of dataset seed 5" in printed
+    assert f"sha256 {info['sha256']}" in printed
+    # trained: the weights moved away from the seed-4 initialisation
+    torch.manual_seed(4)
+    init = ProceduralClassifier()
+    assert any(not torch.equal(a, b) for a, b in zip(init.state_dict().values(), m.state_dict().values()))
 
 
 # ---------------------------------------------------------------------------------------------- registry, inputs

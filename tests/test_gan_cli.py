@@ -7,20 +7,17 @@ import pytest
 import torch
 from PIL import Image
 
+from _cli import cli_error
 from attnorm import cli
-from attnorm.training.gan import load_generator
-from attnorm.viz.gan import interpolation_images, layout_figure, parse_classes, sample_images
+from attnorm.checkpoints import load_gan_generator as load_generator
+from attnorm.cli.common import CommandError, parse_classes
+from attnorm.inference import interpolation_images, layout_figure, sample_images
 from attnorm.viz.grid import entity_usage, make_grid
 
 
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    rc = cli.main(["train-gan", "--out", str(out), "--steps", "2", "--batch-size", "4", "--seed", "1",
-                   "ch=8", "procedural_classes=3", "procedural_length=64", "log_every=1", "samples_per_class=3"])
-    assert rc == 0
-    return out
+@pytest.fixture
+def run(gan_run):
+    return gan_run
 
 
 def test_run_folder(run):
@@ -96,7 +93,7 @@ def test_grid_and_class_parsing():
     assert g.shape == (1 + 2 * 3, 1 + 3 * 3, 3)
     assert np.array_equal(g[4:6, 1:3], tiles[3]) and np.array_equal(g[4:6, 4:6], tiles[4]) and (g[4:6, 7:] == 7).all()
     assert parse_classes("2,b", ["a", "b", "c"], 3) == [2, 1] and parse_classes(None, None, 2) == [0, 1]
-    with pytest.raises(ValueError, match="unknown class"):
+    with pytest.raises(CommandError, match="unknown class"):
         parse_classes("zz", ["a"], 1)
 
 
@@ -113,3 +110,36 @@ def test_demo_writes_everything(tmp_path):
     assert 1 <= u["used"] <= 16 and u["used"] == sum(f >= 0.02 for f in u["fractions"])
     assert "entities are the argmax" in (out / "report.md").read_text()
     assert Image.open(out / "samples.png").size == ((2 + 8 * 34) * 4, (2 + 3 * 34) * 4)
+
+
+def test_train_gan_reports_skipped_files_and_user_errors(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(tmp_path / "data" / c / f"{i}.png")
+    (tmp_path / "data" / "dog" / "broken.png").write_bytes(b"not an image")
+    run = tmp_path / "run"
+    assert cli.main(["train-gan", "--data", str(tmp_path / "data"), "--out", str(run), "--steps", "1",
+                     "--batch-size", "2", "--resolution", "16", "ch=8", "log_every=1", "samples_per_class=1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    # the library's warning and progress line, printed by the command's log handler
+    assert out[0] == (f"warning: skipped 1 unreadable image file(s) under {tmp_path / 'data'}, e.g. "
+                      f"{tmp_path / 'data' / 'dog' / 'broken.png'} (UnidentifiedImageError: cannot identify image "
+                      f"file '{tmp_path / 'data' / 'dog' / 'broken.png'}')")
+    assert out[1].startswith(f"run folder: {run}  (2 classes, 6 images, G ")
+    assert out[2].startswith("step 1/1 | D/loss ") and out[2].endswith(" it/s")
+    assert out[3] == f"stopped at step 1 (done); checkpoint {run / 'checkpoints' / 'latest.pt'}"
+    # user errors: one line, exit code 2
+    assert "unknown config key(s) ['chh']" in cli_error(capsys, ["train-gan", "--out", str(run), "chh=8"])
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "fresh" / "config.json").write_text((run / "config.json").read_text())
+    assert "no checkpoint to resume from" in cli_error(capsys, ["train-gan", "--out", str(tmp_path / "fresh"),
+                                                                "--resume"])
+    assert "has no class subfolders" in cli_error(capsys, ["train-gan", "--data", str(tmp_path / "data" / "cat"),
+                                                           "--out", str(tmp_path / "x")])
+    ckpt = str(run / "checkpoints" / "latest.pt")
+    assert "unknown class 'owl'" in cli_error(capsys, ["sample", "--ckpt", ckpt, "--classes", "cat,owl"])
+    assert "not found" in cli_error(capsys, ["layouts", "--ckpt", str(tmp_path / "none.pt")])
+    assert "--steps must be >= 2" in cli_error(capsys, ["interpolate", "--ckpt", ckpt, "--from", "0", "--to", "1",
+                                                        "--steps", "1"])

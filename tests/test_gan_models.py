@@ -155,16 +155,32 @@ def test_conditioning_labels_and_soft_class_path():
     assert (mix - x[0:1]).abs().max() > 1e-4 and (mix - x[1:2]).abs().max() > 1e-4
 
 
-def test_generator_output_saturates_inside_unit_range():
+def test_generator_head_is_bn_relu_conv_tanh():
+    """The listing's head, ``BN -> ReLU -> Conv3x3 -> tanh``, recomputed by hand from the last block's
+    output with plain functional ops and the layers' own (spectrally normalised) weights."""
+    torch.manual_seed(0)
     g = Generator(resolution=32, ch=8, num_classes=2, attention="none").eval()
     with torch.no_grad():
-        g.conv_out.parametrizations.weight.original.mul_(1e3)
-        g.conv_out.bias.fill_(50.0)
+        g.bn.running_mean.normal_(0, 0.5), g.bn.running_var.uniform_(0.5, 2.0)
+        g.bn.weight.normal_(1, 0.3), g.bn.bias.normal_(0, 0.3)
+        g.conv_out.bias.fill_(3.0)  # push part of the output into tanh's saturation
+        seen = []
+        hook = g.blocks[-1].register_forward_hook(lambda m, i, o: seen.append(o))
         x = g(torch.randn(4, 128), torch.tensor([0, 1, 0, 1]))
-    assert x.min() >= -1 and x.max() <= 1 and x.max() == 1.0
+        hook.remove()
+        h = seen[0].double()
+        bn = g.bn
+        h = (h - bn.running_mean.double().view(1, -1, 1, 1)) / torch.sqrt(bn.running_var.double().view(1, -1, 1, 1)
+                                                                         + bn.eps)
+        h = h * bn.weight.double().view(1, -1, 1, 1) + bn.bias.double().view(1, -1, 1, 1)
+        w = g.conv_out.weight.double()  # the spectrally normalised weight
+        expected = torch.tanh(nn.functional.conv2d(h.clamp_min(0), w, g.conv_out.bias.double(), padding=1))
+    torch.testing.assert_close(x.double(), expected, atol=1e-5, rtol=1e-5)
+    assert x.shape == (4, 3, 32, 32) and (x > 0.99).float().mean() > 0.1 and x.max() <= 1
 
 
 def test_spectral_norm_on_the_right_layers():
+    torch.manual_seed(0)  # the power iteration's convergence depends on the initial weights: fix them
     g, d = build_gan(resolution=32, ch=8, num_classes=4, attention="sa")
     for net, types in ((g, (nn.Conv2d, nn.Linear)), (d, (nn.Conv2d, nn.Linear, nn.Embedding))):
         layers = [m for m in net.modules() if isinstance(m, types)
@@ -186,6 +202,7 @@ def test_spectral_norm_on_the_right_layers():
     fc.eval()
     sigma = torch.linalg.svdvals(fc.weight.detach())[0]
     assert abs(float(sigma) - 1.0) < 2e-3
+    assert torch.linalg.svdvals(fc.parametrizations.weight.original.detach())[0] > 2  # it did normalise
 
 
 def test_config_rebuilds_identical_model():
@@ -228,3 +245,37 @@ def test_projection_option_adds_inner_product_term():
         expected = (d.proj.weight[y] * pooled).sum(1)
     torch.testing.assert_close(diff, expected, rtol=1e-5, atol=1e-5)
     assert parametrize.is_parametrized(d.proj, "weight")
+
+
+def test_class_embedding_in_z_conditions_the_first_layer_and_interpolates():
+    from attnorm.models.gan import Generator
+    torch.manual_seed(0)
+    g = Generator(resolution=32, ch=8, num_classes=5, class_embed_dim=16).eval()
+    assert g.config["class_embed_dim"] == 16 and "class_embed_dim" not in Generator(32, 8, 5).config
+    z = torch.randn(1, 128).repeat(2, 1)
+    a, b = g(z, torch.tensor([1, 3]))
+    assert (a - b).abs().mean() > 1e-3  # the class changes the image at initialisation (CBN alone would not)
+    plain = Generator(resolution=32, ch=8, num_classes=5).eval()
+    pa, pb = plain(z, torch.tensor([1, 3]))
+    assert torch.allclose(pa, pb, atol=1e-6)  # the listing's G: class-independent CBN at init
+    # one-hot class weights equal labels; a 50/50 mixture uses the mean embedding
+    w = torch.eye(5)[[1, 3]]
+    assert torch.allclose(g(z, w), g(z, torch.tensor([1, 3])), atol=1e-6)
+    mix = torch.full((1, 5), 0.0); mix[0, 1] = mix[0, 3] = 0.5
+    e = 0.5 * (g.class_embed.weight[1] + g.class_embed.weight[3])
+    h = g.fc(torch.cat([z[:1], e[None]], 1))
+    h2 = g.fc(torch.cat([z[:1], (mix @ g.class_embed.weight)], 1))
+    assert torch.allclose(h, h2, atol=1e-6)
+    assert Generator(**g.get_config()).class_embed.weight.shape == (5, 16)
+
+
+def test_generator_param_groups_put_class_tables_at_their_own_lr():
+    from attnorm.models.gan import Generator
+    from attnorm.training.gan import generator_param_groups
+    g = Generator(resolution=32, ch=8, num_classes=5, class_embed_dim=4)
+    groups = generator_param_groups(g, 1e-4, 10.0)
+    cls = {id(p) for p in groups[1]["params"]}
+    expected = {id(m.weight) for n, m in g.named_modules() if isinstance(m, torch.nn.Embedding)}
+    assert cls == expected and groups[1]["lr"] == pytest.approx(1e-3)
+    assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(g.parameters()))
+    assert len(generator_param_groups(g, 1e-4, 1.0)) == 1

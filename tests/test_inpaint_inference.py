@@ -1,6 +1,5 @@
 """inpaint_image: known pixels bit-identical, per-image masks, empty masks, errors; the command."""
 
-import argparse
 import json
 
 import numpy as np
@@ -9,14 +8,17 @@ import torch
 from PIL import Image
 from torch import nn
 
-import attnorm.inpaint_commands as ic
-from attnorm.data.masks import save_mask
-from attnorm.inpaint_commands import (
-    add_arguments, inpaint_image, load_generator, main_from_args, save_generator, save_generator_safetensors,
+import attnorm.checkpoints as ck
+from attnorm.checkpoints import (
+    CHECKPOINT_FORMAT, load_inpaint_generator as load_generator, save_inpaint_generator as save_generator,
+    save_inpaint_generator_safetensors as save_generator_safetensors,
 )
-from attnorm.training.loop import CHECKPOINT_FORMAT
-from attnorm.viz.grid import layout_palette
+from _cli import cli_error
+from attnorm.cli import main
+from attnorm.data.masks import save_mask
+from attnorm.inference import inpaint_image
 from attnorm.models.inpaint import InpaintGenerator
+from attnorm.viz.grid import layout_palette
 
 
 class Stub(nn.Module):
@@ -110,25 +112,21 @@ def test_checkpoint_and_command(tmp_path, capsys):
     mask = np.zeros((21, 30), np.float32)
     mask[5:12, 8:20] = 1
     save_mask(tmp_path / "m.png", mask)
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    args = parser.parse_args(["--checkpoint", str(tmp_path / "g.pt"), "--image", str(tmp_path / "img.png"),
-                              "--mask", str(tmp_path / "m.png"), "--out", str(tmp_path / "out.png")])
-    assert main_from_args(args) == 0
+    argv = ["--checkpoint", tmp_path / "g.pt", "--image", tmp_path / "img.png", "--mask", tmp_path / "m.png",
+            "--out", tmp_path / "out.png"]
+    assert _run(*argv) == 0
     out = np.asarray(Image.open(tmp_path / "out.png"))
     assert out.shape == arr.shape
     np.testing.assert_array_equal(out[mask == 0], arr[mask == 0])  # known pixels survive the uint8 round trip
     Image.fromarray(arr[:20]).save(tmp_path / "small.png")
-    args.image = str(tmp_path / "small.png")
-    assert main_from_args(args) == 2  # size mismatch: a message, not a traceback
-    assert "resize-mask" in capsys.readouterr().err
+    argv[3] = tmp_path / "small.png"
+    line = cli_error(capsys, ["inpaint", *map(str, argv)])  # size mismatch: a message, not a traceback
+    assert "resize-mask" in line
 
 
 # ---------------------------------------------------------------------------- formats, --layouts, shipped weights
-def _parse(*argv):
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return parser.parse_args([str(a) for a in argv])
+def _run(*argv):
+    return main(["inpaint", *map(str, argv)])
 
 
 def _files(tmp_path, h=26, w=35, mask_values=None):
@@ -179,8 +177,8 @@ def test_layouts_threshold_and_known_pixels(tmp_path):
     save_generator(tmp_path / "g.pt", g)
     # grey 127 is known, grey 128 is a hole (>= 0.5)
     arr, m = _files(tmp_path, mask_values=[((slice(2, 12), slice(3, 15)), 128), ((slice(15, 22), slice(20, 30)), 127)])
-    assert main_from_args(_parse("--ckpt", tmp_path / "g.pt", "--image", tmp_path / "img.png", "--mask",
-                                 tmp_path / "m.png", "--out", tmp_path / "out.png", "--layouts")) == 0
+    assert _run("--ckpt", tmp_path / "g.pt", "--image", tmp_path / "img.png", "--mask",
+                tmp_path / "m.png", "--out", tmp_path / "out.png", "--layouts") == 0
     out = np.asarray(Image.open(tmp_path / "out.png"))
     hole = m >= 128
     np.testing.assert_array_equal(out[~hole], arr[~hole])  # bit-identical known pixels (127 included)
@@ -204,33 +202,43 @@ def test_empty_mask_writes_input_and_errors(tmp_path, capsys):
     g = InpaintGenerator(width=0.125, num_entities=4)
     save_generator(tmp_path / "g.pt", g)
     arr, _ = _files(tmp_path, mask_values=[((slice(0, 5), slice(0, 5)), 100)])  # below 0.5: no hole
-    assert main_from_args(_parse("--ckpt", tmp_path / "g.pt", "--image", tmp_path / "img.png", "--mask",
-                                 tmp_path / "m.png", "--out", tmp_path / "out.png", "--layouts")) == 0
+    assert _run("--ckpt", tmp_path / "g.pt", "--image", tmp_path / "img.png", "--mask",
+                tmp_path / "m.png", "--out", tmp_path / "out.png", "--layouts") == 0
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out.png")), arr)
     assert "no hole" in capsys.readouterr().out and not (tmp_path / "out_layout.png").exists()
-    assert main_from_args(_parse("--ckpt", tmp_path / "missing.pt", "--image", tmp_path / "img.png", "--mask",
-                                 tmp_path / "m.png", "--out", tmp_path / "o.png")) == 2
-    assert "not found" in capsys.readouterr().err
+    base = ["inpaint", "--image", str(tmp_path / "img.png"), "--mask", str(tmp_path / "m.png"),
+            "--out", str(tmp_path / "o.png")]
+    assert "not found" in cli_error(capsys, base + ["--ckpt", str(tmp_path / "missing.pt")])
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    assert "is not a checkpoint attnorm can read" in cli_error(capsys, base + ["--ckpt", str(tmp_path / "junk.pt")])
     g_sa = InpaintGenerator(width=0.125, attention="sa")
     save_generator(tmp_path / "sa.pt", g_sa)
-    assert main_from_args(_parse("--ckpt", tmp_path / "sa.pt", "--image", tmp_path / "img.png", "--mask",
-                                 tmp_path / "m.png", "--out", tmp_path / "o.png", "--layouts")) == 2
-    assert "needs an AN generator" in capsys.readouterr().err
+    assert "needs an AN generator" in cli_error(capsys, base + ["--ckpt", str(tmp_path / "sa.pt"), "--layouts"])
+    (tmp_path / "img.png").write_bytes(b"not an image")
+    assert "cannot identify image file" in cli_error(capsys, base + ["--ckpt", str(tmp_path / "g.pt")])
 
 
 def test_default_checkpoint_is_the_shipped_weights(tmp_path, monkeypatch):
-    assert ic.DEFAULT_WEIGHTS.name == "inpaint_skimage.safetensors"
-    if not ic.DEFAULT_WEIGHTS.is_file():
-        pytest.skip("shipped weights not built yet")
-    assert ic.DEFAULT_WEIGHTS.stat().st_size <= 10 * 10**6
-    meta = ic.read_generator_metadata(ic.DEFAULT_WEIGHTS)
+    from safetensors import safe_open
+    shipped = ck.DEFAULT_INPAINT_WEIGHTS
+    assert shipped.name == "inpaint_skimage.safetensors" and shipped.is_file()  # committed with the package
+    assert shipped.stat().st_size <= 10 * 10**6
+    meta = ck.read_inpaint_generator_metadata(shipped)
     assert meta["config"]["attention"] == "an" and meta["meta"]["step"] > 0
+    # the reference generator, built from the file by the safetensors package directly
+    with safe_open(str(shipped), framework="pt") as f:
+        ref = InpaintGenerator(**json.loads(f.metadata()["config"])).eval()
+        ref.load_state_dict({k: f.get_tensor(k) for k in f.keys()})
     arr, m = _files(tmp_path)
-    args = _parse("--image", tmp_path / "img.png", "--mask", tmp_path / "m.png", "--out", tmp_path / "out.png")
-    assert args.checkpoint is None
-    assert main_from_args(args) == 0
+    assert _run("--image", tmp_path / "img.png", "--mask", tmp_path / "m.png", "--out", tmp_path / "out.png") == 0
     out = np.asarray(Image.open(tmp_path / "out.png"))
-    np.testing.assert_array_equal(out[m < 128], arr[m < 128])
-    monkeypatch.setattr(ic, "DEFAULT_WEIGHTS", tmp_path / "gone.safetensors")
+    hole = m >= 128
+    np.testing.assert_array_equal(out[~hole], arr[~hole])
+    x = torch.from_numpy(arr).permute(2, 0, 1).float()[None] / 127.5 - 1
+    with torch.no_grad():
+        refined = ref(x, torch.from_numpy(hole).float()[None, None])[1]
+    expect = ((refined[0].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    np.testing.assert_array_equal(out[hole], expect[hole])
+    monkeypatch.setattr(ck, "DEFAULT_INPAINT_WEIGHTS", tmp_path / "gone.safetensors")
     with pytest.raises(FileNotFoundError, match="shipped weights are missing"):
         load_generator()

@@ -1,6 +1,6 @@
 """Default photo data (scikit-image's bundled photos) and ImageFolderFlat."""
 
-import warnings
+import logging
 
 import numpy as np
 import pytest
@@ -11,8 +11,6 @@ from attnorm.data.photos import (
     COLOR_PHOTOS, GRAY_PHOTOS, HELDOUT_PHOTOS, TRAIN_PHOTOS, ImageFolderFlat, SkimagePhotos,
     available_photos, load_photo, to_tensor,
 )
-
-pytest.importorskip("skimage")
 
 
 def test_split_and_availability():
@@ -68,25 +66,28 @@ def test_folder_crops_are_exact_windows(tmp_path):
         assert any(torch.equal(x, wdw) or torch.equal(x, wdw.flip(-1)) for wdw in windows)
 
 
-def test_folder_skips_corrupt_and_errors(tmp_path):
+def test_folder_skips_corrupt_and_errors(tmp_path, caplog):
     rng = np.random.default_rng(1)
     for i in range(3):
         _write(tmp_path / f"d{i % 2}" / f"{i}.jpg", rng.integers(0, 256, (20, 20, 3), dtype=np.uint8))
     _write(tmp_path / "grey.png", rng.integers(0, 256, (20, 24), dtype=np.uint8))
     (tmp_path / "bad.png").write_bytes(b"not an image at all")
     (tmp_path / "notes.txt").write_text("ignored")
-    with warnings.catch_warnings(record=True) as rec:
-        warnings.simplefilter("always")
+    with caplog.at_level(logging.WARNING, logger="attnorm.data.photos"):
         ds = ImageFolderFlat(tmp_path, 16, crop="center")
     assert len(ds) == 4 and ds.num_skipped == 1
-    assert any("skipped 1 unreadable" in str(w.message) for w in rec)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"ImageFolderFlat: skipped 1 unreadable file(s) under {tmp_path}: bad.png"]
     assert all(ds[i].shape == (3, 16, 16) for i in range(4))
     # a file that breaks after construction is skipped at load time
     ds2 = ImageFolderFlat(tmp_path, 16, crop="center", verify=False)
     assert len(ds2) == 5
     bad_index = [p.name for p in ds2.files].index("bad.png")
-    with pytest.warns(UserWarning, match="cannot read"):
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="attnorm.data.photos"):
         x = ds2[bad_index]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"ImageFolderFlat: cannot read {tmp_path / 'bad.png'}, skipped (1 skipped so far)"]
     assert x.shape == (3, 16, 16) and ds2.num_skipped == 1
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no images"):

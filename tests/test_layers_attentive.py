@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from attnorm.layers import AttentiveNorm, attentive_norm_literal, orthogonality_loss
+from attnorm.viz.grid import entity_usage
 
 
 def _layer(c=16, n=6, dtype=torch.float64, seed=0, **kw):
@@ -170,11 +171,26 @@ def test_no_state_mutated_in_forward():
         assert torch.equal(v, before[k]), k
 
 
-def test_layout_shape_and_argmax_usage():
-    layer = _layer(dtype=torch.float32, n=5).eval()
-    y, layout = layer(_x(3, 16, 6, 4, dtype=torch.float32), return_layout=True)
+def test_layout_is_the_entity_softmax_and_its_argmax_follows_the_entities():
+    layer = _layer(n=5).eval()  # eval: no self-sampling, S = softmax_n(K X / tau)
+    x = _x(3, 16, 6, 4)
+    _, layout = layer(x, return_layout=True)
     assert layout.shape == (3, 5, 6, 4)
-    assert torch.allclose(layout.sum(1), torch.ones(3, 6, 4), atol=1e-6)
+    logits = torch.einsum("nc,bchw->bnhw", layer.entities.detach(), x) / layer.temperature
+    torch.testing.assert_close(layout, torch.softmax(logits, dim=1), rtol=1e-12, atol=1e-12)
+    # entity k looks at channel k: the argmax entity of a pixel is its strongest of channels 0..4,
+    # and entity_usage counts how many pixels each entity wins
+    with torch.no_grad():
+        layer.entities.zero_()
+        layer.entities[torch.arange(5), torch.arange(5)] = 40.0
+    owner = torch.tensor([[0, 0, 1, 1], [2, 2, 2, 3], [3, 3, 3, 3], [1, 0, 0, 0], [0, 0, 4, 4], [4, 4, 0, 0]])
+    x = 0.1 * torch.randn(1, 16, 6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    x[0].scatter_add_(0, owner[None], torch.ones(1, 6, 4, dtype=torch.float64))
+    _, layout = layer(x, return_layout=True)
+    assert torch.equal(layout[0].argmax(0), owner)
+    used, frac = entity_usage(layout, threshold=4 / 24)
+    counts = torch.bincount(owner.flatten(), minlength=5).tolist()  # [10, 3, 3, 5, 4]
+    assert frac == pytest.approx([k / 24 for k in counts]) and used == sum(k >= 4 for k in counts)
 
 
 def test_variants_without_ssr_or_affine():

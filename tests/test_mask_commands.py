@@ -2,11 +2,13 @@
 
 import csv
 import json
+import logging
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from _cli import cli_error
 from attnorm.cli import main
 
 LABELS = ["0-10%", "10-20%", "20-30%", "30-40%", "40-50%", "50-60%", ">=60%"]
@@ -80,8 +82,23 @@ def test_center_box_and_rectangular_size(tmp_path):
         assert 0.14 < holes / pixels <= 0.25  # box sides in [3/8, 1/2] of each image side
 
 
-def test_bad_arguments(tmp_path):
-    with pytest.raises(SystemExit):
+def test_bad_arguments(tmp_path, capsys):
+    with pytest.raises(SystemExit):  # not a choice: argparse's usage error
         _run(tmp_path / "x", "--kind", "stars")
-    with pytest.raises(SystemExit):
-        _run(tmp_path / "x", "--n", "0")
+    assert "--n must be >= 1" in cli_error(capsys, ["masks", "--out", str(tmp_path / "x"), "--n", "0"])
+    line = cli_error(capsys, ["masks", "--out", str(tmp_path / "x"), "--size", "8", "8", "8"])
+    assert "--size takes one int" in line
+
+
+def test_large_masks_are_reported(tmp_path, caplog):
+    from attnorm.data.masks import write_eval_masks
+    with caplog.at_level(logging.WARNING, logger="attnorm.data.masks"):
+        records = write_eval_masks(tmp_path / "thick", 3, 32, "free_form", seed=0, width_range=(300.0, 400.0))
+    big = sum(r["bin"] == 6 for r in records)
+    assert big > 0
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{big} of 3 masks cover >= 60% of the image (LaMa-style evaluation usually drops them)"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="attnorm.data.masks"):
+        write_eval_masks(tmp_path / "thin", 3, 32, "center")
+    assert not caplog.records

@@ -334,23 +334,46 @@ def _smooth_images(n, c, h, w, seed):
     return out
 
 
-def test_ssim_matches_skimage():
-    skm = pytest.importorskip("skimage.metrics")
+def _ssim_reference(a, b, data_range=1.0, win=7):
+    """SSIM (Wang et al. 2004) from its definition, one channel (h, w) at a time, in numpy: uniform
+    win x win window over every fully inside position, sample (co)variances (N / (N - 1)),
+    C1 = (0.01 R)^2, C2 = (0.03 R)^2; the map's mean."""
+    h, w = a.shape
+    n = win * win
+    vals = []
+    for i in range(h - win + 1):
+        for j in range(w - win + 1):
+            pa, pb = a[i:i + win, j:j + win].ravel(), b[i:i + win, j:j + win].ravel()
+            ma, mb = pa.mean(), pb.mean()
+            va, vb = pa.var() * n / (n - 1), pb.var() * n / (n - 1)
+            cov = ((pa - ma) * (pb - mb)).sum() / (n - 1)
+            c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+            vals.append((2 * ma * mb + c1) * (2 * cov + c2) / ((ma * ma + mb * mb + c1) * (va + vb + c2)))
+    return float(np.mean(vals))
+
+
+def test_ssim_matches_its_definition():
     r = rng(14)
-    rand_a = r.uniform(0, 1, (2, 3, 24, 20))
+    rand_a = r.uniform(0, 1, (2, 3, 14, 12))
     rand_b = np.clip(rand_a + 0.2 * r.standard_normal(rand_a.shape), 0, 1)
-    smooth_a = _smooth_images(2, 3, 32, 28, seed=15)
+    smooth_a = _smooth_images(2, 3, 16, 13, seed=15)
     smooth_b = np.clip(smooth_a + 0.05 * r.standard_normal(smooth_a.shape), 0, 1)
     for a, b in ((rand_a, rand_b), (smooth_a, smooth_b)):
-        got = ssim(torch.from_numpy(a), torch.from_numpy(b).float(), data_range=1.0).numpy()
-        ref = [
-            skm.structural_similarity(a[i], b[i].astype(np.float32).astype(np.float64), data_range=1.0, channel_axis=0)
-            for i in range(a.shape[0])
-        ]
-        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)  # brief: 1e-3; float64 on both sides agrees far closer
-        assert np.all(got < 0.999)
-    one = ssim(torch.from_numpy(smooth_a), torch.from_numpy(smooth_a)).numpy()
-    np.testing.assert_allclose(one, 1.0, atol=1e-9)
+        got = ssim(torch.from_numpy(a), torch.from_numpy(b), data_range=1.0)
+        assert got.shape == (2,) and got.dtype == torch.float64
+        ref = [np.mean([_ssim_reference(a[i, c], b[i, c]) for c in range(3)]) for i in range(2)]
+        np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=1e-9)
+        assert np.all(got.numpy() < 0.999)
+    # scale-free: the same images in [0, 255] with data_range 255
+    np.testing.assert_allclose(ssim(torch.from_numpy(smooth_a * 255), torch.from_numpy(smooth_b * 255),
+                                    data_range=255.0).numpy(),
+                               ssim(torch.from_numpy(smooth_a), torch.from_numpy(smooth_b)).numpy(), atol=1e-9)
+    # a 5x5 window on one grey image
+    one = ssim(torch.from_numpy(smooth_a[:1, :1]), torch.from_numpy(smooth_b[:1, :1]), win_size=5)
+    assert float(one) == pytest.approx(_ssim_reference(smooth_a[0, 0], smooth_b[0, 0], win=5), abs=1e-9)
+    same = ssim(torch.from_numpy(smooth_a).float(), torch.from_numpy(smooth_a).float())
+    assert same.dtype == torch.float32
+    np.testing.assert_allclose(same.numpy(), 1.0, atol=1e-6)
 
 
 def test_image_metrics_bad_inputs():

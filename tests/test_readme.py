@@ -20,3 +20,44 @@ def test_ci_runs_the_readme_test_command():
     assert test_cmd, "README must give a test command"
     ci = (ROOT / ".ci" / "run").read_text()
     assert test_cmd[0] in ci
+
+
+def _readme_commands():
+    """Every `attnorm ...` command of the README (code blocks and inline code) as an argv list."""
+    import shlex
+    text = (ROOT / "README.md").read_text()
+    lines = [ln for block in _blocks("bash") for ln in block.splitlines()]
+    lines += re.findall(r"`([^`\n]*(?:attnorm |-m attnorm)[^`\n]*)`", text)
+    out = []
+    for line in lines:
+        for part in line.split("&&"):
+            tokens = shlex.split(part, comments=True)
+            while tokens and "=" in tokens[0] and not tokens[0].startswith("-"):  # VAR=value prefixes
+                tokens = tokens[1:]
+            if tokens[:1] == ["attnorm"]:
+                out.append(tokens[1:])
+            elif "-m" in tokens and tokens[tokens.index("-m") + 1] == "attnorm.cli":
+                out.append(tokens[tokens.index("-m") + 2:])
+            elif "-m" in tokens and tokens[tokens.index("-m") + 1] == "attnorm.metrics.classifier":
+                out.append(["train-classifier", *tokens[tokens.index("-m") + 2:]])
+    return out
+
+
+def test_every_readme_command_parses():
+    """Each command and option the README shows exists (the commands run in the other tests)."""
+    from attnorm import cli
+    commands = _readme_commands()
+    assert len(commands) >= 25
+    seen = set()
+    for argv in commands:
+        if not argv or argv[0].startswith("<"):  # `python -m attnorm.cli`, `attnorm <command>`: placeholders
+            continue
+        assert argv[0] in cli.COMMANDS, argv  # no hidden alias in the README
+        if len(argv) == 1 and argv[0] != "demo":
+            continue  # a mention of the command's name
+        parser, _run = cli.command_parser(argv[0])
+        args = parser.parse_args([a for a in argv[1:] if a != "..."])
+        seen.add(argv[0])
+        assert args is not None
+    assert {"train-gan", "sample", "interpolate", "layouts", "inpaint", "train-inpaint", "export-inpaint", "masks",
+            "evaluate", "bench", "demo", "train-classifier"} <= seen

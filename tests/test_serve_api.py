@@ -425,7 +425,7 @@ def test_generate_png_is_attnorm_sample(server):
     G = server.app.gan
     st, h, body = post_json(server, "/api/generate", {"classes": [0, "cross"], "n": 3, "seed": 7})
     assert st == 200 and h["content-type"] == "image/png"
-    rows = [models.batch_to_uint8(models.sample_images(G, [c], 3, seed=7)[0]) for c in (0, 2)]
+    rows = [models.to_uint8(models.sample_images(G, [c], 3, seed=7)[0]) for c in (0, 2)]
     assert np.array_equal(decode(body), models.make_grid(np.concatenate(rows), ncol=3))
 
 
@@ -436,7 +436,7 @@ def test_generate_json_tiles_and_truncation(server):
     assert st == 200 and res["classes"] == [1] and res["names"] == ["star"] and res["truncation"] == 0.5
     assert len(res["tiles"]) == 1 and len(res["tiles"][0]) == 2
     x, _ = models.sample_images(server.app.gan, [1], 2, seed=1, truncation=0.5)
-    assert np.array_equal(decode(models_blob(res["tiles"][0][1])), models.batch_to_uint8(x)[1])
+    assert np.array_equal(decode(models_blob(res["tiles"][0][1])), models.to_uint8(x)[1])
     again = json.loads(post_json(server, "/api/generate?format=json", {"classes": [1], "n": 2, "seed": 1,
                                                                        "truncation": 0.5})[2])
     assert again["tiles"] == res["tiles"]  # deterministic
@@ -458,11 +458,11 @@ def test_interpolation_ends_are_the_two_classes_with_the_chosen_z(server):
     res = json.loads(body)
     assert st == 200 and res["from"] == 0 and res["to"] == 2 and len(res["frames"]) == 5
     frames = np.stack([decode(models_blob(f)) for f in res["frames"]]).astype(int)
-    samples = {c: models.batch_to_uint8(models.sample_images(G, [c], 4, seed=3)[0])[2].astype(int) for c in (0, 2)}
+    samples = {c: models.to_uint8(models.sample_images(G, [c], 4, seed=3)[0])[2].astype(int) for c in (0, 2)}
     assert np.abs(frames[0] - samples[0]).max() <= 1 and np.abs(frames[-1] - samples[2]).max() <= 1
     assert np.abs(frames[2] - frames[0]).max() > 10  # the middle differs from the ends
-    from attnorm.viz.gan import interpolation_images
-    rows = models.batch_to_uint8(interpolation_images(G, 0, 2, steps=5, rows=4, seed=3)).astype(int)
+    from attnorm.inference import interpolation_images
+    rows = models.to_uint8(interpolation_images(G, 0, 2, steps=5, rows=4, seed=3)).astype(int)
     assert np.abs(frames - rows[10:15]).max() <= 1  # row 2 of `attnorm interpolate --rows 4`
     st, h, body = post_json(server, "/api/interpolate", params)
     assert st == 200 and decode(body).shape == (2 + 34, 2 + 5 * 34, 3)
@@ -478,7 +478,7 @@ def test_layouts_of_one_sample(server):
     assert lay["num_entities"] == 4 and abs(sum(lay["fractions"]) - 1) < 1e-3 and 1 <= lay["used"] <= 4
     x, _ = models.sample_images(server.app.gan, [1], 3, seed=2)
     img = decode(models_blob(res["image"])).astype(int)
-    assert np.abs(img - models.batch_to_uint8(x)[1].astype(int)).max() <= 1
+    assert np.abs(img - models.to_uint8(x)[1].astype(int)).max() <= 1
     argmax = decode(models_blob(lay["argmax"]))
     from attnorm.viz.grid import layout_palette
     colours = {tuple(c) for c in np.unique(argmax.reshape(-1, 3), axis=0)}
@@ -510,9 +510,9 @@ def test_default_gan_lookup_and_safetensors_round_trip(tmp_path):
     with torch.no_grad():
         assert torch.equal(g(z, torch.tensor([0, 2])), g2(z, torch.tensor([0, 2])))
     inp = tmp_path / "inp.safetensors"
-    from attnorm.inpaint_commands import save_generator_safetensors
-    save_generator_safetensors(inp, tiny_inpainter())
-    with pytest.raises(ValueError, match="not a class-conditional generator"):
+    from attnorm.checkpoints import save_inpaint_generator_safetensors
+    save_inpaint_generator_safetensors(inp, tiny_inpainter())
+    with pytest.raises(ValueError, match="is not a GAN generator .safetensors file"):
         models.load_gan(inp)
     with pytest.raises(FileNotFoundError):
         models.load_gan(tmp_path / "missing.pt")
@@ -529,9 +529,9 @@ def test_load_app_with_a_train_gan_checkpoint(tmp_path):
     assert app.inpaint_info()["checkpoint"].startswith("shipped")
     out = app.generate({"classes": ["ring"], "n": 2})
     assert len(out["tiles"][0]) == 2
-    with pytest.raises(ValueError, match="not a train-gan checkpoint|no generator config"):
-        from attnorm.inpaint_commands import save_generator
-        save_generator(tmp_path / "inp.pt", tiny_inpainter())
+    from attnorm.checkpoints import save_inpaint_generator
+    save_inpaint_generator(tmp_path / "inp.pt", tiny_inpainter())
+    with pytest.raises(ValueError, match="^GAN: .*inp.pt: the checkpoint has no generator config; is it a train-gan"):
         load_app(gan_ckpt=tmp_path / "inp.pt")
 
 
@@ -578,8 +578,9 @@ def test_serve_command_prints_the_url_and_stops_cleanly_on_ctrl_c():
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--inpaint-ckpt", "/nonexistent/x.safetensors"], "generator checkpoint /nonexistent/x.safetensors not found"),
-    (["--gan-ckpt", "/nonexistent/g.pt"], "GAN checkpoint /nonexistent/g.pt not found"),
+    (["--inpaint-ckpt", "/nonexistent/x.safetensors"],
+     "attnorm serve: error: inpainting generator: generator checkpoint /nonexistent/x.safetensors not found"),
+    (["--gan-ckpt", "/nonexistent/g.pt"], "attnorm serve: error: GAN: generator checkpoint /nonexistent/g.pt not found"),
     (["--max-pixels", "0"], "--max-pixels must be positive"),
     (["--port", "70000"], "--port must be in 0..65535"),
 ])

@@ -7,15 +7,15 @@ group and dumps each rank's final state; the tests compare the ranks' dumps and 
 import os
 import traceback
 import types
-from datetime import timedelta
 
 import pytest
-from _ddp import free_port, spawn_two
 import torch
 import torch.distributed as dist
+from _ddp import free_port, rank_process, spawn_two
 from torch import nn
 
-from attnorm.training.loop import load_checkpoint, read_stats
+from attnorm.checkpoints import load_checkpoint
+from attnorm.training.loop import read_stats
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with the gloo backend is not available in this build")
@@ -51,19 +51,14 @@ def _bn_scenario(rank: int) -> dict:
 
 
 def _worker(rank: int, port: int, tmp: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
-                      LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
-    torch.set_num_threads(1)
     # short timeout: a collective mismatch (e.g. ranks stopping at different steps) fails, not hangs
-    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=timedelta(seconds=30))
-    from attnorm.training import loop as loop_mod
-    from attnorm.training.gan import GANTraining, resolve_config
-    out: dict = {}
-    try:
+    with rank_process(rank, port, tmp, timeout_s=30) as out:
+        from attnorm.training import loop as loop_mod
+        from attnorm.training.gan import GANTraining, resolve_config
         out["bn"] = _bn_scenario(rank)
 
         def train(name, resume=False, **kw):
-            t = GANTraining(resolve_config(overrides=dict(TINY, **kw)), os.path.join(tmp, name), print_fn=None)
+            t = GANTraining(resolve_config(overrides=dict(TINY, **kw)), os.path.join(tmp, name))
             t.run(resume=resume)
             return _state(t)
 
@@ -80,13 +75,6 @@ def _worker(rank: int, port: int, tmp: str) -> None:
             out["timed"] = {"error": traceback.format_exc()}
         finally:
             loop_mod.time = real_time
-    except BaseException:
-        with open(os.path.join(tmp, f"error{rank}.txt"), "w") as f:
-            f.write(traceback.format_exc())
-        raise
-    finally:
-        torch.save(out, os.path.join(tmp, f"rank{rank}.pt"))
-        dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +149,7 @@ def test_distributed_batchnorm_equals_batchnorm_over_the_global_batch(ddp):
 
 def test_sync_bn_shares_statistics_and_checkpoint_loads_into_plain_generator(ddp):
     from attnorm.models.gan import Generator
-    from attnorm.training.gan import load_generator
+    from attnorm.checkpoints import load_gan_generator as load_generator
     tmp, (r0, r1) = ddp
     assert r0["sync"]["bn_types"] == ["DistributedBatchNorm2d"]
     assert _same(r0["sync"]["G"], r1["sync"]["G"]) == []  # weights and BN running statistics

@@ -8,7 +8,9 @@ import torch
 from attnorm.layers import AttentiveNorm
 from attnorm.losses.gan import HingeGANLoss, d_hinge, g_hinge
 from attnorm.models.gan import build_gan
-from attnorm.training.gan import GANTraining, load_generator, parse_overrides, resolve_config
+from attnorm.checkpoints import load_gan_generator as load_generator
+from attnorm.cli.common import parse_overrides
+from attnorm.training.gan import GANTraining, resolve_config
 from attnorm.training.loop import NonFiniteLossError, read_stats
 
 
@@ -67,13 +69,13 @@ def _stat_losses(run_dir):
 
 def test_train_kill_resume_equals_uninterrupted(tmp_path):
     cfg = resolve_config(overrides=dict(TINY, steps=6))
-    full = GANTraining(cfg, tmp_path / "full", print_fn=None)
+    full = GANTraining(cfg, tmp_path / "full")
     full.run()
 
     class Killed(Exception):
         pass
 
-    part = GANTraining(cfg, tmp_path / "part", print_fn=None)
+    part = GANTraining(cfg, tmp_path / "part")
 
     def kill(step):
         if step == 4:  # one step past the checkpoint at 3
@@ -82,7 +84,7 @@ def test_train_kill_resume_equals_uninterrupted(tmp_path):
     part.loop.sample_fn, part.loop.sample_every = kill, 1
     with pytest.raises(Killed):
         part.run()
-    resumed = GANTraining(cfg, tmp_path / "part", print_fn=None)
+    resumed = GANTraining(cfg, tmp_path / "part")
     resumed.run(resume=True)
     a, b = _stat_losses(tmp_path / "full"), _stat_losses(tmp_path / "part")
     assert [s for s, *_ in a] == list(range(1, 7))
@@ -102,7 +104,7 @@ def test_train_kill_resume_equals_uninterrupted(tmp_path):
 
 def test_nan_stops_run_and_keeps_checkpoint(tmp_path):
     cfg = resolve_config(overrides=dict(TINY, steps=10, ckpt_every=2))
-    tr = GANTraining(cfg, tmp_path, print_fn=None)
+    tr = GANTraining(cfg, tmp_path)
     real_next, calls = tr.data.next, [0]
 
     def poisoned():

@@ -1,17 +1,19 @@
 """train-inpaint on the generic loop: exact kill-and-resume, L1-only warm-up, NaN stop, sheets, CLI."""
 
-import argparse
 import json
+import logging
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 
-from attnorm.inpaint_commands import load_generator
-from attnorm.inpaint_cli import train as train_cmd
+from _cli import cli_error
+from attnorm import cli
+from attnorm.checkpoints import load_checkpoint, load_inpaint_generator as load_generator
 from attnorm.training.inpaint import InpaintTraining, resolve_config
-from attnorm.training.loop import NonFiniteLossError, load_checkpoint, read_stats
+from attnorm.training.loop import NonFiniteLossError, read_stats
 
 
 
@@ -20,7 +22,7 @@ TINY = dict(resolution=32, width=0.125, critic_width=0.125, batch_size=2, d_step
 
 
 def _trainer(tmp, **kw):
-    return InpaintTraining(resolve_config(overrides={**TINY, **kw}), tmp, print_fn=None)
+    return InpaintTraining(resolve_config(overrides={**TINY, **kw}), tmp)
 
 
 def _losses(run_dir):
@@ -31,19 +33,27 @@ class Killed(Exception):
     pass
 
 
-def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
+class _KillAtStep3(logging.Handler):
+    """Raises in the middle of the loop: when it logs the progress line of step 3."""
+
+    def emit(self, record):
+        if record.getMessage().startswith("step 3/"):
+            raise Killed
+
+
+def test_kill_and_resume_matches_uninterrupted_run(tmp_path, caplog):
     a = _trainer(tmp_path / "a")
     a.run()
     # run b is "killed" while logging step 3: after its step-2 checkpoint and after writing step 3's record
     b = _trainer(tmp_path / "b")
-
-    def die(line):
-        if line.startswith("step 3/"):
-            raise Killed
-
-    b.loop.print_fn = die
-    with pytest.raises(Killed):
-        b.run()
+    caplog.set_level(logging.INFO, logger="attnorm.training.loop")
+    killer = _KillAtStep3()
+    logging.getLogger("attnorm.training.loop").addHandler(killer)
+    try:
+        with pytest.raises(Killed):
+            b.run()
+    finally:
+        logging.getLogger("attnorm.training.loop").removeHandler(killer)
     assert len(read_stats(tmp_path / "b" / "stats.jsonl")) == 3  # one record past the checkpoint
     b2 = _trainer(tmp_path / "b")
     b2.run(resume=True)
@@ -130,17 +140,15 @@ def test_masks_per_sample_and_patch_critic(tmp_path):
 
 
 def test_cli_run_then_inpaint_loads_ema(tmp_path, capsys):
-    p = argparse.ArgumentParser()
-    train_cmd.add_arguments(p)
     run = tmp_path / "run"
     overrides = [f"{k}={json.dumps(v)}" for k, v in TINY.items() if k not in ("steps",)]
-    args = p.parse_args(["--out", str(run), "--steps", "2", *overrides, "ema_decay=0.5", "d_steps=1"])
-    assert train_cmd.main_from_args(args) == 0
+    assert cli.main(["train-inpaint", "--out", str(run), "--steps", "2", *overrides, "ema_decay=0.5", "d_steps=1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"run folder: {run}") and "step 2/2 | " in out and "stopped at step 2 (done)" in out
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["steps"] == 2 and cfg["mask_kind"] == "box" and cfg["lr_g"] == 1e-4 and cfg["betas"] == [0.5, 0.9]
     # resume with a new step count continues from step 2
-    args = p.parse_args(["--out", str(run), "--resume", "steps=3"])
-    assert train_cmd.main_from_args(args) == 0
+    assert cli.main(["train-inpaint", "--out", str(run), "--resume", "steps=3"]) == 0
     state = load_checkpoint(run / "checkpoints" / "latest.pt")
     assert state["step"] == 3
     g = load_generator(run / "checkpoints" / "latest.pt")
@@ -150,4 +158,24 @@ def test_cli_run_then_inpaint_loads_ema(tmp_path, capsys):
     assert any(not torch.equal(ema[k], raw[k]) for k in raw)
     g_raw = load_generator(run / "checkpoints" / "latest.pt", use_ema=False)
     assert all(torch.equal(v, raw[k]) for k, v in g_raw.state_dict().items())
-    assert train_cmd.main_from_args(p.parse_args(["--out", str(tmp_path / "nope"), "--resume"])) == 2
+    # export-inpaint: the EMA (or, with --no-ema, the trained) weights as .safetensors, with provenance
+    ckpt = str(run / "checkpoints" / "latest.pt")
+    assert cli.main(["export-inpaint", ckpt, str(tmp_path / "g.safetensors")]) == 0
+    assert cli.main(["export-inpaint", ckpt, str(tmp_path / "raw.safetensors"), "--no-ema"]) == 0
+    assert f"wrote {tmp_path / 'g.safetensors'}" in capsys.readouterr().out
+    for name, weights, ref in (("g", "ema", ema), ("raw", "G", raw)):
+        with safe_open(str(tmp_path / f"{name}.safetensors"), framework="pt") as f:
+            meta = json.loads(f.metadata()["meta"])
+            assert json.loads(f.metadata()["config"]) == state["extra"]["generator"]
+            assert sorted(f.keys()) == sorted(ref) and all(torch.equal(f.get_tensor(k), ref[k]) for k in ref)
+        assert meta["weights"] == weights and meta["step"] == 3 and meta["source"] == "latest.pt"
+        assert meta["train_config"] == state["extra"]["config"]
+    exported = load_generator(tmp_path / "g.safetensors")
+    assert all(torch.equal(v, ema[k]) for k, v in exported.state_dict().items())
+    assert "not found" in cli_error(capsys, ["export-inpaint", str(tmp_path / "none.pt"), str(tmp_path / "x.st")])
+    torch.save({**state, "extra": {**state["extra"], "task": "gan"}}, tmp_path / "gan.pt")
+    assert "not a train-inpaint checkpoint" in cli_error(capsys, ["export-inpaint", str(tmp_path / "gan.pt"),
+                                                                  str(tmp_path / "x.st")])
+    assert "config.json not found" in cli_error(capsys, ["train-inpaint", "--out", str(tmp_path / "nope"), "--resume"])
+    assert "unknown config key" in cli_error(capsys, ["train-inpaint", "--out", str(tmp_path / "x"), "stpes=3"])
+    assert "expected key=value" in cli_error(capsys, ["train-inpaint", "--out", str(tmp_path / "x"), "steps"])

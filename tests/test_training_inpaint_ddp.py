@@ -1,13 +1,11 @@
 """train-inpaint with 2 CPU processes (gloo): gradients averaged over the ranks, replicas in sync."""
 
 import os
-import traceback
-from datetime import timedelta
 
 import pytest
-from _ddp import spawn_two
 import torch
 import torch.distributed as dist
+from _ddp import rank_process, spawn_two
 
 from attnorm.training.loop import read_stats
 
@@ -20,19 +18,14 @@ TINY = dict(resolution=32, width=0.125, critic_width=0.125, batch_size=2, d_step
 
 
 def _worker(rank: int, port: int, tmp: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
-                      LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=timedelta(seconds=60))
-    from attnorm.training.distributed import average_gradients
-    from attnorm.training.inpaint import InpaintTraining, resolve_config
-    out: dict = {}
-    try:
+    with rank_process(rank, port, tmp) as out:
+        from attnorm.training.distributed import average_gradients
+        from attnorm.training.inpaint import InpaintTraining, resolve_config
         lin = torch.nn.Linear(2, 1, bias=False)
         lin.weight.grad = torch.full((1, 2), float(rank + 1))
         average_gradients(lin, 2)
         out["avg"] = lin.weight.grad.clone()
-        trainer = InpaintTraining(resolve_config(overrides=TINY), os.path.join(tmp, "run"), print_fn=None)
+        trainer = InpaintTraining(resolve_config(overrides=TINY), os.path.join(tmp, "run"))
         out["init_G"] = {k: v.clone() for k, v in trainer.G.state_dict().items()}
         out["first_batch"] = trainer.data.next().load()[0].clone()
         trainer.data = type(trainer.data)(trainer.dataset, TINY["batch_size"], seed=trainer.cfg["seed"],
@@ -42,13 +35,6 @@ def _worker(rank: int, port: int, tmp: str) -> None:
         out["G"] = {k: v.clone() for k, v in trainer.G.state_dict().items()}
         out["D"] = {k: v.clone() for k, v in trainer.D.state_dict().items()}
         out["step"] = trainer.loop.step
-    except BaseException:
-        with open(os.path.join(tmp, f"error{rank}.txt"), "w") as f:
-            f.write(traceback.format_exc())
-        raise
-    finally:
-        torch.save(out, os.path.join(tmp, f"rank{rank}.pt"))
-        dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")

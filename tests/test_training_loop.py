@@ -1,6 +1,7 @@
 """Generic training loop (attnorm.training.loop) on a toy regression: no GAN involved."""
 
 import json
+import logging
 import math
 import random
 
@@ -9,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
+from attnorm.checkpoints import load_checkpoint
 from attnorm.training.loop import (EMA, BatchStream, NonFiniteLossError, Phase, TrainingLoop, get_rng_state,
-                                   load_checkpoint, read_stats, set_rng_state)
+                                   read_stats, set_rng_state)
 
 
 
@@ -52,7 +54,7 @@ def make_loop(run_dir, steps, nan_at=None, **kw):
     opt = torch.optim.Adam(model.parameters(), lr=0.3)
     ema = EMA(model, decay=0.9)
     loop = TrainingLoop([Phase("fit", model, opt)], ToyLoss(model, nan_at), BatchStream(ToyData(), 8, seed=1),
-                        run_dir, total_steps=steps, ema=ema, log_every=1, print_fn=None,
+                        run_dir, total_steps=steps, ema=ema, log_every=1,
                         extra_state={"config": {"width": 4, "name": "toy"}}, **kw)
     return loop, model, ema
 
@@ -155,3 +157,20 @@ def test_rng_state_roundtrip():
     b = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
     assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
     json.dumps(state["python"])  # plain types
+
+
+def test_progress_lines_go_to_the_logger(tmp_path, caplog):
+    loop, _, _ = make_loop(tmp_path, 3)
+    with caplog.at_level(logging.INFO, logger="attnorm.training.loop"):
+        loop.run()
+    lines = [r.getMessage() for r in caplog.records if r.name == "attnorm.training.loop"]
+    stats = read_stats(tmp_path / "stats.jsonl")
+    assert len(lines) == 3 and all(r.levelno == logging.INFO for r in caplog.records)
+    for line, rec in zip(lines, stats):  # each line: step, the interval's losses (as in stats.jsonl), speed
+        assert line.startswith(f"step {rec['step']}/3 | fit/loss {rec['fit/loss']:.4f} fit/noise ")
+        assert line.endswith(" it/s") and "grad_norm" not in line
+    other = make_loop(tmp_path / "quiet", 2, is_main=False)[0]  # DDP ranks > 0 log nothing
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="attnorm.training.loop"):
+        other.run()
+    assert not caplog.records

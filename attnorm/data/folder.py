@@ -19,25 +19,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
+
+from attnorm.data.photos import center_crop
+from attnorm.io import IMAGE_EXTENSIONS, image_error, list_images, read_rgb
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 LAYOUT_HINT = "expected one subfolder per class, e.g. DATA/cat/001.png, DATA/dog/002.jpg"
 
 
 def load_rgb(path: str | os.PathLike, resolution: int) -> np.ndarray:
     """(R, R, 3) uint8: shorter side resized to ``resolution`` (bicubic), centre crop."""
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        w, h = im.size
-        s = resolution / min(w, h)
-        nw, nh = max(resolution, round(w * s)), max(resolution, round(h * s))
-        im = im.resize((nw, nh), Image.BICUBIC)
-        left, top = (nw - resolution) // 2, (nh - resolution) // 2
-        im = im.crop((left, top, left + resolution, top + resolution))
-        return np.asarray(im, dtype=np.uint8).copy()
+    return np.asarray(center_crop(read_rgb(path), resolution), dtype=np.uint8).copy()
 
 
 class ImageFolderDataset:
@@ -65,9 +59,7 @@ class ImageFolderDataset:
         self.samples: list[tuple[str, int]] = []
         empty = []
         for label, name in enumerate(self.classes):
-            files = sorted(p for p in (self.root / name).rglob("*")
-                           if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-            good = [p for p in files if self._verify(p)]
+            good = [p for p in list_images(self.root / name) if self._verify(p)]
             if not good:
                 empty.append(name)
             self.samples += [(str(p), label) for p in good]
@@ -89,13 +81,10 @@ class ImageFolderDataset:
         return len(self.skipped)
 
     def _verify(self, path: Path) -> bool:
-        try:
-            with Image.open(path) as im:
-                im.verify()  # header + structure check, no full decode
-            return True
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-            self.skipped.append((str(path), f"{type(exc).__name__}: {exc}"))
-            return False
+        error = image_error(path)  # header + structure check, no full decode
+        if error is not None:
+            self.skipped.append((str(path), error))
+        return error is None
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -16,6 +16,11 @@ Recipes (sizes given for a 256x256 image are scaled with the image):
   sqrt(H*W)/256), round joints; the mask is then flipped left-right and
   up-down, each with probability 1/2.
 * ``"mixed"`` -- box or free-form with probability 1/2 each.
+* ``"binned"`` -- hole-area-balanced masks for evaluation and training: sample ``i``
+  targets the LaMa area bin ``i % 5`` (0-10%, ..., 40-50%) and is a union of free-form
+  strokes and boxes of random size (the box sides uniform in [1/8, 1/2] of the image
+  side), added one by one (each a stroke or a box with probability 1/2) until the
+  hole area lies in that bin; a draw that overshoots the bin starts again.
 
 Every mask is a pure function of ``(seed, index)``: :class:`MaskGenerator` seeds a
 fresh ``numpy.random.Generator`` with ``SeedSequence([seed, index])`` per sample,
@@ -27,9 +32,9 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -40,13 +45,17 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import Tensor
 
+from attnorm.io import list_images
+
+log = logging.getLogger(__name__)
+
 __all__ = [
     "AREA_BIN_LABELS", "MASK_KINDS", "MaskGenerator", "Stroke", "area_bin", "area_bin_label",
-    "box_mask", "center_mask", "draw_strokes", "free_form_mask", "free_form_strokes",
+    "binned_mask", "box_mask", "center_mask", "draw_strokes", "free_form_mask", "free_form_strokes",
     "hole_bbox", "load_mask", "mask_area", "random_box", "save_mask", "write_eval_masks",
 ]
 
-MASK_KINDS = ("box", "center", "free_form", "mixed")
+MASK_KINDS = ("box", "center", "free_form", "mixed", "binned")
 
 # LaMa-style evaluation bins of the hole-area fraction: [0, 10%), [10, 20%), ... [50, 60%);
 # a seventh overflow bin collects masks covering 60% or more (LaMa's evaluation drops them).
@@ -172,6 +181,37 @@ def draw_strokes(size: int | Sequence[int], strokes: Sequence[Stroke]) -> np.nda
     return np.array(img, dtype=np.uint8)  # writable copy
 
 
+def binned_mask(size: int | Sequence[int], target_bin: int, rng: np.random.Generator | int | None = None,
+                max_tries: int = 1000) -> Tensor:
+    """(1, H, W) mask whose hole fraction lies in area bin ``target_bin`` (0..4: [0.1 k, 0.1 (k + 1))).
+
+    A union of free-form strokes and random boxes, grown one shape at a time until the
+    area reaches the bin; a draw that overshoots restarts. Bin 0 masks are never empty.
+    """
+    if not 0 <= int(target_bin) <= 4:
+        raise ValueError(f"target_bin must be in 0..4, got {target_bin}")
+    h, w = _size2(size)
+    rng = _rng(rng)
+    lo, hi = 0.1 * int(target_bin), 0.1 * (int(target_bin) + 1)
+    arr = np.zeros((h, w), dtype=np.uint8)
+    for _ in range(max_tries):
+        arr = np.zeros((h, w), dtype=np.uint8)
+        while True:
+            if rng.random() < 0.5:
+                arr |= draw_strokes((h, w), free_form_strokes((h, w), rng, num_strokes=(1, 1)))
+            else:
+                bh = int(rng.integers(max(1, h // 8), max(2, h // 2) + 1))
+                bw = int(rng.integers(max(1, w // 8), max(2, w // 2) + 1))
+                top, left = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
+                arr[top:top + bh, left:left + bw] = 1
+            area = arr.mean()
+            if area >= lo and area > 0:
+                break
+        if area < hi:
+            break
+    return torch.from_numpy(arr.astype(np.float32)).unsqueeze(0)
+
+
 def free_form_mask(size: int | Sequence[int], rng: np.random.Generator | int | None = None,
                    flip: bool = True, **stroke_kwargs) -> Tensor:
     """(1, H, W) DeepFill v2 free-form mask; ``stroke_kwargs`` go to :func:`free_form_strokes`."""
@@ -217,11 +257,6 @@ def save_mask(path: str | os.PathLike, mask: Tensor | np.ndarray) -> None:
     if arr.ndim != 2:
         raise ValueError(f"save_mask needs a single (1, H, W) or (H, W) mask, got shape {mask.shape}")
     Image.fromarray(((arr >= 0.5) * 255).astype(np.uint8), mode="L").save(path)
-
-
-def _list_images(folder: Path) -> list[Path]:
-    exts = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in exts and p.is_file())
 
 
 # ---------------------------------------------------------------------------- area / bbox
@@ -292,7 +327,7 @@ class MaskGenerator:
                 folder = Path(files)
                 if not folder.is_dir():
                     raise FileNotFoundError(f"mask folder {folder} does not exist")
-                self.files = _list_images(folder)
+                self.files = list_images(folder)
             else:
                 self.files = [Path(f) for f in files]
             if not self.files:
@@ -308,6 +343,8 @@ class MaskGenerator:
             return center_mask(self.size)
         rng = self.rng(index)
         kind = self.kind
+        if kind == "binned":
+            return binned_mask(self.size, int(index) % 5, rng)
         if kind == "mixed":
             kind = "box" if rng.random() < 0.5 else "free_form"
         if kind == "box":
@@ -357,6 +394,6 @@ def write_eval_masks(out_dir: str | os.PathLike, n: int, size: int | Sequence[in
         writer.writeheader()
         writer.writerows(records)
     if counts[AREA_BIN_LABELS[-1]]:
-        warnings.warn(f"{counts[AREA_BIN_LABELS[-1]]} of {n} masks cover >= 60% of the image "
-                      "(LaMa-style evaluation usually drops them)", stacklevel=2)
+        log.warning("%d of %d masks cover >= 60%% of the image (LaMa-style evaluation usually drops them)",
+                    counts[AREA_BIN_LABELS[-1]], n)
     return records

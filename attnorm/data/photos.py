@@ -13,6 +13,16 @@ Fixed split (by name; the stereo pair stays together in train):
 * train (15): astronaut, chelsea, hubble_deep_field, immunohistochemistry, retina,
   motorcycle_left, motorcycle_right, moon, coins, clock, brick, grass, cell, page, text
 
+Extra colour photos (``EXTRA_PHOTOS``), used only when their package is installed
+(``pip install scikit-learn matplotlib``; nothing is downloaded at run time): ``china``
+and ``flower`` (scikit-learn's sample images) and ``grace_hopper`` (matplotlib's sample
+data). They are read from the installed package's files without importing it. The
+``train+extra`` split is the train split plus these.
+
+Training augmentation (``augment``, a dict; see :func:`augment_image`): small rotations,
+vertical flips and colour jitter (hue rotation, saturation, brightness, contrast), on top
+of the random rescale, crop and horizontal flip.
+
 Samples are (3, R, R) float tensors in [-1, 1]. Random crops are a pure function of
 ``(seed, epoch, index)`` (call ``set_epoch`` to get new crops each epoch).
 """
@@ -20,8 +30,9 @@ Samples are (3, R, R) float tensors in [-1, 1]. Random crops are a pure function
 from __future__ import annotations
 
 import functools
+import logging
+import math
 import os
-import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -31,42 +42,28 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from attnorm.io import IMAGE_EXTENSIONS, image_error, list_images, read_rgb, to_rgb_uint8
+
+log = logging.getLogger(__name__)
+
 __all__ = [
-    "COLOR_PHOTOS", "GRAY_PHOTOS", "HELDOUT_PHOTOS", "IMAGE_EXTENSIONS", "ImageFolderFlat", "SkimagePhotos",
-    "TRAIN_PHOTOS", "available_photos", "center_crop", "load_photo", "random_crop", "to_rgb_uint8", "to_tensor",
+    "COLOR_PHOTOS", "EXTRA_PHOTOS", "GRAY_PHOTOS", "HELDOUT_PHOTOS", "IMAGE_EXTENSIONS", "ImageFolderFlat", "SkimagePhotos",
+    "TRAIN_PHOTOS", "augment_image", "available_photos", "center_crop", "load_photo", "random_crop", "to_rgb_uint8", "to_tensor",
 ]
 
 COLOR_PHOTOS = ("astronaut", "chelsea", "coffee", "hubble_deep_field", "immunohistochemistry", "retina",
                 "rocket", "motorcycle_left", "motorcycle_right")
 GRAY_PHOTOS = ("camera", "moon", "coins", "clock", "brick", "grass", "gravel", "cell", "page", "text")
 HELDOUT_PHOTOS = ("coffee", "rocket", "camera", "gravel")
+# name -> (package, file inside the installed package)
+EXTRA_PHOTOS: dict[str, tuple[str, str]] = {
+    "china": ("sklearn", "datasets/images/china.jpg"),
+    "flower": ("sklearn", "datasets/images/flower.jpg"),
+    "grace_hopper": ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
+}
 TRAIN_PHOTOS = tuple(n for n in COLOR_PHOTOS + GRAY_PHOTOS if n not in HELDOUT_PHOTOS)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
-
-
 # ---------------------------------------------------------------------------- conversions
-def to_rgb_uint8(arr: np.ndarray) -> np.ndarray:
-    """Any image array -> (H, W, 3) uint8: grey is repeated, alpha dropped, bool/float scaled."""
-    arr = np.asarray(arr)
-    if arr.dtype == bool:
-        arr = arr.astype(np.uint8) * 255
-    elif arr.dtype != np.uint8:
-        arr = arr.astype(np.float64)
-        if arr.max() <= 1.0:
-            arr = arr * 255.0
-        arr = np.clip(np.round(arr), 0, 255).astype(np.uint8)
-    if arr.ndim == 2:
-        arr = np.repeat(arr[:, :, None], 3, axis=2)
-    elif arr.ndim == 3 and arr.shape[2] == 1:
-        arr = np.repeat(arr, 3, axis=2)
-    elif arr.ndim == 3 and arr.shape[2] == 4:
-        arr = arr[:, :, :3]
-    if arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f"cannot make an RGB image of an array of shape {arr.shape}")
-    return np.ascontiguousarray(arr)
-
-
 def to_tensor(img: Image.Image | np.ndarray) -> Tensor:
     """RGB uint8 image -> (3, H, W) float32 in [-1, 1] (0 -> -1, 255 -> 1)."""
     arr = to_rgb_uint8(np.array(img))  # np.array: a writable copy
@@ -112,6 +109,56 @@ def random_crop(img: Image.Image, resolution: int, rng: np.random.Generator,
     return img
 
 
+def augment_image(img: Image.Image, resolution: int, rng: np.random.Generator, scale: tuple[float, float],
+                  rotate: float = 0.0, vflip: bool = False, hue: float = 0.0,
+                  saturation: tuple[float, float] = (1.0, 1.0), brightness: float = 0.0,
+                  contrast: tuple[float, float] = (1.0, 1.0)) -> Tensor:
+    """Random crop (:func:`random_crop`) plus the optional training augmentations -> (3, R, R) in [-1, 1].
+
+    Args:
+        rotate: rotation by an angle uniform in [-rotate, rotate] degrees (bicubic), taken
+            from a crop ~1.5x larger so that no corner is empty.
+        vflip: vertical flip with probability 1/2.
+        hue: rotate the hue by an angle uniform in [-hue, hue] degrees (chroma rotation in
+            YIQ space; keeps luma).
+        saturation, brightness, contrast: chroma scale ``U(saturation)``, luma offset
+            ``U(-brightness, brightness)`` (units of the [0, 1] range), contrast about the
+            image mean ``U(contrast)``.
+    """
+    if rotate:
+        big = int(math.ceil(resolution * 1.5))
+        crop = random_crop(img, big, rng, scale)
+        angle = float(rng.uniform(-rotate, rotate))
+        crop = crop.rotate(angle, resample=Image.BICUBIC)
+        off = (big - resolution) // 2
+        crop = crop.crop((off, off, off + resolution, off + resolution))
+    else:
+        crop = random_crop(img, resolution, rng, scale)
+    if vflip and rng.random() < 0.5:
+        crop = crop.transpose(Image.FLIP_TOP_BOTTOM)
+    x = to_tensor(crop)
+    if not (hue or saturation != (1.0, 1.0) or brightness or contrast != (1.0, 1.0)):
+        return x
+    rgb = (x + 1) / 2  # (3, R, R) in [0, 1]
+    yiq = torch.einsum("ij,jhw->ihw", _RGB2YIQ, rgb)
+    theta = math.radians(float(rng.uniform(-hue, hue))) if hue else 0.0
+    sat = float(rng.uniform(*saturation))
+    c, s_ = math.cos(theta) * sat, math.sin(theta) * sat
+    i, q = yiq[1], yiq[2]
+    yiq = torch.stack([yiq[0], c * i - s_ * q, s_ * i + c * q])
+    if contrast != (1.0, 1.0):
+        k = float(rng.uniform(*contrast))
+        yiq[0] = (yiq[0] - yiq[0].mean()) * k + yiq[0].mean()
+    if brightness:
+        yiq[0] = yiq[0] + float(rng.uniform(-brightness, brightness))
+    rgb = torch.einsum("ij,jhw->ihw", _YIQ2RGB, yiq).clamp(0, 1)
+    return rgb * 2 - 1
+
+
+_RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.5959, -0.2746, -0.3213], [0.2115, -0.5227, 0.3112]])
+_YIQ2RGB = torch.linalg.inv(_RGB2YIQ)
+
+
 # ---------------------------------------------------------------------------- skimage photos
 def _loader(name: str) -> Callable[[], np.ndarray]:
     import skimage.data as skd  # scikit-image: a core dependency of the default data
@@ -121,11 +168,30 @@ def _loader(name: str) -> Callable[[], np.ndarray]:
     return getattr(skd, name)
 
 
+def _extra_photo_path(name: str) -> Path:
+    """File of an :data:`EXTRA_PHOTOS` entry inside its installed package (FileNotFoundError if absent)."""
+    import importlib.util
+
+    package, rel = EXTRA_PHOTOS[name]
+    spec = importlib.util.find_spec(package)  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"photo {name!r} needs the {package!r} package (pip install {package})")
+    path = Path(list(spec.submodule_search_locations)[0]) / rel
+    if not path.is_file():
+        raise FileNotFoundError(f"photo {name!r}: {path} not found")
+    return path
+
+
 @functools.lru_cache(maxsize=None)
 def load_photo(name: str) -> np.ndarray:
     """One bundled photo as an (H, W, 3) uint8 array (cached; treat it as read-only)."""
+    if name in EXTRA_PHOTOS:
+        with Image.open(_extra_photo_path(name)) as im:
+            arr = to_rgb_uint8(np.asarray(im.convert("RGB")))
+        arr.setflags(write=False)
+        return arr
     if name not in COLOR_PHOTOS + GRAY_PHOTOS:
-        raise ValueError(f"unknown photo {name!r}; choose from {COLOR_PHOTOS + GRAY_PHOTOS}")
+        raise ValueError(f"unknown photo {name!r}; choose from {COLOR_PHOTOS + GRAY_PHOTOS + tuple(EXTRA_PHOTOS)}")
     arr = to_rgb_uint8(_loader(name)())
     arr.setflags(write=False)
     return arr
@@ -135,7 +201,7 @@ def load_photo(name: str) -> np.ndarray:
 def available_photos() -> tuple[str, ...]:
     """The bundled photos that load on this machine (without downloading)."""
     ok = []
-    for name in COLOR_PHOTOS + GRAY_PHOTOS:
+    for name in COLOR_PHOTOS + GRAY_PHOTOS + tuple(EXTRA_PHOTOS):
         try:
             load_photo(name)
             ok.append(name)
@@ -156,16 +222,21 @@ class SkimagePhotos(Dataset):
             number of photos (use e.g. 1000 for many random crops per epoch).
         seed: base seed of the random crops.
         scale: random-rescale range, in units of R for the short side (default 1-2).
-        names: explicit photo names instead of a split.
+        names: explicit photo names instead of a split (a name may repeat: it is then
+            drawn that many times more often).
+        augment: training augmentations for ``crop="random"`` (keyword arguments of
+            :func:`augment_image`: ``rotate``, ``vflip``, ``hue``, ``saturation``,
+            ``brightness``, ``contrast``); None: crop and horizontal flip only.
     """
 
     def __init__(self, split: str = "train", resolution: int = 256, crop: str = "random",
                  length: int | None = None, seed: int = 0, scale: tuple[float, float] = (1.0, 2.0),
-                 names: Sequence[str] | None = None) -> None:
+                 names: Sequence[str] | None = None, augment: dict | None = None) -> None:
         if crop not in ("random", "center"):
             raise ValueError(f"crop must be 'random' or 'center', got {crop!r}")
         if names is None:
-            splits = {"train": TRAIN_PHOTOS, "heldout": HELDOUT_PHOTOS, "all": COLOR_PHOTOS + GRAY_PHOTOS}
+            splits = {"train": TRAIN_PHOTOS, "heldout": HELDOUT_PHOTOS, "all": COLOR_PHOTOS + GRAY_PHOTOS,
+                      "train+extra": TRAIN_PHOTOS + tuple(EXTRA_PHOTOS)}
             if split not in splits:
                 raise ValueError(f"split must be one of {list(splits)}, got {split!r}")
             names = splits[split]
@@ -173,11 +244,19 @@ class SkimagePhotos(Dataset):
         self.names = [n for n in names if n in avail]
         missing = [n for n in names if n not in avail]
         if missing:
-            warnings.warn(f"skimage photos not available offline, skipped: {missing}", stacklevel=2)
+            log.warning("skimage photos not available offline, skipped: %s", missing)
         if not self.names:
             raise RuntimeError("no scikit-image photo could be loaded; is scikit-image installed?")
         self.resolution, self.crop, self.seed, self.scale = int(resolution), crop, int(seed), scale
         self.length = len(self.names) if length is None else int(length)
+        self.augment = dict(augment or {})
+        unknown = set(self.augment) - {"rotate", "vflip", "hue", "saturation", "brightness", "contrast"}
+        if unknown:
+            raise ValueError(f"unknown augment keys {sorted(unknown)}; use rotate, vflip, hue, saturation, "
+                             "brightness, contrast")
+        for k in ("saturation", "contrast"):
+            if k in self.augment:
+                self.augment[k] = tuple(float(v) for v in self.augment[k])
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -197,6 +276,8 @@ class SkimagePhotos(Dataset):
         if self.crop == "center":
             return to_tensor(center_crop(img, self.resolution))
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, int(index)]))
+        if self.augment:
+            return augment_image(img, self.resolution, rng, self.scale, **self.augment)
         return to_tensor(random_crop(img, self.resolution, rng, self.scale))
 
 
@@ -226,21 +307,14 @@ class ImageFolderFlat(Dataset):
             raise FileNotFoundError(f"image folder {self.root} does not exist or is not a folder")
         if crop not in ("random", "center"):
             raise ValueError(f"crop must be 'random' or 'center', got {crop!r}")
-        exts = tuple(e.lower() for e in extensions)
-        files = sorted(p for p in self.root.rglob("*") if p.is_file() and p.name.lower().endswith(exts))
+        files = list_images(self.root, tuple(extensions))
         if not files:
-            raise ValueError(f"no images ({', '.join(exts)}) found under {self.root}")
+            raise ValueError(f"no images ({', '.join(extensions)}) found under {self.root}")
         self.skipped: list[Path] = []
         if verify:
-            good = []
-            for p in files:
-                try:
-                    with Image.open(p) as im:
-                        im.verify()
-                    good.append(p)
-                except Exception:
-                    self.skipped.append(p)
-            files = good
+            self.skipped = [p for p in files if image_error(p)]
+            bad = set(self.skipped)
+            files = [p for p in files if p not in bad]
             self._warn_skipped()
             if not files:
                 raise ValueError(f"all {len(self.skipped)} image files under {self.root} are unreadable")
@@ -256,8 +330,8 @@ class ImageFolderFlat(Dataset):
         if self.skipped:
             shown = ", ".join(str(p.relative_to(self.root)) for p in self.skipped[:5])
             more = "" if len(self.skipped) <= 5 else f" and {len(self.skipped) - 5} more"
-            warnings.warn(f"ImageFolderFlat: skipped {len(self.skipped)} unreadable file(s) under "
-                          f"{self.root}: {shown}{more}", stacklevel=3)
+            log.warning("ImageFolderFlat: skipped %d unreadable file(s) under %s: %s%s", len(self.skipped),
+                        self.root, shown, more)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -265,26 +339,19 @@ class ImageFolderFlat(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def _load(self, path: Path) -> Image.Image:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("RGB", "L", "RGBA", "LA", "P", "CMYK", "1"):
-                return im.convert("RGB")
-            return Image.fromarray(to_rgb_uint8(np.asarray(im)))
-
     def __getitem__(self, index: int) -> Tensor:
         if not 0 <= index < len(self.files):
             raise IndexError(index)
         for k in range(len(self.files)):
             path = self.files[(index + k) % len(self.files)]
             try:
-                img = self._load(path)
+                img = read_rgb(path)
                 break
             except Exception:
                 if path not in self.skipped:
                     self.skipped.append(path)
-                    warnings.warn(f"ImageFolderFlat: cannot read {path}, skipped "
-                                  f"({len(self.skipped)} skipped so far)", stacklevel=2)
+                    log.warning("ImageFolderFlat: cannot read %s, skipped (%d skipped so far)", path,
+                                len(self.skipped))
         else:
             raise RuntimeError(f"no readable image under {self.root}")
         if self.crop == "center":

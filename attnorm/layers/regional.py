@@ -63,23 +63,30 @@ class _Moments(torch.autograd.Function):
     @staticmethod
     def forward(ctx, vc: Tensor, s: Tensor, algorithm1: bool):
         vv = vc * vc  # (b, c, hw)
+        # The branch is a flag on ctx, never told apart by the saved tensors' identity: under
+        # saved-tensor hooks (checkpointing, save_on_cpu) every unpacked tensor is a new object.
+        ctx.algorithm1 = algorithm1
         if algorithm1:
             s2 = s * s  # (b, n, hw)
             ss = torch.cat([s, s2], dim=1)  # (b, 2n, hw)
             m = torch.bmm(vc, ss.transpose(1, 2))  # (b, c, 2n)
             a = torch.bmm(vv, s2.transpose(1, 2))  # (b, c, n)
+            ctx.save_for_backward(vc, vv, s, ss, s2)
         else:
-            ss = s2 = s
             m = torch.bmm(vc, s.transpose(1, 2))  # (b, c, n)
             a = torch.bmm(vv, s.transpose(1, 2))  # (b, c, n)
-        ctx.save_for_backward(vc, vv, s, ss, s2)
+            ctx.save_for_backward(vc, vv, s)
         return m, a
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     @_full_precision_backward
     def backward(ctx, g_m: Tensor | None, g_a: Tensor | None):
-        vc, vv, s, ss, s2 = ctx.saved_tensors
+        if ctx.algorithm1:
+            vc, vv, s, ss, s2 = ctx.saved_tensors
+        else:
+            vc, vv, s = ctx.saved_tensors
+            ss = s2 = s
         if g_m is None:
             g_m = torch.zeros(vc.shape[0], vc.shape[1], ss.shape[1], dtype=vc.dtype, device=vc.device)
         if g_a is None:
@@ -92,7 +99,7 @@ class _Moments(torch.autograd.Function):
             w = torch.bmm(g_m.transpose(1, 2), vc)  # (b, 2n or n, hw)
             u = torch.bmm(g_a.transpose(1, 2), vv)  # (b, n, hw)
             n = s.shape[1]
-            if ss is not s:  # algorithm1: d/dS of S^2 terms is 2 S (...)
+            if ctx.algorithm1:  # d/dS of the S^2 terms is 2 S (...)
                 g_s = torch.addcmul(w[:, :n], s, w[:, n:] + u, value=2.0)
             else:
                 g_s = w + u

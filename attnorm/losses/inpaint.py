@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnorm.layers import orthogonality_loss
+from attnorm.losses.gan import d_hinge
 from attnorm.models.inpaint import crop_hole_patches
 
 __all__ = [
@@ -183,7 +184,7 @@ class InpaintLoss:
         if self.patch_critic is not None:
             d_real = self.patch_critic(real, mask)
             d_fake = self.patch_critic(fake, mask)
-            hinge = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+            hinge = d_hinge(d_real, d_fake)
             total = total + hinge
             out.update(d_hinge=hinge.detach(), d_real=d_real.mean().detach(), d_fake=d_fake.mean().detach())
         for name, critic in (("global", self.global_critic), ("local", self.local_critic)):

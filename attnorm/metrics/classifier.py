@@ -16,20 +16,20 @@ to 32x32 by antialiased bilinear interpolation (``F.interpolate(..., antialias=T
 
 The shipped weights ``attnorm/weights/procedural_classifier.safetensors`` were made by::
 
-    python -m attnorm.metrics.classifier --out attnorm/weights/procedural_classifier.safetensors \\
-        --steps 2000 --seed 0
+    attnorm train-classifier --out attnorm/weights/procedural_classifier.safetensors --steps 2000 --seed 0
 
-which prints the held-out accuracy (procedural images of dataset seed ``seed + 1``)
-and stores it, with the training settings, in the file's metadata. ``.safetensors``
-is written and read by the small reader/writer here (the ``safetensors`` package is
-not needed); a ``.pt`` output is a plain ``torch.save`` of tensors and strings,
-loaded with ``torch.load(weights_only=True)``.
+(``python -m attnorm.metrics.classifier ARGS`` runs the same command), which prints the
+held-out accuracy (procedural images of dataset seed ``seed + 1``) and stores it, with
+the training settings, in the file's metadata. ``.safetensors``
+files are written and read with the ``safetensors`` package (:mod:`attnorm.io`); a
+``.pt`` output is a plain ``torch.save`` of tensors and strings, loaded with
+``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import logging
 import math
 import os
 import time
@@ -40,7 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnorm.files import atomic_write, sha256_file
+from attnorm.io import atomic_write, read_safetensors, sha256_file, write_safetensors
+
+log = logging.getLogger(__name__)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "procedural_classifier.safetensors"
@@ -86,62 +88,6 @@ class ProceduralClassifier(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- files
-
-
-_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-              "BOOL": torch.bool}
-
-
-def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
-                      metadata: dict[str, str] | None = None) -> None:
-    """Write the safetensors format (u64-LE header size, JSON header, raw little-endian data);
-    no dependency on the ``safetensors`` package."""
-    names = {v: k for k, v in _ST_DTYPES.items()}
-    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
-    blobs, offset = [], 0
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        if t.dtype not in names:
-            raise ValueError(f"unsupported dtype {t.dtype} for tensor {name!r}")
-        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-        header[name] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(raw)]}
-        blobs.append(raw)
-        offset += len(raw)
-    hb = json.dumps(header, separators=(",", ":")).encode()
-    hb += b" " * (-len(hb) % 8)
-    with open(path, "wb") as f:
-        f.write(len(hb).to_bytes(8, "little"))
-        f.write(hb)
-        for raw in blobs:
-            f.write(raw)
-
-
-def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a safetensors file -> (tensors, metadata); no dependency on the ``safetensors`` package."""
-    data = Path(path).read_bytes()
-    if len(data) < 8:
-        raise ValueError(f"{path} is not a safetensors file (too short)")
-    n = int.from_bytes(data[:8], "little")
-    if n > len(data) - 8:
-        raise ValueError(f"{path} is not a safetensors file (bad header size)")
-    header = json.loads(data[8:8 + n].decode())
-    meta = header.pop("__metadata__", None) or {}
-    body = memoryview(data)[8 + n:]
-    out = {}
-    for name, spec in header.items():
-        dtype = _ST_DTYPES[spec["dtype"]]
-        b, e = spec["data_offsets"]
-        if e > len(body) or b > e:
-            raise ValueError(f"{path}: tensor {name!r} lies outside the file")
-        if e > b:
-            t = torch.frombuffer(bytearray(body[b:e]), dtype=dtype)
-        else:
-            t = torch.empty(0, dtype=dtype)
-        out[name] = t.reshape(spec["shape"])
-    return out, meta
-
-
 def save_classifier(model: ProceduralClassifier, path: str | os.PathLike, meta: dict | None = None) -> Path:
     """Write the state dict + config (+ ``meta``) as ``.safetensors`` or ``.pt`` (by extension)."""
     path = Path(path)
@@ -159,7 +105,7 @@ def load_classifier(path: str | os.PathLike | None = None, device: str | torch.d
     path = Path(path) if path is not None else DEFAULT_WEIGHTS
     if not path.is_file():
         raise FileNotFoundError(
-            f"classifier weights {str(path)!r} not found; train them with `python -m attnorm.metrics.classifier "
+            f"classifier weights {str(path)!r} not found; train them with `attnorm train-classifier "
             f"--out {path} --steps 2000 --seed 0` or pass an existing file")
     if path.suffix == ".safetensors":
         state, info = read_safetensors(path)
@@ -215,7 +161,7 @@ def heldout_accuracy(model: ProceduralClassifier, n: int, seed: int, resolution:
 
 def train_classifier(steps: int = 2000, seed: int = 0, batch_size: int = 64, lr: float = 2e-3,
                      weight_decay: float = 1e-4, config: dict | None = None, eval_n: int = 2400,
-                     print_fn=print) -> tuple[ProceduralClassifier, dict]:
+                     ) -> tuple[ProceduralClassifier, dict]:
     """Train on procedural shapes of dataset seed ``seed`` (images ``[s*B, (s+1)*B)`` at step ``s``,
     never repeated), AdamW + cosine schedule; evaluate on ``eval_n`` images of dataset seed ``seed + 1``."""
     from attnorm.data.procedural import ProceduralShapes
@@ -235,8 +181,8 @@ def train_classifier(steps: int = 2000, seed: int = 0, batch_size: int = 64, lr:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if print_fn and (step % 100 == 0 or step == steps - 1):
-            print_fn(f"step {step + 1}/{steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
+        if step % 100 == 0 or step == steps - 1:
+            log.info("step %d/%d loss %.4f (%.0fs)", step + 1, steps, loss.item(), time.time() - t0)
     model.eval()
     acc = heldout_accuracy(model, eval_n, seed + 1, cfg["input_size"])
     meta = {"steps": steps, "seed": seed, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
@@ -244,29 +190,12 @@ def train_classifier(steps: int = 2000, seed: int = 0, batch_size: int = 64, lr:
                           f"seed={seed}), images [0, {steps * batch_size})",
             "heldout": f"ProceduralShapes(seed={seed + 1}), images [0, {eval_n})",
             "heldout_accuracy": acc, "torch": torch.__version__}
-    if print_fn:
-        print_fn(f"held-out accuracy {acc:.4f} on {eval_n} images of dataset seed {seed + 1}")
+    log.info("held-out accuracy %.4f on %d images of dataset seed %d", acc, eval_n, seed + 1)
     return model, meta
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m attnorm.metrics.classifier", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=str(DEFAULT_WEIGHTS), help="output file (.safetensors or .pt)")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--eval-n", type=int, default=2400, help="held-out images (dataset seed + 1)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model, meta = train_classifier(args.steps, args.seed, args.batch_size, args.lr, eval_n=args.eval_n)
-    path = save_classifier(model, args.out, meta)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB, sha256 {sha256_file(path)})")
-    return 0
+if __name__ == "__main__":  # `python -m attnorm.metrics.classifier ARGS` is `attnorm train-classifier ARGS`
+    import sys
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    from attnorm.cli import main
+    raise SystemExit(main(["train-classifier", *sys.argv[1:]]))

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from attnorm.files import sha256_file
+from attnorm.io import sha256_file
 
 __all__ = [
     "FeatureExtractor",

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,9 +37,11 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from attnorm.files import atomic_write
+from attnorm.io import atomic_write
 
 from .maths import feature_statistics
+
+log = logging.getLogger(__name__)
 
 CACHE_ENV = "ATTNORM_STATS_CACHE"
 CACHE_VERSION = 1
@@ -76,6 +79,19 @@ class DataSource:
             return list(range(self.size)), f"{self.id}, all {self.size} images"
         idx = np.sort(np.random.default_rng(self.seed).choice(self.size, n, replace=False))
         return idx.tolist(), f"{self.id}, {n} of {self.size} images drawn with default_rng({self.seed})"
+
+    def floor_indices(self, n: int, n_ref: int | None) -> tuple[list[int], str]:
+        """A second real set of (up to) ``n`` images, disjoint from the reference split of ``n_ref``
+        images: the real-vs-real floor of a metric scores it as if it were the generator's output."""
+        if self.kind == "procedural":
+            start = int(n_ref or 0)
+            return list(range(start, start + n)), f"{self.id}, images [{start}, {start + n})"
+        assert self.size is not None
+        ref = set(self.indices(n_ref)[0])
+        rest = [i for i in range(self.size) if i not in ref]
+        if len(rest) > n:
+            rest = np.sort(np.random.default_rng(self.seed + 1).choice(rest, n, replace=False)).tolist()
+        return rest, f"{self.id}, {len(rest)} images outside the reference split"
 
     def batches(self, indices: list[int], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for i in range(0, len(indices), batch_size):
@@ -138,7 +154,7 @@ def _load(path: Path, key: dict) -> dict | None:
 
 def reference_statistics(source: DataSource, extractor, n: int | None, batch_size: int = 100,
                          cache_dir: str | os.PathLike | None = None, use_cache: bool = True,
-                         max_feature_values: int = 1 << 25, print_fn: Callable[[str], Any] | None = None) -> dict:
+                         max_feature_values: int = 1 << 25) -> dict:
     """mu/sigma (+ float32-exact features and labels) of ``n`` real images of ``source``.
 
     Returns a dict with ``mu`` (d,), ``sigma`` (d, d), ``labels`` (n,), ``features``
@@ -154,16 +170,14 @@ def reference_statistics(source: DataSource, extractor, n: int | None, batch_siz
     if path is not None and path.is_file():
         out = _load(path, key)
         if out is not None:
-            if print_fn:
-                print_fn(f"reference statistics: loaded {path}")
+            log.info("reference statistics: loaded %s", path)
             return {**out, "n": n, "split": split, "key": key, "path": str(path), "cached": True}
     feats, labels, done = [], [], 0
     for x, y in source.batches(indices, batch_size):
         feats.append(extractor.features(x).astype(np.float32))
         labels.append(np.asarray(y, dtype=np.int64))
         done += len(y)
-        if print_fn:
-            print_fn(f"reference features [{extractor.name}]: {done}/{n}")
+        log.info("reference features [%s]: %d/%d", extractor.name, done, n)
     f32 = np.concatenate(feats)
     f64 = f32.astype(np.float64)
     mu, sigma = feature_statistics(f64)
@@ -176,6 +190,5 @@ def reference_statistics(source: DataSource, extractor, n: int | None, batch_siz
             save["features"] = f32
         atomic_write(path, lambda tmp: np.savez(tmp, key=np.array(json.dumps(key, sort_keys=True)), **save),
                      suffix=".npz")
-        if print_fn:
-            print_fn(f"reference statistics: wrote {path}")
+        log.info("reference statistics: wrote %s", path)
     return {**out, "n": n, "split": split, "key": key, "path": str(path) if path else None, "cached": False}

@@ -69,9 +69,10 @@ D_MULTS_128 = (1, 2, 4, 8, 16)  # output of each down block
 ATTENTION_KINDS = ("an", "sa", "none")
 
 
-def sn(module: nn.Module) -> nn.Module:
-    """Spectral normalisation of ``module.weight`` (one power iteration per training forward)."""
-    return spectral_norm(module)
+def sn(module: nn.Module, enabled: bool = True) -> nn.Module:
+    """Spectral normalisation of ``module.weight`` (one power iteration per training forward);
+    ``enabled=False`` returns the module unchanged."""
+    return spectral_norm(module) if enabled else module
 
 
 def num_blocks(resolution: int) -> int:
@@ -137,14 +138,14 @@ class GBlock(nn.Module):
     """
 
     def __init__(self, in_ch: int, out_ch: int, num_classes: int, attention: str = "none",
-                 num_entities: int = 16, an_kwargs: dict | None = None) -> None:
+                 num_entities: int = 16, an_kwargs: dict | None = None, use_sn: bool = True) -> None:
         super().__init__()
         self.cbn1 = ConditionalBatchNorm2d(in_ch, num_classes)
-        self.conv1 = sn(nn.Conv2d(in_ch, out_ch, 3, padding=1))
+        self.conv1 = sn(nn.Conv2d(in_ch, out_ch, 3, padding=1), use_sn)
         self.attn = make_attention(attention, out_ch, num_entities, an_kwargs)
         self.cbn2 = ConditionalBatchNorm2d(out_ch, num_classes)
-        self.conv2 = sn(nn.Conv2d(out_ch, out_ch, 3, padding=1))
-        self.shortcut = sn(nn.Conv2d(in_ch, out_ch, 1))
+        self.conv2 = sn(nn.Conv2d(out_ch, out_ch, 3, padding=1), use_sn)
+        self.shortcut = sn(nn.Conv2d(in_ch, out_ch, 1), use_sn)
 
     def forward(self, x: Tensor, y: Tensor, layouts: list | None = None) -> Tensor:
         x_up = F.interpolate(x, scale_factor=2, mode="nearest")  # (b, in, 2h, 2w)
@@ -168,6 +169,13 @@ class Generator(nn.Module):
         attn_index: block holding the attention (None: the 32x32 block, see module doc).
         channel_mults: override of the multipliers, ``num_blocks + 1`` entries.
         an_kwargs: extra ``AttentiveNorm`` arguments (``self_sampling``, ``temperature``, ...).
+        class_embed_dim: 0 (the listing): the class enters G only through the conditional
+            batch norms, whose per-class gains and biases start class-independent (1 and 0).
+            ``> 0``: also a class embedding (N(0, 1) initialised, ``class_embed_dim`` wide) is
+            concatenated to ``z`` before the first linear layer, so the class shapes the
+            4x4 map from the first step (cGAN/BigGAN-style; attnorm's CPU preset).
+        spectral_norm: spectral normalisation of G's convolutions and linear layer (the
+            listing, SAGAN, BigGAN); False leaves them plain (SN-GAN's generator).
 
     ``y`` is a (b,) long tensor of labels or a (b, num_classes) float tensor of
     class weights (soft path through every CBN, for class interpolation).
@@ -175,9 +183,12 @@ class Generator(nn.Module):
 
     def __init__(self, resolution: int = 128, ch: int = 64, num_classes: int = 1000, z_dim: int = 128,
                  attention: str = "an", num_entities: int = 16, attn_index: int | None = None,
-                 channel_mults: list[int] | None = None, an_kwargs: dict | None = None) -> None:
+                 channel_mults: list[int] | None = None, an_kwargs: dict | None = None,
+                 class_embed_dim: int = 0, spectral_norm: bool = True) -> None:
         super().__init__()
         nb = num_blocks(resolution)
+        if class_embed_dim < 0:
+            raise ValueError(f"class_embed_dim must be >= 0, got {class_embed_dim}")
         if channel_mults is None:
             if nb + 1 > len(G_MULTS_128):
                 raise ValueError(f"no default channel_mults for resolution {resolution}; pass channel_mults")
@@ -193,15 +204,20 @@ class Generator(nn.Module):
             resolution=resolution, ch=ch, num_classes=num_classes, z_dim=z_dim, attention=attention,
             num_entities=num_entities, attn_index=attn_index, channel_mults=list(channel_mults),
             an_kwargs=dict(an_kwargs or {}))
+        if class_embed_dim:  # absent for the listing's G: configs saved before the option still load
+            self.config["class_embed_dim"] = int(class_embed_dim)
+        if not spectral_norm:
+            self.config["spectral_norm"] = False
         self.resolution, self.num_classes, self.z_dim = resolution, num_classes, z_dim
         chans = [m * ch for m in channel_mults]
-        self.fc = sn(nn.Linear(z_dim, 4 * 4 * chans[0]))
+        self.class_embed = nn.Embedding(num_classes, class_embed_dim) if class_embed_dim else None
+        self.fc = sn(nn.Linear(z_dim + class_embed_dim, 4 * 4 * chans[0]), spectral_norm)
         self.blocks = nn.ModuleList(
             GBlock(chans[i], chans[i + 1], num_classes, attention if i == attn_index else "none",
-                   num_entities, an_kwargs)
+                   num_entities, an_kwargs, use_sn=spectral_norm)
             for i in range(nb))
         self.bn = nn.BatchNorm2d(chans[-1])
-        self.conv_out = sn(nn.Conv2d(chans[-1], 3, 3, padding=1))
+        self.conv_out = sn(nn.Conv2d(chans[-1], 3, 3, padding=1), spectral_norm)
 
     def get_config(self) -> dict[str, Any]:
         return copy.deepcopy(self.config)
@@ -211,6 +227,12 @@ class Generator(nn.Module):
         ``return_layouts``: also return the list of AN soft layouts (b, n, h, w)."""
         class_weights_or_labels(y, self.num_classes)
         layouts: list | None = [] if return_layouts else None
+        if self.class_embed is not None:
+            if y.dtype.is_floating_point:  # class weights: the same mixture of embeddings
+                e = y.to(self.class_embed.weight.dtype) @ self.class_embed.weight
+            else:
+                e = self.class_embed(y)
+            z = torch.cat([z, e.to(z.dtype)], dim=1)  # (b, z_dim + class_embed_dim)
         h = self.fc(z).view(z.shape[0], -1, 4, 4)  # (b, c0, 4, 4)
         for block in self.blocks:
             h = block(h, y, layouts)
@@ -327,10 +349,13 @@ class Discriminator(nn.Module):
 
 def build_gan(resolution: int = 32, ch: int = 16, num_classes: int = 10, z_dim: int = 128,
               attention: str = "an", num_entities: int = 16, an_kwargs: dict | None = None,
-              d_ch: int | None = None, projection: bool = False) -> tuple[Generator, Discriminator]:
-    """A matching (G, D) pair from one set of arguments (``d_ch`` defaults to ``ch``)."""
+              d_ch: int | None = None, projection: bool = False, class_embed_dim: int = 0,
+              g_spectral_norm: bool = True) -> tuple[Generator, Discriminator]:
+    """A matching (G, D) pair from one set of arguments (``d_ch`` defaults to ``ch``;
+    ``class_embed_dim`` and ``g_spectral_norm`` go to the generator)."""
     g = Generator(resolution=resolution, ch=ch, num_classes=num_classes, z_dim=z_dim,
-                  attention=attention, num_entities=num_entities, an_kwargs=an_kwargs)
+                  attention=attention, num_entities=num_entities, an_kwargs=an_kwargs,
+                  class_embed_dim=class_embed_dim, spectral_norm=g_spectral_norm)
     d = Discriminator(resolution=resolution, ch=d_ch or ch, num_classes=num_classes,
                       attention=attention, num_entities=num_entities, an_kwargs=an_kwargs,
                       projection=projection)

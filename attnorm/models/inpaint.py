@@ -31,7 +31,7 @@ from attnorm.data.masks import hole_bbox
 from attnorm.layers import AttentiveNorm, create_norm
 
 __all__ = [
-    "Clip", "GlobalCritic", "InpaintGenerator", "LocalCritic", "PatchCritic", "conv_same",
+    "Clip", "GlobalCritic", "pushpull_fill", "InpaintGenerator", "LocalCritic", "PatchCritic", "conv_same",
     "crop_hole_patches",
 ]
 
@@ -55,6 +55,37 @@ class Clip(nn.Module):
         return f"[{self.lo}, {self.hi}]"
 
 
+def pushpull_fill(x: Tensor, hole: Tensor) -> Tensor:
+    """Fill the holes of ``x`` smoothly from the known pixels (pull-push, Gortler et al. 1996).
+
+    Pull: a pyramid of mask-weighted 2x2 means (a coarse pixel averages its known
+    children; it is known when any child is). Push: from the coarsest level back up,
+    every hole pixel takes the bilinear upsampling of the filled level below, known
+    pixels keep their value. The fill is a smooth, colour-preserving interpolation
+    of the hole's surroundings: a flat colour is filled exactly, at any image size.
+    Cost: a few passes over the image (no parameters, no gradient needed).
+
+    Args:
+        x: (b, c, H, W) images.
+        hole: (b or 1, 1, H, W), 1 = hole (>= 0.5 counts as hole).
+    Returns: (b, c, H, W), equal to ``x`` on known pixels. Where an image has no
+    known pixel at all, the fill is 0.
+    """
+    b, c, h, w = x.shape
+    known = (hole < 0.5).to(x.dtype).expand(b, 1, h, w)
+    if h <= 1 and w <= 1:
+        return x * known
+    ph, pw = h % 2, w % 2
+    xs, ks = x * known, known
+    if ph or pw:  # pad odd sizes with unknown pixels
+        xs, ks = F.pad(xs, (0, pw, 0, ph)), F.pad(ks, (0, pw, 0, ph))
+    wsum = F.avg_pool2d(ks, 2)  # (b, 1, H/2, W/2): fraction of known children
+    coarse = F.avg_pool2d(xs, 2) / wsum.clamp_min(1e-12)
+    coarse = pushpull_fill(coarse, (wsum <= 0).to(x.dtype))
+    up = F.interpolate(coarse, scale_factor=2, mode="bilinear", align_corners=False)[..., :h, :w]
+    return x * known + up * (1 - known)
+
+
 def _seq(*layers: nn.Module) -> nn.Sequential:
     return nn.Sequential(*layers)
 
@@ -76,22 +107,23 @@ def bottleneck(c: dict[int, int]) -> nn.Sequential:
     return _seq(*layers)
 
 
-def decoder1(cin: int, c: dict[int, int]) -> nn.Sequential:
-    """Decoder1: x2, two convs, x2, three convs down to RGB, clip to [-1, 1]."""
+def decoder1(cin: int, c: dict[int, int], clip: bool = True) -> nn.Sequential:
+    """Decoder1: x2, two convs, x2, three convs down to RGB, clip to [-1, 1] (``clip=False``: an
+    identity in the clip's place, for residual outputs that are clipped after the addition)."""
     return _seq(nn.Upsample(scale_factor=2, mode="nearest"),
                 conv_same(cin, c[64], 3), nn.ELU(),
                 conv_same(c[64], c[64], 3), nn.ELU(),
                 nn.Upsample(scale_factor=2, mode="nearest"),
                 conv_same(c[64], c[32], 3), nn.ELU(),
                 conv_same(c[32], c[16], 3), nn.ELU(),
-                conv_same(c[16], 3, 3), Clip())
+                conv_same(c[16], 3, 3), Clip() if clip else nn.Identity())
 
 
-def decoder2(cin: int, c: dict[int, int]) -> nn.Sequential:
+def decoder2(cin: int, c: dict[int, int], clip: bool = True) -> nn.Sequential:
     """Decoder2: two 3x3 convs, then Decoder1."""
     return _seq(conv_same(cin, c[128], 3), nn.ELU(),
                 conv_same(c[128], c[128], 3), nn.ELU(),
-                *decoder1(c[128], c))
+                *decoder1(c[128], c, clip))
 
 
 class InpaintGenerator(nn.Module):
@@ -107,26 +139,38 @@ class InpaintGenerator(nn.Module):
             back afterwards): ``"replicate"`` (default; any size, even 1 px) or
             ``"reflect"`` (needs H, W >= 4) or ``"constant"`` (zeros; the mask is padded
             with zeros, i.e. the padding counts as known black pixels).
+        hole_fill: what the network sees in the hole and what it predicts. ``"zero"`` (the
+            paper, DeepFill): hole pixels are set to 0 and each stage outputs the image
+            directly. ``"pushpull"`` (attnorm's CPU-trained weights): the hole is first
+            filled by :func:`pushpull_fill` from the known pixels, and each stage
+            predicts a residual on its input (``coarse = clip(X_in + D1)``,
+            ``refined = clip(X2 + D2)``), so colour and brightness come from the hole's
+            surroundings by construction and the layers learn only structure and texture.
         **attention_kwargs: passed to the branch layer's constructor (e.g. ``self_sampling``).
 
     ``forward(x, mask)`` with ``x`` (b, 3, H, W) in [-1, 1] and ``mask`` (b or 1, 1, H, W),
     1 = hole, returns ``(coarse, refined)``, both (b, 3, H, W) clipped to [-1, 1]
     (the raw network outputs: paste them into the hole yourself, or use
-    :func:`attnorm.inpaint_commands.inpaint_image`). With ``return_layout=True`` (AN
+    :func:`attnorm.inference.inpaint_image`). With ``return_layout=True`` (AN
     only) it returns ``(coarse, refined, layout)``, the soft layout (b, n, ceil(H/4),
     ceil(W/4)) of the padded input.
     """
 
     def __init__(self, width: float = 1.0, attention: str = "an", num_entities: int = 16,
-                 pad_mode: str = "replicate", **attention_kwargs) -> None:
+                 pad_mode: str = "replicate", hole_fill: str = "zero", **attention_kwargs) -> None:
         super().__init__()
+        if hole_fill not in ("zero", "pushpull"):
+            raise ValueError(f"hole_fill must be 'zero' or 'pushpull', got {hole_fill!r}")
         if not width > 0:
             raise ValueError(f"width must be > 0, got {width}")
         if pad_mode not in ("replicate", "reflect", "constant"):
             raise ValueError(f"pad_mode must be 'replicate', 'reflect' or 'constant', got {pad_mode!r}")
         self.config = {"width": width, "attention": attention, "num_entities": num_entities,
                        "pad_mode": pad_mode, **attention_kwargs}
-        self.pad_mode = pad_mode
+        if hole_fill != "zero":  # the paper's default stays out of the config (old files load unchanged)
+            self.config["hole_fill"] = hole_fill
+        self.pad_mode, self.hole_fill = pad_mode, hole_fill
+        residual = hole_fill == "pushpull"
         c = {k: max(1, round(k * width)) for k in (16, 32, 64, 128)}
         self.channels = c
         cin = 5  # masked image (3) + ones (1) + mask (1)
@@ -134,7 +178,7 @@ class InpaintGenerator(nn.Module):
         # stage 1
         self.coarse_encoder = encoder(cin, c)
         self.coarse_bottleneck = bottleneck(c)
-        self.coarse_decoder = decoder1(c[128], c)
+        self.coarse_decoder = decoder1(c[128], c, clip=not residual)
         # stage 2, attentive branch with its own encoder. Seed order Conv-AN-Conv-ELU-Conv-ELU;
         # the authors' code has an extra ELU right after AN -- we follow the seed.
         norm_kwargs = dict(attention_kwargs)
@@ -148,7 +192,14 @@ class InpaintGenerator(nn.Module):
         # stage 2, dilated branch with its own encoder
         self.refine_encoder = encoder(cin, c)
         self.refine_bottleneck = bottleneck(c)
-        self.refine_decoder = decoder2(2 * c[128], c)
+        self.refine_decoder = decoder2(2 * c[128], c, clip=not residual)
+        if residual:  # start close to the pull-push fill: the last conv of both decoders scaled by 0.1
+            # (not zeroed: a zero last layer passes no gradient to the rest of the network, and
+            # the hole L1's sign gradients then keep it near zero for hundreds of steps)
+            with torch.no_grad():
+                for dec in (self.coarse_decoder, self.refine_decoder):
+                    dec[-2].weight.mul_(0.1)
+                    dec[-2].bias.zero_()
 
     @property
     def attention_layer(self) -> nn.Module:
@@ -185,12 +236,18 @@ class InpaintGenerator(nn.Module):
         mask = self._pad(mask, ph, pw)
         keep = 1 - mask
 
+        residual = self.hole_fill == "pushpull"
         # stage 1
         xin = x * keep
+        if residual:
+            with torch.no_grad():
+                xin = xin + pushpull_fill(x.float(), mask.float()).to(x.dtype) * mask
         coarse = self.coarse_decoder(self.coarse_bottleneck(self.coarse_encoder(self._inputs(xin, mask))))
+        if residual:
+            coarse = (xin + coarse).clamp(-1.0, 1.0)
 
         # stage 2: coarse pasted into the hole
-        x2 = xin + coarse * mask
+        x2 = x * keep + coarse * mask
         inp2 = self._inputs(x2, mask)  # (b, 5, H', W')
         feat = self.attn_encoder(inp2)  # (b, c128, H'/4, W'/4)
         feat = self.attn_branch[0](feat)
@@ -202,6 +259,8 @@ class InpaintGenerator(nn.Module):
         xa = self.attn_branch[2:](feat)
         xb = self.refine_bottleneck(self.refine_encoder(inp2))
         refined = self.refine_decoder(torch.cat([xa, xb], dim=1))  # (b, 3, H', W')
+        if residual:
+            refined = (x2 + refined).clamp(-1.0, 1.0)
 
         coarse, refined = coarse[..., :h, :w], refined[..., :h, :w]
         if return_layout:

@@ -444,23 +444,32 @@ class ServeApp:
         return self.gan
 
     def _classes(self, spec: Any) -> list[int]:
+        """Class indices from JSON: a list of indices or names, one of them, a comma-separated string
+        of them, or null / "all" for every class."""
         G = self._need_gan()
-        if spec is None:
-            pass  # all classes
+        if spec is None or (isinstance(spec, str) and spec.strip() in ("", "all")):
+            return list(range(G.num_classes))
+        if isinstance(spec, str):
+            items: list = [t.strip() for t in spec.split(",") if t.strip()]
         elif isinstance(spec, list):
-            if not spec:
-                raise ApiError(400, "choose at least one class")
-            spec = ",".join(str(s) for s in spec)
-        elif isinstance(spec, int) and not isinstance(spec, bool):
-            spec = str(spec)
-        elif not isinstance(spec, str):
-            raise ApiError(400, f"classes must be a list or a comma-separated string, got {spec!r}")
-        try:
-            out = models.parse_classes(spec, self.class_names, G.num_classes)
-        except ValueError as exc:
-            raise ApiError(400, str(exc)) from None
-        if not out:
+            items = spec
+        else:
+            items = [spec]
+        if not items:
             raise ApiError(400, "choose at least one class")
+        out = []
+        for item in items:
+            if isinstance(item, str) and re.fullmatch(r"-?\d+", item.strip()):
+                item = int(item)
+            if isinstance(item, int) and not isinstance(item, bool):
+                if not 0 <= item < G.num_classes:
+                    raise ApiError(400, f"class {item} out of range 0..{G.num_classes - 1}")
+                out.append(item)
+            elif isinstance(item, str) and item in self.class_names:
+                out.append(self.class_names.index(item))
+            else:
+                raise ApiError(400, f"unknown class {item!r}; use indices 0..{G.num_classes - 1} "
+                                    f"or names {self.class_names}")
         return out
 
     def _class(self, params: dict, key: str) -> int:
@@ -498,7 +507,7 @@ class ServeApp:
         with self._gan_lock:
             for c in classes:  # one class at a time bounds memory; eval mode makes samples independent
                 x, _ = models.sample_images(G, [c], n, seed=seed, truncation=trunc, device=dev)
-                rows.append(models.batch_to_uint8(x))
+                rows.append(models.to_uint8(x))
         tiles = np.concatenate(rows)
         return {"classes": classes, "names": [self.class_names[c] for c in classes], "n": n, "seed": seed,
                 "truncation": trunc, "tiles": [[png_bytes(t) for t in r] for r in rows],
@@ -512,7 +521,7 @@ class ServeApp:
         z, zinfo = self._z(params)
         with self._gan_lock:
             x = models.interpolate_z(G, z, a, b, steps)
-        frames = models.batch_to_uint8(x)
+        frames = models.to_uint8(x)
         return {"from": a, "to": b, "steps": steps, **zinfo, "frames": [png_bytes(f) for f in frames],
                 "strip": png_bytes(models.make_grid(frames, ncol=steps))}
 
@@ -546,7 +555,10 @@ def load_app(inpaint_ckpt: str | Path | None = None, gan_ckpt: str | Path | None
     ``inpaint_ckpt=None``: the shipped inpainting weights. ``gan_ckpt=None``: the shipped GAN weights
     (:func:`attnorm.serve.models.default_gan_checkpoint`) when present, else no GAN (the generate page
     says how to pass one)."""
-    inpainter = models.load_inpaint_generator(inpaint_ckpt, map_location=device)
+    try:
+        inpainter = models.load_inpaint_generator(inpaint_ckpt, map_location=device)
+    except (FileNotFoundError, ValueError) as exc:
+        raise type(exc)(f"inpainting generator: {exc}") from exc
     inpaint_name = str(inpaint_ckpt) if inpaint_ckpt else f"shipped ({models.DEFAULT_INPAINT_WEIGHTS.name})"
     gan, names, reason, gan_name = None, None, None, None
     path = Path(gan_ckpt) if gan_ckpt else models.default_gan_checkpoint()
@@ -554,7 +566,10 @@ def load_app(inpaint_ckpt: str | Path | None = None, gan_ckpt: str | Path | None
         reason = ("no GAN checkpoint: this install ships no GAN weights yet; start the server with "
                   "--gan-ckpt RUN/checkpoints/latest.pt (train one with `attnorm demo` or `attnorm train-gan`)")
     else:
-        gan, names = models.load_gan(path, device=device)
+        try:
+            gan, names = models.load_gan(path, device=device)
+        except (FileNotFoundError, ValueError) as exc:
+            raise type(exc)(f"GAN: {exc}") from exc
         gan_name = str(path) if gan_ckpt else f"shipped ({path.name})"
     return ServeApp(inpainter, gan, names, reason, limits,
                     info={"inpaint_checkpoint": inpaint_name, "gan_checkpoint": gan_name, "device": str(device)})

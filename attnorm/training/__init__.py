@@ -1,1 +1,2 @@
-"""Training: a generic phase loop (:mod:`.loop`) and the class-conditional GAN setup (:mod:`.gan`)."""
+"""Training: the generic phase loop (:mod:`.loop`), the run skeleton and config layering (:mod:`.config`),
+multi-process helpers (:mod:`.distributed`) and the two tasks' setups (:mod:`.gan`, :mod:`.inpaint`)."""

@@ -1,4 +1,5 @@
-"""Layered run configuration: defaults <- JSON file <- ``key=value`` overrides."""
+"""Run configuration (defaults <- JSON file <- ``key=value`` overrides) and :class:`TaskRun`,
+the skeleton both tasks' runners (:mod:`.gan`, :mod:`.inpaint`) are built on."""
 
 from __future__ import annotations
 
@@ -6,6 +7,13 @@ import copy
 import json
 import os
 from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .distributed import DistributedTrainingLoop, init_distributed, world
+from .loop import EMA, BatchStream, Phase, TrainingLoop
 
 
 def layered_config(defaults: dict, config_file: str | os.PathLike | None = None,
@@ -32,34 +40,66 @@ def layered_config(defaults: dict, config_file: str | os.PathLike | None = None,
     return cfg
 
 
-def config_from_args(args, resolve, overrides: dict, task: str, prefix: str) -> tuple[dict, Path]:
-    """The run's config and folder from a ``train-*`` command's ``--config/--out/--resume``.
-
-    ``resolve(config_file, overrides, base=None)`` layers the task's config; a resumed run
-    starts from the ``config.json`` saved in its folder. Raises ValueError on misuse.
-    """
-    import time
-    if args.resume:
-        if not args.out:
-            raise ValueError("--resume needs --out RUN_DIR (the run to continue)")
-        saved = Path(args.out) / "config.json"
-        if not saved.exists():
-            raise ValueError(f"{saved} not found; is {args.out} a {task} run folder?")
-        cfg = resolve(args.config, overrides, base=json.loads(saved.read_text()))
-    else:
-        cfg = resolve(args.config, overrides)
-    return cfg, Path(args.out or f"runs/{prefix}-{time.strftime('%Y%m%d-%H%M%S')}")
-
-
 class TaskRun:
-    """What both tasks' runners share: ``config.json`` in the run folder and ``run()``.
+    """What both tasks' runners share: process setup, seeds, the Adam pair, the loop, ``config.json``
+    and ``run()``.
 
-    Subclasses set ``cfg``, ``run_dir``, ``rank``, ``device`` and ``loop``.
+    A subclass's constructor calls, in this order, :meth:`setup` (then builds its data and
+    ``self.G``, ``self.D`` with the shared seed), :meth:`seed_rank` (per-rank RNG streams),
+    :meth:`make_optimizers` and, last, :meth:`make_loop`; it implements ``save_samples(step)``.
     """
 
     cfg: dict
     run_dir: Path
     rank: int
+    world_size: int
+    device: torch.device
+    G: nn.Module
+    D: nn.Module
+    loop: TrainingLoop
+
+    def setup(self, cfg: dict, run_dir: str | os.PathLike) -> torch.device:
+        """Config, run folder, rank, device (starts the process group under torchrun), thread
+        count, and the seed every rank shares (so all start from the same weights)."""
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.rank, self.world_size = world()
+        self.device = init_distributed(torch.device(cfg["device"]))
+        if cfg["threads"]:
+            torch.set_num_threads(int(cfg["threads"]))
+        torch.manual_seed(cfg["seed"])
+        np.random.seed(cfg["seed"])
+        return self.device
+
+    def seed_rank(self) -> None:
+        """Per-rank torch RNG streams (z, SSR positions) once the shared initial weights exist."""
+        if self.world_size > 1:
+            torch.manual_seed(self.cfg["seed"] + 1000 * self.rank)
+
+    def make_optimizers(self, g_params=None) -> None:
+        """Adam for G (``lr_g``; ``g_params``: parameter groups instead of all of G's parameters)
+        and D (``lr_d``) with the config's ``betas``. A D without parameters (no critic) gets no
+        optimizer (``opt_d = None``)."""
+        betas = tuple(float(b) for b in self.cfg["betas"])
+        self.opt_g = torch.optim.Adam(self.G.parameters() if g_params is None else g_params,
+                                      lr=self.cfg["lr_g"], betas=betas)
+        d_params = list(self.D.parameters())
+        self.opt_d = torch.optim.Adam(d_params, lr=self.cfg["lr_d"], betas=betas) if d_params else None
+
+    def make_loop(self, phases: list[Phase], loss, dataset, ema: EMA | None, extra_state: dict) -> TrainingLoop:
+        """The batch stream over ``dataset`` (this rank's slice) and the (distributed) training loop
+        that checkpoints G and D, runs ``save_samples`` and stops at ``steps`` or ``max_seconds``."""
+        cfg = self.cfg
+        self.data = BatchStream(dataset, cfg["batch_size"], seed=cfg["seed"], rank=self.rank,
+                                world_size=self.world_size)
+        loop_cls = DistributedTrainingLoop if self.world_size > 1 else TrainingLoop
+        self.loop = loop_cls(
+            phases, loss, self.data, self.run_dir, total_steps=cfg["steps"], modules={"G": self.G, "D": self.D},
+            ema=ema, ckpt_every=cfg["ckpt_every"], log_every=cfg["log_every"], sample_every=cfg["sample_every"],
+            sample_fn=self.save_samples, extra_state=extra_state, max_seconds=cfg["max_seconds"],
+            is_main=self.rank == 0)
+        if isinstance(self.loop, DistributedTrainingLoop):
+            self.loop.flag_device = self.device
+        return self.loop
 
     def write_config(self) -> None:
         """The resolved config, written by rank 0 only."""

@@ -12,7 +12,7 @@ null for the procedural shapes with ``procedural_classes`` classes), optimisatio
 A run folder holds ``config.json`` (the resolved config), ``stats.jsonl``,
 ``samples/step_XXXXXXX.png`` (rows: classes, columns: one fixed z each) and
 ``checkpoints/latest.pt``. The checkpoint's ``extra`` entry stores the model
-constructor configs, so :func:`load_generator` rebuilds G from the file alone.
+constructor configs, so :func:`attnorm.checkpoints.load_gan_generator` rebuilds G from the file alone.
 
 Distributed: when ``WORLD_SIZE`` > 1 (``torchrun``), the process group is set up
 (gloo on CPU, nccl on CUDA), G and D are wrapped in DistributedDataParallel, every
@@ -27,21 +27,21 @@ with its own batch and keeps its own running statistics (rank 0's are saved).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from attnorm.inference import class_samples
+from attnorm.io import to_uint8
 from attnorm.losses.gan import HingeGANLoss
-from attnorm.models.gan import Discriminator, Generator, convert_distributed_batchnorm
-from attnorm.training.distributed import DistributedTrainingLoop, init_distributed, world
+from attnorm.models.gan import Generator, build_gan, convert_distributed_batchnorm
 from attnorm.training.config import TaskRun, layered_config
-from attnorm.training.loop import EMA, BatchStream, Phase, TrainingLoop, load_checkpoint
-from attnorm.viz.grid import make_grid, save_image, to_uint8
+from attnorm.training.loop import EMA, Phase
+from attnorm.viz.grid import make_grid, save_image
 
 # The small CPU preset: 32 px, ch 16, a few minutes per thousand steps on 2 cores.
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -50,6 +50,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "d_ch": None,            # None: same as ch
     "d_projection": False,   # add SN-GAN's projection term to D (not in the paper's listing)
     "z_dim": 128,
+    "g_class_embed": 0,      # >0: class embedding concatenated to z in G (not in the listing)
+    "class_lr_mult": 1.0,
+    "g_spectral_norm": True, # spectral norm on G's layers (the listing); False: plain layers    # learning-rate multiplier of G's class-conditional parameters
     "attention": "an",       # "an" | "sa" | "none"
     "num_entities": 16,
     "an_kwargs": {},         # extra AttentiveNorm arguments, e.g. {"self_sampling": false}
@@ -84,20 +87,6 @@ def resolve_config(config_file: str | os.PathLike | None = None, overrides: dict
     return layered_config(DEFAULT_CONFIG, config_file, overrides, base)
 
 
-def parse_overrides(items: list[str]) -> dict:
-    """``["steps=10", "attention=sa", "betas=[0,0.9]"]`` -> dict (values parsed as JSON when possible)."""
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"expected key=value, got {item!r}")
-        k, v = item.split("=", 1)
-        try:
-            out[k.strip()] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k.strip()] = v
-    return out
-
-
 def make_dataset(cfg: dict):
     """The training dataset: procedural shapes, or an image folder if ``cfg['data']`` is set."""
     if cfg["data"]:
@@ -109,12 +98,16 @@ def make_dataset(cfg: dict):
                             length=cfg["procedural_length"], seed=cfg["seed"])
 
 
-def build_models(cfg: dict, num_classes: int) -> tuple[Generator, Discriminator]:
-    common = dict(resolution=cfg["resolution"], num_classes=num_classes, attention=cfg["attention"],
-                  num_entities=cfg["num_entities"], an_kwargs=cfg["an_kwargs"])
-    g = Generator(ch=cfg["ch"], z_dim=cfg["z_dim"], **common)
-    d = Discriminator(ch=cfg["d_ch"] or cfg["ch"], projection=bool(cfg["d_projection"]), **common)
-    return g, d
+def generator_param_groups(G: nn.Module, lr: float, class_lr_mult: float = 1.0) -> list[dict]:
+    """Adam parameter groups: G's class-conditional tables (CBN gains/biases, class embedding)
+    at ``lr * class_lr_mult``, everything else at ``lr``."""
+    cls, rest = [], []
+    for name, p in G.named_parameters():
+        (cls if (".gain." in name or ".bias.weight" in name and "cbn" in name or name.startswith("class_embed"))
+         else rest).append(p)
+    if class_lr_mult == 1.0:
+        return [{"params": cls + rest}]
+    return [{"params": rest}, {"params": cls, "lr": lr * float(class_lr_mult)}]
 
 
 def fixed_latents(cfg: dict, z_dim: int) -> torch.Tensor:
@@ -123,40 +116,24 @@ def fixed_latents(cfg: dict, z_dim: int) -> torch.Tensor:
     return torch.randn(cfg["samples_per_class"], z_dim, generator=gen)
 
 
-@torch.no_grad()
 def class_grid(G: Generator, z: torch.Tensor, classes: list[int], device="cpu") -> np.ndarray:
     """Rows = classes, columns = the given z; G in eval mode (no SSR, running BN stats)."""
-    was_training = G.training
-    G.eval()
-    k = z.shape[0]
-    zz = z.to(device).repeat(len(classes), 1)  # (len(classes) * k, z_dim)
-    y = torch.tensor(classes, device=device).repeat_interleave(k)
-    imgs = to_uint8(G(zz, y))
-    G.train(was_training)
-    return make_grid(imgs, ncol=k)
+    return make_grid(to_uint8(class_samples(G, z, classes, device)[0]), ncol=z.shape[0])
 
 
 class GANTraining(TaskRun):
-    """Everything one GAN run needs, built from a resolved config.
+    """Everything one GAN run needs, built from a resolved config (:func:`resolve_config`) for
+    the run folder ``run_dir``. Progress goes to :mod:`attnorm.training.loop`'s logger."""
 
-    Args:
-        cfg: resolved config (:func:`resolve_config`).
-        run_dir: output folder.
-        print_fn: progress output (None: silent).
-    """
-
-    def __init__(self, cfg: dict, run_dir: str | os.PathLike, print_fn: Callable[[str], Any] | None = print):
-        self.cfg, self.run_dir = cfg, Path(run_dir)
-        self.rank, self.world_size = world()
-        self.device = device = init_distributed(torch.device(cfg["device"]))
-        if cfg["threads"]:
-            torch.set_num_threads(int(cfg["threads"]))
-        # same initial weights on every rank; then per-rank RNG streams for z and SSR
-        torch.manual_seed(cfg["seed"])
-        np.random.seed(cfg["seed"])
+    def __init__(self, cfg: dict, run_dir: str | os.PathLike):
+        device = self.setup(cfg, run_dir)  # same initial weights on every rank
         self.dataset = make_dataset(cfg)
         self.num_classes = len(self.dataset.classes)
-        self.G, self.D = build_models(cfg, self.num_classes)
+        self.G, self.D = build_gan(resolution=cfg["resolution"], ch=cfg["ch"], num_classes=self.num_classes,
+                                   z_dim=cfg["z_dim"], attention=cfg["attention"], num_entities=cfg["num_entities"],
+                                   an_kwargs=cfg["an_kwargs"], d_ch=cfg["d_ch"], projection=bool(cfg["d_projection"]),
+                                   class_embed_dim=int(cfg.get("g_class_embed") or 0),
+                                   g_spectral_norm=bool(cfg.get("g_spectral_norm", True)))
         sync_bn = cfg.get("sync_bn")  # .get: configs saved before the key existed
         if sync_bn is None:
             sync_bn = device.type == "cuda"
@@ -167,50 +144,23 @@ class GANTraining(TaskRun):
                 self.G = convert_distributed_batchnorm(self.G)
         self.G.to(device), self.D.to(device)
         self.ema = EMA(self.G, decay=cfg["ema_decay"], start_step=cfg["ema_start"])
-        if self.world_size > 1:
-            torch.manual_seed(cfg["seed"] + 1000 * self.rank)
+        self.seed_rank()  # per-rank RNG streams for z and SSR
         g_train, d_train = self.G, self.D
         if self.world_size > 1:
             ddp = nn.parallel.DistributedDataParallel
             kw = {"device_ids": [device.index]} if device.type == "cuda" else {}
             g_train, d_train = ddp(self.G, **kw), ddp(self.D, broadcast_buffers=False, **kw)
-        betas = tuple(float(b) for b in cfg["betas"])
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg["lr_g"], betas=betas)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg["lr_d"], betas=betas)
+        self.make_optimizers(g_params=generator_param_groups(self.G, cfg["lr_g"], cfg.get("class_lr_mult", 1.0)))
         self.loss = HingeGANLoss(g_train, d_train, cfg["z_dim"], self.num_classes, cfg["batch_size"],
                                  ortho_weight=cfg["ortho_weight"], device=device)
-        self.data = BatchStream(self.dataset, cfg["batch_size"], seed=cfg["seed"], rank=self.rank,
-                                world_size=self.world_size)
         self.z_fixed = fixed_latents(cfg, cfg["z_dim"])
         self.sample_classes = list(range(min(self.num_classes, 16)))
         phases = [Phase("D", self.D, self.opt_d, repeats=cfg["d_steps"]),
                   Phase("G", self.G, self.opt_g, needs_data=False)]
-        loop_cls = DistributedTrainingLoop if self.world_size > 1 else TrainingLoop
-        self.loop = loop_cls(
-            phases, self.loss, self.data, self.run_dir, total_steps=cfg["steps"],
-            modules={"G": self.G, "D": self.D}, ema=self.ema, ckpt_every=cfg["ckpt_every"],
-            log_every=cfg["log_every"], sample_every=cfg["sample_every"], sample_fn=self.save_samples,
-            extra_state={"config": cfg, "generator": self.G.get_config(),
-                         "discriminator": self.D.get_config(), "classes": list(self.dataset.classes)},
-            max_seconds=cfg["max_seconds"], print_fn=print_fn, is_main=self.rank == 0)
-        if isinstance(self.loop, DistributedTrainingLoop):
-            self.loop.flag_device = device
+        self.make_loop(phases, self.loss, self.dataset, self.ema,
+                       extra_state={"config": cfg, "generator": self.G.get_config(),
+                                    "discriminator": self.D.get_config(), "classes": list(self.dataset.classes)})
 
     def save_samples(self, step: int) -> Path:
         grid = class_grid(self.ema.shadow, self.z_fixed, self.sample_classes, self.device)
         return save_image(grid, self.run_dir / "samples" / f"step_{step:07d}.png")
-
-
-def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu",
-                   use_ema: bool = True) -> tuple[Generator, dict]:
-    """Rebuild G from a training checkpoint alone; returns (G in eval mode, the checkpoint's ``extra``)."""
-    state = load_checkpoint(path, map_location=device)
-    extra = state.get("extra") or {}
-    if "generator" not in extra:
-        raise ValueError(f"{path} has no generator config; is it a train-gan checkpoint?")
-    g = Generator(**extra["generator"])
-    if use_ema and state.get("ema") is not None:
-        g.load_state_dict(state["ema"]["shadow"])
-    else:
-        g.load_state_dict(state["modules"]["G"])
-    return g.to(device).eval(), extra

@@ -34,10 +34,14 @@ A run folder holds ``config.json`` (the resolved config), ``stats.jsonl``,
 ``samples/step_XXXXXXX.png`` (rows: fixed held-out images; columns: input | coarse |
 refined | composite | ground truth) and ``checkpoints/latest.pt``, whose ``extra``
 entry stores the generator config: ``attnorm inpaint --ckpt RUN/checkpoints/latest.pt``
-(:func:`attnorm.inpaint_commands.load_generator`) rebuilds G (EMA weights if present)
+(:func:`attnorm.checkpoints.load_inpaint_generator`) rebuilds G (EMA weights if present)
 from the file alone.
 
-Single process only (no DDP wiring for the inpainting critics yet).
+Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) every rank trains on its own slice
+of each global batch and the gradients of G and of the critics are averaged over the
+ranks after each backward (:func:`attnorm.training.distributed.average_gradients`; not
+``DistributedDataParallel``, which cannot double-backward the gradient penalty); rank 0
+writes the files.
 """
 
 from __future__ import annotations
@@ -52,12 +56,14 @@ import torch
 from torch import Tensor, nn
 
 from attnorm.data.masks import MaskGenerator
+from attnorm.inference import eval_mode
+from attnorm.io import to_uint8
 from attnorm.losses.inpaint import InpaintLoss
 from attnorm.models.inpaint import GlobalCritic, InpaintGenerator, LocalCritic, PatchCritic
-from attnorm.training.distributed import DistributedTrainingLoop, average_gradients, init_distributed, world
 from attnorm.training.config import TaskRun, layered_config
-from attnorm.training.loop import EMA, BatchStream, Phase, TrainingLoop
-from attnorm.viz.grid import make_grid, save_image, to_uint8
+from attnorm.training.distributed import average_gradients
+from attnorm.training.loop import EMA, Phase
+from attnorm.viz.grid import make_grid, save_image
 
 CRITICS = ("global_local", "patch", "none")
 
@@ -68,10 +74,13 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "attention": "an",
     "num_entities": 16,
     "an_kwargs": {},
+    "hole_fill": "zero",      # "zero" (paper) | "pushpull" (pull-push fill + residual stages)
     "critic": "global_local",
     "critic_width": 0.25,
     "mask_kind": None,        # None: "box" for global_local, "mixed" for patch/none
-    "data": None,             # image folder, or None: scikit-image train photos
+    "data": None,             # image folder, or None: scikit-image photos (``photos``)
+    "photos": "train",        # without data: a split ("train", "train+extra") or a list of photo names
+    "augment": None,          # dict of attnorm.data.photos.augment_image options (rotate, vflip, hue, ...)
     "data_length": 1000000,   # virtual samples per epoch (crops/masks seeded per sample)
     "crop_scale": [1.0, 2.0],
     "batch_size": 8,
@@ -117,8 +126,8 @@ def check_config(cfg: dict) -> dict:
         raise ValueError(f"critic must be one of {CRITICS}, got {cfg['critic']!r}")
     if cfg["mask_kind"] is None:
         cfg["mask_kind"] = "box" if cfg["critic"] == "global_local" else "mixed"
-    if cfg["mask_kind"] not in ("box", "center", "free_form", "mixed"):
-        raise ValueError(f"mask_kind must be box, center, free_form or mixed, got {cfg['mask_kind']!r}")
+    if cfg["mask_kind"] not in ("box", "center", "free_form", "mixed", "binned"):
+        raise ValueError(f"mask_kind must be box, center, free_form, mixed or binned, got {cfg['mask_kind']!r}")
     r = int(cfg["resolution"])
     if r < 16 or r % 4:
         raise ValueError(f"resolution must be a multiple of 4 and >= 16, got {r}")
@@ -176,6 +185,12 @@ def make_image_dataset(cfg: dict, split: str = "train", crop: str = "random"):
         from attnorm.data.photos import ImageFolderFlat
         return ImageFolderFlat(cfg["data"], resolution=cfg["resolution"], crop=crop, seed=cfg["seed"], scale=scale)
     from attnorm.data.photos import SkimagePhotos
+    if split == "train":
+        photos = cfg.get("photos") or "train"
+        names = None if isinstance(photos, str) else list(photos)
+        split = photos if isinstance(photos, str) else split
+        return SkimagePhotos(split, resolution=cfg["resolution"], crop=crop, seed=cfg["seed"], scale=scale,
+                             names=names, augment=cfg.get("augment"))
     return SkimagePhotos(split, resolution=cfg["resolution"], crop=crop, seed=cfg["seed"], scale=scale)
 
 
@@ -265,7 +280,7 @@ def _unwrap(m: nn.Module) -> nn.Module:
 def build_models(cfg: dict) -> tuple[InpaintGenerator, dict[str, nn.Module]]:
     """The generator and the critics of ``cfg['critic']`` (dict name -> module, maybe empty)."""
     g = InpaintGenerator(width=cfg["width"], attention=cfg["attention"], num_entities=cfg["num_entities"],
-                         **cfg["an_kwargs"])
+                         hole_fill=cfg.get("hole_fill") or "zero", **cfg["an_kwargs"])
     r, cw = int(cfg["resolution"]), cfg["critic_width"]
     if cfg["critic"] == "global_local":
         critics = {"global": GlobalCritic(r, width=cw), "local": LocalCritic(r // 2, width=cw)}
@@ -287,12 +302,10 @@ class _Critics(nn.Module):
 @torch.no_grad()
 def inpaint_sheet(G: nn.Module, x: Tensor, m: Tensor) -> np.ndarray:
     """Rows: samples; columns: input (hole white) | coarse | refined | composite | ground truth."""
-    was = G.training
-    G.eval()
     param = next(G.parameters())
     xd, md = x.to(param.device, param.dtype), m.to(param.device, param.dtype)
-    coarse, refined = G(xd, md)[:2]
-    G.train(was)
+    with eval_mode(G):
+        coarse, refined = G(xd, md)[:2]
     coarse, refined = coarse.float().cpu(), refined.float().cpu()
     hole = (m >= 0.5).expand_as(x)
     masked = torch.where(hole, torch.ones_like(x), x)
@@ -302,24 +315,14 @@ def inpaint_sheet(G: nn.Module, x: Tensor, m: Tensor) -> np.ndarray:
 
 
 class InpaintTraining(TaskRun):
-    """Everything one inpainting run needs, built from a resolved config.
+    """Everything one inpainting run needs, built from a resolved config (:func:`resolve_config`;
+    its ``None`` entries are filled by :func:`check_config`, and the filled config is what
+    ``config.json`` stores) for the run folder ``run_dir``. Progress goes to
+    :mod:`attnorm.training.loop`'s logger."""
 
-    Args:
-        cfg: resolved config (:func:`resolve_config`); ``None`` entries are filled
-            (:func:`check_config`) and the filled config is what ``config.json`` stores.
-        run_dir: output folder.
-        print_fn: progress output (None: silent).
-    """
-
-    def __init__(self, cfg: dict, run_dir: str | os.PathLike, print_fn: Callable[[str], Any] | None = print):
-        self.cfg = cfg = check_config(cfg)
-        self.run_dir = Path(run_dir)
-        self.rank, self.world_size = world()
-        self.device = device = init_distributed(torch.device(cfg["device"]))
-        if cfg["threads"]:
-            torch.set_num_threads(int(cfg["threads"]))
-        torch.manual_seed(cfg["seed"])  # the same initial weights on every rank
-        np.random.seed(cfg["seed"])
+    def __init__(self, cfg: dict, run_dir: str | os.PathLike):
+        cfg = check_config(cfg)
+        device = self.setup(cfg, run_dir)  # the same initial weights on every rank
         self.images = make_image_dataset(cfg)
         masks = MaskGenerator(cfg["mask_kind"], cfg["resolution"], seed=int(cfg["seed"]) + 1)
         self.dataset = InpaintData(self.images, masks, cfg["data_length"])
@@ -330,11 +333,8 @@ class InpaintTraining(TaskRun):
         self.D.to(device, memory_format=mf)
         self.ema = EMA(self.G, decay=cfg["ema_decay"], start_step=cfg["ema_start"]) \
             if cfg["ema_decay"] is not None else None
-        if self.world_size > 1:  # per-rank RNG streams (SSR positions); data comes per rank below
-            torch.manual_seed(cfg["seed"] + 1000 * self.rank)
-        betas = tuple(float(b) for b in cfg["betas"])
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg["lr_g"], betas=betas)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg["lr_d"], betas=betas)
+        self.seed_rank()  # per-rank RNG streams (SSR positions); data comes per rank from the stream
+        self.make_optimizers()
         self.criterion = InpaintLoss(
             critics.get("global"), critics.get("local"), critics.get("patch"),
             gan_weight=cfg["gan_weight"], hole_weight=cfg["hole_weight"], known_weight=cfg["known_weight"],
@@ -343,22 +343,12 @@ class InpaintTraining(TaskRun):
         self.loss = InpaintPhaseLoss(self.G, self.criterion, cfg["warmup_steps"], device, amp=cfg["amp"],
                                      channels_last=cfg["channels_last"], critics=self.D,
                                      world_size=self.world_size)
-        self.data = BatchStream(self.dataset, cfg["batch_size"], seed=cfg["seed"], rank=self.rank,
-                                world_size=self.world_size)
         self.sample_x, self.sample_m = sample_batch(cfg)
         phases = [Phase("G", self.G, self.opt_g)]
         if critics:
             phases.insert(0, Phase("D", self.D, self.opt_d, repeats=int(cfg["d_steps"])))
-        modules = {"G": self.G, "D": self.D}
-        loop_cls = DistributedTrainingLoop if self.world_size > 1 else TrainingLoop
-        self.loop = loop_cls(
-            phases, self.loss, self.data, self.run_dir, total_steps=cfg["steps"], modules=modules,
-            ema=self.ema, ckpt_every=cfg["ckpt_every"], log_every=cfg["log_every"],
-            sample_every=cfg["sample_every"], sample_fn=self.save_samples,
-            extra_state={"task": "inpaint", "config": cfg, "generator": dict(self.G.config)},
-            max_seconds=cfg["max_seconds"], print_fn=print_fn, is_main=self.rank == 0)
-        if isinstance(self.loop, DistributedTrainingLoop):
-            self.loop.flag_device = device
+        self.make_loop(phases, self.loss, self.dataset, self.ema,
+                       extra_state={"task": "inpaint", "config": cfg, "generator": dict(self.G.config)})
         self.loss.step_fn = lambda: self.loop.step
 
     @property
@@ -368,17 +358,3 @@ class InpaintTraining(TaskRun):
     def save_samples(self, step: int) -> Path:
         sheet = inpaint_sheet(self.sample_generator, self.sample_x, self.sample_m)
         return save_image(sheet, self.run_dir / "samples" / f"step_{step:07d}.png")
-
-
-
-def generator_from_training_checkpoint(state: dict, use_ema: bool = True) -> InpaintGenerator:
-    """Rebuild the generator from a ``train-inpaint`` checkpoint dict (EMA weights if present)."""
-    extra = state.get("extra") or {}
-    if "generator" not in extra:
-        raise ValueError("training checkpoint has no generator config; is it a train-inpaint checkpoint?")
-    g = InpaintGenerator(**extra["generator"])
-    if use_ema and state.get("ema") is not None:
-        g.load_state_dict(state["ema"]["shadow"])
-    else:
-        g.load_state_dict(state["modules"]["G"])
-    return g.eval()

@@ -18,7 +18,7 @@ After the phases the EMA (if any) is updated. The loop also writes:
   file). It holds only tensors and plain Python types, for
   ``torch.load(weights_only=True)``: module, optimizer, EMA and data-stream states,
   the torch/numpy/python RNG states and ``extra_state`` (e.g. model configs);
-* a progress line per log interval (losses, it/s) through ``print_fn``;
+* a progress line per log interval (losses, it/s) to this module's logger (INFO);
 * ``sample_fn(step)`` every ``sample_every`` steps and at the end.
 
 Resuming restores all of it, so a resumed run computes exactly what the
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
 import random
@@ -43,9 +44,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from attnorm.files import atomic_write
+from attnorm.checkpoints import CHECKPOINT_FORMAT, atomic_torch_save, load_checkpoint
+from attnorm.io import atomic_write
 
-CHECKPOINT_FORMAT = "attnorm-train-v1"
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -192,15 +194,6 @@ def _gather_rng_states() -> list | None:
     return out
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to ``path.tmp`` then ``os.replace``: readers see the old or the new file."""
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    return torch.load(path, map_location=map_location, weights_only=True)
-
-
 class StatsWriter:
     """Appends one JSON object per line to ``path``."""
 
@@ -213,9 +206,7 @@ class StatsWriter:
             return
         keep = [ln for ln in self.path.read_text().splitlines()
                 if ln.strip() and json.loads(ln).get("step", 0) <= step]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(ln + "\n" for ln in keep))
-        os.replace(tmp, self.path)
+        atomic_write(self.path, lambda tmp: tmp.write_text("".join(ln + "\n" for ln in keep)))
 
     def write(self, record: dict) -> None:
         with open(self.path, "a") as f:
@@ -249,23 +240,21 @@ class TrainingLoop:
         sample_fn: ``sample_fn(step)`` hook.
         extra_state: plain data stored in every checkpoint (e.g. model configs).
         max_seconds: stop (with a checkpoint) once a step ends past this wall time.
-        print_fn: where progress lines go (``None``: silent).
-        is_main: this process writes files and prints (False on DDP ranks > 0).
+        is_main: this process writes files and logs progress (False on DDP ranks > 0).
     """
 
     def __init__(self, phases: list[Phase], loss: PhaseLoss, data, run_dir: str | os.PathLike,
                  total_steps: int, modules: dict[str, nn.Module] | None = None, ema: EMA | None = None,
                  ckpt_every: int = 1000, log_every: int = 10, sample_every: int = 0,
                  sample_fn: Callable[[int], Any] | None = None, extra_state: dict | None = None,
-                 max_seconds: float | None = None, print_fn: Callable[[str], Any] | None = print,
-                 is_main: bool = True) -> None:
+                 max_seconds: float | None = None, is_main: bool = True) -> None:
         self.phases, self.loss, self.data = phases, loss, data
         self.run_dir = Path(run_dir)
         self.total_steps, self.ema = total_steps, ema
         self.modules = modules if modules is not None else {p.name: p.module for p in phases}
         self.ckpt_every, self.log_every, self.sample_every = ckpt_every, log_every, sample_every
         self.sample_fn, self.extra_state, self.max_seconds = sample_fn, extra_state or {}, max_seconds
-        self.print_fn, self.is_main = print_fn, is_main
+        self.is_main = is_main
         self.step = 0
         self.elapsed = 0.0  # training seconds over all sessions of this run
         self.stats = StatsWriter(self.run_dir / "stats.jsonl")
@@ -384,10 +373,9 @@ class TrainingLoop:
                 record.update({k: sum(v) / len(v) for k, v in window.items()})
                 if self.is_main:
                     self.stats.write(record)
-                    if self.print_fn is not None:
-                        losses = " ".join(f"{k} {v:.4f}" for k, v in record.items()
-                                          if k not in ("step", "time", "it_s") and not k.endswith("grad_norm"))
-                        self.print_fn(f"step {self.step}/{self.total_steps} | {losses} | {rate:.2f} it/s")
+                    losses = " ".join(f"{k} {v:.4f}" for k, v in record.items()
+                                      if k not in ("step", "time", "it_s") and not k.endswith("grad_norm"))
+                    log.info("step %d/%d | %s | %.2f it/s", self.step, self.total_steps, losses, rate)
                 window, t_window, n_window = {}, now, 0
             if self._due(self.ckpt_every) or last:
                 self.save_checkpoint()

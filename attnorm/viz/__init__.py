@@ -1,5 +1,6 @@
-"""Image grids and semantic-layout pictures, written with Pillow."""
+"""Image grids, semantic-layout pictures and line plots, written with Pillow."""
 
-from .grid import colorize_layout, entity_usage, heatmap, layout_palette, make_grid, save_image, to_uint8
+from .grid import colorize_layout, entity_usage, heatmap, layout_palette, make_grid, save_image, save_line_plot
 
-__all__ = ["colorize_layout", "entity_usage", "heatmap", "layout_palette", "make_grid", "save_image", "to_uint8"]
+__all__ = ["colorize_layout", "entity_usage", "heatmap", "layout_palette", "make_grid", "save_image",
+           "save_line_plot"]

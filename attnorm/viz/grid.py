@@ -1,4 +1,5 @@
-"""Grids of images / layouts as uint8 arrays, saved with Pillow."""
+"""Grids of images / layouts as uint8 arrays and line plots, saved with Pillow
+(tensors become uint8 tiles with :func:`attnorm.io.to_uint8`)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(b, 3, h, w) or (3, h, w) in [-1, 1] -> uint8 (b, h, w, 3) / (h, w, 3)."""
-    a = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return a.movedim(-3, -1).numpy()
 
 
 def make_grid(tiles: np.ndarray, ncol: int, pad: int = 2, pad_value: int = 255) -> np.ndarray:
@@ -79,3 +74,33 @@ def entity_usage(layout: torch.Tensor, threshold: float = 0.02) -> tuple[int, li
     counts = torch.bincount(layout.argmax(1).flatten().cpu(), minlength=n).double()
     frac = (counts / (b * h * w)).tolist()
     return sum(f >= threshold for f in frac), frac
+
+
+def save_line_plot(records: list[dict], keys: list[str], path: str | os.PathLike) -> Path:
+    """A minimal line plot with Pillow (no matplotlib): ``records[i][key]`` against ``records[i]["step"]``
+    for each key, on a shared y axis; fewer than two records give an empty frame."""
+    from PIL import ImageDraw
+    path = Path(path)
+    w, h, m = 640, 300, 40
+    im = Image.new("RGB", (w, h), "white")
+    dr = ImageDraw.Draw(im)
+    steps = [r["step"] for r in records]
+    vals = [r[k] for r in records for k in keys if k in r]
+    if len(steps) < 2 or not vals:
+        im.save(path)
+        return path
+    lo, hi = min(vals), max(vals)
+    hi = hi if hi > lo else lo + 1
+    sx = lambda s: m + (s - steps[0]) / max(steps[-1] - steps[0], 1) * (w - 2 * m)  # noqa: E731
+    sy = lambda v: h - m - (v - lo) / (hi - lo) * (h - 2 * m)  # noqa: E731
+    dr.rectangle([m, m, w - m, h - m], outline="black")
+    colours = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd"]
+    for j, k in enumerate(keys):
+        pts = [(sx(r["step"]), sy(r[k])) for r in records if k in r]
+        dr.line(pts, fill=colours[j % 4], width=2)
+        dr.text((m + 5 + 110 * j, 8), k, fill=colours[j % 4])
+    dr.text((2, m - 12), f"{hi:.2f}", fill="black")
+    dr.text((2, h - m), f"{lo:.2f}", fill="black")
+    dr.text((w - m - 40, h - m + 5), f"step {steps[-1]}", fill="black")
+    im.save(path)
+    return path

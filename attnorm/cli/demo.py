@@ -1,13 +1,4 @@
-"""Train the small AN-GAN preset on procedural shapes and write every figure into one folder.
-
-    attnorm demo                        # ~5 minutes on 2 CPU cores -> runs/demo-<time>/
-    attnorm demo --out runs/demo --minutes 2
-
-The folder gets the training run (config.json, stats.jsonl, samples/, checkpoints/),
-samples.png (a row per class), interpolation.png (class 0 -> 1, fixed z per row),
-layouts.png (AN argmax layout + entity maps), loss_curve.png and report.md/report.json
-(final losses, entity usage, timings).
-"""
+"""The ``demo`` command: train the small AN-GAN preset and write every figure into one folder."""
 
 from __future__ import annotations
 
@@ -16,8 +7,10 @@ import json
 import time
 from pathlib import Path
 
+from .common import intermixed, parse_overrides, user_errors
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+
+def demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="run folder (default: runs/demo-<time>)")
     p.add_argument("--minutes", type=float, default=5.0, help="training time budget (stops early at --steps)")
     p.add_argument("--steps", type=int, default=4000, help="maximum training steps")
@@ -25,42 +18,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: on a shared 2-core machine 2 threads can be 10x slower)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="train-gan config overrides")
-    # key=value items may come before, between or after the options
-    p.parse_args = p.parse_intermixed_args
+    intermixed(p)
 
 
-def _loss_curve(stats: list[dict], keys: list[str], path: Path) -> None:
-    """A minimal line plot with Pillow (no matplotlib dependency)."""
-    from PIL import Image, ImageDraw
-    w, h, m = 640, 300, 40
-    im = Image.new("RGB", (w, h), "white")
-    dr = ImageDraw.Draw(im)
-    steps = [r["step"] for r in stats]
-    vals = [r[k] for r in stats for k in keys if k in r]
-    if len(steps) < 2 or not vals:
-        im.save(path)
-        return
-    lo, hi = min(vals), max(vals)
-    hi = hi if hi > lo else lo + 1
-    sx = lambda s: m + (s - steps[0]) / max(steps[-1] - steps[0], 1) * (w - 2 * m)  # noqa: E731
-    sy = lambda v: h - m - (v - lo) / (hi - lo) * (h - 2 * m)  # noqa: E731
-    dr.rectangle([m, m, w - m, h - m], outline="black")
-    colours = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd"]
-    for j, k in enumerate(keys):
-        pts = [(sx(r["step"]), sy(r[k])) for r in stats if k in r]
-        dr.line(pts, fill=colours[j % 4], width=2)
-        dr.text((m + 5 + 110 * j, 8), k, fill=colours[j % 4])
-    dr.text((2, m - 12), f"{hi:.2f}", fill="black")
-    dr.text((2, h - m), f"{lo:.2f}", fill="black")
-    dr.text((w - m - 40, h - m + 5), f"step {steps[-1]}", fill="black")
-    im.save(path)
+def demo(args: argparse.Namespace) -> int:
+    """Train the small AN-GAN preset on procedural shapes and write every figure into one folder.
 
+        attnorm demo                        # ~5 minutes on 2 CPU cores -> runs/demo-<time>/
+        attnorm demo --out runs/demo --minutes 2
 
-def main_from_args(args) -> int:
-    from attnorm.training.gan import GANTraining, load_generator, parse_overrides, resolve_config
+    The folder gets the training run (config.json, stats.jsonl, samples/, checkpoints/),
+    samples.png (a row per class), interpolation.png (class 0 -> 1, fixed z per row),
+    layouts.png (AN argmax layout + entity maps), loss_curve.png and report.md/report.json
+    (final losses, entity usage, timings).
+    """
+    from attnorm.checkpoints import load_gan_generator
+    from attnorm.inference import interpolation_images, layout_figure, sample_images
+    from attnorm.io import to_uint8
+    from attnorm.training.gan import GANTraining, resolve_config
     from attnorm.training.loop import read_stats
-    from attnorm.viz.gan import interpolation_images, layout_figure, sample_images
-    from attnorm.viz.grid import make_grid, save_image, to_uint8
+    from attnorm.viz.grid import make_grid, save_image, save_line_plot
 
     out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     # Short-run settings: the SN-GAN projection term gives D a stronger class signal than the
@@ -69,7 +46,8 @@ def main_from_args(args) -> int:
     overrides = {"steps": args.steps, "seed": args.seed, "max_seconds": args.minutes * 60, "threads": args.threads,
                  "log_every": 50, "ckpt_every": 500, "sample_every": 500, "d_projection": True, "batch_size": 16}
     overrides.update(parse_overrides(args.overrides))
-    cfg = resolve_config(overrides=overrides)
+    with user_errors():
+        cfg = resolve_config(overrides=overrides)
     print(f"demo: training the small preset ({cfg['resolution']} px, ch {cfg['ch']}, "
           f"attention {cfg['attention']!r}) on procedural shapes for up to {args.minutes:g} min -> {out}")
     t0 = time.perf_counter()
@@ -78,7 +56,7 @@ def main_from_args(args) -> int:
     train_s = time.perf_counter() - t0
 
     ckpt = loop.checkpoint_path
-    g, extra = load_generator(ckpt)
+    g, extra = load_gan_generator(ckpt)
     classes = extra["classes"]
     n = 8
     x, _ = sample_images(g, list(range(len(classes))), n, seed=1)
@@ -97,7 +75,7 @@ def main_from_args(args) -> int:
                                   for u in usage_all]
     stats = read_stats(out / "stats.jsonl")
     paths["loss_curve"] = out / "loss_curve.png"
-    _loss_curve(stats, ["D/loss", "G/loss"], paths["loss_curve"])
+    save_line_plot(stats, ["D/loss", "G/loss"], paths["loss_curve"])
     last = stats[-1]
     report["final"] = {k: round(v, 4) for k, v in last.items() if isinstance(v, float)}
     first_window = stats[0]

@@ -1,9 +1,9 @@
-"""Evaluate an inpainting method on a fixed mask set: :func:`evaluate_inpaint` and the ``evaluate-inpaint`` command.
+"""Evaluate an inpainting method on a fixed mask set: :func:`evaluate_inpaint` (``attnorm evaluate inpaint``).
 
     attnorm masks --out masks/ --n 100 --kind free --seed 0
-    attnorm evaluate-inpaint --ckpt g.pt --masks masks/ --out eval_g/              # held-out skimage photos
-    attnorm evaluate-inpaint --method biharmonic --masks masks/ --out eval_bh/
-    attnorm evaluate-inpaint --method telea --data photos/ --masks masks/ --out eval_telea/ --size 256
+    attnorm evaluate inpaint --ckpt g.pt --masks masks/ --out eval_g/              # held-out skimage photos
+    attnorm evaluate inpaint --method biharmonic --masks masks/ --out eval_bh/
+    attnorm evaluate inpaint --method telea --data photos/ --masks masks/ --out eval_telea/ --size 256
 
 Protocol (written into ``summary.json`` under ``"protocol"``):
 
@@ -19,9 +19,9 @@ Protocol (written into ``summary.json`` under ``"protocol"``):
   100 masks give 100 pairs, each photo seen with 25 masks.
 * **Composite**: the method's output is pasted into the hole and the known pixels
   are the input's own (``where(hole, output, image)``; a no-op for methods that
-  already composite, such as :func:`attnorm.inpaint_commands.inpaint_image`).
+  already composite, such as :func:`attnorm.inference.inpaint_image`).
 * **Quantisation**: the composite and the ground truth are quantised to 8 bits
-  exactly like a saved PNG (:func:`attnorm.inpaint_commands.to_uint8`), then
+  exactly like a saved PNG (:func:`attnorm.io.to_uint8`), then
   divided by 255; every metric is computed on these [0, 1] arrays with
   ``data_range = 1``, on the whole image (hole and known pixels).
 * **Metrics** (per pair): ``psnr`` = 10 log10(1 / MSE) in dB, MSE over all pixels
@@ -52,9 +52,10 @@ the input); ``--save-outputs`` also writes each quantised composite as
 
 from __future__ import annotations
 
-import argparse
+import bisect
 import csv
 import json
+import logging
 import math
 import os
 import time
@@ -67,16 +68,19 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from attnorm.data.masks import AREA_BIN_LABELS, _list_images, area_bin, load_mask, mask_area
-from attnorm.inpaint_commands import inpaint_image, load_generator, to_uint8
+from attnorm.data.masks import AREA_BIN_LABELS, area_bin, load_mask, mask_area
+from attnorm.inference import inpaint_image
+from attnorm.io import json_safe, list_images, to_uint8
 from attnorm.metrics import l1 as l1_metric
 from attnorm.metrics import psnr as psnr_metric
 from attnorm.metrics import ssim as ssim_metric
 
 __all__ = [
-    "METHODS", "PSNR_CAP", "Method", "add_arguments", "biharmonic_method", "evaluate_inpaint",
-    "generator_method", "image_metrics", "load_mask_set", "main_from_args", "make_method", "telea_method",
+    "METHODS", "PSNR_CAP", "Method", "biharmonic_method", "evaluate_inpaint", "format_summary",
+    "generator_method", "image_metrics", "load_eval_images", "load_mask_set", "make_method", "telea_method",
 ]
+
+log = logging.getLogger(__name__)
 
 #: A method maps (image (3, H, W) in [-1, 1], mask (1, H, W), 1 = hole) to the inpainted (3, H, W) in [-1, 1].
 Method = Callable[[Tensor, Tensor], Tensor]
@@ -134,7 +138,20 @@ def telea_method(radius: float = 3.0) -> Method:
     return method
 
 
-METHODS: dict[str, Callable[[], Method]] = {"biharmonic": biharmonic_method, "telea": telea_method}
+def pushpull_method() -> Method:
+    """Classical baseline: the pull-push fill (:func:`attnorm.models.inpaint.pushpull_fill`), which the
+    learned generator also starts from."""
+    from attnorm.models.inpaint import pushpull_fill
+
+    def method(image: Tensor, mask: Tensor) -> Tensor:
+        hole = (mask >= 0.5).to(image.dtype)
+        return pushpull_fill(image[None], hole[None])[0]
+
+    return method
+
+
+METHODS: dict[str, Callable[[], Method]] = {"biharmonic": biharmonic_method, "telea": telea_method,
+                                            "pushpull": pushpull_method}
 
 
 def make_method(name: str) -> Method:
@@ -164,7 +181,7 @@ def load_mask_set(folder: str | os.PathLike) -> tuple[list[Tensor], list[str], d
             raise FileNotFoundError(f"{index} lists {len(missing)} missing mask file(s), e.g. {missing[0]}")
         meta = {k: v for k, v in meta.items() if k != "masks"}
     else:
-        files = _list_images(folder)
+        files = list_images(folder)
     if not files:
         raise ValueError(f"no masks in {folder}")
     return [load_mask(f) for f in files], [f.name for f in files], meta
@@ -215,21 +232,6 @@ def _aggregate(rows: list[dict]) -> dict:
     return {"count": len(rows), **{m: (_mean([r[m] for r in rows]) if rows else None) for m in METRICS}}
 
 
-def _json_safe(obj):
-    """inf -> "inf" / "-inf", NaN -> None (strict JSON has neither)."""
-    if isinstance(obj, float):
-        if math.isnan(obj):
-            return None
-        if math.isinf(obj):
-            return "inf" if obj > 0 else "-inf"
-        return obj
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
 # ---------------------------------------------------------------------------- sheet
 def _label(text: str, width: int, height: int = 14) -> Image.Image:
     img = Image.new("RGB", (width, height), (255, 255, 255))
@@ -267,21 +269,126 @@ def write_sheet(path: str | os.PathLike, cases: list[tuple[str, np.ndarray, np.n
     sheet.save(path)
 
 
-def _sheet_cases(rows: list[dict], k: int = 4) -> list[tuple[str, int]]:
-    """(caption prefix, row position) of the k worst then k best pairs by PSNR (no pair twice)."""
-    order = sorted(range(len(rows)), key=lambda i: (rows[i]["psnr"], i))
-    worst = order[:k]
-    best = [i for i in reversed(order) if i not in worst][:k]
-    return [(f"worst {j + 1}", i) for j, i in enumerate(worst)] + [(f"best {j + 1}", i) for j, i in enumerate(best)]
+class SheetPicker:
+    """The ``k`` worst and ``k`` best pairs by score (PSNR) seen so far, and the images of those
+    pairs only: ``add`` costs O(k) whatever the number of pairs, and memory stays O(k).
+
+    ``cases()`` gives ``(caption prefix, pair position)``: the k worst in ascending order, then
+    the k best in descending order, no pair twice (ties broken by position).
+    """
+
+    def __init__(self, k: int = 4) -> None:
+        self.k = k
+        self.worst: list[tuple] = []  # the k smallest (score, position), ascending
+        self.best: list[tuple] = []   # the k largest, ascending
+        self.arrays: dict[int, tuple] = {}
+
+    def add(self, position: int, score, arrays: tuple) -> None:
+        key = (score, position)
+        bisect.insort(self.worst, key)
+        del self.worst[self.k:]
+        bisect.insort(self.best, key)
+        del self.best[:-self.k]
+        keep = {p for _, p in self.worst} | {p for _, p in self.best}
+        if position in keep:
+            self.arrays[position] = arrays
+        self.arrays = {p: a for p, a in self.arrays.items() if p in keep}
+
+    def cases(self) -> list[tuple[str, int]]:
+        worst = [p for _, p in self.worst]
+        best = [p for _, p in reversed(self.best) if p not in worst][:self.k]
+        return [(f"worst {j + 1}", p) for j, p in enumerate(worst)] + [(f"best {j + 1}", p) for j, p in enumerate(best)]
 
 
 # ---------------------------------------------------------------------------- evaluation
+def _run_method(method: Method, method_name: str, x: Tensor, m: Tensor) -> tuple[np.ndarray, np.ndarray, float]:
+    """The 8-bit composite ``where(hole, method(x, m), x)``, the 8-bit ground truth, the call's seconds."""
+    t0 = time.perf_counter()
+    y = method(x, m)
+    seconds = time.perf_counter() - t0
+    if tuple(y.shape) != tuple(x.shape):
+        raise ValueError(f"{method_name} returned shape {tuple(y.shape)} for an image of shape {tuple(x.shape)}")
+    composite = torch.where((m[0] >= 0.5).expand_as(x), y.to(x.dtype).cpu(), x.cpu())
+    return to_uint8(composite), to_uint8(x), seconds
+
+
+def _load_masks(masks, mask_names) -> tuple[Sequence, list[str] | None, str, dict]:
+    """(masks, names, source, masks.json settings) from a sequence or a mask folder."""
+    if isinstance(masks, (str, os.PathLike)):
+        loaded, names_from_files, meta = load_mask_set(masks)
+        return loaded, mask_names or names_from_files, str(masks), meta
+    return masks, mask_names, "in-memory masks", {}
+
+
+def _protocol(sizes: set, n_img: int, n_mask: int, mask_source: str, mask_meta: dict, resize_masks: bool,
+              psnr_cap: float | None, extra: dict | None) -> dict:
+    """The ``protocol`` entry of the summary: how every number was made."""
+    return {
+        "resolution": sorted(f"{h}x{w}" for h, w in sizes),
+        "num_images": n_img,
+        "num_masks": n_mask,
+        "pairing": "pair k = image k % num_images with mask k % num_masks, k < num_pairs",
+        "mask_set": {"source": mask_source, **mask_meta},
+        "resize_masks": bool(resize_masks),
+        "composite": "where(hole, output, ground truth): known pixels are the input's own",
+        "quantisation": "composite and ground truth rounded to uint8 like a saved PNG, then / 255",
+        "metrics": {
+            "psnr": "10 log10(1 / MSE) dB, data_range 1, MSE over all pixels and channels; "
+                    + (f"capped at {psnr_cap:g} dB (MSE 0 -> {psnr_cap:g})" if psnr_cap is not None
+                       else "not capped (MSE 0 -> inf)"),
+            "ssim": "mean SSIM, skimage defaults (7x7 uniform window, K1 0.01, K2 0.03, sample covariance, "
+                    "3 px border cropped, channels averaged), data_range 1",
+            "l1": "mean |output - gt| over all pixels and channels, in [0, 1]",
+            "l1_hole": "mean |output - gt| over hole pixels only (empty holes ignored)",
+            "mse": "mean squared error in [0, 1] units",
+            "seconds": "wall time of one method call",
+        },
+        "area_bins": "hole fraction of the evaluated mask, bins [0,10%), [10,20%), ... [50,60%), >=60%",
+        "psnr_cap": psnr_cap,
+        **(extra or {}),
+    }
+
+
+def _add_fid(summary: dict, extractor, name: str, feats_fake: list[np.ndarray], feats_real: list[np.ndarray]) -> None:
+    from attnorm.metrics import feature_statistics, frechet_distance
+    n = len(feats_fake)
+    if n < 2:
+        raise ValueError(f"FID needs at least 2 pairs, got {n}")
+    fake, real = np.concatenate(feats_fake), np.concatenate(feats_real)
+    summary["total"]["fid"] = frechet_distance(*feature_statistics(fake), *feature_statistics(real))
+    summary["protocol"]["metrics"]["fid"] = (
+        f"Frechet distance between the features of the {n} 8-bit composites and of their {n} "
+        f"ground truths (one per pair), whole set only; features {fake.shape[1]}-d"
+        + ("; fewer samples than dimensions: covariances are singular, the figure is coarse"
+           if n <= fake.shape[1] else ""))
+    summary["protocol"]["fid_extractor"] = getattr(extractor, "protocol", {"name": name})
+
+
+def _write_outputs(out: Path, rows: list[dict], summary: dict, picker: SheetPicker | None, save_outputs: bool) -> None:
+    """``per_image.csv``, ``sheet.png`` and ``summary.json`` (which lists the files)."""
+    with open(out / "per_image.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(CSV_FIELDS))
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
+    files = {"csv": "per_image.csv", "json": "summary.json"}
+    if picker is not None:
+        cases = [(f"{tag}: {rows[p]['image']} + {rows[p]['mask']}  PSNR {rows[p]['psnr']:.2f} dB", *picker.arrays[p])
+                 for tag, p in picker.cases()]
+        write_sheet(out / "sheet.png", cases)
+        files["sheet"] = "sheet.png"
+    if save_outputs:
+        files["outputs"] = "outputs/"
+    summary["files"] = files
+    (out / "summary.json").write_text(json.dumps(json_safe(summary), indent=1))
+
+
 def evaluate_inpaint(method: Method, images: Sequence[Tensor], masks: Sequence[Tensor] | str | os.PathLike,
                      out_dir: str | os.PathLike | None = None, *, image_names: Sequence[str] | None = None,
                      mask_names: Sequence[str] | None = None, num_pairs: int | None = None,
                      resize_masks: bool = False, psnr_cap: float | None = PSNR_CAP, save_outputs: bool = False,
                      sheet: bool = True, method_name: str = "method", protocol: dict | None = None,
-                     verbose: bool = False, fid: str | None = None) -> dict:
+                     fid: str | None = None) -> dict:
     """Run ``method`` on every (image, mask) pair and score the 8-bit composites (see the module docstring).
 
     Args:
@@ -303,15 +410,11 @@ def evaluate_inpaint(method: Method, images: Sequence[Tensor], masks: Sequence[T
             pairs (None: no FID). With few pairs it is a coarse, biased figure: the JSON says how
             many samples it used.
     Returns: ``{"rows": [per-pair dicts], "summary": {...}}`` (the summary is what ``summary.json`` holds).
+    One progress line per pair goes to this module's logger (level INFO).
     Raises: ValueError for empty data, an empty mask set, a mask/image size mismatch, or a
     method output of the wrong shape.
     """
-    mask_meta: dict = {}
-    mask_source = "in-memory masks"
-    if isinstance(masks, (str, os.PathLike)):
-        mask_source = str(masks)
-        masks, names_from_files, mask_meta = load_mask_set(masks)
-        mask_names = mask_names or names_from_files
+    masks, mask_names, mask_source, mask_meta = _load_masks(masks, mask_names)
     n_img, n_mask = len(images), len(masks)
     if n_img == 0:
         raise ValueError("no images to evaluate (empty data)")
@@ -336,7 +439,7 @@ def evaluate_inpaint(method: Method, images: Sequence[Tensor], masks: Sequence[T
     feats_fake: list[np.ndarray] = []
     feats_real: list[np.ndarray] = []
     rows: list[dict] = []
-    arrays: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # only kept for the sheet candidates
+    picker = SheetPicker() if out is not None and sheet else None  # keeps only the sheet's candidates
     sizes = set()
     for k in range(n):
         i, j = k % n_img, k % n_mask
@@ -347,13 +450,7 @@ def evaluate_inpaint(method: Method, images: Sequence[Tensor], masks: Sequence[T
         sizes.add(size)
         m = _fit_mask(torch.as_tensor(masks[j]), size, resize_masks, mask_names[j])
         hole = m[0] >= 0.5
-        t0 = time.perf_counter()
-        y = method(x, m)
-        seconds = time.perf_counter() - t0
-        if tuple(y.shape) != tuple(x.shape):
-            raise ValueError(f"{method_name} returned shape {tuple(y.shape)} for an image of shape {tuple(x.shape)}")
-        composite = torch.where(hole.expand_as(x), y.to(x.dtype).cpu(), x.cpu())
-        out_u8, gt_u8 = to_uint8(composite), to_uint8(x)
+        out_u8, gt_u8, seconds = _run_method(method, method_name, x, m)
         metrics = image_metrics(out_u8, gt_u8, hole.numpy(), psnr_cap)
         if extractor is not None:  # features of the quantised composite and ground truth, (1, d) each
             as_input = lambda u8: torch.from_numpy(u8).permute(2, 0, 1)[None].float() / 127.5 - 1.0
@@ -365,75 +462,24 @@ def evaluate_inpaint(method: Method, images: Sequence[Tensor], masks: Sequence[T
                      "bin": b, "bin_label": AREA_BIN_LABELS[b], **metrics, "seconds": seconds})
         if out is not None and save_outputs:
             Image.fromarray(out_u8).save(out / "outputs" / f"{pair_name}.png")
-        if out is not None and sheet:
+        if picker is not None:
             inp = gt_u8.copy()
             inp[hole.numpy()] = 255
-            arrays[k] = (inp, out_u8, gt_u8)
-            keep = {p for _, p in _sheet_cases(rows)}  # drop arrays that can no longer make the sheet
-            arrays = {p: a for p, a in arrays.items() if p in keep}
-        if verbose:
-            print(f"[{k + 1}/{n}] {pair_name}: PSNR {metrics['psnr']:.2f} SSIM {metrics['ssim']:.4f} "
-                  f"L1 {metrics['l1']:.4f} ({seconds:.2f} s)", flush=True)
+            picker.add(k, metrics["psnr"], (inp, out_u8, gt_u8))
+        log.info("[%d/%d] %s: PSNR %.2f SSIM %.4f L1 %.4f (%.2f s)", k + 1, n, pair_name, metrics["psnr"],
+                 metrics["ssim"], metrics["l1"], seconds)
 
-    per_bin = {label: _aggregate([r for r in rows if r["bin"] == b]) for b, label in enumerate(AREA_BIN_LABELS)}
     summary = {
         "method": method_name,
         "num_pairs": n,
         "total": _aggregate(rows),
-        "per_bin": per_bin,
-        "protocol": {
-            "resolution": sorted(f"{h}x{w}" for h, w in sizes),
-            "num_images": n_img,
-            "num_masks": n_mask,
-            "pairing": "pair k = image k % num_images with mask k % num_masks, k < num_pairs",
-            "mask_set": {"source": mask_source, **mask_meta},
-            "resize_masks": bool(resize_masks),
-            "composite": "where(hole, output, ground truth): known pixels are the input's own",
-            "quantisation": "composite and ground truth rounded to uint8 like a saved PNG, then / 255",
-            "metrics": {
-                "psnr": "10 log10(1 / MSE) dB, data_range 1, MSE over all pixels and channels; "
-                        + (f"capped at {psnr_cap:g} dB (MSE 0 -> {psnr_cap:g})" if psnr_cap is not None
-                           else "not capped (MSE 0 -> inf)"),
-                "ssim": "mean SSIM, skimage defaults (7x7 uniform window, K1 0.01, K2 0.03, sample covariance, "
-                        "3 px border cropped, channels averaged), data_range 1",
-                "l1": "mean |output - gt| over all pixels and channels, in [0, 1]",
-                "l1_hole": "mean |output - gt| over hole pixels only (empty holes ignored)",
-                "mse": "mean squared error in [0, 1] units",
-                "seconds": "wall time of one method call",
-            },
-            "area_bins": "hole fraction of the evaluated mask, bins [0,10%), [10,20%), ... [50,60%), >=60%",
-            "psnr_cap": psnr_cap,
-            **(protocol or {}),
-        },
+        "per_bin": {label: _aggregate([r for r in rows if r["bin"] == b]) for b, label in enumerate(AREA_BIN_LABELS)},
+        "protocol": _protocol(sizes, n_img, n_mask, mask_source, mask_meta, resize_masks, psnr_cap, protocol),
     }
     if extractor is not None:
-        from attnorm.metrics import feature_statistics, frechet_distance
-        if n < 2:
-            raise ValueError(f"FID needs at least 2 pairs, got {n}")
-        fake, real = np.concatenate(feats_fake), np.concatenate(feats_real)
-        summary["total"]["fid"] = frechet_distance(*feature_statistics(fake), *feature_statistics(real))
-        summary["protocol"]["metrics"]["fid"] = (
-            f"Frechet distance between the features of the {n} 8-bit composites and of their {n} "
-            f"ground truths (one per pair), whole set only; features {fake.shape[1]}-d"
-            + ("; fewer samples than dimensions: covariances are singular, the figure is coarse"
-               if n <= fake.shape[1] else ""))
-        summary["protocol"]["fid_extractor"] = getattr(extractor, "protocol", {"name": fid})
+        _add_fid(summary, extractor, fid, feats_fake, feats_real)
     if out is not None:
-        with open(out / "per_image.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(CSV_FIELDS))
-            writer.writeheader()
-            for r in rows:
-                writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
-        files = {"csv": "per_image.csv", "json": "summary.json"}
-        if sheet:
-            cases = [(f"{tag}: {rows[p]['image']} + {rows[p]['mask']}  PSNR {rows[p]['psnr']:.2f} dB", *arrays[p])
-                     for tag, p in _sheet_cases(rows)]
-            write_sheet(out / "sheet.png", cases)
-            files["sheet"] = "sheet.png"
-        if save_outputs:
-            files["outputs"] = "outputs/"
-        summary["files"] = files
-        (out / "summary.json").write_text(json.dumps(_json_safe(summary), indent=1))
+        _write_outputs(out, rows, summary, picker, save_outputs)
     return {"rows": rows, "summary": summary}
 
 
@@ -477,53 +523,3 @@ def load_eval_images(data: str | os.PathLike | None, size: int) -> tuple[list[Te
         raise ValueError(f"empty data: {e}") from e
     return [ds[i] for i in range(len(ds))], [str(p.relative_to(root)) for p in ds.files], \
         f"images under {root}, centre crop {size}"
-
-
-# ---------------------------------------------------------------------------- command
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--ckpt", "--checkpoint", dest="checkpoint", help="generator checkpoint (save_generator format)")
-    which.add_argument("--method", choices=sorted(METHODS), help="classical baseline instead of a checkpoint")
-    data = parser.add_mutually_exclusive_group()
-    data.add_argument("--data", help="folder of ground-truth images (default: the held-out skimage photos)")
-    data.add_argument("--heldout", action="store_true", help="the held-out skimage photos (the default)")
-    parser.add_argument("--masks", required=True, help="mask folder written by `attnorm masks`")
-    parser.add_argument("--out", required=True, help="output folder: per_image.csv, summary.json, sheet.png")
-    parser.add_argument("--size", type=int, default=256, help="image side after centre crop (default 256)")
-    parser.add_argument("--pairs", type=int, default=None,
-                        help="number of (image, mask) pairs (default max(#images, #masks), paired modulo)")
-    parser.add_argument("--resize-masks", action="store_true",
-                        help="resize masks of another size to the images (nearest); default: error")
-    parser.add_argument("--psnr-cap", type=float, default=PSNR_CAP,
-                        help=f"cap of per-pair PSNR in dB (default {PSNR_CAP:g}; 'inf' for no cap)")
-    parser.add_argument("--save-outputs", action="store_true", help="also write every composite PNG to OUT/outputs/")
-    parser.add_argument("--device", default="cpu", help="torch device of the generator (default cpu)")
-    parser.add_argument("--quiet", action="store_true", help="no per-pair progress lines")
-    parser.add_argument("--fid", default=None, metavar="EXTRACTOR",
-                        help="also report FID of composites vs ground truths with this feature extractor "
-                             "(e.g. inception: needs its weights, see `attnorm evaluate gan --help`)")
-
-
-def main_from_args(args: argparse.Namespace) -> int:
-    try:
-        if args.checkpoint:
-            if not Path(args.checkpoint).is_file():
-                raise FileNotFoundError(f"checkpoint {args.checkpoint} not found")
-            try:
-                generator = load_generator(args.checkpoint, map_location=args.device)
-            except Exception as e:
-                raise ValueError(f"cannot load checkpoint {args.checkpoint}: {e}") from e
-            method, name = generator_method(generator), f"generator:{args.checkpoint}"
-        else:
-            method, name = make_method(args.method), args.method
-        images, names, desc = load_eval_images(args.data, args.size)
-        cap = None if math.isinf(args.psnr_cap) else args.psnr_cap
-        res = evaluate_inpaint(method, images, args.masks, args.out, image_names=names, num_pairs=args.pairs,
-                               resize_masks=args.resize_masks, psnr_cap=cap, save_outputs=args.save_outputs,
-                               method_name=name, protocol={"data": desc}, verbose=not args.quiet,
-                               fid=args.fid)
-    except (FileNotFoundError, ValueError, ImportError) as e:
-        raise SystemExit(f"attnorm evaluate-inpaint: error: {e}") from e
-    print(format_summary(res["summary"]))
-    print(f"wrote {Path(args.out) / 'per_image.csv'}, summary.json, sheet.png")
-    return 0

@@ -1,1 +1,0 @@
-"""Command-line commands of the class-conditional GAN: train-gan, sample, interpolate, layouts, demo."""

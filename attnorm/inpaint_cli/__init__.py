@@ -1,1 +1,0 @@
-"""Inpainting commands that need the training stack (``attnorm train-inpaint``)."""
