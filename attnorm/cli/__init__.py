@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "sample": ("gan", "sample", "generate images of chosen classes from a train-gan checkpoint"),
     "interpolate": ("gan", "interpolate", "categorical interpolation between two classes (fixed z per row)"),
     "layouts": ("gan", "layouts", "show the AN semantic layouts of generated images"),
+    "export-gan": ("gan", "export_gan", "export a train-gan checkpoint's generator (EMA) as .safetensors"),
     "demo": ("demo", "demo", "train the small AN-GAN on procedural shapes (~5 min CPU) and write all figures"),
     "inpaint": ("inpaint", "inpaint", "inpaint an image (or a folder) with its mask using a trained generator"),
     "train-inpaint": ("inpaint", "train_inpaint",
