@@ -504,6 +504,8 @@ def test_default_gan_lookup_and_safetensors_round_trip(tmp_path):
     save_gan_safetensors(tmp_path / "gan_a.safetensors", g)
     (tmp_path / "other.safetensors").write_bytes(b"")
     assert models.default_gan_checkpoint(tmp_path) == tmp_path / "gan_a.safetensors"
+    save_gan_safetensors(tmp_path / models.DEFAULT_GAN_WEIGHTS.name, g)
+    assert models.default_gan_checkpoint(tmp_path) == tmp_path / models.DEFAULT_GAN_WEIGHTS.name
     g2, names = models.load_gan(tmp_path / "gan_b.safetensors")
     assert names == CLASS_NAMES
     z = torch.randn(2, 16)
@@ -568,7 +570,11 @@ def test_serve_command_prints_the_url_and_stops_cleanly_on_ctrl_c():
         with urllib.request.urlopen(url + "api/health", timeout=30) as r:
             info = json.loads(r.read())
         assert info["inpaint"]["checkpoint"] == "shipped (inpaint_skimage.safetensors)"
-        assert info["gan"]["available"] is False and "--gan-ckpt" in info["gan"]["reason"]
+        shipped = models.default_gan_checkpoint()
+        if shipped is None:  # the generate page will say why and how to pass one
+            assert info["gan"]["available"] is False and "--gan-ckpt" in info["gan"]["reason"]
+        else:
+            assert info["gan"]["available"] and info["gan"]["checkpoint"] == f"shipped ({shipped.name})"
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=20)
         assert proc.returncode == 0 and "stopped" in out and "Traceback" not in err

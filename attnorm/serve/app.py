@@ -563,8 +563,9 @@ def load_app(inpaint_ckpt: str | Path | None = None, gan_ckpt: str | Path | None
     gan, names, reason, gan_name = None, None, None, None
     path = Path(gan_ckpt) if gan_ckpt else models.default_gan_checkpoint()
     if path is None:
-        reason = ("no GAN checkpoint: this install ships no GAN weights yet; start the server with "
-                  "--gan-ckpt RUN/checkpoints/latest.pt (train one with `attnorm demo` or `attnorm train-gan`)")
+        reason = (f"no GAN checkpoint: this install has no shipped GAN weights "
+                  f"(attnorm/weights/{models.DEFAULT_GAN_WEIGHTS.name}); start the server with --gan-ckpt "
+                  f"RUN/checkpoints/latest.pt (train one with `attnorm demo` or `attnorm train-gan`)")
     else:
         try:
             gan, names = models.load_gan(path, device=device)
