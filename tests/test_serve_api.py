@@ -586,7 +586,8 @@ def test_serve_command_prints_the_url_and_stops_cleanly_on_ctrl_c():
 @pytest.mark.parametrize("args, words", [
     (["--inpaint-ckpt", "/nonexistent/x.safetensors"],
      "attnorm serve: error: inpainting generator: generator checkpoint /nonexistent/x.safetensors not found"),
-    (["--gan-ckpt", "/nonexistent/g.pt"], "attnorm serve: error: GAN: generator checkpoint /nonexistent/g.pt not found"),
+    (["--gan-ckpt", "/nonexistent/g.pt"],
+     "attnorm serve: error: GAN: generator checkpoint /nonexistent/g.pt not found"),
     (["--max-pixels", "0"], "--max-pixels must be positive"),
     (["--port", "70000"], "--port must be in 0..65535"),
 ])

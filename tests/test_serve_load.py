@@ -4,7 +4,8 @@ import pytest
 
 from _serve import make_app, running
 from attnorm.serve.app import Limits
-from attnorm.serve.loadtest import format_report, main, run_load
+from attnorm import cli
+from attnorm.serve.loadtest import format_report, run_load
 
 
 def test_twenty_concurrent_512px_requests():
@@ -32,5 +33,17 @@ def test_more_requests_than_the_queue_get_503_not_a_crash():
 def test_refuses_other_hosts(capsys):
     with pytest.raises(ValueError, match="loopback"):
         run_load("http://example.com:7860/")
-    assert main(["--url", "http://10.1.2.3:7860/"]) == 2
-    assert "loopback" in capsys.readouterr().err
+    assert cli.main(["serve-loadtest", "--url", "http://10.1.2.3:7860/"]) == 2
+    assert "attnorm serve-loadtest: error: the load test only targets this machine" in capsys.readouterr().err
+    assert cli.main(["serve-loadtest", "--url", "http://127.0.0.1:1/"]) == 2
+    assert "cannot reach http://127.0.0.1:1/" in capsys.readouterr().err
+
+
+def test_the_command_reports_and_writes_json(tmp_path, capsys):
+    with running(make_app(gan=False)) as s:
+        out = tmp_path / "load.json"
+        assert cli.main(["serve-loadtest", "--url", f"http://127.0.0.1:{s.server_port}/", "--n", "3",
+                         "--concurrency", "3", "--size", "64", "--json", str(out)]) == 0
+    assert "3/3 ok (3 concurrent, 64 px" in capsys.readouterr().out
+    import json
+    assert json.loads(out.read_text())["ok"] == 3

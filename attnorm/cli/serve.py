@@ -1,4 +1,4 @@
-"""The ``serve`` command: the web app and its HTTP API (:mod:`attnorm.serve`) on this machine."""
+"""The ``serve`` command (the web app and its HTTP API, :mod:`attnorm.serve`) and ``serve-loadtest``."""
 
 from __future__ import annotations
 
@@ -82,3 +82,42 @@ def serve(args: argparse.Namespace) -> int:
         server.server_close()
     print("attnorm serve: stopped", flush=True)
     return 0
+
+
+def serve_loadtest_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", default="http://127.0.0.1:7860/", help="the running server (loopback only)")
+    p.add_argument("--n", type=int, default=20, help="requests (default 20)")
+    p.add_argument("--concurrency", type=int, default=20, help="requests in flight at once (default 20)")
+    p.add_argument("--size", type=int, default=512, help="image side in pixels (default 512)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="also write the report here (atomically)")
+
+
+def serve_loadtest(args: argparse.Namespace) -> int:
+    """Load-test a running `attnorm serve` on this machine: concurrent inpainting requests.
+
+        attnorm serve-loadtest                                  # 20 requests of 512 px, all at once
+        attnorm serve-loadtest --url http://127.0.0.1:7860/ --n 40 --concurrency 20 --json load.json
+
+    Every request gets its own synthetic image and box mask (seeded); every answer must be a PNG
+    whose known pixels equal the input's bit for bit. Prints failures, latency p50 / p95 / max,
+    throughput and the server's memory (from /api/health); exit code 1 if any request failed.
+    """
+    import json
+
+    from attnorm.io import atomic_write
+    from attnorm.serve.loadtest import format_report, run_load
+
+    for name, value in (("--n", args.n), ("--concurrency", args.concurrency), ("--size", args.size)):
+        if value < 1:
+            raise CommandError(f"{name} must be at least 1, got {value}")
+    try:
+        rep = run_load(args.url, args.n, args.concurrency, args.size, args.seed)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    except OSError as exc:
+        raise CommandError(f"cannot reach {args.url}: {exc.strerror or exc} (is `attnorm serve` running?)") from exc
+    print(format_report(rep))
+    if args.json:
+        atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(rep, indent=2) + "\n"))
+    return 0 if not rep["failures"] else 1

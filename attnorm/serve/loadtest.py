@@ -1,7 +1,7 @@
 """Load test of a running ``attnorm serve`` (loopback only): concurrent inpainting requests.
 
-    python -m attnorm.serve.loadtest                          # 20 requests of 512 px, all at once
-    python -m attnorm.serve.loadtest --url http://127.0.0.1:7860/ --n 40 --concurrency 20 --size 512 --json out.json
+    attnorm serve-loadtest                          # 20 requests of 512 px, all at once
+    attnorm serve-loadtest --url http://127.0.0.1:7860/ --n 40 --concurrency 20 --size 512 --json out.json
 
 Every request gets its own synthetic image and box mask (seeded); every response must be a
 PNG whose known pixels equal the input's bit for bit. Reports failures, latency percentiles
@@ -11,7 +11,6 @@ memory (resident set before and after, and its peak, from ``/api/health``).
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import io
 import json
@@ -138,27 +137,6 @@ def format_report(rep: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m attnorm.serve.loadtest", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--url", default="http://127.0.0.1:7860/", help="the running server (loopback only)")
-    p.add_argument("--n", type=int, default=20, help="requests (default 20)")
-    p.add_argument("--concurrency", type=int, default=20, help="requests in flight at once (default 20)")
-    p.add_argument("--size", type=int, default=512, help="image side in pixels (default 512)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", default=None, help="also write the report here")
-    args = p.parse_args(argv)
-    try:
-        rep = run_load(args.url, args.n, args.concurrency, args.size, args.seed)
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(format_report(rep))
-    if args.json:
-        from attnorm.files import atomic_write
-        atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(rep, indent=2) + "\n"))
-    return 0 if not rep["failures"] else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `python -m attnorm.serve.loadtest ARGS` is `attnorm serve-loadtest ARGS`
+    from attnorm.cli import main
+    raise SystemExit(main(["serve-loadtest", *sys.argv[1:]]))

@@ -24,9 +24,9 @@ from attnorm.io import to_uint8
 from attnorm.models.gan import Generator
 from attnorm.viz.grid import colorize_layout, entity_usage, heatmap, make_grid
 
-__all__ = ["DEFAULT_GAN_WEIGHTS", "DEFAULT_INPAINT_WEIGHTS", "GAN_SAFETENSORS_FORMAT", "default_gan_checkpoint", "inpaint_image",
-           "interpolate_z", "latents", "layout_images", "load_gan", "load_inpaint_generator", "load_mask", "make_grid",
-           "sample_images", "sample_layouts", "to_tensor", "to_uint8"]
+__all__ = ["DEFAULT_GAN_WEIGHTS", "DEFAULT_INPAINT_WEIGHTS", "GAN_SAFETENSORS_FORMAT", "default_gan_checkpoint",
+           "inpaint_image", "interpolate_z", "latents", "layout_images", "load_gan", "load_inpaint_generator",
+           "load_mask", "make_grid", "sample_images", "sample_layouts", "to_tensor", "to_uint8"]
 
 
 def default_gan_checkpoint(weights_dir: str | os.PathLike | None = None) -> Path | None:
