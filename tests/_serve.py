@@ -22,9 +22,9 @@ from attnorm.serve.server import serve_in_thread
 CLASS_NAMES = ["ring", "star", "cross"]
 
 
-def tiny_inpainter(seed: int = 0) -> InpaintGenerator:
+def tiny_inpainter(seed: int = 0, width: float = 0.125) -> InpaintGenerator:
     torch.manual_seed(seed)
-    g = InpaintGenerator(width=0.125, num_entities=4).eval()
+    g = InpaintGenerator(width=width, num_entities=4).eval()
     with torch.no_grad():  # a fresh AN layer is the identity (sigma = 0): make the layout matter
         for m in g.modules():
             if hasattr(m, "sigma") and isinstance(m.sigma, torch.nn.Parameter):

@@ -2,14 +2,15 @@
 
 import pytest
 
-from _serve import make_app, running
+from _serve import make_app, running, tiny_inpainter
 from attnorm.serve.app import Limits
 from attnorm import cli
 from attnorm.serve.loadtest import format_report, run_load
 
 
 def test_twenty_concurrent_512px_requests():
-    with running(make_app(gan=False, limits=Limits(max_queue=32))) as s:
+    app = make_app(gan=False, limits=Limits(max_queue=32), inpainter=tiny_inpainter(width=1 / 16))
+    with running(app) as s:
         rep = run_load(f"http://127.0.0.1:{s.server_port}/", n=20, concurrency=20, size=512)
     print("\n" + format_report(rep))
     assert rep["failures"] == [] and rep["ok"] == 20  # every answer checked: known pixels bit-identical
