@@ -44,6 +44,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train-classifier": ("evaluate", "train_classifier",
                          "train the procedural-shapes classifier that the GAN metrics use as feature network"),
     "bench": ("bench", "bench", "benchmark AN vs literal Algorithm 1, self-attention and conv1x1+IN"),
+    "serve": ("serve", "serve", "local web app + HTTP API: inpaint by painting a mask, explore the GAN"),
+    "serve-loadtest": ("serve", "serve_loadtest", "load-test a running `attnorm serve` (concurrent inpainting)"),
 }
 # old names that still run, not listed in --help
 HIDDEN_ALIASES: dict[str, str] = {"evaluate-inpaint": "evaluate inpaint"}
