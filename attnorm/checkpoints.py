@@ -6,7 +6,10 @@
   (:func:`load_checkpoint`). Their ``extra`` entry holds the generator's constructor
   arguments, so a generator is rebuilt from the file alone, with its EMA weights when the
   run kept an EMA (:func:`generator_weights` is the one place that picks).
-* **Class-conditional GAN**: :func:`load_gan_generator` rebuilds G from a ``train-gan`` checkpoint.
+* **Class-conditional GAN**: :func:`load_gan_generator` rebuilds G from a ``train-gan`` checkpoint
+  or from a ``.safetensors`` file written by :func:`export_gan_generator` (format
+  :data:`GAN_SAFETENSORS_FORMAT`; generator config, class names and provenance in its
+  metadata), e.g. the shipped :data:`DEFAULT_GAN_WEIGHTS`, which ``path=None`` loads.
 * **Inpainting generator**: :func:`load_inpaint_generator` reads any of
 
   - ``{"config": generator.config, "state_dict": ...}`` written by :func:`save_inpaint_generator`
@@ -36,7 +39,8 @@ from attnorm.models.gan import Generator
 from attnorm.models.inpaint import InpaintGenerator
 
 __all__ = [
-    "CHECKPOINT_FORMAT", "DEFAULT_INPAINT_WEIGHTS", "INPAINT_SAFETENSORS_FORMAT", "atomic_torch_save", "check_task",
+    "CHECKPOINT_FORMAT", "DEFAULT_GAN_WEIGHTS", "DEFAULT_INPAINT_WEIGHTS", "GAN_SAFETENSORS_FORMAT",
+    "export_gan_generator", "INPAINT_SAFETENSORS_FORMAT", "atomic_torch_save", "check_task",
     "export_inpaint_generator", "generator_weights", "inpaint_generator_from_training_checkpoint",
     "load_checkpoint", "load_gan_generator", "load_inpaint_generator", "read_inpaint_generator_metadata",
     "save_inpaint_generator", "save_inpaint_generator_safetensors",
@@ -45,6 +49,8 @@ __all__ = [
 CHECKPOINT_FORMAT = "attnorm-train-v1"
 INPAINT_SAFETENSORS_FORMAT = "attnorm-inpaint-generator-v1"
 DEFAULT_INPAINT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "inpaint_skimage.safetensors"
+GAN_SAFETENSORS_FORMAT = "attnorm-gan-generator-v1"
+DEFAULT_GAN_WEIGHTS = Path(__file__).resolve().parent / "weights" / "gan_procedural32.safetensors"
 
 
 # ---------------------------------------------------------------------------- training checkpoints
@@ -193,14 +199,56 @@ def _generator_from_state(state: dict, cls: type, task: str, use_ema: bool, path
 
 
 # ---------------------------------------------------------------------------- GAN
-def load_gan_generator(path: str | os.PathLike, device: str | torch.device = "cpu",
+def load_gan_generator(path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                        use_ema: bool = True) -> tuple[Generator, dict]:
-    """Rebuild G from a ``train-gan`` checkpoint alone; returns (G in eval mode, the checkpoint's ``extra``)."""
+    """Rebuild G from a ``train-gan`` checkpoint or an exported ``.safetensors`` file alone; returns
+    (G in eval mode, ``extra``: ``generator`` config, ``classes``, and for a checkpoint its training
+    ``config``). ``path=None`` loads the shipped :data:`DEFAULT_GAN_WEIGHTS`. Problems with the
+    file or the device are one-line :class:`attnorm.errors.UserError` subclasses."""
     device = check_device(device)
+    path = Path(path) if path is not None else DEFAULT_GAN_WEIGHTS
+    if not path.is_file():
+        hint = (" (the shipped GAN weights are missing from this install; pass --ckpt)"
+                if path == DEFAULT_GAN_WEIGHTS else "")
+        raise FileNotFoundError(f"generator checkpoint {path} not found{hint}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); pass a checkpoint written by attnorm")
+    if _is_safetensors(path):
+        state, info = read_safetensors(path)
+        if info.get("format") != GAN_SAFETENSORS_FORMAT or "config" not in info:
+            hint = ("; it is an inpainting generator (use it with attnorm inpaint --ckpt)"
+                    if info.get("format") == INPAINT_SAFETENSORS_FORMAT else "")
+            raise CheckpointError(f"{path} is not a GAN generator .safetensors file "
+                                  f"(metadata format {info.get('format')!r}){hint}")
+        try:
+            config = json.loads(info["config"])
+            meta = json.loads(info.get("meta", "{}"))
+            classes = json.loads(info.get("classes", "null"))
+        except json.JSONDecodeError:
+            raise CheckpointError(f"{path}: the metadata of this .safetensors file is not valid JSON") from None
+        if not isinstance(config, dict) or not isinstance(meta, dict):
+            raise CheckpointError(f"{path}: the generator config in its metadata is not a JSON object")
+        g = _build(Generator, config, state, str(path))
+        extra = {"generator": config, "classes": classes, "config": meta.get("train_config", {}), "meta": meta}
+        return g.to(device).eval(), extra
     state = load_checkpoint(path, map_location=device)
     check_task(state, path, "gan")
     g = _generator_from_state(state, Generator, "train-gan", use_ema, path)
     return g.to(device), state.get("extra") or {}
+
+
+def export_gan_generator(checkpoint: str | os.PathLike, out: str | os.PathLike, use_ema: bool = True,
+                         meta: dict | None = None) -> Path:
+    """Write the (EMA) generator of a ``train-gan`` checkpoint as ``.safetensors`` (atomically), with the
+    generator config, the class names and provenance (``meta`` + the training config and step) in its metadata."""
+    g, extra = load_gan_generator(checkpoint, use_ema=use_ema)
+    state = {k: v.detach().cpu().contiguous() for k, v in g.state_dict().items()}
+    ck = load_checkpoint(checkpoint)
+    info_meta = {"source_step": ck.get("step"), "ema": bool(use_ema and ck.get("ema") is not None),
+                 "train_config": extra.get("config", {}), **(meta or {})}
+    info = {"format": GAN_SAFETENSORS_FORMAT, "config": json.dumps(g.get_config()),
+            "classes": json.dumps(extra.get("classes")), "meta": json.dumps(info_meta)}
+    return atomic_write(out, lambda tmp: write_safetensors(tmp, state, metadata=info), mode=0o644)
 
 
 # ---------------------------------------------------------------------------- inpainting

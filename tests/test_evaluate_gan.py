@@ -155,3 +155,23 @@ def test_acc_refused_for_non_procedural_folder(ckpt, tmp_path, caplog):
     assert any("differ from the data folder's classes" in rec.getMessage() for rec in caplog.records)
     assert r["metrics"]["fid"]["protocol"]["n_real"] == 6 and "all 6 images" in r["protocol"]["reference"]["split"]
     assert any("differ from the data folder's classes" in w for w in r["warnings"])
+
+
+def test_real_vs_real_floor_equals_the_maths_on_a_second_real_set(ckpt, clf, tmp_path):
+    """The floor scores real images [n_real, n_real + n) of the reference dataset with the same maths."""
+    res = evaluate_gan(checkpoint=ckpt, n=N, metrics="fid,pr,acc,kid", is_splits=SPLITS, cache_dir=tmp_path,
+                       kid_subsets=5, kid_subset_size=20, floor=True)["metrics"]
+    ds = ProceduralShapes(32, 3, seed=1)  # the shared run's dataset seed
+    ref_x, _ = ds.get_batch(list(range(N)))
+    x2, y2 = ds.get_batch(list(range(N, 2 * N)))
+    f_ref, f2 = clf.features(ref_x).astype(np.float64), clf.features(x2).astype(np.float64)
+    assert res["fid"]["floor"]["value"] == pytest.approx(scipy_fid(f_ref, f2), rel=1e-3, abs=1e-6)
+    acc = float((clf.logits(x2).argmax(1) == y2.numpy()).mean())
+    assert res["acc"]["floor"]["value"] == pytest.approx(acc)
+    pr = maths.precision_recall(f_ref, f2, k=3)
+    assert res["pr"]["floor"]["precision"] == pytest.approx(pr["precision"])
+    assert res["pr"]["floor"]["recall"] == pytest.approx(pr["recall"])
+    assert res["fid"]["protocol"]["floor_split"].endswith(f"images [{N}, {2 * N})")
+    # the floor is the better side: the tiny run is far from it
+    assert res["fid"]["floor"]["value"] < res["fid"]["value"] and res["acc"]["floor"]["value"] > 0.9
+    assert "floor" not in evaluate_gan(checkpoint=ckpt, n=N, metrics="acc", cache_dir=tmp_path)["metrics"]["acc"]

@@ -73,13 +73,17 @@ def test_per_image_metrics_match_skimage_on_saved_pngs(tmp_path):
         diff = np.abs(out.astype(np.float64) - gt.astype(np.float64)) / 255
         assert row["l1"] == pytest.approx(diff.mean(), abs=1e-12)
         assert row["l1_hole"] == pytest.approx(diff[hole].mean(), abs=1e-12)
+        shift = np.abs(out[hole].astype(np.float64).mean(0) - gt[hole].astype(np.float64).mean(0)).mean()
+        assert row["color_shift"] == pytest.approx(shift, abs=1e-9)  # levels of 255
+        bias = out[hole].astype(np.float64).mean(0) - gt[hole].astype(np.float64).mean(0)
+        assert [row["bias_r"], row["bias_g"], row["bias_b"]] == pytest.approx(bias.tolist(), abs=1e-9)
         assert row["mse"] == pytest.approx((diff ** 2).mean(), abs=1e-12)
         assert row["area"] == pytest.approx(hole.mean())
     # CSV holds the same numbers, one row per pair
     with open(tmp_path / "per_image.csv") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["index", "image", "mask", "area", "bin", "bin_label", "psnr", "ssim", "l1",
-                             "l1_hole", "mse", "seconds"]
+                             "l1_hole", "color_shift", "bias_r", "bias_g", "bias_b", "mse", "seconds"]
     assert [r["image"] for r in rows] == ["a", "b", "c"]
     for r, row in zip(rows, res["rows"]):
         for k in ("psnr", "ssim", "l1", "area"):

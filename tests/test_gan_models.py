@@ -279,3 +279,23 @@ def test_generator_param_groups_put_class_tables_at_their_own_lr():
     assert cls == expected and groups[1]["lr"] == pytest.approx(1e-3)
     assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(g.parameters()))
     assert len(generator_param_groups(g, 1e-4, 1.0)) == 1
+
+
+def test_minibatch_std_groups_consecutive_samples_and_never_mixes_real_and_fake():
+    from attnorm.models.gan import minibatch_std
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(8, 5, 3, 3, generator=g)
+    s = minibatch_std(h, 4)  # groups [0..3], [4..7]
+    ref = [h[k:k + 4].var(0, unbiased=False).add(1e-8).sqrt().mean() for k in (0, 4)]
+    assert torch.allclose(s[:4], ref[0].expand(4, 1, 3, 3)) and torch.allclose(s[4:], ref[1].expand(4, 1, 3, 3))
+    same = h[:1].repeat(8, 1, 1, 1)  # a collapsed batch has std ~0
+    assert float(minibatch_std(same, 4).max()) < 1e-3
+    assert minibatch_std(h[:6], 4).shape == (6, 1, 3, 3)  # 6 samples: groups of 3
+    d = Discriminator(resolution=32, ch=8, num_classes=3, mbstd_group=4)
+    assert d.config["mbstd_group"] == 4 and "mbstd_group" not in Discriminator(32, 8, 3).config
+    x = torch.randn(8, 3, 32, 32, generator=g)
+    y = torch.arange(8) % 3
+    d.eval()
+    a = d(x, y)
+    b = d(torch.cat([x[:4], x[:1].repeat(4, 1, 1, 1)]), y)  # only the second group changes
+    assert not torch.allclose(a[4:], b[4:]) and torch.allclose(a[:4], b[:4], atol=1e-6)

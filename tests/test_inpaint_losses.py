@@ -235,3 +235,34 @@ def test_few_training_steps_reduce_the_loss():
         first = out["hole_l1"].item() if first is None else first
         last = out["hole_l1"].item()
     assert last < 0.6 * first, (first, last)
+
+
+def test_ssim_map_mean_equals_scikit_image():
+    from skimage.metrics import structural_similarity
+
+    from attnorm.losses.inpaint import ssim_map
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, 40, 33, generator=g, dtype=torch.float64) * 2 - 1
+    y = (x + 0.3 * torch.randn(1, 3, 40, 33, generator=g, dtype=torch.float64)).clamp(-1, 1)
+    ours = float(ssim_map(x, y).mean())
+    ref = structural_similarity(x[0].permute(1, 2, 0).numpy(), y[0].permute(1, 2, 0).numpy(), channel_axis=-1,
+                                data_range=2.0)
+    assert ours == pytest.approx(ref, abs=1e-10)
+
+
+def test_hole_ssim_loss_zero_for_a_perfect_fill_and_only_sees_the_hole():
+    from attnorm.losses.inpaint import hole_ssim_loss
+    g = torch.Generator().manual_seed(1)
+    real = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+    m = torch.zeros(2, 1, 32, 32)
+    m[:, :, 10:20, 12:22] = 1
+    assert float(hole_ssim_loss(real, real, m)) == pytest.approx(0.0, abs=1e-6)
+    wrong_outside = real.clone()
+    wrong_outside[..., :3, :] = -real[..., :3, :]  # far from the hole: not composited in
+    assert float(hole_ssim_loss(wrong_outside, real, m)) == pytest.approx(0.0, abs=1e-6)
+    flat = torch.zeros_like(real)
+    loss = hole_ssim_loss(flat.requires_grad_(), real, m)
+    assert 0.1 < float(loss) <= 2.0
+    loss.backward()
+    assert flat.grad[m.expand_as(flat) == 0].abs().max() == 0 and flat.grad.abs().sum() > 0
+    assert float(hole_ssim_loss(flat, real, torch.zeros_like(m))) == 0.0

@@ -103,7 +103,7 @@ def test_train_kill_resume_equals_uninterrupted(tmp_path):
 
 
 def test_nan_stops_run_and_keeps_checkpoint(tmp_path):
-    cfg = resolve_config(overrides=dict(TINY, steps=10, ckpt_every=2))
+    cfg = resolve_config(overrides=dict(TINY, steps=10, ckpt_every=2, d_steps=1))  # one batch per step
     tr = GANTraining(cfg, tmp_path)
     real_next, calls = tr.data.next, [0]
 

@@ -46,6 +46,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "sample": ("gan", "sample", "generate images of chosen classes from a train-gan checkpoint"),
     "interpolate": ("gan", "interpolate", "categorical interpolation between two classes (fixed z per row)"),
     "layouts": ("gan", "layouts", "show the AN semantic layouts of generated images"),
+    "export-gan": ("gan", "export_gan", "export a train-gan checkpoint's generator (EMA) as .safetensors"),
     "demo": ("demo", "demo", "train the small AN-GAN on procedural shapes (~5 min CPU) and write all figures"),
     "inpaint": ("inpaint", "inpaint", "inpaint an image (or a folder) with its mask using a trained generator"),
     "train-inpaint": ("inpaint", "train_inpaint",
@@ -58,6 +59,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train-classifier": ("evaluate", "train_classifier",
                          "train the procedural-shapes classifier that the GAN metrics use as feature network"),
     "bench": ("bench", "bench", "benchmark AN vs literal Algorithm 1, self-attention and conv1x1+IN"),
+    "serve": ("serve", "serve", "local web app + HTTP API: inpaint by painting a mask, explore the GAN"),
+    "serve-loadtest": ("serve", "serve_loadtest", "load-test a running `attnorm serve` (concurrent inpainting)"),
 }
 # old names that still run, not listed in --help
 HIDDEN_ALIASES: dict[str, str] = {"evaluate-inpaint": "evaluate inpaint"}

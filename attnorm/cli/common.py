@@ -231,7 +231,9 @@ def millions(module) -> float:
 # ---------------------------------------------------------------------------- GAN generator commands
 def generator_arguments(p: argparse.ArgumentParser) -> None:
     """Options of the commands that run a train-gan generator."""
-    p.add_argument("--ckpt", required=True, help="train-gan checkpoint (checkpoints/latest.pt)")
+    p.add_argument("--ckpt", default=None,
+                   help="train-gan checkpoint (checkpoints/latest.pt) or exported .safetensors "
+                        "(default: the shipped attnorm/weights/gan_procedural32.safetensors)")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the latents")
     p.add_argument("--truncation", type=positive_float, default=None, help="redraw |z| entries above T (e.g. 1.0)")
     p.add_argument("--device", default="cpu")
@@ -241,12 +243,15 @@ def generator_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def load_gan(args: argparse.Namespace):
-    """(G, class names) of ``--ckpt``; user errors (missing, unsafe, corrupt or other-task
-    checkpoint, bad device) as one line."""
-    from attnorm.checkpoints import load_gan_generator
+    """(G, class names) of ``--ckpt`` (default: the shipped GAN weights); user errors (missing,
+    unsafe, corrupt or other-task checkpoint, bad device) as one line."""
+    from attnorm.checkpoints import DEFAULT_GAN_WEIGHTS, load_gan_generator
     from attnorm.errors import check_device
     check_device(args.device)
-    if not Path(args.ckpt).is_file():
+    if args.ckpt is None and not DEFAULT_GAN_WEIGHTS.is_file():
+        raise CommandError(f"the shipped GAN weights {DEFAULT_GAN_WEIGHTS} are missing from this install; "
+                           "pass --ckpt RUN_DIR/checkpoints/latest.pt")
+    if args.ckpt is not None and not Path(args.ckpt).is_file():
         raise CommandError(f"checkpoint {args.ckpt} not found (train-gan writes RUN_DIR/checkpoints/latest.pt)")
     try:
         g, extra = load_gan_generator(args.ckpt, device=args.device, use_ema=not args.no_ema)

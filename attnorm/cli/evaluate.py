@@ -66,6 +66,9 @@ def _gan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kid-subset-size", type=positive_int, default=1000)
     p.add_argument("--is-splits", type=positive_int, default=10)
     p.add_argument("--pr-k", type=positive_int, default=3)
+    p.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
+                   help="also score a second real set of --n images against the reference: the real-vs-real "
+                        "floor printed beside every metric (default on; --no-floor skips it)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
@@ -126,7 +129,7 @@ def evaluate_gan(args: argparse.Namespace) -> int:
                   batch_size=args.batch_size, seed=args.seed, truncation=args.truncation, use_ema=not args.no_ema,
                   device=args.device, cache_dir=args.cache_dir, use_cache=not args.no_cache, out=args.out,
                   kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size, is_splits=args.is_splits,
-                  pr_k=args.pr_k)
+                  pr_k=args.pr_k, floor=args.floor)
     print(format_summary(res))
     return 0
 

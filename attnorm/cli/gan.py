@@ -1,4 +1,4 @@
-"""Commands of the class-conditional GAN: ``train-gan``, ``sample``, ``interpolate``, ``layouts``."""
+"""Commands of the class-conditional GAN: ``train-gan``, ``sample``, ``interpolate``, ``layouts``, ``export-gan``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .common import (
     CommandError, check_grid, generator_arguments, grid_scale, image_output, int_at_least, load_gan, millions,
-    output_file, output_folder, parse_classes, positive_int, run_config, run_training, train_arguments,
+    output_file, output_folder, parse_classes, positive_int, run_config, run_training, train_arguments, user_errors,
 )
 
 
@@ -160,3 +160,29 @@ def layouts(args: argparse.Namespace) -> int:
 def _an_layers(g) -> list:
     from attnorm.layers import AttentiveNorm
     return [m for m in g.modules() if isinstance(m, AttentiveNorm)]
+
+
+# ---------------------------------------------------------------------------- export-gan
+def export_gan_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="train-gan checkpoint (RUN/checkpoints/latest.pt)")
+    p.add_argument("out", help="output .safetensors file")
+    p.add_argument("--no-ema", action="store_true", help="export the trained G instead of its EMA")
+
+
+def export_gan(args: argparse.Namespace) -> int:
+    """Export a train-gan checkpoint's generator (EMA weights if present) as .safetensors.
+
+        attnorm export-gan runs/gan_shipped/checkpoints/latest.pt attnorm/weights/gan_procedural32.safetensors
+
+    The file holds G's state dict and, in its metadata, format, config (G's constructor
+    arguments), the class names and meta (source step, EMA or not, the run's training config);
+    `attnorm sample/interpolate/layouts --ckpt FILE` and `attnorm evaluate gan --ckpt FILE` read it.
+    """
+    from attnorm.checkpoints import export_gan_generator
+    if not Path(args.checkpoint).is_file():
+        raise CommandError(f"checkpoint {args.checkpoint} not found")
+    output_file(args.out, "output", (".safetensors",))
+    with user_errors():
+        path = export_gan_generator(args.checkpoint, args.out, use_ema=not args.no_ema)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    return 0

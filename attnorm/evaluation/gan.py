@@ -199,6 +199,30 @@ def _generate(subject: _Subject, n: int, ext: FeatureExtractor, acc_ext: Feature
     return _Fakes(np.concatenate(feats), labels.numpy(), np.concatenate(logits) if logits else None, correct)
 
 
+def _real_as_fakes(source, n: int, n_ref: int, ext: FeatureExtractor, acc_ext: FeatureExtractor | None,
+                   need_logits: bool, batch_size: int) -> tuple[_Fakes, str]:
+    """A second real set, disjoint from the reference, in the place of the generated images."""
+    indices, split = source.floor_indices(n, n_ref)
+    feats, logits, labels, correct = [], [], [], 0
+    for x, y in source.batches(indices, batch_size):
+        f, lg = ext.features_and_logits(x, need_logits=need_logits)
+        feats.append(f)
+        if lg is not None:
+            logits.append(lg)
+        y = np.asarray(y, dtype=np.int64)
+        labels.append(y)
+        if acc_ext is not None:
+            lg_acc = lg if (acc_ext is ext and lg is not None) else acc_ext.logits(x)
+            correct += int((lg_acc.argmax(1) == y).sum())
+        log.info("real-vs-real floor: %d/%d", sum(len(a) for a in labels), len(indices))
+    return _Fakes(np.concatenate(feats), np.concatenate(labels), np.concatenate(logits) if logits else None,
+                  correct), split
+
+
+def _floor_numbers(r: dict) -> dict:
+    return {k: v for k, v in r.items() if k not in ("protocol", "per_class")}
+
+
 def _protocols(ext: FeatureExtractor, acc_ext: FeatureExtractor | None, ref: dict | None, subject: _Subject,
                n: int, seed: int, truncation: float | None) -> tuple[dict, dict | None]:
     """The protocol every feature metric shares, and that of ``acc`` (None when not requested)."""
@@ -270,7 +294,7 @@ def evaluate_gan(generator: Callable | torch.nn.Module | None = None, *, checkpo
                  z_dim: int | None = None, class_names: list[str] | None = None, device: str = "cpu",
                  cache_dir: str | os.PathLike | None = None, use_cache: bool = True,
                  out: str | os.PathLike | None = None, kid_subsets: int = 100, kid_subset_size: int = 1000,
-                 is_splits: int = 10, pr_k: int = 3) -> dict:
+                 is_splits: int = 10, pr_k: int = 3, floor: bool = False) -> dict:
     """Score a generator; see the module doc for the protocol. Progress lines and warnings go to
     this module's logger (warnings are also listed in the result).
 
@@ -283,6 +307,9 @@ def evaluate_gan(generator: Callable | torch.nn.Module | None = None, *, checkpo
         n, n_real: fake / real sample counts (``n_real`` default: ``n``; a folder: at most all its images).
         ref_seed: procedural dataset seed of the reference (default: the checkpoint's training seed, else 0).
         out: write the result as JSON there.
+        floor: also score a second real set of ``n`` images (disjoint from the reference) the
+            same way, and put its numbers under ``"floor"`` beside each metric's: the best a
+            generator can expect at this sample size (accuracy: the classifier on real images).
     Returns: ``{"metrics": {name: {..numbers.., "protocol": {...}}}, "protocol": {...}, "warnings": [...]}``.
     """
     t0 = time.time()
@@ -324,6 +351,18 @@ def evaluate_gan(generator: Callable | torch.nn.Module | None = None, *, checkpo
     common, acc_protocol = _protocols(ext, acc_ext, ref, subject, n, seed, truncation)
     results = _metric_values(metrics, fakes, ref, common, class_names, acc_protocol, kid_subsets=kid_subsets,
                              kid_subset_size=kid_subset_size, is_splits=is_splits, pr_k=pr_k, seed=seed)
+    if floor:
+        real, floor_split = _real_as_fakes(source, n, ref["n"] if ref is not None else 0, ext, acc_ext,
+                                           "is" in metrics, batch_size)
+        if len(real.features) < 2:
+            warn("no real images outside the reference split: no real-vs-real floor")
+        else:
+            fl = _metric_values(metrics, real, ref, common, class_names, acc_protocol, kid_subsets=kid_subsets,
+                                kid_subset_size=kid_subset_size, is_splits=is_splits, pr_k=pr_k, seed=seed)
+            for name, r in fl.items():
+                results[name]["floor"] = _floor_numbers(r)
+                results[name]["protocol"] = dict(results[name]["protocol"] or {}, floor_split=floor_split,
+                                                 floor_n=len(real.features))
     result = {
         "metrics": results,
         "protocol": {
@@ -348,12 +387,15 @@ def evaluate_gan(generator: Callable | torch.nn.Module | None = None, *, checkpo
 def format_summary(result: dict) -> str:
     lines = []
     for name, r in result["metrics"].items():
+        fl = r.get("floor")
         if "value" in r:
-            lines.append(f"{name:5s} {r['value']:.4f}")
+            lines.append(f"{name:5s} {r['value']:.4f}" + (f"   (real-vs-real floor {fl['value']:.4f})" if fl else ""))
         elif name == "pr":
-            lines.append(f"pr    precision {r['precision']:.4f} recall {r['recall']:.4f}")
+            lines.append(f"pr    precision {r['precision']:.4f} recall {r['recall']:.4f}"
+                         + (f"   (floor: precision {fl['precision']:.4f} recall {fl['recall']:.4f})" if fl else ""))
         else:
-            lines.append(f"{name:5s} {r['mean']:.6g} +- {r['std']:.3g}")
+            lines.append(f"{name:5s} {r['mean']:.6g} +- {r['std']:.3g}"
+                         + (f"   (floor {fl['mean']:.6g} +- {fl['std']:.3g})" if fl else ""))
     p = result["protocol"]
     ex = p["extractor"]
     lines.append(f"({ex['name']} {ex.get('weights_sha256', '')[:12]}, n_fake {p['n_fake']}, "

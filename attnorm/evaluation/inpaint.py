@@ -31,7 +31,10 @@ Protocol (written into ``summary.json`` under ``"protocol"``):
   data_range=255)`` on the uint8 arrays); ``l1`` = mean absolute error over all
   pixels and channels (in [0, 1]; x100 for the "L1 %" of papers); ``l1_hole`` =
   the same over hole pixels only (NaN for an empty mask, ignored by the means);
-  ``mse``; ``seconds`` = wall time of the method's call.
+  ``color_shift`` = the mean colour of the fill vs the ground truth's over the hole,
+  ``mean_c |mean_hole(out_c) - mean_hole(gt_c)|``, in levels of 255 (NaN for an empty mask);
+  ``bias_r``/``bias_g``/``bias_b`` = the signed ``mean_hole(out_c) - mean_hole(gt_c)`` per channel
+  (their means over pairs are the method's systematic colour shift); ``mse``; ``seconds`` = wall time of the method's call.
 * **PSNR of a perfect result**: MSE = 0 gives an infinite PSNR. By default the
   per-pair PSNR is capped at :data:`PSNR_CAP` = 100 dB before averaging (finite
   and well above anything a real fill reaches: one 8-bit level of error on one
@@ -89,8 +92,9 @@ Method = Callable[[Tensor, Tensor], Tensor]
 #: Default cap of the per-pair PSNR in dB (an exact reconstruction has MSE 0, i.e. infinite PSNR).
 PSNR_CAP = 100.0
 
-CSV_FIELDS = ("index", "image", "mask", "area", "bin", "bin_label", "psnr", "ssim", "l1", "l1_hole", "mse", "seconds")
-METRICS = ("psnr", "ssim", "l1", "l1_hole", "mse", "seconds")
+CSV_FIELDS = ("index", "image", "mask", "area", "bin", "bin_label", "psnr", "ssim", "l1", "l1_hole", "color_shift",
+              "bias_r", "bias_g", "bias_b", "mse", "seconds")
+METRICS = ("psnr", "ssim", "l1", "l1_hole", "color_shift", "bias_r", "bias_g", "bias_b", "mse", "seconds")
 
 
 # ---------------------------------------------------------------------------- methods
@@ -221,7 +225,10 @@ def image_metrics(output_u8: np.ndarray, target_u8: np.ndarray, hole: np.ndarray
                   psnr_cap: float | None = PSNR_CAP) -> dict[str, float]:
     """PSNR / SSIM / L1 / MSE of two (H, W, 3) uint8 images, in [0, 1] with data_range 1.
 
-    ``hole`` (H, W) bool adds ``l1_hole`` (NaN when it is empty). PSNR is capped at
+    ``hole`` (H, W) bool adds ``l1_hole``, ``color_shift`` and ``bias_r/g/b`` (NaN when the hole
+    is empty): the mean colour of the fill against the ground truth's over the hole, as
+    ``mean_c |mean_hole(out_c) - mean_hole(gt_c)|`` and as the signed per-channel differences, in
+    levels of 255 (averaged over pairs, the biases measure a systematic shift). PSNR is capped at
     ``psnr_cap`` (None: not capped, MSE 0 gives inf).
     """
     a = torch.from_numpy(np.asarray(output_u8, dtype=np.float64) / 255.0).permute(2, 0, 1)[None]
@@ -234,6 +241,10 @@ def image_metrics(output_u8: np.ndarray, target_u8: np.ndarray, hole: np.ndarray
     if hole is not None:
         h = torch.from_numpy(np.asarray(hole, dtype=bool))
         res["l1_hole"] = float((a - b).abs()[0][:, h].mean()) if bool(h.any()) else math.nan
+        d = (a[0][:, h].mean(1) - b[0][:, h].mean(1)) * 255.0 if bool(h.any()) else None  # (3,) levels
+        res["color_shift"] = float(d.abs().mean()) if d is not None else math.nan
+        for c, name in enumerate(("bias_r", "bias_g", "bias_b")):
+            res[name] = float(d[c]) if d is not None else math.nan
     return res
 
 
@@ -358,6 +369,8 @@ def _protocol(sizes: set, n_img: int, n_mask: int, mask_source: str, mask_meta: 
                     "3 px border cropped, channels averaged), data_range 1",
             "l1": "mean |output - gt| over all pixels and channels, in [0, 1]",
             "l1_hole": "mean |output - gt| over hole pixels only (empty holes ignored)",
+            "color_shift": "mean over channels of |mean over the hole of output - of gt|, in levels of 255",
+            "bias_r/g/b": "signed mean over the hole of output - gt per channel, levels of 255 (systematic shift)",
             "mse": "mean squared error in [0, 1] units",
             "seconds": "wall time of one method call",
         },
@@ -505,9 +518,9 @@ def evaluate_inpaint(method: Method, images: Sequence[Tensor], masks: Sequence[T
 
 
 def format_summary(summary: dict) -> str:
-    """Per-bin table (count, PSNR, SSIM, L1) plus the total."""
+    """Per-bin table (count, PSNR, SSIM, L1, colour shift of the fill) plus the total."""
     lines = [f"{summary['method']}: {summary['num_pairs']} pairs",
-             f"{'hole area':>10} {'n':>5} {'PSNR':>8} {'SSIM':>7} {'L1':>7}"]
+             f"{'hole area':>10} {'n':>5} {'PSNR':>8} {'SSIM':>7} {'L1':>7} {'colour':>7}"]
 
     def fmt(v, spec):
         return f"{v:{spec}}" if isinstance(v, (int, float)) and v is not None else "-"
@@ -516,7 +529,7 @@ def format_summary(summary: dict) -> str:
         if agg["count"] == 0:
             continue
         lines.append(f"{label:>10} {agg['count']:>5} {fmt(agg['psnr'], '8.2f')} {fmt(agg['ssim'], '7.4f')} "
-                     f"{fmt(agg['l1'], '7.4f')}")
+                     f"{fmt(agg['l1'], '7.4f')} {fmt(agg.get('color_shift'), '7.2f')}")
     if "fid" in summary["total"]:
         lines.append(f"FID (all pairs, {summary['protocol']['fid_extractor'].get('name', '?')} features): "
                      f"{summary['total']['fid']:.4f}")

@@ -16,7 +16,8 @@ from attnorm.losses.gan import d_hinge
 from attnorm.models.inpaint import crop_hole_patches
 
 __all__ = [
-    "InpaintLoss", "discounted_weights", "distance_to_known", "gradient_penalty", "hole_l1", "known_l1",
+    "InpaintLoss", "discounted_weights", "distance_to_known", "gradient_penalty", "hole_l1", "hole_ssim_loss",
+    "known_l1", "ssim_map",
 ]
 
 
@@ -118,6 +119,37 @@ def gradient_penalty(critic, real: Tensor, fake: Tensor, mask: Tensor | None = N
     return weight * (norm - 1).pow(2).mean()
 
 
+def ssim_map(x: Tensor, y: Tensor, data_range: float = 2.0, win: int = 7, k1: float = 0.01,
+             k2: float = 0.03) -> Tensor:
+    """Differentiable SSIM map with scikit-image's defaults (uniform ``win`` x ``win`` window, sample
+    covariances ``N / (N - 1)``, K1 0.01, K2 0.03); (b, c, H, W) -> (b, c, H - win + 1, W - win + 1)
+    (valid windows only). ``data_range`` 2 for images in [-1, 1]. Its mean over the valid windows
+    and channels equals ``skimage.metrics.structural_similarity(..., channel_axis)`` (which crops
+    the same (win - 1) / 2 border)."""
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    n = win * win
+    cov = n / (n - 1)
+    mean = lambda t: F.avg_pool2d(t, win, stride=1)  # noqa: E731
+    ux, uy = mean(x), mean(y)
+    vx = cov * (mean(x * x) - ux * ux)
+    vy = cov * (mean(y * y) - uy * uy)
+    vxy = cov * (mean(x * y) - ux * uy)
+    return ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+
+
+def hole_ssim_loss(pred: Tensor, target: Tensor, mask: Tensor, win: int = 7) -> Tensor:
+    """``1 - mean SSIM`` of the composite (``pred`` in the hole, ``target`` elsewhere) over the SSIM
+    windows that touch the hole; 0 when the batch has no hole."""
+    m = mask.to(pred.dtype)
+    comp = pred * m + target * (1 - m)
+    smap = ssim_map(comp.float(), target.float(), win=win)  # (b, c, H', W')
+    touch = (F.max_pool2d(m.float(), win, stride=1) > 0).to(smap.dtype)  # windows with a hole pixel
+    denom = touch.expand_as(smap).sum()
+    if float(denom) == 0:
+        return pred.new_zeros(())
+    return ((1 - smap) * touch).sum() / denom
+
+
 class InpaintLoss:
     """Losses of the two-stage inpainting GAN, DeepFill v1 style, with the AN authors' weights.
 
@@ -143,6 +175,8 @@ class InpaintLoss:
         discount_metric: ``"chessboard"`` or ``"cityblock"`` distance for the discount.
         l1_only: warm-up mode: the generator loss has no adversarial term (DeepFill's
             PRETRAIN_COARSE_NETWORK), so no critic is run in ``generator_step``.
+        ssim_weight: weight of :func:`hole_ssim_loss` on the refined composite (0: off; not in the
+            paper; the CPU recipe uses it because SSIM is one of its targets).
 
     ``discriminator_step(real, refined, mask)`` and
     ``generator_step(real, mask, coarse, refined, generator=None)`` return dicts of
@@ -154,13 +188,14 @@ class InpaintLoss:
                  patch_critic: nn.Module | None = None, *, gan_weight: float = 1e-3, hole_weight: float = 1.4,
                  known_weight: float = 1.2, coarse_weight: float = 1.2, ortho_weight: float = 0.2,
                  gp_weight: float = 10.0, gamma: float | None = 0.9, discount_metric: str = "chessboard",
-                 l1_only: bool = False) -> None:
+                 l1_only: bool = False, ssim_weight: float = 0.0) -> None:
         if patch_critic is not None and (global_critic is not None or local_critic is not None):
             raise ValueError("use either global/local WGAN critics or a patch critic, not both")
         self.global_critic, self.local_critic, self.patch_critic = global_critic, local_critic, patch_critic
         self.gan_weight, self.hole_weight, self.known_weight = gan_weight, hole_weight, known_weight
         self.coarse_weight, self.ortho_weight, self.gp_weight = coarse_weight, ortho_weight, gp_weight
         self.gamma, self.discount_metric, self.l1_only = gamma, discount_metric, l1_only
+        self.ssim_weight = ssim_weight
 
     @property
     def has_critic(self) -> bool:
@@ -210,6 +245,10 @@ class InpaintLoss:
         known = self.coarse_weight * known_l1(coarse, real, mask) + known_l1(refined, real, mask)
         total = self.hole_weight * hole + self.known_weight * known
         out = {"hole_l1": hole.detach(), "known_l1": known.detach()}
+        if self.ssim_weight:
+            ss = hole_ssim_loss(refined, real, mask)
+            total = total + self.ssim_weight * ss
+            out["hole_ssim_loss"] = ss.detach()
         if generator is not None and self.ortho_weight:
             ortho = orthogonality_loss(generator)
             total = total + self.ortho_weight * ortho

@@ -80,6 +80,19 @@ class DataSource:
         idx = np.sort(np.random.default_rng(self.seed).choice(self.size, n, replace=False))
         return idx.tolist(), f"{self.id}, {n} of {self.size} images drawn with default_rng({self.seed})"
 
+    def floor_indices(self, n: int, n_ref: int | None) -> tuple[list[int], str]:
+        """A second real set of (up to) ``n`` images, disjoint from the reference split of ``n_ref``
+        images: the real-vs-real floor of a metric scores it as if it were the generator's output."""
+        if self.kind == "procedural":
+            start = int(n_ref or 0)
+            return list(range(start, start + n)), f"{self.id}, images [{start}, {start + n})"
+        assert self.size is not None
+        ref = set(self.indices(n_ref)[0])
+        rest = [i for i in range(self.size) if i not in ref]
+        if len(rest) > n:
+            rest = np.sort(np.random.default_rng(self.seed + 1).choice(rest, n, replace=False)).tolist()
+        return rest, f"{self.id}, {len(rest)} images outside the reference split"
+
     def batches(self, indices: list[int], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for i in range(0, len(indices), batch_size):
             yield self.load(indices[i:i + batch_size])

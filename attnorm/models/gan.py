@@ -278,6 +278,10 @@ class Discriminator(nn.Module):
         an_kwargs: as in :class:`Generator` (``channel_mults`` has ``num_blocks`` entries).
         embed_dim: size of the class embedding concatenated before the last two
             blocks (default ``ch``).
+        mbstd_group: > 0 adds ProGAN's minibatch standard deviation channel before the last block:
+            the mean feature std over groups of this many *consecutive* samples (so a batch of
+            reals followed by fakes, each a multiple of the group, never mixes them), which lets D
+            see a lack of diversity (not in the listing; 0 = off).
         projection: also add SN-GAN's projection term ``<Embed_p(y), sum_pool(h)>`` to the
             logit (not in the paper's listing; off by default). A stronger class signal
             for D, which helps short runs learn the conditioning.
@@ -286,7 +290,7 @@ class Discriminator(nn.Module):
     def __init__(self, resolution: int = 128, ch: int = 64, num_classes: int = 1000,
                  attention: str = "an", num_entities: int = 16, attn_index: int | None = None,
                  channel_mults: list[int] | None = None, embed_dim: int | None = None,
-                 projection: bool = False, an_kwargs: dict | None = None) -> None:
+                 projection: bool = False, an_kwargs: dict | None = None, mbstd_group: int = 0) -> None:
         super().__init__()
         nb = num_blocks(resolution)
         if channel_mults is None:
@@ -305,12 +309,15 @@ class Discriminator(nn.Module):
             resolution=resolution, ch=ch, num_classes=num_classes, attention=attention,
             num_entities=num_entities, attn_index=attn_index, channel_mults=list(channel_mults),
             embed_dim=embed_dim, projection=projection, an_kwargs=dict(an_kwargs or {}))
+        if mbstd_group:  # absent for the listing's D: configs saved before the option still load
+            self.config["mbstd_group"] = int(mbstd_group)
+        self.mbstd_group = int(mbstd_group)
         self.resolution, self.num_classes = resolution, num_classes
         self.concat_index = max(nb - 2, 0)  # the embedding joins the input of this block
         chans = [3] + [m * ch for m in channel_mults]
         blocks = []
         for i in range(nb):
-            in_ch = chans[i] + (embed_dim if i == self.concat_index else 0)
+            in_ch = chans[i] + (embed_dim if i == self.concat_index else 0) + (1 if mbstd_group and i == nb - 1 else 0)
             blocks.append(DBlock(in_ch, chans[i + 1], optimized=(i == 0),
                                  attention=attention if i == attn_index else "none",
                                  num_entities=num_entities, an_kwargs=an_kwargs))
@@ -339,6 +346,8 @@ class Discriminator(nn.Module):
                 e = self.class_embedding(y)  # (b, e)
                 e = e[:, :, None, None].expand(-1, -1, h.shape[2], h.shape[3])  # (b, e, h, w)
                 h = torch.cat([e.to(h.dtype), h], dim=1)
+            if self.mbstd_group and i == len(self.blocks) - 1:
+                h = torch.cat([h, minibatch_std(h, self.mbstd_group)], dim=1)
             h = block(h, layouts)
         pooled = F.relu(h).sum(dim=(2, 3))  # (b, c): global sum pooling
         out = self.linear(pooled).squeeze(1)  # (b,)
@@ -347,10 +356,23 @@ class Discriminator(nn.Module):
         return (out, layouts) if return_layouts else out
 
 
+def minibatch_std(h: Tensor, group: int) -> Tensor:
+    """(b, 1, H, W): per group of ``group`` consecutive samples (the largest divisor of b not above
+    ``group``), the standard deviation over the group of every feature, averaged over features and
+    positions, broadcast to a channel."""
+    b, c, hh, ww = h.shape
+    g = max(d for d in range(1, min(group, b) + 1) if b % d == 0)
+    if g < 2:
+        return h.new_zeros(b, 1, hh, ww)
+    x = h.float().view(b // g, g, c, hh, ww)
+    std = (x.var(dim=1, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (b / g,)
+    return std.repeat_interleave(g).view(b, 1, 1, 1).expand(b, 1, hh, ww).to(h.dtype)
+
+
 def build_gan(resolution: int = 32, ch: int = 16, num_classes: int = 10, z_dim: int = 128,
               attention: str = "an", num_entities: int = 16, an_kwargs: dict | None = None,
               d_ch: int | None = None, projection: bool = False, class_embed_dim: int = 0,
-              g_spectral_norm: bool = True) -> tuple[Generator, Discriminator]:
+              g_spectral_norm: bool = True, mbstd_group: int = 0) -> tuple[Generator, Discriminator]:
     """A matching (G, D) pair from one set of arguments (``d_ch`` defaults to ``ch``;
     ``class_embed_dim`` and ``g_spectral_norm`` go to the generator)."""
     g = Generator(resolution=resolution, ch=ch, num_classes=num_classes, z_dim=z_dim,
@@ -358,7 +380,7 @@ def build_gan(resolution: int = 32, ch: int = 16, num_classes: int = 10, z_dim: 
                   class_embed_dim=class_embed_dim, spectral_norm=g_spectral_norm)
     d = Discriminator(resolution=resolution, ch=d_ch or ch, num_classes=num_classes,
                       attention=attention, num_entities=num_entities, an_kwargs=an_kwargs,
-                      projection=projection)
+                      projection=projection, mbstd_group=mbstd_group)
     return g, d
 
 

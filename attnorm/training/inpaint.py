@@ -97,6 +97,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "ortho_weight": 0.2,
     "gp_weight": 10.0,
     "gamma": 0.9,
+    "ssim_weight": 0.0,       # 1 - SSIM of the refined composite over the hole's windows (not in the paper)
     "ema_decay": 0.999,       # None: no EMA
     "ema_start": 200,
     "seed": 0,
@@ -339,7 +340,7 @@ class InpaintTraining(TaskRun):
             critics.get("global"), critics.get("local"), critics.get("patch"),
             gan_weight=cfg["gan_weight"], hole_weight=cfg["hole_weight"], known_weight=cfg["known_weight"],
             coarse_weight=cfg["coarse_weight"], ortho_weight=cfg["ortho_weight"], gp_weight=cfg["gp_weight"],
-            gamma=cfg["gamma"])
+            gamma=cfg["gamma"], ssim_weight=float(cfg.get("ssim_weight") or 0.0))
         self.loss = InpaintPhaseLoss(self.G, self.criterion, cfg["warmup_steps"], device, amp=cfg["amp"],
                                      channels_last=cfg["channels_last"], critics=self.D,
                                      world_size=self.world_size)
