@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from attnorm.errors import ImageReadError, ImageTooLargeError, OutputError
+from attnorm.errors import CheckpointError, ImageReadError, ImageTooLargeError, OutputError
 
 __all__ = [
     "DEFAULT_MAX_IMAGE_PIXELS", "IMAGE_EXTENSIONS", "atomic_write", "check_output_path", "image_error", "json_safe",
@@ -449,4 +449,4 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
         with safe_open(str(path), framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
     except SafetensorError as exc:
-        raise ValueError(f"{path} is not a readable safetensors file: {exc}") from exc
+        raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from None

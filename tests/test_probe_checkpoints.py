@@ -69,6 +69,7 @@ def _users(t, ckpt):
         ["sample", "--ckpt", ckpt, "--n", "1", "--out", t / "s.png"],
         ["inpaint", "--ckpt", ckpt, "--image", t / "img.png", "--mask", t / "mask.png", "--out", t / "o.png"],
         ["export-inpaint", ckpt, t / "x.safetensors"],
+        ["export-gan", ckpt, t / "x.safetensors"],
         ["evaluate", "gan", "--ckpt", ckpt, "--n", "2", "--metrics", "acc"],
         ["evaluate", "inpaint", "--ckpt", ckpt, "--masks", t, "--out", t / "ev"],
     ]
@@ -92,7 +93,10 @@ def test_m7_safetensors_with_a_lying_header(files, capsys):
                  "lie.safetensors is not a readable safetensors")
     assert "invalid shape" in line
     probe(capsys, ["sample", "--ckpt", files / "lie.safetensors", "--out", files / "s.png"],
-          "is a .safetensors weights file, not a training checkpoint")
+          "lie.safetensors is not a readable safetensors file")
+    probe(capsys, ["sample", "--ckpt", files / "ok.safetensors", "--out", files / "s.png"],
+          "is not a GAN generator .safetensors file", "it is an inpainting generator")
+    probe(capsys, ["train-gan", "--out", files / "r", "--resume"], "config.json not found")
     # a safetensors file whose weights do not fit the config in its metadata
     from safetensors.torch import save_file
     save_file({"a": torch.zeros(4)}, str(files / "wrong.safetensors"),
@@ -141,9 +145,12 @@ def test_m9_other_tasks_checkpoint_in_sample_and_resume(tmp_path, capsys, gan_ru
     assert (snapshot(inpaint_run), snapshot(gan_run)) == before
 
 
-def test_p12_p13_other_tasks_checkpoint_refused_by_inpaint_commands(tmp_path, capsys, gan_ckpt):
+def test_p12_p13_other_tasks_checkpoint_refused_by_inpaint_commands(tmp_path, capsys, gan_ckpt, inpaint_run):
     probe(capsys, ["export-inpaint", gan_ckpt, tmp_path / "x.safetensors"], "is a checkpoint of train-gan",
           "not of train-inpaint")
+    probe(capsys, ["export-gan", inpaint_run / "checkpoints" / "latest.pt", tmp_path / "x.safetensors"],
+          "is a checkpoint of train-inpaint", "not of train-gan")
+    probe(capsys, ["export-gan", gan_ckpt, tmp_path / "x"], "has no extension", "must end with .safetensors")
     m = tmp_path / "m"
     run_ok(capsys, ["masks", "--out", m, "--n", "1", "--size", "16"])
     probe(capsys, ["evaluate", "inpaint", "--ckpt", gan_ckpt, "--masks", m, "--out", tmp_path / "e"],

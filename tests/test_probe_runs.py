@@ -62,7 +62,7 @@ def test_x2_a_run_folder_is_never_overwritten_silently(tmp_path, capsys):
 # ---------------------------------------------------------------------------- X3 / P10
 def test_x3_resume_applies_changed_learning_rates_and_p10_nan_keeps_the_checkpoint(tmp_path, capsys):
     run = tmp_path / "run"
-    _train(capsys, run, 2, "class_lr_mult=2")
+    _train(capsys, run, 2, "class_lr_mult=2", "lr_g=1e-4", "lr_d=4e-4")
     out = _train(capsys, run, 3, "--resume", "lr_g=1e-5", "lr_d=2e-5")
     assert "resume: applied changed optimizer settings: D lr 0.0004 -> 2e-05; G/0 lr 0.0001 -> 1e-05; " \
            "G/1 lr 0.0002 -> 2e-05" in out
