@@ -160,6 +160,9 @@ def check_task(state: Any, path: str | os.PathLike, task: str) -> None:
         return
     if found is not None:
         raise CheckpointError(f"{path} is a checkpoint of {_TASK_COMMANDS.get(found, found)}, not of train-{task}")
+    if isinstance(state, dict) and ("config" in state and "state_dict" in state or "generator" in state):
+        raise CheckpointError(f"{path} is an inpainting generator file, not a train-{task} checkpoint; use it with "
+                              "attnorm inpaint --ckpt")
     raise CheckpointError(f"{path} is not a train-{task} checkpoint (format "
                           f"{state.get('format') if isinstance(state, dict) else type(state).__name__!r})")
 

@@ -270,31 +270,35 @@ def _too_large(path, w: int, h: int, limit: int) -> ImageTooLargeError:
 
 
 @contextlib.contextmanager
-def open_image(path: str | os.PathLike, load: bool = True) -> Iterator[Image.Image]:
-    """The image file ``path`` as a Pillow image: checked against :func:`max_image_pixels` before
-    it is decoded, then (``load=True``) decoded and turned upright by its EXIF orientation.
+def open_image(path, load: bool = True) -> Iterator[Image.Image]:
+    """The image file ``path`` (a path, or an open binary file such as ``io.BytesIO``) as a Pillow
+    image: checked against :func:`max_image_pixels` before it is decoded, then (``load=True``) decoded and turned upright by its EXIF orientation.
 
     Raises :class:`attnorm.errors.ImageReadError` (a ``ValueError``) in one line for a missing,
     empty, unreadable, truncated or corrupt file and :class:`~attnorm.errors.ImageTooLargeError`
     for one over the pixel limit; Pillow's decompression-bomb warning is not shown.
     """
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise _unreadable(path, "file not found", "check the path") from None
-    except OSError as exc:
-        raise _unreadable(path, exc.strerror or str(exc), "check the path") from None
-    if path.is_dir():
-        raise _unreadable(path, "it is a folder, not a file", "give an image file")
-    if size == 0:
-        raise _unreadable(path, "empty file (0 bytes)")
+    source = path
+    if hasattr(path, "read"):  # an open binary file or io.BytesIO (uploads)
+        path = getattr(path, "name", None) or "<uploaded image>"
+    else:
+        path = source = Path(path)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise _unreadable(path, "file not found", "check the path") from None
+        except OSError as exc:
+            raise _unreadable(path, exc.strerror or str(exc), "check the path") from None
+        if path.is_dir():
+            raise _unreadable(path, "it is a folder, not a file", "give an image file")
+        if size == 0:
+            raise _unreadable(path, "empty file (0 bytes)")
     limit = max_image_pixels()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         warnings.filterwarnings("ignore", message="Palette images with Transparency")
         try:
-            im = Image.open(path)
+            im = Image.open(source)
         except Image.DecompressionBombError:
             raise _unreadable(path, f"more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels (a decompression "
                                     "bomb or a very large photo)", "downscale it", ImageTooLargeError) from None

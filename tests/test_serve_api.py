@@ -533,7 +533,7 @@ def test_load_app_with_a_train_gan_checkpoint(tmp_path):
     assert len(out["tiles"][0]) == 2
     from attnorm.checkpoints import save_inpaint_generator
     save_inpaint_generator(tmp_path / "inp.pt", tiny_inpainter())
-    with pytest.raises(ValueError, match="^GAN: .*inp.pt: the checkpoint has no generator config; is it a train-gan"):
+    with pytest.raises(ValueError, match="^GAN: .*inp.pt is an inpainting generator file, not a train-gan checkpoint"):
         load_app(gan_ckpt=tmp_path / "inp.pt")
 
 
