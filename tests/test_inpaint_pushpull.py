@@ -120,3 +120,39 @@ def test_hue_rotation_keeps_luma_and_changes_chroma():
     inside = ((hued > -0.99) & (hued < 0.99)).all(0) & ((plain > -0.99) & (plain < 0.99)).all(0)  # not clipped
     assert torch.allclose(y0[inside], y1[inside], atol=1e-4)
     assert (plain - hued).abs().mean() > 0.01
+
+
+def test_smoothed_fill_is_the_harmonic_interpolant():
+    """With Jacobi sweeps the fill solves Laplace's equation in the hole: a linear ramp (harmonic) is
+    reproduced, and a random boundary gives what thousands of plain Jacobi sweeps converge to."""
+    h = w = 48
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h, dtype=torch.float64), torch.linspace(-1, 1, w,
+                            dtype=torch.float64), indexing="ij")
+    ramp = torch.stack([xx, 0.5 * yy, 0.3 * xx - 0.6 * yy])[None]
+    m = _hole(h, w, (10, 12, 36, 40))
+    hole = (m > 0.5).expand_as(ramp)
+    assert (pushpull_fill(ramp, m, smooth=64) - ramp)[hole].abs().max() < 2e-3
+    assert (pushpull_fill(ramp, m) - ramp)[hole].abs().max() > 5 * (pushpull_fill(ramp, m, smooth=64) - ramp)[hole].abs().max()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 1, 24, 24, generator=g, dtype=torch.float64)
+    m2 = _hole(24, 24, (5, 6, 19, 20))
+    known = (m2 < 0.5).double()
+    ref = x * known  # independent reference: plain Jacobi from zero, run to convergence
+    k = torch.tensor([[0.0, 0.25, 0.0], [0.25, 0.0, 0.25], [0.0, 0.25, 0.0]], dtype=torch.float64)[None, None]
+    for _ in range(4000):
+        nb = torch.nn.functional.conv2d(torch.nn.functional.pad(ref, (1, 1, 1, 1), mode="replicate"), k)
+        ref = x * known + nb * (1 - known)
+    err64 = (pushpull_fill(x, m2, smooth=64) - ref).abs().max()
+    assert err64 < 5e-3 and err64 < 0.1 * (pushpull_fill(x, m2) - ref).abs().max()
+
+
+def test_harmonic_generator_starts_near_its_fill():
+    torch.manual_seed(0)
+    g = InpaintGenerator(width=0.25, hole_fill="harmonic").eval()
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 40), torch.linspace(-1, 1, 44), indexing="ij")
+    x = torch.stack([0.6 * xx, 0.3 * yy + 0.4, 0.5 * xx * yy - 0.5])[None]
+    m = _hole(40, 44, (8, 8, 30, 30))
+    _, r = g(x, m)
+    hole = (m > 0.5).expand_as(x)
+    assert (r - pushpull_fill(x, m, smooth=64))[hole].abs().max() < 0.05
+    assert InpaintGenerator(**g.config).hole_fill == "harmonic"

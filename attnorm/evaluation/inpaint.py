@@ -143,20 +143,21 @@ def telea_method(radius: float = 3.0) -> Method:
     return method
 
 
-def pushpull_method() -> Method:
+def pushpull_method(smooth: int = 0) -> Method:
     """Classical baseline: the pull-push fill (:func:`attnorm.models.inpaint.pushpull_fill`), which the
-    learned generator also starts from."""
+    learned generator also starts from; ``smooth`` Jacobi sweeps per level (``harmonic``: 64)."""
     from attnorm.models.inpaint import pushpull_fill
 
     def method(image: Tensor, mask: Tensor) -> Tensor:
         hole = (mask >= 0.5).to(image.dtype)
-        return pushpull_fill(image[None], hole[None])[0]
+        return pushpull_fill(image[None], hole[None], smooth)[0]
 
     return method
 
 
 METHODS: dict[str, Callable[[], Method]] = {"biharmonic": biharmonic_method, "telea": telea_method,
-                                            "pushpull": pushpull_method}
+                                            "pushpull": pushpull_method,
+                                            "harmonic": lambda: pushpull_method(smooth=64)}
 
 
 def make_method(name: str) -> Method:

@@ -55,7 +55,11 @@ class Clip(nn.Module):
         return f"[{self.lo}, {self.hi}]"
 
 
-def pushpull_fill(x: Tensor, hole: Tensor) -> Tensor:
+HOLE_FILLS = ("zero", "pushpull", "harmonic")
+FILL_SMOOTH = {"pushpull": 0, "harmonic": 64}  # Jacobi sweeps per pyramid level of each residual fill
+
+
+def pushpull_fill(x: Tensor, hole: Tensor, smooth: int = 0) -> Tensor:
     """Fill the holes of ``x`` smoothly from the known pixels (pull-push, Gortler et al. 1996).
 
     Pull: a pyramid of mask-weighted 2x2 means (a coarse pixel averages its known
@@ -65,9 +69,15 @@ def pushpull_fill(x: Tensor, hole: Tensor) -> Tensor:
     of the hole's surroundings: a flat colour is filled exactly, at any image size.
     Cost: a few passes over the image (no parameters, no gradient needed).
 
+    With ``smooth = k > 0`` every level of the push is followed by ``k`` Jacobi sweeps of
+    Laplace's equation on the hole pixels (each takes the mean of its 4 neighbours, known
+    pixels fixed): a multigrid approximation of the harmonic (membrane) fill, which removes
+    the pull-push's blockiness.
+
     Args:
         x: (b, c, H, W) images.
         hole: (b or 1, 1, H, W), 1 = hole (>= 0.5 counts as hole).
+        smooth: Jacobi sweeps per pyramid level (0: plain pull-push).
     Returns: (b, c, H, W), equal to ``x`` on known pixels. Where an image has no
     known pixel at all, the fill is 0.
     """
@@ -81,9 +91,15 @@ def pushpull_fill(x: Tensor, hole: Tensor) -> Tensor:
         xs, ks = F.pad(xs, (0, pw, 0, ph)), F.pad(ks, (0, pw, 0, ph))
     wsum = F.avg_pool2d(ks, 2)  # (b, 1, H/2, W/2): fraction of known children
     coarse = F.avg_pool2d(xs, 2) / wsum.clamp_min(1e-12)
-    coarse = pushpull_fill(coarse, (wsum <= 0).to(x.dtype))
+    coarse = pushpull_fill(coarse, (wsum <= 0).to(x.dtype), smooth)
     up = F.interpolate(coarse, scale_factor=2, mode="bilinear", align_corners=False)[..., :h, :w]
-    return x * known + up * (1 - known)
+    out = x * known + up * (1 - known)
+    if smooth > 0:
+        kernel = x.new_tensor([[0.0, 0.25, 0.0], [0.25, 0.0, 0.25], [0.0, 0.25, 0.0]]).expand(c, 1, 3, 3)
+        for _ in range(int(smooth)):
+            nb = F.conv2d(F.pad(out, (1, 1, 1, 1), mode="replicate"), kernel, groups=c)
+            out = x * known + nb * (1 - known)
+    return out
 
 
 def _seq(*layers: nn.Module) -> nn.Sequential:
@@ -146,6 +162,8 @@ class InpaintGenerator(nn.Module):
             predicts a residual on its input (``coarse = clip(X_in + D1)``,
             ``refined = clip(X2 + D2)``), so colour and brightness come from the hole's
             surroundings by construction and the layers learn only structure and texture.
+            ``"harmonic"``: the same with the smoothed fill ``pushpull_fill(..., smooth=64)`` (a
+            multigrid harmonic fill; attnorm's shipped CPU weights).
         **attention_kwargs: passed to the branch layer's constructor (e.g. ``self_sampling``).
 
     ``forward(x, mask)`` with ``x`` (b, 3, H, W) in [-1, 1] and ``mask`` (b or 1, 1, H, W),
@@ -159,8 +177,8 @@ class InpaintGenerator(nn.Module):
     def __init__(self, width: float = 1.0, attention: str = "an", num_entities: int = 16,
                  pad_mode: str = "replicate", hole_fill: str = "zero", **attention_kwargs) -> None:
         super().__init__()
-        if hole_fill not in ("zero", "pushpull"):
-            raise ValueError(f"hole_fill must be 'zero' or 'pushpull', got {hole_fill!r}")
+        if hole_fill not in HOLE_FILLS:
+            raise ValueError(f"hole_fill must be one of {HOLE_FILLS}, got {hole_fill!r}")
         if not width > 0:
             raise ValueError(f"width must be > 0, got {width}")
         if pad_mode not in ("replicate", "reflect", "constant"):
@@ -170,7 +188,7 @@ class InpaintGenerator(nn.Module):
         if hole_fill != "zero":  # the paper's default stays out of the config (old files load unchanged)
             self.config["hole_fill"] = hole_fill
         self.pad_mode, self.hole_fill = pad_mode, hole_fill
-        residual = hole_fill == "pushpull"
+        residual = hole_fill != "zero"
         c = {k: max(1, round(k * width)) for k in (16, 32, 64, 128)}
         self.channels = c
         cin = 5  # masked image (3) + ones (1) + mask (1)
@@ -236,12 +254,13 @@ class InpaintGenerator(nn.Module):
         mask = self._pad(mask, ph, pw)
         keep = 1 - mask
 
-        residual = self.hole_fill == "pushpull"
+        residual = self.hole_fill != "zero"
         # stage 1
         xin = x * keep
         if residual:
             with torch.no_grad():
-                xin = xin + pushpull_fill(x.float(), mask.float()).to(x.dtype) * mask
+                smooth = FILL_SMOOTH[self.hole_fill]
+                xin = xin + pushpull_fill(x.float(), mask.float(), smooth).to(x.dtype) * mask
         coarse = self.coarse_decoder(self.coarse_bottleneck(self.coarse_encoder(self._inputs(xin, mask))))
         if residual:
             coarse = (xin + coarse).clamp(-1.0, 1.0)

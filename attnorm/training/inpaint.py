@@ -74,7 +74,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "attention": "an",
     "num_entities": 16,
     "an_kwargs": {},
-    "hole_fill": "zero",      # "zero" (paper) | "pushpull" (pull-push fill + residual stages)
+    "hole_fill": "zero",      # "zero" (paper) | "pushpull" / "harmonic" (smooth fill + residual stages)
     "critic": "global_local",
     "critic_width": 0.25,
     "mask_kind": None,        # None: "box" for global_local, "mixed" for patch/none
