@@ -96,8 +96,10 @@ class _AttentiveNormFn(torch.autograd.Function):
         st = _statistics(u, r, a, shift, total, s2_sum, eps, hw)
         p, q = _coefficients_from_statistics(st, beta, alpha, sigma)  # sigma folded in: (b, c, n)
 
-        # Y = X - Q S + Vc * (P S)
-        t = torch.bmm(p, s)  # (b, c, hw): P S
+        # Y = X - Q S + Vc * (P S); P S goes into Vc^2's memory (Vc^2 is recomputed in backward)
+        eager = not torch.compiler.is_compiling()
+        t = torch.bmm(p, s, out=vv) if eager else torch.bmm(p, s)  # (b, c, hw): P S
+        del vv
         y = torch.baddbmm(x3, q, s, alpha=-1.0)
         y.addcmul_(vc, t)
 
@@ -106,7 +108,7 @@ class _AttentiveNormFn(torch.autograd.Function):
         ctx.temperature, ctx.eps, ctx.algorithm1, ctx.ssr = temperature, eps, algorithm1, ssr
         coeff = _coefficient_state(u, r, shift, total, s2_sum, beta, alpha, sigma, st)
         ctx.n_coeff = len(coeff)
-        ctx.save_for_backward(*coeff, x3, weight, vc, vv, s, s2, ss, t, p, q, xs, keys_t, kq, kb,
+        ctx.save_for_backward(*coeff, x3, weight, vc, s, s2, ss, t, p, q, xs, keys_t, kq, kb,
                               ssr_a, key, query, query_bias, positions)
         return y, s
 
@@ -116,12 +118,13 @@ class _AttentiveNormFn(torch.autograd.Function):
     def backward(ctx, g_y, g_layout):
         saved = ctx.saved_tensors
         coeff = saved[:ctx.n_coeff]
-        (x3, weight, vc, vv, s, s2, ss, t, p, q, xs, keys_t, kq, kb, ssr_a, key, query, query_bias,
+        (x3, weight, vc, s, s2, ss, t, p, q, xs, keys_t, kq, kb, ssr_a, key, query, query_bias,
          positions) = saved[ctx.n_coeff:]
         u, r, total, s2_sum = coeff[0], coeff[1], coeff[3], coeff[4]
         b, c, n, hw = ctx.dims
         algorithm1 = ctx.algorithm1
         needs = ctx.needs_input_grad
+        eager = not torch.compiler.is_compiling()  # compilers refuse some out= forms used here
         if g_y is None:
             g_y = torch.zeros_like(t)
 
@@ -148,7 +151,6 @@ class _AttentiveNormFn(torch.autograd.Function):
         delta = (g_k.squeeze(-1) - sum_gvc).div_(hw).unsqueeze(-1)  # (b, c, 1)
         # Eagerly both gradients are written in place into one buffer; a compiler (which
         # refuses strided ``out=``) gets the plain form and fuses the concatenation itself.
-        eager = not torch.compiler.is_compiling()
         if eager:
             g_out = torch.empty(b, n + c, hw, dtype=x3.dtype, device=x3.device)
             g_logits, g_v = g_out[:, :n], g_out[:, n:]
@@ -156,10 +158,9 @@ class _AttentiveNormFn(torch.autograd.Function):
         else:
             g_v = torch.addcmul(delta, g_y, t)
         g_v.baddbmm_(g_m, ss)
-        torch.bmm(g_a, s2, out=gv)  # reuses gv's memory: (b, c, hw) g_a S2
-        g_v.addcmul_(vc, gv, value=2.0)
 
         # The layout's gradient: from the output, the moments, and sum_p S (and S^2).
+        vv = torch.mul(vc, vc, out=gv) if eager else vc * vc  # Vc^2, in gv's memory
         w = torch.bmm(g_m.transpose(1, 2), vc)  # (b, 2n | n, hw): g_m^T Vc
         if algorithm1:  # d/dS of the S^2 terms is 2 S (...)
             inner = torch.baddbmm(w[:, n:], g_a.transpose(1, 2), vv)  # (b, n, hw)
@@ -168,6 +169,8 @@ class _AttentiveNormFn(torch.autograd.Function):
         else:
             w.baddbmm_(g_a.transpose(1, 2), vv)
             g_s.add_(w).add_(g_total.transpose(1, 2))
+        g_a_s2 = torch.bmm(g_a, s2, out=vv) if eager else torch.bmm(g_a, s2)  # (b, c, hw)
+        g_v.addcmul_(vc, g_a_s2, value=2.0)
         if g_layout is not None:
             g_s.add_(g_layout)
         # softmax over entities at temperature tau
