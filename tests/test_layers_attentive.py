@@ -342,3 +342,18 @@ def test_compiled_backward_matches_eager():
     comp = _grads(lambda x: (compiled(x, positions=pos), None), layer, x, weight)
     for a, b in zip(comp, eager):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_backward_workspace_is_one_buffer_per_slot_sized_by_the_largest_layer():
+    from attnorm.layers import attentive
+
+    attentive.clear_workspace()
+    for c, n, h in ((16, 6, 9), (8, 3, 4)):  # larger first, then smaller: the buffer is reused
+        layer = _layer(c=c, n=n, dtype=torch.float32)
+        layer(_x(2, c, h, h, dtype=torch.float32).requires_grad_()).sum().backward()
+    buffers = attentive._WORKSPACE.buffers
+    assert sorted(buffers) == [(0, torch.float32), (1, torch.float32)]
+    assert buffers[(0, torch.float32)].numel() == 2 * (6 + 16) * 81
+    assert buffers[(1, torch.float32)].numel() == 2 * 16 * 81
+    attentive.clear_workspace()
+    assert attentive._WORKSPACE.buffers == {}

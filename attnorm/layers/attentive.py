@@ -14,6 +14,8 @@ sampled keys fold into a per-sample entity matrix ``E_b = K + diag(a) Key_s^T W_
 and the whole layout is one batched matrix product, fused with the value
 projection. The regional norm output is folded with sigma into the residual
 (``Y = X - (sigma Q) S + Vc * ((sigma P) S)``, see :mod:`attnorm.layers.regional`).
+The whole layer is one autograd node (:class:`_AttentiveNormFn`) with a hand-written
+backward, so that gradients touch each full-resolution map as few times as possible.
 The literal, unfused computation lives in :mod:`attnorm.layers.reference`.
 """
 
@@ -56,6 +58,11 @@ def _workspace(shape: tuple, like: Tensor, slot: int) -> Tensor:
         cache[key] = None  # free the old block before allocating the larger one
         buf = cache[key] = torch.empty(numel, dtype=like.dtype)
     return buf[:numel].view(shape)
+
+
+def clear_workspace() -> None:
+    """Free this thread's backward workspace (it is re-created by the next backward)."""
+    _WORKSPACE.buffers = {}
 
 
 class _AttentiveNormFn(torch.autograd.Function):
