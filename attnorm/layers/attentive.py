@@ -106,20 +106,29 @@ class _AttentiveNormFn(torch.autograd.Function):
         else:
             ent = entities.expand(b, n, c)
             ent_bias = torch.zeros(1, n, device=x3.device, dtype=x3.dtype).expand(b, n)
-        # [E_b; W_v] X + [e_b; -W_v mean_p X]: logits and values centred by their spatial mean
-        weight = torch.cat([ent, value.expand(b, c, c)], dim=1)  # (b, n + c, c)
-        bias = torch.cat([ent_bias, -value_of_mean], dim=1)  # (b, n + c)
+        # [E_b / tau; W_v] X + [e_b / tau; -W_v mean_p X]: the layout logits over the
+        # temperature (1/tau folded into the (n, c) rows, not applied to the map) and the
+        # values centred by their spatial mean
+        inv_tau = 1.0 / temperature
+        weight = torch.cat([ent * inv_tau, value.expand(b, c, c)], dim=1)  # (b, n + c, c)
+        bias = torch.cat([ent_bias * inv_tau, -value_of_mean], dim=1)  # (b, n + c)
         out = torch.baddbmm(bias.unsqueeze(-1), weight, x3)  # (b, n + c, hw)
         logits, vc = out[:, :n], out[:, n:]
         shift = (value_of_mean + value_bias).unsqueeze(-1)  # (b, c, 1)
-        s = torch.softmax(logits / temperature, dim=1)  # (b, n, hw)
+        s = torch.softmax(logits, dim=1)  # (b, n, hw)
+        eager = not torch.compiler.is_compiling()  # compilers refuse some out= forms used here
 
         # The pixel sums of Algorithm 1 (see regional._Moments).
         vv = vc * vc  # (b, c, hw)
         total = s.sum(-1).unsqueeze(1)  # (b, 1, n): sum_p S
         if algorithm1:
-            s2 = s * s  # (b, n, hw)
-            ss = torch.cat([s, s2], dim=1)  # (b, 2n, hw)
+            if eager:  # [S; S^2] in one buffer, S^2 a view of it
+                ss = torch.empty(b, 2 * n, hw, dtype=s.dtype, device=s.device)
+                ss[:, :n].copy_(s)
+                s2 = torch.mul(s, s, out=ss[:, n:])  # (b, n, hw)
+            else:
+                s2 = s * s
+                ss = torch.cat([s, s2], dim=1)  # (b, 2n, hw)
             m = torch.bmm(vc, ss.transpose(1, 2))  # (b, c, 2n): [sum_p Vc S | sum_p Vc S^2]
             a = torch.bmm(vv, s2.transpose(1, 2))  # (b, c, n): sum_p Vc^2 S^2
             u, r = m[..., :n], m[..., n:]
@@ -133,7 +142,6 @@ class _AttentiveNormFn(torch.autograd.Function):
         p, q = _coefficients_from_statistics(st, beta, alpha, sigma)  # sigma folded in: (b, c, n)
 
         # Y = X - Q S + Vc * (P S); P S goes into Vc^2's memory (Vc^2 is recomputed in backward)
-        eager = not torch.compiler.is_compiling()
         t = torch.bmm(p, s, out=vv) if eager else torch.bmm(p, s)  # (b, c, hw): P S
         del vv
         y = torch.addcmul(x3, vc, t)
@@ -144,7 +152,7 @@ class _AttentiveNormFn(torch.autograd.Function):
         ctx.temperature, ctx.eps, ctx.algorithm1, ctx.ssr = temperature, eps, algorithm1, ssr
         coeff = _coefficient_state(u, r, shift, total, s2_sum, beta, alpha, sigma, st)
         ctx.n_coeff = len(coeff)
-        ctx.save_for_backward(*coeff, x3, weight, vc, s, s2, ss, t, p, q, xs, keys_t, kq, kb,
+        ctx.save_for_backward(*coeff, x3, weight, vc, s, ss, t, p, q, xs, keys_t, kq, kb,
                               ssr_a, key, query, query_bias, positions)
         return y, s
 
@@ -154,7 +162,7 @@ class _AttentiveNormFn(torch.autograd.Function):
     def backward(ctx, g_y, g_layout):
         saved = ctx.saved_tensors
         coeff = saved[:ctx.n_coeff]
-        (x3, weight, vc, s, s2, ss, t, p, q, xs, keys_t, kq, kb, ssr_a, key, query, query_bias,
+        (x3, weight, vc, s, ss, t, p, q, xs, keys_t, kq, kb, ssr_a, key, query, query_bias,
          positions) = saved[ctx.n_coeff:]
         u, r, total, s2_sum = coeff[0], coeff[1], coeff[3], coeff[4]
         b, c, n, hw = ctx.dims
@@ -168,7 +176,8 @@ class _AttentiveNormFn(torch.autograd.Function):
         gv = torch.mul(g_y, vc, out=_workspace((b, c, hw), x3, 1)) if eager else g_y * vc
         g_p = torch.bmm(gv, s.transpose(1, 2))  # (b, c, n)
         gs_t = torch.bmm(g_y, s.transpose(1, 2))  # (b, c, n): sum_p g_Y S
-        g_s = torch.bmm(p.transpose(1, 2), gv)  # (b, n, hw)
+        g_s = (torch.bmm(p.transpose(1, 2), gv, out=_workspace((b, n, hw), x3, 3)) if eager
+               else torch.bmm(p.transpose(1, 2), gv))  # (b, n, hw)
         g_s.baddbmm_(q.transpose(1, 2), g_y, alpha=-1.0)
 
         g_u, g_r, g_a, g_k, g_total, g_s2, g_beta, g_alpha, g_sigma = _coefficients_backward(
@@ -195,40 +204,47 @@ class _AttentiveNormFn(torch.autograd.Function):
             g_v = torch.addcmul(delta, g_y, t)
         g_v.baddbmm_(g_m, ss)
 
-        # The layout's gradient: from the output, the moments, and sum_p S (and S^2).
+        # The layout's gradient (from the output, the moments, and sum_p S and S^2), summed in
+        # place: g_S = P^T (g_Y Vc) - Q^T g_Y + g_u^T Vc + 2 S (g_r^T Vc + g_a^T Vc^2 + g_s2)
+        # + g_total (algorithm1); g_S = ... + g_u^T Vc + g_a^T Vc^2 + g_total (weighted).
+        g_s.baddbmm_(g_u.transpose(1, 2), vc)
         vv = torch.mul(vc, vc, out=gv) if eager else vc * vc  # Vc^2, in gv's memory
-        w = torch.bmm(g_m.transpose(1, 2), vc)  # (b, 2n | n, hw): g_m^T Vc
         if algorithm1:  # d/dS of the S^2 terms is 2 S (...)
-            inner = torch.baddbmm(w[:, n:], g_a.transpose(1, 2), vv)  # (b, n, hw)
+            inner = (torch.bmm(g_r.transpose(1, 2), vc, out=_workspace((b, n, hw), x3, 2)) if eager
+                     else torch.bmm(g_r.transpose(1, 2), vc))  # (b, n, hw)
+            inner.baddbmm_(g_a.transpose(1, 2), vv)
             inner.add_(g_s2.transpose(1, 2))
-            g_s.add_(w[:, :n]).add_(g_total.transpose(1, 2)).addcmul_(s, inner, value=2.0)
+            g_s.add_(g_total.transpose(1, 2)).addcmul_(s, inner, value=2.0)
+            s2 = ss[:, n:]
         else:
-            w.baddbmm_(g_a.transpose(1, 2), vv)
-            g_s.add_(w).add_(g_total.transpose(1, 2))
+            g_s.baddbmm_(g_a.transpose(1, 2), vv)
+            g_s.add_(g_total.transpose(1, 2))
+            s2 = s
         g_a_s2 = torch.bmm(g_a, s2, out=vv) if eager else torch.bmm(g_a, s2)  # (b, c, hw)
         g_v.addcmul_(vc, g_a_s2, value=2.0)
         if g_layout is not None:
             g_s.add_(g_layout)
-        # softmax over entities at temperature tau
-        g_s.sub_((g_s * s).sum(1, keepdim=True))
+        # softmax over entities: g_Z = S g_S - S sum_n (S g_S), Z = logits / tau
         if eager:
             torch.mul(s, g_s, out=g_logits)
-            g_logits.div_(ctx.temperature)
         else:
-            g_logits = (s * g_s).div_(ctx.temperature)
+            g_logits = s * g_s
+        g_logits.addcmul_(s, g_logits.sum(1, keepdim=True), value=-1.0)
+        if not eager:
             g_out = torch.cat([g_logits, g_v], dim=1)
 
         g_x3 = None
         if needs[0]:
             g_x3 = torch.baddbmm(g_y, weight.transpose(1, 2), g_out)  # (b, c, hw)
         g_weight = torch.bmm(g_out, x3.transpose(1, 2))  # (b, n + c, c)
-        g_ent = g_weight[:, :n]  # (b, n, c)
+        inv_tau = 1.0 / ctx.temperature
+        g_ent = g_weight[:, :n] * inv_tau  # (b, n, c): the rows were E_b / tau
         g_entities = g_ent.sum(0) if needs[1] else None
         g_value = g_weight[:, n:].sum(0) if needs[2] else None
         g_value_bias = g_k.sum(0).view(c) if needs[3] else None
         g_key = g_key_bias = g_query = g_query_bias = g_ssr_a = None
         if ctx.ssr:
-            g_ent_bias = g_logits.sum(-1)  # (b, n)
+            g_ent_bias = g_logits.sum(-1) * inv_tau  # (b, n)
             g_kq = g_ent * ssr_a.view(1, n, 1)  # (b, n, c)
             g_kb = g_ent_bias * ssr_a.view(1, n)  # (b, n)
             if needs[8]:
