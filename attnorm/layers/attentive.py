@@ -122,9 +122,9 @@ class _AttentiveNormFn(torch.autograd.Function):
         vv = vc * vc  # (b, c, hw)
         total = s.sum(-1).unsqueeze(1)  # (b, 1, n): sum_p S
         if algorithm1:
-            if eager:  # [S; S^2] in one buffer, S^2 a view of it
+            if eager:  # [S; S^2] in one buffer, S and S^2 views of it (one map less to keep)
                 ss = torch.empty(b, 2 * n, hw, dtype=s.dtype, device=s.device)
-                ss[:, :n].copy_(s)
+                s = ss[:, :n].copy_(s)
                 s2 = torch.mul(s, s, out=ss[:, n:])  # (b, n, hw)
             else:
                 s2 = s * s
@@ -152,7 +152,7 @@ class _AttentiveNormFn(torch.autograd.Function):
         ctx.temperature, ctx.eps, ctx.algorithm1, ctx.ssr = temperature, eps, algorithm1, ssr
         coeff = _coefficient_state(u, r, shift, total, s2_sum, beta, alpha, sigma, st)
         ctx.n_coeff = len(coeff)
-        ctx.save_for_backward(*coeff, x3, weight, vc, s, ss, t, p, q, xs, keys_t, kq, kb,
+        ctx.save_for_backward(*coeff, x3, weight, vc, s if ss is s else None, ss, t, p, q, xs, keys_t, kq, kb,
                               ssr_a, key, query, query_bias, positions)
         return y, s
 
@@ -164,8 +164,10 @@ class _AttentiveNormFn(torch.autograd.Function):
         coeff = saved[:ctx.n_coeff]
         (x3, weight, vc, s, ss, t, p, q, xs, keys_t, kq, kb, ssr_a, key, query, query_bias,
          positions) = saved[ctx.n_coeff:]
-        u, r, total, s2_sum = coeff[0], coeff[1], coeff[3], coeff[4]
         b, c, n, hw = ctx.dims
+        if s is None:  # algorithm1: S is the first half of [S; S^2]
+            s = ss[:, :n]
+        u, r, total, s2_sum = coeff[0], coeff[1], coeff[3], coeff[4]
         algorithm1 = ctx.algorithm1
         needs = ctx.needs_input_grad
         eager = not torch.compiler.is_compiling()  # compilers refuse some out= forms used here
