@@ -14,17 +14,256 @@ sampled keys fold into a per-sample entity matrix ``E_b = K + diag(a) Key_s^T W_
 and the whole layout is one batched matrix product, fused with the value
 projection. The regional norm output is folded with sigma into the residual
 (``Y = X - (sigma Q) S + Vc * ((sigma P) S)``, see :mod:`attnorm.layers.regional`).
+The whole layer is one autograd node (:class:`_AttentiveNormFn`) with a hand-written
+backward, so that gradients touch each full-resolution map as few times as possible.
 The literal, unfused computation lives in :mod:`attnorm.layers.reference`.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 from torch import Tensor, nn
 
-from .regional import _check_variance, _compute_dtype, combine, regional_coefficients
+from .regional import (_check_variance, _coefficient_state, _coefficients_backward,
+                       _coefficients_from_statistics, _compute_dtype, _full_precision_backward,
+                       _statistics)
+
+
+_WORKSPACE = threading.local()
+_USE_WORKSPACE = True
+
+
+def _workspace(shape: tuple, like: Tensor, slot: int) -> Tensor:
+    """An uninitialised tensor that lives only inside one backward call.
+
+    On the CPU every fresh map-sized allocation is served by the C allocator, which hands
+    big blocks back to the operating system between steps; the next step pays a page fault
+    per 4 KiB touched (measured: a fifth of the layer's backward at 64x64). Each thread
+    keeps one flat buffer per slot, dtype and device, grown to the largest request; what
+    is returned from a backward never aliases it. Elsewhere (CUDA has a caching allocator)
+    this is a plain ``torch.empty``.
+    """
+    if like.device.type != "cpu" or not _USE_WORKSPACE:
+        return torch.empty(shape, dtype=like.dtype, device=like.device)
+    cache = getattr(_WORKSPACE, "buffers", None)
+    if cache is None:
+        cache = _WORKSPACE.buffers = {}
+    numel = math.prod(shape)
+    key = (slot, like.dtype)
+    buf = cache.get(key)
+    if buf is None or buf.numel() < numel:
+        cache[key] = None  # free the old block before allocating the larger one
+        buf = cache[key] = torch.empty(numel, dtype=like.dtype)
+    return buf[:numel].view(shape)
+
+
+def clear_workspace() -> None:
+    """Free this thread's backward workspace (it is re-created by the next backward)."""
+    _WORKSPACE.buffers = {}
+
+
+class _AttentiveNormFn(torch.autograd.Function):
+    """The whole AN layer on (b, c, hw) maps as one autograd node with a hand-written backward.
+
+    forward(x3, entities, value, value_bias, key, key_bias, query, query_bias, ssr_a, beta,
+            alpha, sigma, positions, temperature, eps, algorithm1) -> (y, layout)
+
+    ``key`` .. ``ssr_a`` and ``positions`` are None without SSR; ``beta``/``alpha`` None
+    without affine. The forward is the computation described in the module docstring; the
+    backward works on whole maps as few times as it can:
+
+    * the gradients of the layout logits and of the centred values are written into one
+      (b, n + c, hw) buffer, so the input gradient and the weight gradients are one batched
+      matrix product each, and the residual's gradient rides in as the product's addend;
+    * the centring (``Vc = V - mean_p V``) and the shift's path (``k = mean_p V``) are folded
+      into that buffer as a per-channel constant ``(g_k - sum_p g_Vc) / hw``, whose pixel sum
+      is computed from (b, c, n) quantities instead of another pass over the map;
+    * SSR's gather (the features at the sampled positions) gets its gradient by ``index_add_``
+      into the input gradient instead of a zero-filled map.
+    """
+
+    @staticmethod
+    def forward(ctx, x3, entities, value, value_bias, key, key_bias, query, query_bias, ssr_a,
+                beta, alpha, sigma, positions, temperature: float, eps: float, algorithm1: bool):
+        b, c, hw = x3.shape
+        n = entities.shape[0]
+        ssr = positions is not None
+        xbar = x3.mean(-1)  # (b, c)
+        value_of_mean = xbar @ value.t()  # (b, c): W_v mean_p(X)
+        xs = keys_t = kq = kb = None
+        if ssr:
+            xs = x3[:, :, positions]  # (b, c, n): features at the sampled positions
+            keys = torch.baddbmm(key_bias.view(1, -1, 1), key.expand(b, -1, -1), xs)  # (b, c/8, n)
+            keys_t = keys.transpose(1, 2)  # (b, n, c/8)
+            # S_ss = (W_q X + b_q)^T keys = (keys^T W_q) X + keys^T b_q
+            kq = keys_t @ query  # (b, n, c)
+            kb = keys_t @ query_bias  # (b, n)
+            ent = torch.addcmul(entities, ssr_a.view(1, n, 1), kq)  # (b, n, c)
+            ent_bias = ssr_a.view(1, n) * kb  # (b, n)
+        else:
+            ent = entities.expand(b, n, c)
+            ent_bias = torch.zeros(1, n, device=x3.device, dtype=x3.dtype).expand(b, n)
+        # [E_b / tau; W_v] X + [e_b / tau; -W_v mean_p X]: the layout logits over the
+        # temperature (1/tau folded into the (n, c) rows, not applied to the map) and the
+        # values centred by their spatial mean
+        inv_tau = 1.0 / temperature
+        weight = torch.cat([ent * inv_tau, value.expand(b, c, c)], dim=1)  # (b, n + c, c)
+        bias = torch.cat([ent_bias * inv_tau, -value_of_mean], dim=1)  # (b, n + c)
+        out = torch.baddbmm(bias.unsqueeze(-1), weight, x3)  # (b, n + c, hw)
+        logits, vc = out[:, :n], out[:, n:]
+        shift = (value_of_mean + value_bias).unsqueeze(-1)  # (b, c, 1)
+        s = torch.softmax(logits, dim=1)  # (b, n, hw)
+        eager = not torch.compiler.is_compiling()  # compilers refuse some out= forms used here
+
+        # The pixel sums of Algorithm 1 (see regional._Moments).
+        vv = vc * vc  # (b, c, hw)
+        total = s.sum(-1).unsqueeze(1)  # (b, 1, n): sum_p S
+        if algorithm1:
+            if eager:  # [S; S^2] in one buffer, S and S^2 views of it (one map less to keep)
+                ss = torch.empty(b, 2 * n, hw, dtype=s.dtype, device=s.device)
+                s = ss[:, :n].copy_(s)
+                s2 = torch.mul(s, s, out=ss[:, n:])  # (b, n, hw)
+            else:
+                s2 = s * s
+                ss = torch.cat([s, s2], dim=1)  # (b, 2n, hw)
+            m = torch.bmm(vc, ss.transpose(1, 2))  # (b, c, 2n): [sum_p Vc S | sum_p Vc S^2]
+            a = torch.bmm(vv, s2.transpose(1, 2))  # (b, c, n): sum_p Vc^2 S^2
+            u, r = m[..., :n], m[..., n:]
+            s2_sum = s2.sum(-1).unsqueeze(1)  # (b, 1, n): sum_p S^2
+        else:
+            s2 = ss = s
+            u = torch.bmm(vc, s.transpose(1, 2))  # (b, c, n): sum_p Vc S
+            a = torch.bmm(vv, s.transpose(1, 2))  # (b, c, n): sum_p Vc^2 S
+            r = s2_sum = None
+        st = _statistics(u, r, a, shift, total, s2_sum, eps, hw)
+        p, q = _coefficients_from_statistics(st, beta, alpha, sigma)  # sigma folded in: (b, c, n)
+
+        # Y = X - Q S + Vc * (P S); P S goes into Vc^2's memory (Vc^2 is recomputed in backward)
+        t = torch.bmm(p, s, out=vv) if eager else torch.bmm(p, s)  # (b, c, hw): P S
+        del vv
+        y = torch.addcmul(x3, vc, t)
+        y.baddbmm_(q, s, alpha=-1.0)
+
+        ctx.set_materialize_grads(False)
+        ctx.dims = (b, c, n, hw)
+        ctx.temperature, ctx.eps, ctx.algorithm1, ctx.ssr = temperature, eps, algorithm1, ssr
+        coeff = _coefficient_state(u, r, shift, total, s2_sum, beta, alpha, sigma, st)
+        ctx.n_coeff = len(coeff)
+        ctx.save_for_backward(*coeff, x3, weight, vc, s if ss is s else None, ss, t, p, q, xs, keys_t, kq, kb,
+                              ssr_a, key, query, query_bias, positions)
+        return y, s
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    @_full_precision_backward
+    def backward(ctx, g_y, g_layout):
+        saved = ctx.saved_tensors
+        coeff = saved[:ctx.n_coeff]
+        (x3, weight, vc, s, ss, t, p, q, xs, keys_t, kq, kb, ssr_a, key, query, query_bias,
+         positions) = saved[ctx.n_coeff:]
+        b, c, n, hw = ctx.dims
+        if s is None:  # algorithm1: S is the first half of [S; S^2]
+            s = ss[:, :n]
+        u, r, total, s2_sum = coeff[0], coeff[1], coeff[3], coeff[4]
+        algorithm1 = ctx.algorithm1
+        needs = ctx.needs_input_grad
+        eager = not torch.compiler.is_compiling()  # compilers refuse some out= forms used here
+        if g_y is None:
+            g_y = torch.zeros_like(t)
+
+        # Y = X - Q S + Vc * (P S)
+        gv = torch.mul(g_y, vc, out=_workspace((b, c, hw), x3, 1)) if eager else g_y * vc
+        g_p = torch.bmm(gv, s.transpose(1, 2))  # (b, c, n)
+        gs_t = torch.bmm(g_y, s.transpose(1, 2))  # (b, c, n): sum_p g_Y S
+        g_s = (torch.bmm(p.transpose(1, 2), gv, out=_workspace((b, n, hw), x3, 3)) if eager
+               else torch.bmm(p.transpose(1, 2), gv))  # (b, n, hw)
+        g_s.baddbmm_(q.transpose(1, 2), g_y, alpha=-1.0)
+
+        g_u, g_r, g_a, g_k, g_total, g_s2, g_beta, g_alpha, g_sigma = _coefficients_backward(
+            coeff, ctx.eps, hw, algorithm1, g_p, -gs_t)
+        if algorithm1:
+            g_m = torch.cat([g_u, g_r], dim=-1)  # (b, c, 2n)
+            ssum = torch.cat([total, s2_sum], dim=-1)  # (b, 1, 2n): sum_p of ss
+            vs2 = r  # sum_p Vc S^2
+        else:
+            g_m, ssum, vs2 = g_u, total, u
+
+        # g_Vc = g_Y * (P S) + g_m ss + 2 Vc * (g_a S2). With V = Vc + k, k = mean_p V:
+        # g_V = g_Vc + (g_k - sum_p g_Vc) / hw, where
+        # sum_p g_Vc = sum_n [P * (g_Y S^T) + g_m * sum_p ss + 2 g_a * (Vc S2^T)].
+        sum_gvc = ((p * gs_t).sum(-1) + (g_m * ssum).sum(-1) + 2.0 * (g_a * vs2).sum(-1))  # (b, c)
+        delta = (g_k.squeeze(-1) - sum_gvc).div_(hw).unsqueeze(-1)  # (b, c, 1)
+        # Eagerly both gradients are written in place into one buffer; a compiler (which
+        # refuses strided ``out=``) gets the plain form and fuses the concatenation itself.
+        if eager:
+            g_out = _workspace((b, n + c, hw), x3, 0)
+            g_logits, g_v = g_out[:, :n], g_out[:, n:]
+            torch.addcmul(delta, g_y, t, out=g_v)
+        else:
+            g_v = torch.addcmul(delta, g_y, t)
+        g_v.baddbmm_(g_m, ss)
+
+        # The layout's gradient (from the output, the moments, and sum_p S and S^2), summed in
+        # place: g_S = P^T (g_Y Vc) - Q^T g_Y + g_u^T Vc + 2 S (g_r^T Vc + g_a^T Vc^2 + g_s2)
+        # + g_total (algorithm1); g_S = ... + g_u^T Vc + g_a^T Vc^2 + g_total (weighted).
+        g_s.baddbmm_(g_u.transpose(1, 2), vc)
+        vv = torch.mul(vc, vc, out=gv) if eager else vc * vc  # Vc^2, in gv's memory
+        if algorithm1:  # d/dS of the S^2 terms is 2 S (...)
+            inner = (torch.bmm(g_r.transpose(1, 2), vc, out=_workspace((b, n, hw), x3, 2)) if eager
+                     else torch.bmm(g_r.transpose(1, 2), vc))  # (b, n, hw)
+            inner.baddbmm_(g_a.transpose(1, 2), vv)
+            inner.add_(g_s2.transpose(1, 2))
+            g_s.add_(g_total.transpose(1, 2)).addcmul_(s, inner, value=2.0)
+            s2 = ss[:, n:]
+        else:
+            g_s.baddbmm_(g_a.transpose(1, 2), vv)
+            g_s.add_(g_total.transpose(1, 2))
+            s2 = s
+        g_a_s2 = torch.bmm(g_a, s2, out=vv) if eager else torch.bmm(g_a, s2)  # (b, c, hw)
+        g_v.addcmul_(vc, g_a_s2, value=2.0)
+        if g_layout is not None:
+            g_s.add_(g_layout)
+        # softmax over entities: g_Z = S g_S - S sum_n (S g_S), Z = logits / tau
+        if eager:
+            torch.mul(s, g_s, out=g_logits)
+        else:
+            g_logits = s * g_s
+        g_logits.addcmul_(s, g_logits.sum(1, keepdim=True), value=-1.0)
+        if not eager:
+            g_out = torch.cat([g_logits, g_v], dim=1)
+
+        g_x3 = None
+        if needs[0]:
+            g_x3 = torch.baddbmm(g_y, weight.transpose(1, 2), g_out)  # (b, c, hw)
+        g_weight = torch.bmm(g_out, x3.transpose(1, 2))  # (b, n + c, c)
+        inv_tau = 1.0 / ctx.temperature
+        g_ent = g_weight[:, :n] * inv_tau  # (b, n, c): the rows were E_b / tau
+        g_entities = g_ent.sum(0) if needs[1] else None
+        g_value = g_weight[:, n:].sum(0) if needs[2] else None
+        g_value_bias = g_k.sum(0).view(c) if needs[3] else None
+        g_key = g_key_bias = g_query = g_query_bias = g_ssr_a = None
+        if ctx.ssr:
+            g_ent_bias = g_logits.sum(-1) * inv_tau  # (b, n)
+            g_kq = g_ent * ssr_a.view(1, n, 1)  # (b, n, c)
+            g_kb = g_ent_bias * ssr_a.view(1, n)  # (b, n)
+            if needs[8]:
+                g_ssr_a = (g_ent * kq).sum((0, 2)) + (g_ent_bias * kb).sum(0)
+            if needs[6]:
+                g_query = (keys_t.transpose(1, 2) @ g_kq).sum(0)  # (c/8, c)
+            if needs[7]:
+                g_query_bias = (g_kb.unsqueeze(-1) * keys_t).sum((0, 1))
+            g_keys = (g_kq @ query.t() + g_kb.unsqueeze(-1) * query_bias).transpose(1, 2)  # (b, c/8, n)
+            if needs[4]:
+                g_key = (g_keys @ xs.transpose(1, 2)).sum(0)  # (c/8, c)
+            if needs[5]:
+                g_key_bias = g_keys.sum((0, 2))
+            if g_x3 is not None:
+                g_x3.index_add_(2, positions, key.t() @ g_keys)  # the gather's gradient
+        return (g_x3, g_entities, g_value, g_value_bias, g_key, g_key_bias, g_query, g_query_bias,
+                g_ssr_a, g_beta, g_alpha, g_sigma, None, None, None, None)
 
 
 class AttentiveNorm(nn.Module):
@@ -148,39 +387,6 @@ class AttentiveNorm(nn.Module):
                 f"{x.shape[1]} (shape {tuple(x.shape)})"
             )
 
-    def _layout_and_value(self, x3: Tensor, positions: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        """Layout logits (b, n, hw), centred values Vc (b, c, hw) and their shift (b, c).
-
-        One batched matmul: ``[E_b; W_v] X + [e_b; -W_v mean_p(X)]``, so the value
-        features come out already centred by their spatial mean ``W_v mean_p(X) + b_v``.
-        """
-        b, c, hw = x3.shape
-        n = self.num_entities
-        dt = x3.dtype
-        entities = self.entities.to(dt)
-        value = self.value.to(dt)
-        value_bias = self.value_bias.to(dt)
-        if self.ssr_active() or positions is not None:
-            if positions is None:
-                positions = self.sample_positions(hw, x3.device)
-            a = self.ssr_alpha.clamp(0.0, 1.0).to(dt)  # (n,)
-            xs = x3[:, :, positions]  # (b, c, n): features at the sampled positions
-            keys = torch.baddbmm(self.key_bias.to(dt).view(1, -1, 1),
-                                 self.key.to(dt).expand(b, -1, -1), xs)  # (b, c/8, n)
-            keys_t = keys.transpose(1, 2)  # (b, n, c/8)
-            # S_ss = (W_q X + b_q)^T keys = (keys^T W_q) X + keys^T b_q
-            ent = torch.addcmul(entities, a.view(1, n, 1), keys_t @ self.query.to(dt))  # (b, n, c)
-            ent_bias = a.view(1, n) * (keys_t @ self.query_bias.to(dt))  # (b, n)
-        else:
-            ent = entities.expand(b, n, c)  # (b, n, c)
-            ent_bias = torch.zeros(1, n, device=x3.device, dtype=dt).expand(b, n)
-        value_of_mean = x3.mean(-1) @ value.t()  # (b, c): W_v mean_p(X)
-        weight = torch.cat([ent, value.expand(b, c, c)], dim=1)  # (b, n + c, c)
-        bias = torch.cat([ent_bias, -value_of_mean], dim=1)  # (b, n + c)
-        out = torch.baddbmm(bias.unsqueeze(-1), weight, x3)  # (b, n + c, hw)
-        logits, vc = torch.split(out, [n, c], dim=1)  # one SplitBackward, not two zero-filled slices
-        return logits, vc, value_of_mean + value_bias
-
     # ------------------------------------------------------------------ forward
     def forward(self, x: Tensor, return_layout: bool = False, positions: Tensor | None = None):
         """Args:
@@ -198,12 +404,21 @@ class AttentiveNorm(nn.Module):
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         with torch.autocast(device_type=x.device.type, enabled=False):
             x3 = x.reshape(b, c, h * w).to(dt)  # (b, c, hw)
-            logits, vc, shift = self._layout_and_value(x3, positions)  # (b,n,hw) (b,c,hw) (b,c)
-            s = torch.softmax(logits / self.temperature, dim=1)  # (b, n, hw)
-            # Y = X + sigma * (Vc * (P S) - Q S), sigma folded into P and Q
-            p, q = regional_coefficients(vc, s, shift, self.rn_weight, self.rn_bias, self.eps,
-                                         self.variance, scale=self.sigma)  # (b, c, n) each
-            y = combine(x3, vc, s, p, q)  # (b, c, hw)
+            cast = lambda t: None if t is None else t.to(dt)
+            ssr = self.ssr_active() or positions is not None
+            if ssr:
+                if positions is None:
+                    positions = self.sample_positions(h * w, x3.device)
+                ssr_params = (self.key, self.key_bias, self.query, self.query_bias,
+                              self.ssr_alpha.clamp(0.0, 1.0))
+            else:
+                positions = None
+                ssr_params = (None,) * 5
+            y, s = _AttentiveNormFn.apply(
+                x3, cast(self.entities), cast(self.value), cast(self.value_bias),
+                *(cast(t) for t in ssr_params), cast(self.rn_weight), cast(self.rn_bias),
+                cast(self.sigma), positions, self.temperature, self.eps,
+                self.variance == "algorithm1")
         y = y.view(b, c, h, w).to(x.dtype)
         if channels_last:
             y = y.contiguous(memory_format=torch.channels_last)

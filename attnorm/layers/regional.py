@@ -219,72 +219,83 @@ class _Coefficients(torch.autograd.Function):
         st = _statistics(u, r, a, k, total, s2_sum, eps, hw)
         p, q = _coefficients_from_statistics(st, beta, alpha, scale)
         ctx.eps, ctx.hw, ctx.algorithm1 = eps, hw, r is not None
-        ctx.save_for_backward(u, r, k, total, s2_sum, beta, alpha, scale, st["count"], st["sv"],
-                              st["mean_c"], st["spread"], st["offset"], st["var"], st["std"],
-                              st["inv"], st.get("d"), st.get("safe_total"))
+        ctx.save_for_backward(*_coefficient_state(u, r, k, total, s2_sum, beta, alpha, scale, st))
         return p, q
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     @_full_precision_backward
     def backward(ctx, g_p, g_q):
-        (u, r, k, total, s2_sum, beta, alpha, scale, count, sv, mean_c, spread, offset, var, std,
-         inv, d, safe_total) = ctx.saved_tensors
-        eps, hw = ctx.eps, ctx.hw
-        tiny = torch.finfo(u.dtype).tiny
-        g_p = torch.zeros_like(inv) if g_p is None else g_p
-        g_q = torch.zeros_like(inv) if g_q is None else g_q
-        beta_v = None if beta is None else beta.view(1, -1, 1)
-        ib = inv if beta_v is None else inv * beta_v  # (b, c, n)
-        # P = s ib, Q = s (mean_c ib - alpha)
-        g_scale = None
-        if scale is not None:
-            q_unscaled = mean_c * ib if alpha is None else mean_c * ib - alpha.view(1, -1, 1)
-            g_scale = (g_p * ib + g_q * q_unscaled).sum().reshape(scale.shape)
-            g_p, g_q = g_p * scale, g_q * scale
-        g_alpha = None if alpha is None else -g_q.sum(dim=(0, 2))
-        g_ib = g_p + g_q * mean_c
-        g_mean = g_q * ib
-        g_beta = None if beta is None else (g_ib * inv).sum(dim=(0, 2))
-        g_inv = g_ib if beta_v is None else g_ib * beta_v
-        g_var = -g_inv * inv * inv * 0.5 / std * (var > tiny)  # through 1/(std + eps) and sqrt
-        g_sum_sq = g_var / count
-        g_count = -(g_var * var / count).sum(1, keepdim=True)  # (b, 1, n)
-        g_spread = g_sum_sq * (spread > 0)
-        # mean_c = (u - k eps) / count
-        g_u = g_mean / count
-        g_k = -(g_mean * eps / count).sum(2, keepdim=True)  # (b, c, 1)
-        g_count = g_count - (g_mean * mean_c / count).sum(1, keepdim=True)
-        g_r = g_s2 = None
-        if ctx.algorithm1:
-            # sum_sq = relu(spread) + hw * (sv d)^2
-            g_off = g_sum_sq * 2 * hw * offset
-            g_sv = g_off * d
-            g_count = g_count + (g_off * sv).sum(1, keepdim=True) / (count * count)  # d = 1/hw - 1/count
-            # spread = a - u^2/hw + 2k (r - T u/hw) + k^2 (s2 - T^2/hw)
-            g_a = g_spread
-            g_u = g_u - g_spread * 2 * sv / hw
-            g_r = g_spread * 2 * k
-            g_k = g_k + (g_spread * 2 * ((r - total / hw * u) + k * (s2_sum - total * total / hw))
-                         ).sum(2, keepdim=True)
-            g_total = -(g_spread * 2 * k * sv / hw).sum(1, keepdim=True)
-            g_s2 = (g_spread * k * k).sum(1, keepdim=True)
-        else:
-            # sum_sq = relu(spread) + T off^2,  spread = a - u^2 / Ts,  off = sv eps / (Ts count)
-            g_a = g_spread
-            g_u = g_u - g_spread * 2 * u / safe_total
-            g_ts = (g_spread * u * u).sum(1, keepdim=True) / (safe_total * safe_total)
-            g_total = (g_sum_sq * offset * offset).sum(1, keepdim=True)
-            g_off = g_sum_sq * 2 * total * offset
-            g_sv = g_off * (eps / (safe_total * count))
-            g_ts = g_ts - (g_off * offset).sum(1, keepdim=True) / safe_total
-            g_count = g_count - (g_off * offset).sum(1, keepdim=True) / count
-            g_total = g_total + g_ts * (total > tiny)
-        # sv = u + k T
-        g_u = g_u + g_sv
-        g_k = g_k + (g_sv * total).sum(2, keepdim=True)
-        g_total = g_total + (g_sv * k).sum(1, keepdim=True) + g_count  # count = T + eps
-        return g_u, g_r, g_a, g_k, g_total, g_s2, g_beta, g_alpha, g_scale, None, None
+        return (*_coefficients_backward(ctx.saved_tensors, ctx.eps, ctx.hw, ctx.algorithm1, g_p, g_q),
+                None, None)
+
+
+def _coefficient_state(u, r, k, total, s2_sum, beta, alpha, scale, st: dict) -> tuple:
+    """What :func:`_coefficients_backward` needs from the forward (None where not used)."""
+    return (u, r, k, total, s2_sum, beta, alpha, scale, st["count"], st["sv"], st["mean_c"],
+            st["spread"], st["offset"], st["var"], st["std"], st["inv"], st.get("d"),
+            st.get("safe_total"))
+
+
+def _coefficients_backward(saved, eps: float, hw: int, algorithm1: bool, g_p, g_q):
+    """Analytic backward of :func:`coefficients_autograd`: the gradients of
+    ``(u, r, a, k, total, s2_sum, beta, alpha, scale)`` given those of ``(P, Q)``."""
+    (u, r, k, total, s2_sum, beta, alpha, scale, count, sv, mean_c, spread, offset, var, std,
+     inv, d, safe_total) = saved
+    tiny = torch.finfo(u.dtype).tiny
+    g_p = torch.zeros_like(inv) if g_p is None else g_p
+    g_q = torch.zeros_like(inv) if g_q is None else g_q
+    beta_v = None if beta is None else beta.view(1, -1, 1)
+    ib = inv if beta_v is None else inv * beta_v  # (b, c, n)
+    # P = s ib, Q = s (mean_c ib - alpha)
+    g_scale = None
+    if scale is not None:
+        q_unscaled = mean_c * ib if alpha is None else mean_c * ib - alpha.view(1, -1, 1)
+        g_scale = (g_p * ib + g_q * q_unscaled).sum().reshape(scale.shape)
+        g_p, g_q = g_p * scale, g_q * scale
+    g_alpha = None if alpha is None else -g_q.sum(dim=(0, 2))
+    g_ib = g_p + g_q * mean_c
+    g_mean = g_q * ib
+    g_beta = None if beta is None else (g_ib * inv).sum(dim=(0, 2))
+    g_inv = g_ib if beta_v is None else g_ib * beta_v
+    g_var = -g_inv * inv * inv * 0.5 / std * (var > tiny)  # through 1/(std + eps) and sqrt
+    g_sum_sq = g_var / count
+    g_count = -(g_var * var / count).sum(1, keepdim=True)  # (b, 1, n)
+    g_spread = g_sum_sq * (spread > 0)
+    # mean_c = (u - k eps) / count
+    g_u = g_mean / count
+    g_k = -(g_mean * eps / count).sum(2, keepdim=True)  # (b, c, 1)
+    g_count = g_count - (g_mean * mean_c / count).sum(1, keepdim=True)
+    g_r = g_s2 = None
+    if algorithm1:
+        # sum_sq = relu(spread) + hw * (sv d)^2
+        g_off = g_sum_sq * 2 * hw * offset
+        g_sv = g_off * d
+        g_count = g_count + (g_off * sv).sum(1, keepdim=True) / (count * count)  # d = 1/hw - 1/count
+        # spread = a - u^2/hw + 2k (r - T u/hw) + k^2 (s2 - T^2/hw)
+        g_a = g_spread
+        g_u = g_u - g_spread * 2 * sv / hw
+        g_r = g_spread * 2 * k
+        g_k = g_k + (g_spread * 2 * ((r - total / hw * u) + k * (s2_sum - total * total / hw))
+                     ).sum(2, keepdim=True)
+        g_total = -(g_spread * 2 * k * sv / hw).sum(1, keepdim=True)
+        g_s2 = (g_spread * k * k).sum(1, keepdim=True)
+    else:
+        # sum_sq = relu(spread) + T off^2,  spread = a - u^2 / Ts,  off = sv eps / (Ts count)
+        g_a = g_spread
+        g_u = g_u - g_spread * 2 * u / safe_total
+        g_ts = (g_spread * u * u).sum(1, keepdim=True) / (safe_total * safe_total)
+        g_total = (g_sum_sq * offset * offset).sum(1, keepdim=True)
+        g_off = g_sum_sq * 2 * total * offset
+        g_sv = g_off * (eps / (safe_total * count))
+        g_ts = g_ts - (g_off * offset).sum(1, keepdim=True) / safe_total
+        g_count = g_count - (g_off * offset).sum(1, keepdim=True) / count
+        g_total = g_total + g_ts * (total > tiny)
+    # sv = u + k T
+    g_u = g_u + g_sv
+    g_k = g_k + (g_sv * total).sum(2, keepdim=True)
+    g_total = g_total + (g_sv * k).sum(1, keepdim=True) + g_count  # count = T + eps
+    return g_u, g_r, g_a, g_k, g_total, g_s2, g_beta, g_alpha, g_scale
 
 
 def regional_coefficients(
