@@ -48,7 +48,7 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "attnorm-train-v1"
 INPAINT_SAFETENSORS_FORMAT = "attnorm-inpaint-generator-v1"
-DEFAULT_INPAINT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "inpaint_skimage.safetensors"
+DEFAULT_INPAINT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "inpaint_photos.safetensors"
 GAN_SAFETENSORS_FORMAT = "attnorm-gan-generator-v1"
 DEFAULT_GAN_WEIGHTS = Path(__file__).resolve().parent / "weights" / "gan_procedural32.safetensors"
 

@@ -23,7 +23,7 @@
     photos (centre crop 256) with a fixed mask set written to a temporary folder by
     ``write_eval_masks`` (``--mask-kind``, ``--n-masks``, ``--mask-seed``; pairs are
     image ``k % 4`` with mask ``k``) for: ``--ckpt`` if given (otherwise the shipped
-    ``attnorm/weights/inpaint_skimage.safetensors``, or skipped with a note if absent),
+    ``attnorm/weights/inpaint_photos.safetensors``, or skipped with a note if absent),
     biharmonic, and OpenCV Telea if ``cv2`` imports.
 
 Prints tables and writes everything to ``bench_results/inpaint.json`` (``--json``).
@@ -226,7 +226,7 @@ def main(argv=None) -> dict:
     p.add_argument("--max-mem-gb", type=float, default=None, help="SA budget in GiB (default 60%% of MemAvailable)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per subprocess case")
     p.add_argument("--ckpt", default=None, help="trained inpainting generator checkpoint for (b) "
-                                                "(default: the shipped attnorm/weights/inpaint_skimage.safetensors)")
+                                                "(default: the shipped attnorm/weights/inpaint_photos.safetensors)")
     p.add_argument("--n-masks", type=int, default=40)
     p.add_argument("--mask-kind", default="mixed")
     p.add_argument("--mask-seed", type=int, default=0)

@@ -221,7 +221,7 @@ def test_empty_mask_writes_input_and_errors(tmp_path, capsys):
 def test_default_checkpoint_is_the_shipped_weights(tmp_path, monkeypatch):
     from safetensors import safe_open
     shipped = ck.DEFAULT_INPAINT_WEIGHTS
-    assert shipped.name == "inpaint_skimage.safetensors" and shipped.is_file()  # committed with the package
+    assert shipped.name == "inpaint_photos.safetensors" and shipped.is_file()  # committed with the package
     assert shipped.stat().st_size <= 10 * 10**6
     meta = ck.read_inpaint_generator_metadata(shipped)
     assert meta["config"]["attention"] == "an" and meta["meta"]["step"] > 0

@@ -156,3 +156,17 @@ def test_harmonic_generator_starts_near_its_fill():
     hole = (m > 0.5).expand_as(x)
     assert (r - pushpull_fill(x, m, smooth=64))[hole].abs().max() < 0.05
     assert InpaintGenerator(**g.config).hole_fill == "harmonic"
+
+
+def test_shipped_weights_keep_flat_colours():
+    """The issue-9 symptom: the first shipped inpainter filled a flat dark teal (20, 70, 80) with
+    about (11, 18, 18). The shipped weights must keep every flat colour within 2 levels."""
+    from attnorm.checkpoints import load_inpaint_generator
+    from attnorm.inference import inpaint_image
+    g = load_inpaint_generator()
+    m = _hole(96, 96, (30, 30, 70, 70))
+    for col in [(20, 70, 80), (200, 60, 40), (240, 240, 240), (10, 10, 10)]:
+        x = (torch.tensor(col, dtype=torch.float32) / 127.5 - 1).view(3, 1, 1).expand(3, 96, 96).clone()
+        out = inpaint_image(g, x, m[0])
+        fill = ((out[:, 30:70, 30:70] + 1) * 127.5).mean((1, 2))
+        assert (fill - torch.tensor(col, dtype=torch.float32)).abs().max() <= 2.0, (col, fill.tolist())

@@ -569,7 +569,7 @@ def test_serve_command_prints_the_url_and_stops_cleanly_on_ctrl_c():
         url = line.split()[2]
         with urllib.request.urlopen(url + "api/health", timeout=30) as r:
             info = json.loads(r.read())
-        assert info["inpaint"]["checkpoint"] == "shipped (inpaint_skimage.safetensors)"
+        assert info["inpaint"]["checkpoint"] == "shipped (inpaint_photos.safetensors)"
         shipped = models.default_gan_checkpoint()
         if shipped is None:  # the generate page will say why and how to pass one
             assert info["gan"]["available"] is False and "--gan-ckpt" in info["gan"]["reason"]

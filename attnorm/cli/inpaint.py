@@ -16,7 +16,7 @@ def inpaint_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", "--checkpoint", dest="checkpoint", default=None,
                         help="generator checkpoint: save_inpaint_generator .pt, train-inpaint "
                              "RUN/checkpoints/latest.pt (EMA weights if present) or .safetensors (default: the "
-                             "shipped attnorm/weights/inpaint_skimage.safetensors, trained on 128 px skimage crops)")
+                             "shipped attnorm/weights/inpaint_photos.safetensors, trained on 128 px photo crops)")
     parser.add_argument("--image", required=True, help="image file, or folder of images")
     parser.add_argument("--mask", required=True,
                         help="mask file (white = hole; non-binary masks are thresholded at 0.5, i.e. grey "
@@ -173,7 +173,7 @@ def export_inpaint_arguments(p: argparse.ArgumentParser) -> None:
 def export_inpaint(args: argparse.Namespace) -> int:
     """Export a train-inpaint checkpoint's generator (EMA weights if present) as .safetensors.
 
-        attnorm export-inpaint runs/inpaint_shipped/checkpoints/latest.pt attnorm/weights/inpaint_skimage.safetensors
+        attnorm export-inpaint runs/inpaint_photos/checkpoints/latest.pt attnorm/weights/inpaint_photos.safetensors
 
     The file holds the generator's state dict (float32) and, in its metadata, format,
     config (the generator's constructor arguments) and meta (source checkpoint, step, EMA

@@ -15,7 +15,7 @@ def serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one)")
     p.add_argument("--inpaint-ckpt", default=None,
                    help="inpainting generator: .safetensors export, save_inpaint_generator .pt or train-inpaint "
-                        "checkpoint (default: the shipped attnorm/weights/inpaint_skimage.safetensors)")
+                        "checkpoint (default: the shipped attnorm/weights/inpaint_photos.safetensors)")
     p.add_argument("--gan-ckpt", default=None,
                    help="class-conditional generator: train-gan checkpoint (RUN/checkpoints/latest.pt) or "
                         "export-gan .safetensors (default: the shipped GAN weights if this install has them; "
