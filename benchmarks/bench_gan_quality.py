@@ -56,14 +56,15 @@ def measured_values(result: dict) -> dict:
     m = result["metrics"]
     out = {}
     if "acc" in m:
-        out["acc"] = (m["acc"]["value"], m["acc"].get("floor"))
+        out["acc"] = (m["acc"]["value"], (m["acc"].get("floor") or {}).get("value"))
     if "pr" in m:
         fl = m["pr"].get("floor") or {}
         out["precision"] = (m["pr"]["precision"], fl.get("precision"))
         out["recall"] = (m["pr"]["recall"], fl.get("recall"))
-    for k in ("fid", "kid"):
-        if k in m:
-            out[k] = (m[k]["value"], m[k].get("floor"))
+    if "fid" in m:
+        out["fid"] = (m["fid"]["value"], (m["fid"].get("floor") or {}).get("value"))
+    if "kid" in m:
+        out["kid"] = (m["kid"]["mean"], (m["kid"].get("floor") or {}).get("mean"))
     if "fid" in out and out["fid"][1]:
         out["fid_over_floor"] = (out["fid"][0] / out["fid"][1], None)
     return out
@@ -86,6 +87,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--out", default=None)
     ap.add_argument("--demo-args", default="", help="extra arguments for attnorm demo (quoted)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="demo: score the run already in OUT/run (and its evaluation.json if present)")
     args = ap.parse_args(argv)
     out = Path(args.out or f"bench_results/gan_{args.what}_{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
@@ -93,7 +96,8 @@ def main(argv=None) -> int:
     t0 = time.time()
     if args.what == "demo":
         run = out / "run"
-        _run(exe + ["demo", "--out", str(run), "--minutes", str(args.minutes)] + args.demo_args.split())
+        if not args.reuse:
+            _run(exe + ["demo", "--out", str(run), "--minutes", str(args.minutes)] + args.demo_args.split())
         ckpt = run / "checkpoints" / "latest.pt"
     else:
         if not args.ckpt:
@@ -101,8 +105,9 @@ def main(argv=None) -> int:
         ckpt = Path(args.ckpt)
     train_s = time.time() - t0
     ev = out / "evaluation.json"
-    _run(exe + ["evaluate", "gan", "--ckpt", str(ckpt), "--metrics", "acc,pr,fid,kid", "--n", str(args.n),
-                "--floor", "--out", str(ev)])
+    if not (args.reuse and ev.is_file()):
+        _run(exe + ["evaluate", "gan", "--ckpt", str(ckpt), "--metrics", "acc,pr,fid,kid", "--n", str(args.n),
+                    "--floor", "--out", str(ev)])
     result = json.loads(ev.read_text())
     values = measured_values(result)
     report = {
