@@ -202,6 +202,17 @@ def _generator_from_state(state: dict, cls: type, task: str, use_ema: bool, path
 
 
 # ---------------------------------------------------------------------------- GAN
+def _weights_file(path: str | os.PathLike | None, default: Path, what: str) -> Path:
+    """``path`` (None: the shipped ``default``) if it is a non-empty file, else a one-line error."""
+    path = Path(path) if path is not None else default
+    if not path.is_file():
+        hint = f" (the shipped {what} are missing from this install; pass --ckpt)" if path == default else ""
+        raise FileNotFoundError(f"generator checkpoint {path} not found{hint}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); pass a checkpoint written by attnorm")
+    return path
+
+
 def load_gan_generator(path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                        use_ema: bool = True) -> tuple[Generator, dict]:
     """Rebuild G from a ``train-gan`` checkpoint or an exported ``.safetensors`` file alone; returns
@@ -209,13 +220,7 @@ def load_gan_generator(path: str | os.PathLike | None = None, device: str | torc
     ``config``). ``path=None`` loads the shipped :data:`DEFAULT_GAN_WEIGHTS`. Problems with the
     file or the device are one-line :class:`attnorm.errors.UserError` subclasses."""
     device = check_device(device)
-    path = Path(path) if path is not None else DEFAULT_GAN_WEIGHTS
-    if not path.is_file():
-        hint = (" (the shipped GAN weights are missing from this install; pass --ckpt)"
-                if path == DEFAULT_GAN_WEIGHTS else "")
-        raise FileNotFoundError(f"generator checkpoint {path} not found{hint}")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); pass a checkpoint written by attnorm")
+    path = _weights_file(path, DEFAULT_GAN_WEIGHTS, "GAN weights")
     if _is_safetensors(path):
         state, info = read_safetensors(path)
         if info.get("format") != GAN_SAFETENSORS_FORMAT or "config" not in info:
@@ -309,14 +314,8 @@ def load_inpaint_generator(path: str | os.PathLike | None = None, map_location: 
     """Rebuild an :class:`InpaintGenerator` (eval mode) from any format of the module docstring;
     ``path=None`` loads the shipped :data:`DEFAULT_INPAINT_WEIGHTS`. ``use_ema`` picks the EMA
     weights of a training checkpoint (when it has them) over the trained ones."""
-    path = Path(path) if path is not None else DEFAULT_INPAINT_WEIGHTS
     map_location = check_device(map_location)
-    if not path.is_file():
-        hint = (" (the shipped weights are missing from this install; pass --ckpt)"
-                if path == DEFAULT_INPAINT_WEIGHTS else "")
-        raise FileNotFoundError(f"generator checkpoint {path} not found{hint}")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); pass a checkpoint written by attnorm")
+    path = _weights_file(path, DEFAULT_INPAINT_WEIGHTS, "weights")
     if _is_safetensors(path):
         return _safetensors_generator(path).to(map_location)
     ckpt = load_checkpoint(path, map_location)
