@@ -249,10 +249,12 @@ def export_gan_generator(checkpoint: str | os.PathLike, out: str | os.PathLike, 
                          meta: dict | None = None) -> Path:
     """Write the (EMA) generator of a ``train-gan`` checkpoint as ``.safetensors`` (atomically), with the
     generator config, the class names and provenance (``meta`` + the training config and step) in its metadata."""
-    g, extra = load_gan_generator(checkpoint, use_ema=use_ema)
+    ck = load_checkpoint(checkpoint)  # read once: weights, config and provenance
+    check_task(ck, checkpoint, "gan")
+    g = _generator_from_state(ck, Generator, "train-gan", use_ema, checkpoint)
+    extra = ck.get("extra") or {}
     state = {k: v.detach().cpu().contiguous() for k, v in g.state_dict().items()}
-    ck = load_checkpoint(checkpoint)
-    info_meta = {"source_step": ck.get("step"), "ema": bool(use_ema and ck.get("ema") is not None),
+    info_meta = {"source_step": ck.get("step"), "ema": generator_weights(ck, use_ema)[1] == "ema",
                  "train_config": extra.get("config", {}), **(meta or {})}
     info = {"format": GAN_SAFETENSORS_FORMAT, "config": json.dumps(g.get_config()),
             "classes": json.dumps(extra.get("classes")), "meta": json.dumps(info_meta)}

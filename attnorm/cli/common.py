@@ -295,3 +295,22 @@ def parse_classes(spec: str | None, class_names: list[str] | None, num_classes: 
             raise CommandError(f"class {idx} out of range 0..{num_classes - 1}")
         out.append(idx)
     return out
+
+
+# ---------------------------------------------------------------------------- export-gan / export-inpaint
+def export_arguments(p: argparse.ArgumentParser, command: str) -> None:
+    """Options of ``export-gan`` / ``export-inpaint`` (``command``: the train command of the checkpoint)."""
+    p.add_argument("checkpoint", help=f"{command} checkpoint (RUN/checkpoints/latest.pt)")
+    p.add_argument("out", help="output .safetensors file")
+    p.add_argument("--no-ema", action="store_true", help="export the trained G instead of its EMA")
+
+
+def run_export(args: argparse.Namespace, export: Callable) -> int:
+    """Check the paths, run ``export(checkpoint, out, use_ema=...)`` and report the written file."""
+    if not Path(args.checkpoint).is_file():
+        raise CommandError(f"checkpoint {args.checkpoint} not found")
+    output_file(args.out, "output", (".safetensors",))
+    with user_errors():
+        path = export(args.checkpoint, args.out, use_ema=not args.no_ema)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    return 0

@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 
 from .common import (
-    CommandError, check_grid, generator_arguments, grid_scale, image_output, int_at_least, load_gan, millions,
-    output_file, output_folder, parse_classes, positive_int, run_config, run_training, train_arguments, user_errors,
+    CommandError, check_grid, export_arguments, generator_arguments, grid_scale, image_output, int_at_least, load_gan,
+    millions, output_file, output_folder, parse_classes, positive_int, run_config, run_export, run_training,
+    train_arguments,
 )
 
 
@@ -164,9 +165,7 @@ def _an_layers(g) -> list:
 
 # ---------------------------------------------------------------------------- export-gan
 def export_gan_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="train-gan checkpoint (RUN/checkpoints/latest.pt)")
-    p.add_argument("out", help="output .safetensors file")
-    p.add_argument("--no-ema", action="store_true", help="export the trained G instead of its EMA")
+    export_arguments(p, "train-gan")
 
 
 def export_gan(args: argparse.Namespace) -> int:
@@ -179,10 +178,4 @@ def export_gan(args: argparse.Namespace) -> int:
     `attnorm sample/interpolate/layouts --ckpt FILE` and `attnorm evaluate gan --ckpt FILE` read it.
     """
     from attnorm.checkpoints import export_gan_generator
-    if not Path(args.checkpoint).is_file():
-        raise CommandError(f"checkpoint {args.checkpoint} not found")
-    output_file(args.out, "output", (".safetensors",))
-    with user_errors():
-        path = export_gan_generator(args.checkpoint, args.out, use_ema=not args.no_ema)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
-    return 0
+    return run_export(args, export_gan_generator)

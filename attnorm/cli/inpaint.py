@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from .common import (
-    CommandError, check_image_size, image_output, millions, output_file, output_folder, positive_int, run_config,
-    run_training, train_arguments, user_errors,
+    CommandError, check_image_size, export_arguments, image_output, millions, output_folder, positive_int, run_config,
+    run_export, run_training, train_arguments, user_errors,
 )
 
 
@@ -165,9 +165,7 @@ def train_inpaint(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- export-inpaint
 def export_inpaint_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="train-inpaint checkpoint (RUN/checkpoints/latest.pt)")
-    p.add_argument("out", help="output .safetensors file")
-    p.add_argument("--no-ema", action="store_true", help="export the trained G instead of its EMA")
+    export_arguments(p, "train-inpaint")
 
 
 def export_inpaint(args: argparse.Namespace) -> int:
@@ -180,13 +178,7 @@ def export_inpaint(args: argparse.Namespace) -> int:
     or not, the run's training config); `attnorm inpaint --ckpt FILE` reads it.
     """
     from attnorm.checkpoints import export_inpaint_generator
-    if not Path(args.checkpoint).is_file():
-        raise CommandError(f"checkpoint {args.checkpoint} not found")
-    output_file(args.out, "output", (".safetensors",))
-    with user_errors():
-        path = export_inpaint_generator(args.checkpoint, args.out, use_ema=not args.no_ema)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
-    return 0
+    return run_export(args, export_inpaint_generator)
 
 
 # ---------------------------------------------------------------------------- masks
