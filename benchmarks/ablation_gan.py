@@ -1,0 +1,193 @@
+"""The paper's attention ablation at CPU scale: AN, AN without SSR, SAGAN self-attention, none.
+
+    python benchmarks/ablation_gan.py                              # 4 variants x 3 seeds, 300 s each
+    python benchmarks/ablation_gan.py --seconds 300 --seeds 0,1,2 --jobs 2 --n 1000 --out benchmarks/results/ablation
+    python benchmarks/ablation_gan.py --variants an,none --seeds 0 --seconds 60     # a quick look
+
+Protocol (written into the results file):
+
+* Every run is ``attnorm train-gan`` with the small CPU preset (``attnorm.training.gan.DEFAULT_CONFIG``,
+  what ``attnorm demo`` trains) and only the attention changed: ``attention=an``, ``an`` with
+  ``an_kwargs={"self_sampling": false}``, ``sa`` and ``none``; the same wall-clock budget
+  (``max_seconds``, one thread each), seeds 0, 1, 2. Equal time, not equal steps: a cheaper
+  layer gets more steps, which is the trade a user makes.
+* Each checkpoint (EMA generator, as ``attnorm sample`` uses it) is scored by
+  ``attnorm evaluate gan --metrics acc,pr,fid --n N`` with the shipped procedural-shapes
+  classifier (class accuracy from its logits; FID and precision/recall (k=3) on its features),
+  and the real-vs-real floor once (a second real set of the same size).
+* Entity usage (AN variants): over 8 samples per class, the number of the 16 entities that are
+  the argmax for >= 2% of the pixels of G's AN layer.
+* Layout pictures of seed 0 of AN and AN-without-SSR (the supplement's Figure 5):
+  ``OUT/layouts_<variant>.png`` (image, argmax layout, then each entity's map).
+
+Writes ``OUT/results.json`` (every run, the protocol, machine, torch, commit) and ``OUT/results.md``
+(mean +- std over seeds per variant), and prints the table. Runs already finished in OUT are reused
+(``--fresh`` retrains them), so a killed ablation resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+VARIANTS = {
+    "an": ["attention=\"an\""],
+    "an_no_ssr": ["attention=\"an\"", "an_kwargs={\"self_sampling\": false}"],
+    "sa": ["attention=\"sa\""],
+    "none": ["attention=\"none\""],
+}
+LABELS = {"an": "AN", "an_no_ssr": "AN without SSR", "sa": "SAGAN self-attention", "none": "no attention"}
+METRICS = ("acc", "fid", "precision", "recall", "entities_used", "steps")
+
+
+def _git_commit() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True).stdout.strip()
+        return rev.stdout.strip() + (" (dirty)" if dirty else "")
+    except Exception:
+        return "unknown"
+
+
+def _run(cmd: list[str], log: Path) -> None:
+    with open(log, "a") as f:
+        f.write("+ " + " ".join(cmd) + "\n")
+        f.flush()
+        subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def entity_usage_and_layout(ckpt: Path, picture: Path | None) -> int | None:
+    """Entities used (>= 2% of argmax pixels) in G's first AN layer over 8 samples per class;
+    optionally save the layout figure of 2 samples for classes 0-3."""
+    from attnorm.checkpoints import load_gan_generator
+    from attnorm.inference import layout_figure
+    from attnorm.viz.grid import save_image
+    g, extra = load_gan_generator(ckpt)
+    if g.config.get("attention") != "an":
+        return None
+    classes = list(range(len(extra["classes"])))
+    _, usage = layout_figure(g, classes, n=8, seed=4)
+    if picture is not None:
+        grid, _ = layout_figure(g, classes[:4], n=2, seed=3)
+        save_image(grid, picture, scale=2)
+    return int(usage[0]["used"])
+
+
+def one_run(variant: str, seed: int, args, out: Path) -> dict:
+    run = out / f"{variant}_s{seed}"
+    done = run / "result.json"
+    if done.is_file() and not args.fresh:
+        return json.loads(done.read_text())
+    exe = [sys.executable, "-m", "attnorm.cli"]
+    log = out / f"{variant}_s{seed}.log"
+    if run.exists():
+        import shutil
+        shutil.rmtree(run)
+    t0 = time.time()
+    _run(exe + ["train-gan", "--out", str(run), "--seed", str(seed), "steps=1000000",
+                f"max_seconds={args.seconds}", "threads=1", "log_every=50", "ckpt_every=1000000",
+                "sample_every=1000000"] + VARIANTS[variant] + args.extra, log)
+    ckpt = run / "checkpoints" / "latest.pt"
+    ev = run / "evaluation.json"
+    _run(exe + ["evaluate", "gan", "--ckpt", str(ckpt), "--metrics", "acc,pr,fid", "--n", str(args.n),
+                "--no-floor", "--out", str(ev), "--quiet"], log)
+    m = json.loads(ev.read_text())["metrics"]
+    stats = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines() if line.strip()]
+    picture = out / f"layouts_{variant}.png" if seed == args.seeds[0] and variant.startswith("an") else None
+    res = {"variant": variant, "seed": seed, "steps": stats[-1]["step"], "train_seconds": stats[-1]["time"],
+           "wall_seconds": round(time.time() - t0, 1),
+           "acc": m["acc"]["value"], "fid": m["fid"]["value"],
+           "precision": m["pr"]["precision"], "recall": m["pr"]["recall"],
+           "entities_used": entity_usage_and_layout(ckpt, picture)}
+    done.write_text(json.dumps(res, indent=2) + "\n")
+    print(f"{variant} seed {seed}: " + ", ".join(f"{k} {res[k]}" for k in METRICS), flush=True)
+    return res
+
+
+def floor(args, out: Path) -> dict:
+    """Real-vs-real floor of the same metrics at the same n (evaluate gan --floor on one run)."""
+    path = out / "floor.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    ckpt = out / f"{args.variants[0]}_s{args.seeds[0]}" / "checkpoints" / "latest.pt"
+    ev = out / "floor_evaluation.json"
+    _run([sys.executable, "-m", "attnorm.cli", "evaluate", "gan", "--ckpt", str(ckpt), "--metrics", "acc,pr,fid",
+          "--n", str(args.n), "--floor", "--out", str(ev), "--quiet"], out / "floor.log")
+    m = json.loads(ev.read_text())["metrics"]
+    f = {"acc": m["acc"]["floor"]["value"], "fid": m["fid"]["floor"]["value"],
+         "precision": m["pr"]["floor"]["precision"], "recall": m["pr"]["floor"]["recall"]}
+    path.write_text(json.dumps(f, indent=2) + "\n")
+    return f
+
+
+def mean_std(values: list) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3g}"
+    return f"{statistics.mean(values):.3g} ± {statistics.stdev(values):.2g}"
+
+
+def table(results: list[dict], fl: dict, args) -> str:
+    head = "| variant | class acc ↑ | FID ↓ | precision ↑ | recall ↑ | entities used (of 16) | steps |"
+    lines = [head, "| --- | --- | --- | --- | --- | --- | --- |"]
+    for v in args.variants:
+        rs = [r for r in results if r["variant"] == v]
+        lines.append(f"| {LABELS[v]} | " + " | ".join(mean_std([r[k] for r in rs]) for k in METRICS) + " |")
+    lines.append(f"| real-vs-real floor | {fl['acc']:.3g} | {fl['fid']:.3g} | {fl['precision']:.3g} | "
+                 f"{fl['recall']:.3g} | | |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {list(VARIANTS)}")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--seconds", type=float, default=300.0, help="training wall-clock budget per run")
+    ap.add_argument("--n", type=int, default=1000, help="samples per evaluation")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once (one thread each)")
+    ap.add_argument("--out", default="benchmarks/results/ablation")
+    ap.add_argument("--fresh", action="store_true", help="retrain runs already finished in OUT")
+    ap.add_argument("extra", nargs="*", metavar="key=value", help="config overrides for every run")
+    args = ap.parse_args(argv)
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = [v for v in args.variants if v not in VARIANTS]
+    if bad:
+        ap.error(f"unknown variant(s) {bad}; choose from {list(VARIANTS)}")
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(v, s) for s in args.seeds for v in args.variants]
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        results = list(pool.map(lambda vs: one_run(vs[0], vs[1], args, out), jobs))
+    fl = floor(args, out)
+    report = {"protocol": {"recipe": "attnorm.training.gan.DEFAULT_CONFIG (the demo preset)",
+                           "overrides": args.extra, "seconds_per_run": args.seconds, "threads_per_run": 1,
+                           "jobs_at_once": args.jobs, "seeds": args.seeds, "n": args.n,
+                           "evaluation": "attnorm evaluate gan --metrics acc,pr,fid (shipped classifier, EMA G)",
+                           "entities_used": "entities that are the argmax for >= 2% of pixels, 8 samples/class"},
+              "runs": results, "floor": fl,
+              "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+              "torch": __import__("torch").__version__, "commit": _git_commit(),
+              "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    md = (f"GAN attention ablation: {args.seconds:g} s per run, one thread, {args.jobs} run(s) at once, seeds "
+          f"{args.seeds}, n={args.n}, commit {report['commit']}, {report['date']}\n\n" + table(results, fl, args) + "\n")
+    (out / "results.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
