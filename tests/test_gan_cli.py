@@ -110,6 +110,28 @@ def test_demo_writes_everything(tmp_path):
     assert 1 <= u["used"] <= 16 and u["used"] == sum(f >= 0.02 for f in u["fractions"])
     assert "entities are the argmax" in (out / "report.md").read_text()
     assert Image.open(out / "samples.png").size == ((2 + 8 * 34) * 4, (2 + 3 * 34) * 4)
+    # 3 classes are not the shipped weights' 10: no comparison figures
+    assert "pretrained" not in rep and not list(out.glob("pretrained_*"))
+
+
+def test_demo_shows_the_shipped_weights_beside_its_own_run(tmp_path):
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--out", str(out), "--steps", "1", "--minutes", "1", "ch=8", "batch_size=4",
+                     "procedural_length=64"]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["pretrained"]["files"] == {"samples": "pretrained_samples.png",
+                                          "interpolation": "pretrained_interpolation.png",
+                                          "layouts": "pretrained_layouts.png"}
+    # independent rendering of the shipped weights with the demo's seeds
+    g, extra = load_generator(None)
+    x, _ = sample_images(g, list(range(len(extra["classes"]))), 8, seed=1)
+    got = np.asarray(Image.open(out / "pretrained_samples.png").convert("RGB"))
+    own = np.asarray(Image.open(out / "samples.png").convert("RGB"))
+    assert got.shape == own.shape and not np.array_equal(got, own)
+    small = got[::4, ::4]  # the demo saves at scale 4 (nearest): every 4th pixel is the grid
+    ref = make_grid(((x.permute(0, 2, 3, 1).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy(), ncol=8)
+    assert np.abs(small.astype(int) - ref.astype(int)).max() <= 1
+    assert "shipped pretrained weights" in (out / "report.md").read_text()
 
 
 def test_train_gan_reports_skipped_files_and_user_errors(tmp_path, capsys):

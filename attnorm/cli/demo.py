@@ -17,6 +17,8 @@ def demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: on a shared 2-core machine 2 threads can be 10x slower)")
+    p.add_argument("--no-pretrained", dest="pretrained", action="store_false",
+                   help="skip the comparison figures from the shipped pretrained weights")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="train-gan config overrides")
     intermixed(p)
 
@@ -30,9 +32,12 @@ def demo(args: argparse.Namespace) -> int:
     The folder gets the training run (config.json, stats.jsonl, samples/, checkpoints/),
     samples.png (a row per class), interpolation.png (class 0 -> 1, fixed z per row),
     layouts.png (AN argmax layout + entity maps), loss_curve.png and report.md/report.json
-    (final losses, entity usage, timings).
+    (final losses, entity usage, timings). When the run has the shipped weights' classes (the
+    default procedural shapes), pretrained_samples.png, pretrained_interpolation.png and
+    pretrained_layouts.png show the same figures (same z) from the shipped pretrained weights:
+    what the recipe reaches with more training (--no-pretrained skips them).
     """
-    from attnorm.checkpoints import load_gan_generator
+    from attnorm.checkpoints import DEFAULT_GAN_WEIGHTS, load_gan_generator
     from attnorm.inference import interpolation_images, layout_figure, sample_images
     from attnorm.io import to_uint8
     from attnorm.training.gan import GANTraining, resolve_config
@@ -58,16 +63,31 @@ def demo(args: argparse.Namespace) -> int:
     g, extra = load_gan_generator(ckpt)
     classes = extra["classes"]
     n = 8
-    x, _ = sample_images(g, list(range(len(classes))), n, seed=1)
     scale = max(1, 128 // g.resolution)
-    paths = {"samples": save_image(make_grid(to_uint8(x), ncol=n), out / "samples.png", scale=scale)}
-    xi = interpolation_images(g, 0, 1, steps=8, rows=4, seed=2)
-    paths["interpolation"] = save_image(make_grid(to_uint8(xi), ncol=8), out / "interpolation.png", scale=scale)
+
+    def figures(gen, prefix: str) -> dict:
+        """samples, interpolation and (AN) layouts of ``gen``, with the same z for every generator."""
+        x, _ = sample_images(gen, list(range(len(classes))), n, seed=1)
+        files = {"samples": save_image(make_grid(to_uint8(x), ncol=n), out / f"{prefix}samples.png", scale=scale)}
+        xi = interpolation_images(gen, 0, 1, steps=8, rows=4, seed=2)
+        files["interpolation"] = save_image(make_grid(to_uint8(xi), ncol=8), out / f"{prefix}interpolation.png",
+                                            scale=scale)
+        if gen.config.get("attention") == "an":
+            grid, _ = layout_figure(gen, list(range(min(4, len(classes)))), n=2, seed=3)
+            files["layouts"] = save_image(grid, out / f"{prefix}layouts.png", scale=max(1, scale // 2))
+        return files
+
+    paths = figures(g, "")
     report: dict = {"steps": loop.step, "stop_reason": loop.stop_reason, "train_seconds": round(train_s, 1),
                     "classes": classes, "config": cfg}
+    pretrained = None
+    if args.pretrained and DEFAULT_GAN_WEIGHTS.is_file():
+        gp, extra_p = load_gan_generator(None)
+        if list(extra_p.get("classes") or []) == list(classes) and gp.resolution == g.resolution:
+            pretrained = figures(gp, "pretrained_")
+            report["pretrained"] = {"weights": DEFAULT_GAN_WEIGHTS.name,
+                                    "files": {k: p.name for k, p in pretrained.items()}}
     if cfg["attention"] == "an":
-        grid, usage = layout_figure(g, list(range(min(4, len(classes)))), n=2, seed=3)
-        paths["layouts"] = save_image(grid, out / "layouts.png", scale=max(1, scale // 2))
         # usage over more images: 8 per class
         _, usage_all = layout_figure(g, list(range(len(classes))), n=8, seed=4)
         report["entity_usage"] = [{k: u[k] for k in ("layer", "size", "used", "num_entities", "fractions")}
@@ -93,6 +113,9 @@ def demo(args: argparse.Namespace) -> int:
         lines.append(f"- AN layer {u['layer']} ({u['size']}x{u['size']}): {u['used']} of {u['num_entities']} "
                      f"entities are the argmax for >= 2% of pixels ({8 * len(classes)} generated images)")
     lines += ["", "Files:"] + [f"- {k}: {p.name}" for k, p in paths.items()]
+    if pretrained:
+        lines += [f"- the same figures from the shipped pretrained weights ({DEFAULT_GAN_WEIGHTS.name}: the same "
+                  f"recipe trained much longer): " + ", ".join(p.name for p in pretrained.values())]
     lines += [f"- checkpoint: {ckpt.relative_to(out)}", "- per-step statistics: stats.jsonl",
               "- training-time sample grids: samples/", "",
               "Re-create figures: `attnorm sample --ckpt " + str(ckpt) + " --n 8 --out grid.png`, "
