@@ -213,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
+    p.add_argument("--glibc-default-malloc", action="store_true",
+                   help="keep glibc's default trimming (training keeps freed memory: attnorm.training.allocator)")
     p.add_argument("--res", type=int, nargs="+", default=[32, 64], help="resolutions of (a) (default 32 64)")
     p.add_argument("--ch", type=int, default=16, help="width unit of G and D, both parts (default 16)")
     p.add_argument("--batch", type=int, default=16, help="(a) real batch = fake batch (default 16)")
@@ -238,7 +240,11 @@ def main(argv=None) -> int:
         print("error: --device cuda but CUDA is not available", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    report: dict = {"args": {**vars(args), "device": str(device)},
+    retained = False
+    if device.type == "cpu" and not args.glibc_default_malloc:  # what training does on the CPU
+        from attnorm.training.allocator import retain_freed_memory
+        retained = retain_freed_memory()
+    report: dict = {"args": {**vars(args), "device": str(device)}, "retain_freed_memory": retained,
                     "env": {"torch": torch.__version__, "python": platform.python_version(),
                             "machine": platform.machine(), "cpu_count": os.cpu_count(),
                             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},

@@ -26,6 +26,9 @@ def bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="skip variants whose estimated footprint exceeds this "
                         "(default: 60%% of the memory available now)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--glibc-default-malloc", action="store_true",
+                   help="CPU: keep glibc's default trimming instead of keeping freed memory as training "
+                        "does (attnorm.training.allocator)")
     p.add_argument("--compile", default=None, metavar="MODE",
                    help="torch.compile every variant with this mode (default, reduce-overhead, ...)")
     p.add_argument("--json", default="bench_results/layers.json", help="where to write the JSON report")
@@ -53,10 +56,15 @@ def bench(args: argparse.Namespace) -> int:
     for v in variants:
         if v not in VARIANTS:
             raise CommandError(f"unknown variant {v!r}; choose from {','.join(VARIANTS)}")
+    retained = False
+    if not args.glibc_default_malloc and str(args.device).startswith("cpu"):
+        from attnorm.training.allocator import retain_freed_memory
+        retained = retain_freed_memory()
     report = run(sizes=sizes, batch=args.batch, channels=args.channels, entities=args.entities,
                  repeats=max(args.repeats, 1), warmup=args.warmup, device=args.device,
                  max_mem_gb=args.max_mem_gb or default_memory_budget_gb(), memory=not args.no_memory,
                  variants=variants, compile_mode=args.compile)
+    report["config"]["retain_freed_memory"] = retained
     print(format_table(report))
     if args.json:
         write_text(Path(args.json), json.dumps(report, indent=2))

@@ -19,6 +19,7 @@ from torch import nn
 from attnorm.errors import RunFolderError, check_device
 from attnorm.io import write_text
 
+from .allocator import retain_freed_memory
 from .distributed import DistributedTrainingLoop, init_distributed, world
 from .loop import EMA, BatchStream, Phase, TrainingLoop
 
@@ -185,10 +186,13 @@ class TaskRun:
 
     def setup(self, cfg: dict, run_dir: str | os.PathLike) -> torch.device:
         """Config, run folder, rank, device (starts the process group under torchrun), thread
-        count, and the seed every rank shares (so all start from the same weights)."""
+        count, and the seed every rank shares (so all start from the same weights). On the CPU
+        the process keeps freed heap memory between steps (:mod:`attnorm.training.allocator`)."""
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.rank, self.world_size = world()
         self.device = init_distributed(check_device(cfg["device"]))
+        if self.device.type == "cpu":
+            retain_freed_memory()
         if cfg["threads"]:
             torch.set_num_threads(int(cfg["threads"]))
         torch.manual_seed(cfg["seed"])
