@@ -29,13 +29,18 @@ _applied = False
 
 
 def _libc():
+    """The C library with ``mallopt(int, int) -> int`` declared, or None (not Linux, or no mallopt)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc if hasattr(libc, "mallopt") else None
     except OSError:
         return None
+    if not hasattr(libc, "mallopt"):
+        return None
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    libc.mallopt.restype = ctypes.c_int
+    return libc
 
 
 def retain_freed_memory() -> bool:
@@ -46,9 +51,6 @@ def retain_freed_memory() -> bool:
     libc = _libc()
     if libc is None:
         return False
-    if isinstance(libc, ctypes.CDLL):
-        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-        libc.mallopt.restype = ctypes.c_int
     ok = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
     _applied = ok
     return ok
