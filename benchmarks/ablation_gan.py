@@ -38,6 +38,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from _provenance import git_commit  # benchmarks/_provenance.py (the script's folder is on sys.path)
+
 VARIANTS = {
     "an": ["attention=\"an\""],
     "an_no_ssr": ["attention=\"an\"", "an_kwargs={\"self_sampling\": false}"],
@@ -46,16 +48,6 @@ VARIANTS = {
 }
 LABELS = {"an": "AN", "an_no_ssr": "AN without SSR", "sa": "SAGAN self-attention", "none": "no attention"}
 METRICS = ("acc", "fid", "precision", "recall", "entities_used", "steps")
-
-
-def _git_commit() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True).stdout.strip()
-        return rev.stdout.strip() + (" (dirty)" if dirty else "")
-    except Exception:
-        return "unknown"
 
 
 def _run(cmd: list[str], log: Path) -> None:
@@ -102,7 +94,8 @@ def one_run(variant: str, seed: int, args, out: Path) -> dict:
     _run(exe + ["evaluate", "gan", "--ckpt", str(ckpt), "--metrics", "acc,pr,fid", "--n", str(args.n),
                 "--no-floor", "--out", str(ev), "--quiet"], log)
     m = json.loads(ev.read_text())["metrics"]
-    stats = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines() if line.strip()]
+    from attnorm.training.loop import read_stats
+    stats = read_stats(run / "stats.jsonl")
     picture = out / f"layouts_{variant}.png" if seed == args.seeds[0] and variant.startswith("an") else None
     res = {"variant": variant, "seed": seed, "steps": stats[-1]["step"], "train_seconds": stats[-1]["time"],
            "wall_seconds": round(time.time() - t0, 1),
@@ -179,7 +172,7 @@ def main(argv=None) -> int:
                            "entities_used": "entities that are the argmax for >= 2% of pixels, 8 samples/class"},
               "runs": results, "floor": fl,
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-              "torch": __import__("torch").__version__, "commit": _git_commit(),
+              "torch": __import__("torch").__version__, "commit": git_commit(),
               "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     md = (f"GAN attention ablation: {args.seconds:g} s per run, one thread, {args.jobs} run(s) at once, seeds "

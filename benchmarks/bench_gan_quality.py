@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+from _provenance import git_commit  # benchmarks/_provenance.py (the script's folder is on sys.path)
+
 TARGETS = {
     "demo": {"acc": (">=", 0.70), "recall": (">=", 0.30)},
     "ckpt": {"acc": (">=", 0.95), "precision": (">=", 0.70), "recall": (">=", 0.50), "fid_over_floor": ("<=", 3.0)},
@@ -39,16 +41,6 @@ TARGETS = {
 def _run(cmd: list[str]) -> None:
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip() + (" (dirty)" if subprocess.run(
-                                  ["git", "status", "--porcelain"], capture_output=True, text=True).stdout.strip()
-                                  else "")
-    except Exception:
-        return "unknown"
 
 
 def measured_values(result: dict) -> dict:
@@ -118,7 +110,7 @@ def main(argv=None) -> int:
         "targets": check(values, TARGETS[args.what]),
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "cpus": os.cpu_count()},
-        "torch": __import__("torch").__version__, "commit": _git_commit(),
+        "torch": __import__("torch").__version__, "commit": git_commit(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     if args.what == "demo":

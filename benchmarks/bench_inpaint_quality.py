@@ -26,21 +26,13 @@ import argparse
 import json
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from _provenance import git_commit  # benchmarks/_provenance.py (the script's folder is on sys.path)
+
 BINS = ("0-10%", "10-20%", "20-30%", "30-40%", "40-50%")
-
-
-def _commit() -> str:
-    try:
-        c = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True).stdout.strip()
-        return c.strip() + (" (dirty)" if dirty else "")
-    except Exception:
-        return "unknown"
 
 
 def main(argv=None) -> int:
@@ -116,7 +108,7 @@ def main(argv=None) -> int:
     report = {"checkpoint": str(ckpt), "n_masks": args.n, "size": args.size, "data": desc,
               "summaries": {m: {"total": s["total"], "per_bin": s["per_bin"]} for m, s in summaries.items()},
               "targets": targets, "machine": platform.platform(), "torch": torch.__version__,
-              "commit": _commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+              "commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     (out / "results.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (out / "results.md").write_text(md)
     if args.sheet:

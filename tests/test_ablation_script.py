@@ -2,6 +2,7 @@
 
 import importlib.util
 import statistics
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from attnorm.cli.common import parse_overrides
 from attnorm.training.gan import GANTraining, resolve_config
 
 _path = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation_gan.py"
+sys.path.insert(0, str(_path.parent))  # as when run as a script: its folder's _provenance module
 _spec = importlib.util.spec_from_file_location("ablation_gan", _path)
 ablation = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ablation)
