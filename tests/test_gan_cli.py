@@ -99,8 +99,8 @@ def test_grid_and_class_parsing():
 
 def test_demo_writes_everything(tmp_path):
     out = tmp_path / "demo"
-    assert cli.main(["demo", "--out", str(out), "--steps", "3", "--minutes", "1", "ch=8", "batch_size=4",
-                     "procedural_classes=3", "procedural_length=64"]) == 0
+    assert cli.main(["demo", "--out", str(out), "--steps", "3", "--minutes", "1", "--threads", "1", "ch=8",
+                     "batch_size=4", "procedural_classes=3", "procedural_length=64"]) == 0
     for name in ("samples.png", "interpolation.png", "layouts.png", "loss_curve.png", "report.md",
                  "report.json", "config.json", "stats.jsonl", "checkpoints/latest.pt"):
         assert (out / name).exists(), name
@@ -116,7 +116,7 @@ def test_demo_writes_everything(tmp_path):
 
 def test_demo_shows_the_shipped_weights_beside_its_own_run(tmp_path):
     out = tmp_path / "demo"
-    assert cli.main(["demo", "--out", str(out), "--steps", "1", "--minutes", "1", "ch=8", "batch_size=4",
+    assert cli.main(["demo", "--out", str(out), "--steps", "1", "--minutes", "1", "--threads", "1", "ch=8", "batch_size=4",
                      "procedural_length=64"]) == 0
     rep = json.loads((out / "report.json").read_text())
     assert rep["pretrained"]["files"] == {"samples": "pretrained_samples.png",
@@ -165,3 +165,25 @@ def test_train_gan_reports_skipped_files_and_user_errors(tmp_path, capsys):
     assert "not found" in cli_error(capsys, ["layouts", "--ckpt", str(tmp_path / "none.pt")])
     assert "--steps: must be >= 2, got 1" in cli_error(capsys, ["interpolate", "--ckpt", ckpt, "--from", "0", "--to", "1",
                                                         "--steps", "1"])
+
+
+@pytest.mark.parametrize("cores, load, want", [(2, 0.05, 2), (2, 0.6, 1), (2, 1.4, 1), (2, 7.0, 1), (8, 2.6, 5),
+                                               (1, 0.0, 1)])
+def test_idle_cpu_threads_is_the_cores_minus_the_load(monkeypatch, cores, load, want):
+    from attnorm.training import config
+    monkeypatch.setattr(config.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setattr(config.os, "getloadavg", lambda: (load, 0.0, 0.0))
+    assert config.idle_cpu_threads() == want
+
+
+def test_demo_takes_the_idle_cores_by_default(tmp_path, monkeypatch):
+    from attnorm.training import config
+    monkeypatch.setattr(config, "idle_cpu_threads", lambda: 2)
+    before = torch.get_num_threads()
+    try:
+        assert cli.main(["demo", "--out", str(tmp_path / "d"), "--steps", "1", "--minutes", "1", "--no-pretrained",
+                         "ch=8", "batch_size=4", "procedural_classes=3", "procedural_length=64"]) == 0
+        assert json.loads((tmp_path / "d" / "config.json").read_text())["threads"] == 2
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

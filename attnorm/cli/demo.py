@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from .common import intermixed, parse_overrides, user_errors
+from .common import intermixed, parse_overrides, positive_int, user_errors
 
 
 def demo_arguments(p: argparse.ArgumentParser) -> None:
@@ -15,8 +15,9 @@ def demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--minutes", type=float, default=5.0, help="training time budget (stops early at --steps)")
     p.add_argument("--steps", type=int, default=4000, help="maximum training steps")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: on a shared 2-core machine 2 threads can be 10x slower)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads (default: the idle cores, i.e. the cores minus the load average, at "
+                        "least 1; two threads beside a busy core make a step several times slower)")
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false",
                    help="skip the comparison figures from the shipped pretrained weights")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="train-gan config overrides")
@@ -44,16 +45,20 @@ def demo(args: argparse.Namespace) -> int:
     from attnorm.training.loop import read_stats
     from attnorm.viz.grid import make_grid, save_image, save_line_plot
 
+    from attnorm.training.config import idle_cpu_threads
+
     out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    threads = args.threads or idle_cpu_threads()
     # The CPU preset (DEFAULT_CONFIG: projection D, class embedding in z, 3 D steps, minibatch
     # stddev) with a wall-clock budget.
-    overrides = {"steps": args.steps, "seed": args.seed, "max_seconds": args.minutes * 60, "threads": args.threads,
+    overrides = {"steps": args.steps, "seed": args.seed, "max_seconds": args.minutes * 60, "threads": threads,
                  "log_every": 50, "ckpt_every": 500, "sample_every": 500}
     overrides.update(parse_overrides(args.overrides))
     with user_errors():
         cfg = resolve_config(overrides=overrides)
     print(f"demo: training the small preset ({cfg['resolution']} px, ch {cfg['ch']}, "
-          f"attention {cfg['attention']!r}) on procedural shapes for up to {args.minutes:g} min -> {out}")
+          f"attention {cfg['attention']!r}) on procedural shapes for up to {args.minutes:g} min, "
+          f"{cfg['threads']} CPU thread{'s' if cfg['threads'] != 1 else ''} -> {out}")
     t0 = time.perf_counter()
     trainer = GANTraining(cfg, out)
     loop = trainer.run()
