@@ -8,7 +8,9 @@ Phases:
 ``y_f`` are uniform random class labels, ``z ~ N(0, I)``; ``ortho`` is the sum of
 ``||K K^T - I||_F^2`` over every AttentiveNorm layer of the net
 (:func:`attnorm.layers.orthogonality_loss`), ``w = ortho_weight``. D steps per G
-step are the D phase's ``repeats`` in the loop.
+step are the D phase's ``repeats`` in the loop. With an ``augment`` policy (DiffAugment,
+:mod:`attnorm.losses.augment`) every image D sees, real or fake, in both phases is augmented
+first: ``D(T(x), y)`` with a fresh random ``T`` per image.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnorm.layers import orthogonality_loss
+from attnorm.losses.augment import diff_augment, parse_policy
 
 
 def d_hinge(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
@@ -41,11 +44,14 @@ class HingeGANLoss:
         batch_size: fakes per G phase (the D phase uses the real batch's size).
         ortho_weight: weight of the AN orthogonality penalty, in both phases.
         device: where z and the batch go.
+        augment: DiffAugment policy for every image D sees, e.g. ``"color,translation,cutout"``
+            ("" or None: none).
     """
 
     def __init__(self, G: nn.Module, D: nn.Module, z_dim: int, num_classes: int, batch_size: int,
-                 ortho_weight: float = 1e-3, device: str | torch.device = "cpu") -> None:
+                 ortho_weight: float = 1e-3, device: str | torch.device = "cpu", augment: str | None = None) -> None:
         self.G, self.D = G, D
+        self.augment = parse_policy(augment)
         self.z_dim, self.num_classes, self.batch_size = z_dim, num_classes, batch_size
         self.ortho_weight, self.device = ortho_weight, torch.device(device)
 
@@ -61,7 +67,7 @@ class HingeGANLoss:
             z, y_fake = self.sample_latents(x.shape[0])
             with torch.no_grad():
                 fake = _inner(self.G)(z, y_fake)
-            logits = self.D(torch.cat([x, fake]), torch.cat([y, y_fake]))  # (2b,): real then fake
+            logits = self.D(diff_augment(torch.cat([x, fake]), self.augment), torch.cat([y, y_fake]))  # (2b,)
             real_logits, fake_logits = logits.split(x.shape[0])
             adv = d_hinge(real_logits, fake_logits)
             ortho = orthogonality_loss(_inner(self.D))
@@ -71,7 +77,7 @@ class HingeGANLoss:
                     "D/fake": fake_logits.detach().mean(), "D/ortho": ortho.detach()}
         if name == "G":
             z, y_fake = self.sample_latents(self.batch_size)
-            adv = g_hinge(_inner(self.D)(self.G(z, y_fake), y_fake))
+            adv = g_hinge(_inner(self.D)(diff_augment(self.G(z, y_fake), self.augment), y_fake))
             ortho = orthogonality_loss(_inner(self.G))
             loss = adv + self.ortho_weight * ortho
             loss.backward()

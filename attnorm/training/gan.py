@@ -37,6 +37,7 @@ from torch import nn
 
 from attnorm.inference import class_samples
 from attnorm.io import to_uint8
+from attnorm.losses.augment import parse_policy
 from attnorm.losses.gan import HingeGANLoss
 from attnorm.models.gan import Generator, build_gan, convert_distributed_batchnorm
 from attnorm.training.config import TaskRun, layered_config
@@ -73,6 +74,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "lr_d": 2e-4,
     "betas": [0.0, 0.9],
     "d_steps": 3,
+    "diffaugment": "",       # DiffAugment policy on every image D sees, e.g. "color,translation,cutout"
     "ortho_weight": 1e-3,
     "ema_decay": 0.995,      # short CPU runs; the GPU configs use 0.9999 from step 20k
     "ema_start": 100,        # the EMA copies G for the first ema_start steps
@@ -91,7 +93,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
 def resolve_config(config_file: str | os.PathLike | None = None, overrides: dict | None = None,
                    base: dict | None = None) -> dict:
     """``base`` (default :data:`DEFAULT_CONFIG`) <- JSON file <- ``overrides``; unknown keys raise."""
-    return layered_config(DEFAULT_CONFIG, config_file, overrides, base, ignore_underscore=True)
+    cfg = layered_config(DEFAULT_CONFIG, config_file, overrides, base, ignore_underscore=True)
+    parse_policy(cfg["diffaugment"])  # a one-line ValueError naming the known policies
+    return cfg
 
 
 def make_dataset(cfg: dict):
@@ -160,7 +164,8 @@ class GANTraining(TaskRun):
             g_train, d_train = ddp(self.G, **kw), ddp(self.D, broadcast_buffers=False, **kw)
         self.make_optimizers(g_params=generator_param_groups(self.G, cfg["lr_g"], cfg.get("class_lr_mult", 1.0)))
         self.loss = HingeGANLoss(g_train, d_train, cfg["z_dim"], self.num_classes, cfg["batch_size"],
-                                 ortho_weight=cfg["ortho_weight"], device=device)
+                                 ortho_weight=cfg["ortho_weight"], device=device,
+                                 augment=cfg.get("diffaugment") or None)
         self.z_fixed = fixed_latents(cfg, cfg["z_dim"])
         self.sample_classes = list(range(min(self.num_classes, 16)))
         phases = [Phase("D", self.D, self.opt_d, repeats=cfg["d_steps"]),

@@ -1,0 +1,112 @@
+"""DiffAugment: each op against a per-image numpy reference with the same random draws, gradients,
+and the GAN loss showing D only augmented images."""
+
+import numpy as np
+import pytest
+import torch
+
+from attnorm.losses.augment import color, cutout, diff_augment, parse_policy, translation
+from attnorm.losses.gan import HingeGANLoss
+from attnorm.training.gan import resolve_config
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_translation_moves_each_image_by_its_own_shift_with_zero_fill():
+    x = torch.randn(6, 3, 16, 16, generator=_gen(1))
+    got = translation(x, generator=_gen(7)).numpy()
+    g = _gen(7)  # the same draws, in the same order, as the op
+    ty = torch.randint(-2, 3, (6, 1, 1), generator=g).view(-1).tolist()
+    tx = torch.randint(-2, 3, (6, 1, 1), generator=g).view(-1).tolist()
+    assert len({(a, b) for a, b in zip(ty, tx)}) > 1
+    for k in range(6):
+        ref = np.zeros((3, 16, 16), np.float32)
+        src = x[k].numpy()
+        for i in range(16):
+            for j in range(16):
+                if 0 <= i - ty[k] < 16 and 0 <= j - tx[k] < 16:
+                    ref[:, i, j] = src[:, i - ty[k], j - tx[k]]
+        np.testing.assert_array_equal(got[k], ref)
+
+
+def test_cutout_zeroes_one_half_size_square_per_image():
+    x = torch.rand(32, 2, 16, 16, generator=_gen(2)) + 1.0  # no zeros of its own
+    got = cutout(x, generator=_gen(3))
+    for k in range(32):
+        zero = (got[k] == 0).all(0).numpy()
+        ys, xs = np.nonzero(zero)
+        assert len(ys) > 0
+        # the zeros form one axis-aligned rectangle of at most 8x8, clipped only at the border
+        h, w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+        assert zero.sum() == h * w and h <= 8 and w <= 8
+        assert h == 8 or ys.min() == 0 or ys.max() == 15
+        assert w == 8 or xs.min() == 0 or xs.max() == 15
+        np.testing.assert_array_equal(got[k].numpy()[:, ~zero], x[k].numpy()[:, ~zero])
+
+
+def test_color_is_brightness_then_saturation_then_contrast():
+    x = torch.randn(4, 3, 8, 8, generator=_gen(4))
+    got = color(x, generator=_gen(5)).double().numpy()
+    u = torch.rand(3, 4, generator=_gen(5)).double().numpy()  # three (b, 1, 1, 1) draws, in order
+    for k in range(4):
+        a = x[k].double().numpy() + (u[0, k] - 0.5)
+        a = (a - a.mean(0)) * (2 * u[1, k]) + a.mean(0)
+        a = (a - a.mean()) * (u[2, k] + 0.5) + a.mean()
+        np.testing.assert_allclose(got[k], a, rtol=1e-5, atol=1e-5)
+
+
+def test_gradients_pass_through_every_op():
+    x = torch.randn(3, 3, 8, 8, dtype=torch.double, requires_grad=True)
+    policy = parse_policy("color,translation,cutout")
+    assert torch.autograd.gradcheck(lambda t: diff_augment(t, policy, generator=_gen(9)), (x,))
+
+
+def test_empty_policy_is_the_identity_and_unknown_names_are_refused():
+    x = torch.randn(2, 3, 8, 8)
+    assert diff_augment(x, "") is x and diff_augment(x, None) is x
+    with pytest.raises(ValueError, match="unknown DiffAugment policy 'flip'.*color, translation, cutout"):
+        parse_policy("translation,flip")
+    with pytest.raises(ValueError, match="unknown DiffAugment policy"):
+        resolve_config(overrides={"diffaugment": "rotate"})
+
+
+class _RecordingD(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+        self.seen = []
+
+    def forward(self, x, y):
+        self.seen.append(x.detach().clone())
+        return self.w * x.mean((1, 2, 3))
+
+
+class _ConstG(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.b = torch.nn.Parameter(torch.full((), 0.5))
+
+    def forward(self, z, y):
+        return self.b.expand(z.shape[0], 3, 16, 16) + 0.0
+
+
+@pytest.mark.parametrize("policy", ["", "cutout"])
+def test_the_gan_loss_shows_d_only_augmented_images(policy):
+    torch.manual_seed(0)
+    G, D = _ConstG(), _RecordingD()
+    loss = HingeGANLoss(G, D, z_dim=4, num_classes=2, batch_size=8, ortho_weight=0.0, augment=policy)
+    real = torch.full((8, 3, 16, 16), -0.5)
+    loss.run_phase("D", (real, torch.zeros(8, dtype=torch.long)))
+    loss.run_phase("G", None)
+    d_batch, g_batch = D.seen
+    assert d_batch.shape == (16, 3, 16, 16) and g_batch.shape == (8, 3, 16, 16)
+    zeros = [(img == 0).all(0).sum().item() for img in torch.cat([d_batch, g_batch])]
+    if policy:  # every image, real and fake, in both phases, lost a square (up to 8x8 pixels)
+        assert all(0 < z <= 64 for z in zeros)
+    else:
+        assert all(z == 0 for z in zeros)
+    # the G phase's gradient reaches G through the augmentation: d/db of -mean(D) = -(kept fraction)
+    kept = 1 - np.mean(zeros[16:]) / 256
+    assert G.b.grad.item() == pytest.approx(-kept, rel=1e-5)
