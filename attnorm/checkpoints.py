@@ -35,7 +35,7 @@ import torch
 
 from attnorm.errors import CheckpointError, UnsafeCheckpointError, check_device
 from attnorm.io import atomic_write, read_safetensors, write_safetensors
-from attnorm.models.gan import Generator
+from attnorm.models.gan import Generator, standing_statistics
 from attnorm.models.inpaint import InpaintGenerator
 
 __all__ = [
@@ -246,16 +246,23 @@ def load_gan_generator(path: str | os.PathLike | None = None, device: str | torc
 
 
 def export_gan_generator(checkpoint: str | os.PathLike, out: str | os.PathLike, use_ema: bool = True,
-                         meta: dict | None = None) -> Path:
+                         meta: dict | None = None, standing_stats: int = 0, standing_batch_size: int = 16,
+                         standing_seed: int = 0) -> Path:
     """Write the (EMA) generator of a ``train-gan`` checkpoint as ``.safetensors`` (atomically), with the
-    generator config, the class names and provenance (``meta`` + the training config and step) in its metadata."""
+    generator config, the class names and provenance (``meta`` + the training config and step) in its metadata.
+    ``standing_stats`` > 0 first recomputes G's batch-norm statistics over that many batches
+    (:func:`attnorm.models.gan.standing_statistics`); the metadata records it."""
     ck = load_checkpoint(checkpoint)  # read once: weights, config and provenance
     check_task(ck, checkpoint, "gan")
     g = _generator_from_state(ck, Generator, "train-gan", use_ema, checkpoint)
     extra = ck.get("extra") or {}
+    standing = None
+    if standing_stats:
+        standing_statistics(g, batches=standing_stats, batch_size=standing_batch_size, seed=standing_seed)
+        standing = {"batches": int(standing_stats), "batch_size": int(standing_batch_size), "seed": int(standing_seed)}
     state = {k: v.detach().cpu().contiguous() for k, v in g.state_dict().items()}
     info_meta = {"source_step": ck.get("step"), "ema": generator_weights(ck, use_ema)[1] == "ema",
-                 "train_config": extra.get("config", {}), **(meta or {})}
+                 "standing_stats": standing, "train_config": extra.get("config", {}), **(meta or {})}
     info = {"format": GAN_SAFETENSORS_FORMAT, "config": json.dumps(g.get_config()),
             "classes": json.dumps(extra.get("classes")), "meta": json.dumps(info_meta)}
     return atomic_write(out, lambda tmp: write_safetensors(tmp, state, metadata=info), mode=0o644)

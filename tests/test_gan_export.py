@@ -70,3 +70,61 @@ def test_shipped_weights_draw_the_asked_class():
     x, y = sample_images(g, classes, 20, seed=123)
     assert len(classes) == 10 and x.shape == (200, 3, 32, 32)
     assert classifier_accuracy(x, y) >= 0.85
+
+
+def _standing_reference(g, batches, batch_size, seed):
+    """Per BN: the average over the batches of the batch mean and the unbiased batch variance of its
+    input, collected with forward hooks while the batch norms normalise with batch statistics."""
+    import torch.nn as nn
+    bns = [m for m in g.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    seen = {id(m): [] for m in bns}
+    hooks = [m.register_forward_hook(lambda m, inp, out: seen[id(m)].append(inp[0].double())) for m in bns]
+    for m in bns:
+        m.train()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _ in range(batches):
+            z = torch.randn(batch_size, g.z_dim, generator=gen)
+            y = torch.randint(g.num_classes, (batch_size,), generator=gen)
+            g(z, y)
+    for h in hooks:
+        h.remove()
+    means = [torch.stack([x.mean((0, 2, 3)) for x in seen[id(m)]]).mean(0) for m in bns]
+    vars_ = [torch.stack([x.var((0, 2, 3), unbiased=True) for x in seen[id(m)]]).mean(0) for m in bns]
+    return means, vars_
+
+
+def test_standing_statistics_are_the_average_batch_statistics(gan_ckpt):
+    import copy
+
+    import torch.nn as nn
+
+    from attnorm.models.gan import standing_statistics
+    g, _ = load_gan_generator(gan_ckpt)
+    ref_means, ref_vars = _standing_reference(copy.deepcopy(g), batches=4, batch_size=6, seed=3)
+    params = {k: v.clone() for k, v in g.named_parameters()}
+    out = standing_statistics(g, batches=4, batch_size=6, seed=3)
+    bns = [m for m in out.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert len(bns) == len(ref_means) >= 2
+    for m, mu, var in zip(bns, ref_means, ref_vars):
+        torch.testing.assert_close(m.running_mean.double(), mu, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(m.running_var.double(), var, rtol=1e-5, atol=1e-6)
+        assert m.momentum == 0.1 and not m.training and int(m.num_batches_tracked) == 4
+    assert not out.training
+    assert all(torch.equal(v, params[k]) for k, v in out.named_parameters())
+
+
+def test_export_with_standing_statistics_records_them(gan_ckpt, tmp_path, capsys):
+    plain = export_gan_generator(gan_ckpt, tmp_path / "plain.safetensors")
+    assert main(["export-gan", str(gan_ckpt), str(tmp_path / "st.safetensors"), "--standing-stats", "3"]) == 0
+    g_plain, extra_plain = load_gan_generator(plain)
+    g_st, extra_st = load_gan_generator(tmp_path / "st.safetensors")
+    assert extra_plain["meta"]["standing_stats"] is None
+    assert extra_st["meta"]["standing_stats"] == {"batches": 3, "batch_size": 16, "seed": 0}
+    from attnorm.models.gan import standing_statistics
+    expect = standing_statistics(g_plain, batches=3, batch_size=16, seed=0).state_dict()
+    got = g_st.state_dict()
+    assert all(torch.equal(got[k], expect[k]) for k in expect)
+    before = load_gan_generator(plain)[0].state_dict()
+    assert any(not torch.equal(got[k], before[k]) for k in got if k.endswith("running_mean"))
+    assert main(["export-gan", str(gan_ckpt), str(tmp_path / "x.safetensors"), "--standing-stats", "-1"]) == 2

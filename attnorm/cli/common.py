@@ -305,12 +305,12 @@ def export_arguments(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--no-ema", action="store_true", help="export the trained G instead of its EMA")
 
 
-def run_export(args: argparse.Namespace, export: Callable) -> int:
-    """Check the paths, run ``export(checkpoint, out, use_ema=...)`` and report the written file."""
+def run_export(args: argparse.Namespace, export: Callable, **options) -> int:
+    """Check the paths, run ``export(checkpoint, out, use_ema=..., **options)`` and report the written file."""
     if not Path(args.checkpoint).is_file():
         raise CommandError(f"checkpoint {args.checkpoint} not found")
     output_file(args.out, "output", (".safetensors",))
     with user_errors():
-        path = export(args.checkpoint, args.out, use_ema=not args.no_ema)
+        path = export(args.checkpoint, args.out, use_ema=not args.no_ema, **options)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return 0

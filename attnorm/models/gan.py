@@ -384,6 +384,40 @@ def build_gan(resolution: int = 32, ch: int = 16, num_classes: int = 10, z_dim: 
     return g, d
 
 
+@torch.no_grad()
+def standing_statistics(G: "Generator", batches: int = 200, batch_size: int = 16, seed: int = 0) -> "Generator":
+    """BigGAN's "standing statistics": replace the running mean/variance of every batch norm of
+    ``G`` by the plain average, over ``batches`` fresh batches of ``z ~ N(0, I)`` and uniform
+    labels (a ``torch.Generator`` seeded with ``seed``), of the batch statistics that training-mode
+    normalisation would use. The running averages left by training mix statistics of many
+    past weights (and, in an EMA copy, of weights that never existed); these match the weights as
+    they are. Only the batch norms run in training mode (AN stays in eval mode: no SSR draws).
+    Returns ``G`` in eval mode, its momenta restored; other parameters are not touched."""
+    bns = [m for m in G.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return G.eval()
+    if batches < 1 or batch_size < 2:
+        raise ValueError(f"standing statistics need batches >= 1 and batch_size >= 2, got {batches}, {batch_size}")
+    device = next(G.parameters()).device
+    gen = torch.Generator().manual_seed(int(seed))
+    G.eval()
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the forward passes below
+        m.train()
+    try:
+        for _ in range(batches):
+            z = torch.randn(batch_size, G.z_dim, generator=gen)
+            y = torch.randint(G.num_classes, (batch_size,), generator=gen)
+            G(z.to(device), y.to(device))
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        G.eval()
+    return G
+
+
 def attention_layers(module: nn.Module) -> list[AttentiveNorm]:
     """The AN layers of ``module``, in forward order."""
     return [m for m in module.modules() if isinstance(m, AttentiveNorm)]
