@@ -70,6 +70,8 @@ def test_shipped_weights_draw_the_asked_class():
     x, y = sample_images(g, classes, 20, seed=123)
     assert len(classes) == 10 and x.shape == (200, 3, 32, 32)
     assert classifier_accuracy(x, y) >= 0.85
+    # the file is what the README says: the EMA G with standing statistics over 200 batches
+    assert extra["meta"]["ema"] is True and extra["meta"]["standing_stats"]["batches"] == 200
 
 
 def _standing_reference(g, batches, batch_size, seed):
