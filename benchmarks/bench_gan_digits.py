@@ -36,19 +36,12 @@ def to_judge_space(x) -> np.ndarray:
     return ((g.clamp(-1, 1) + 1) / 2 * 16).flatten(1).numpy()
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--minutes", type=float, default=10.0)
-    ap.add_argument("--n", type=int, default=2000)
-    ap.add_argument("--out", default="bench_results/gan_digits")
-    ap.add_argument("--config", default="configs/gan_procedural32.json")
-    args = ap.parse_args(argv)
-    import torch
+def prepare_digits(out: Path):
+    """Write the train half of scikit-learn's digits as a 32x32 class folder under ``out/data/train``
+    (once) and fit the judge on it. Returns (folder, judge, judge accuracy on the held-out half)."""
     from PIL import Image
     from sklearn.datasets import load_digits
     from sklearn.linear_model import LogisticRegression
-
-    out = Path(args.out)
     digits = load_digits()
     rng = np.random.default_rng(0)
     perm = rng.permutation(len(digits.images))
@@ -61,7 +54,33 @@ def main(argv=None) -> int:
             arr = (digits.images[i] / 16 * 255).astype(np.uint8)
             Image.fromarray(arr).resize((32, 32), Image.BICUBIC).convert("RGB").save(d / f"{i:04d}.png")
     judge = LogisticRegression(max_iter=2000).fit(digits.data[train], digits.target[train])
-    floor = float(judge.score(digits.data[held], digits.target[held]))
+    return data, judge, float(judge.score(digits.data[held], digits.target[held]))
+
+
+def judge_accuracy(g, classes, judge, n: int, seed: int = 0) -> float:
+    """The judge's accuracy on ``n`` samples of G (labels ``i % classes``; class names are the digits)."""
+    import torch
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % len(classes)
+    preds = []
+    with torch.no_grad():
+        for s in range(0, n, 200):
+            y = labels[s:s + 200]
+            x = g(torch.randn(len(y), g.z_dim, generator=gen), y)
+            preds.append(judge.predict(to_judge_space(x)))
+    want = np.array([int(classes[int(c)]) for c in labels])
+    return float((np.concatenate(preds) == want).mean())
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--out", default="bench_results/gan_digits")
+    ap.add_argument("--config", default="configs/gan_procedural32.json")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    data, judge, floor = prepare_digits(out)
     run = out / "run"
     t0 = time.time()
     subprocess.run([sys.executable, "-m", "attnorm.cli", "train-gan", "--config", args.config, "--data", str(data),
@@ -69,19 +88,10 @@ def main(argv=None) -> int:
                     "log_every=100"], check=True)
     from attnorm.checkpoints import load_gan_generator
     g, extra = load_gan_generator(run / "checkpoints" / "latest.pt")
-    classes = extra["classes"]  # folder names "0".."9" in sorted order
-    gen = torch.Generator().manual_seed(0)
-    labels = torch.arange(args.n) % len(classes)
-    preds = []
-    with torch.no_grad():
-        for s in range(0, args.n, 200):
-            y = labels[s:s + 200]
-            x = g(torch.randn(len(y), g.z_dim, generator=gen), y)
-            preds.append(judge.predict(to_judge_space(x)))
-    want = np.array([int(classes[int(c)]) for c in labels])
-    acc = float((np.concatenate(preds) == want).mean())
+    acc = judge_accuracy(g, extra["classes"], judge, args.n)
+    train = list(data.rglob("*.png"))
     steps = json.loads((run / "checkpoints").joinpath("..", "config.json").resolve().read_text()).get("steps")
-    report = {"dataset": f"sklearn digits, {len(train)} train / {len(held)} held-out", "minutes": args.minutes,
+    report = {"dataset": f"sklearn digits, {len(train)} train / {1797 - len(train)} held-out", "minutes": args.minutes,
               "wall_seconds": round(time.time() - t0, 1), "judge": "LogisticRegression on the train half's 8x8 images",
               "accuracy_generated": acc, "accuracy_real_heldout_floor": floor, "n": args.n,
               "config": args.config, "config_steps": steps}
