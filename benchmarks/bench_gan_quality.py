@@ -117,7 +117,7 @@ def main(argv=None) -> int:
         rep = json.loads((out / "run" / "report.json").read_text())
         report["steps"] = rep.get("steps")
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = [f"| metric | value | real-vs-real floor | target | met |", "| --- | --- | --- | --- | --- |"]
+    lines = ["| metric | value | real-vs-real floor | target | met |", "| --- | --- | --- | --- | --- |"]
     for k, (v, f) in values.items():
         t = report["targets"].get(k)
         lines.append(f"| {k} | {v:.4g} | {'' if f is None else f'{f:.4g}'} | {t['target'] if t else ''} | "

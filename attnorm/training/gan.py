@@ -5,7 +5,8 @@ models (``resolution``, ``ch``, ``d_ch``, ``z_dim``, ``attention``, ``num_entiti
 ``an_kwargs``), data (``data``: an image folder with one subfolder per class, or
 null for the procedural shapes with ``procedural_classes`` classes), optimisation
 (Adam ``lr_g`` 1e-4 / ``lr_d`` 4e-4, ``betas`` (0, 0.999), ``d_steps`` per G step,
-``ortho_weight``, ``ema_decay``, ``ema_start``), run control (``steps``,
+``ortho_weight``, ``ema_decay``, ``ema_start``, ``diffaugment``: a DiffAugment policy such as
+"color,translation,cutout" for every image D sees), run control (``steps``,
 ``batch_size``, ``seed``, ``device``, ``threads``, ``log_every``, ``ckpt_every``,
 ``sample_every``, ``samples_per_class``, ``max_seconds``), distributed (``sync_bn``).
 
