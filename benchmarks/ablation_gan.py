@@ -185,8 +185,8 @@ def main(argv=None) -> int:
     args.digits = None
     if args.data == "digits":
         from bench_gan_digits import prepare_digits
-        args.digits = prepare_digits(out)  # (folder, judge, held-out accuracy)
-        args.digits = (args.digits[0].resolve(), *args.digits[1:])
+        folder, judge, held_out_accuracy = prepare_digits(out)
+        args.digits = (folder.resolve(), judge, held_out_accuracy)
     jobs = [(v, s) for s in args.seeds for v in args.variants]
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         results = list(pool.map(lambda vs: one_run(vs[0], vs[1], args, out), jobs))

@@ -42,10 +42,9 @@ def demo(args: argparse.Namespace) -> int:
     from attnorm.inference import interpolation_images, layout_figure, sample_images
     from attnorm.io import to_uint8
     from attnorm.training.gan import GANTraining, resolve_config
+    from attnorm.training.config import idle_cpu_threads
     from attnorm.training.loop import read_stats
     from attnorm.viz.grid import make_grid, save_image, save_line_plot
-
-    from attnorm.training.config import idle_cpu_threads
 
     out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     threads = args.threads or idle_cpu_threads()

@@ -179,7 +179,7 @@ def idle_cpu_threads() -> int:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):  # no load average on this platform: assume a busy machine
         return 1
-    return max(1, min(cores, cores - int(round(load))))
+    return max(1, cores - int(round(load)))
 
 
 class TaskRun:

@@ -166,7 +166,7 @@ class GANTraining(TaskRun):
         self.make_optimizers(g_params=generator_param_groups(self.G, cfg["lr_g"], cfg.get("class_lr_mult", 1.0)))
         self.loss = HingeGANLoss(g_train, d_train, cfg["z_dim"], self.num_classes, cfg["batch_size"],
                                  ortho_weight=cfg["ortho_weight"], device=device,
-                                 augment=cfg.get("diffaugment") or None)
+                                 augment=cfg["diffaugment"])
         self.z_fixed = fixed_latents(cfg, cfg["z_dim"])
         self.sample_classes = list(range(min(self.num_classes, 16)))
         phases = [Phase("D", self.D, self.opt_d, repeats=cfg["d_steps"]),
