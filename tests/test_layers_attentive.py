@@ -1,5 +1,7 @@
 """AttentiveNorm: the fused layer against the literal, unfused computation."""
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -331,13 +333,20 @@ def test_backward_twice_with_retain_graph_and_interleaved_layers():
                 assert _rel(fast, r) <= 1e-9
 
 
-def test_compiled_backward_matches_eager():
-    """Under a compiler the backward takes its out=-free branch; it must give the same gradients."""
+@pytest.mark.parametrize("backend", [
+    "aot_eager",
+    pytest.param("inductor", marks=pytest.mark.skipif(
+        shutil.which("g++") is None and shutil.which("c++") is None, reason="inductor on CPU needs a C++ compiler")),
+])
+def test_compiled_backward_matches_eager(backend):
+    """Under a compiler the backward takes its out=-free branch; it must give the same gradients,
+    also when inductor generates the kernels (C++ on the CPU)."""
+    torch._dynamo.reset()
     layer = _layer(dtype=torch.float32)
     x = _x(dtype=torch.float32)
     pos = torch.tensor([0, 3, 7, 7, 20, 34])
     weight = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
-    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(layer, fullgraph=True, backend=backend)
     eager = _grads(lambda x: (layer(x, positions=pos), None), layer, x, weight)
     comp = _grads(lambda x: (compiled(x, positions=pos), None), layer, x, weight)
     for a, b in zip(comp, eager):

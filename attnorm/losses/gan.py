@@ -2,8 +2,9 @@
 
 Phases:
 
-* ``"D"``: ``mean(relu(1 - D(x, y))) + mean(relu(1 + D(G(z, y_f), y_f))) + w * ortho(D)``
-* ``"G"``: ``-mean(D(G(z, y_f), y_f)) + w * ortho(G)``
+* ``"D"``: ``mean(relu(1 - D(x, y))) + mean(relu(1 + D(G(z, y_f), y_f))) + w * ortho(D)
+  [+ l * mean(relu(1 - D(x, y) + D(x, y_w)))]``
+* ``"G"``: ``-mean(D(G(z, y_f), y_f)) + w * ortho(G) [+ m / (d_img / d_z + 1e-5)]``
 
 ``y_f`` are uniform random class labels, ``z ~ N(0, I)``; ``ortho`` is the sum of
 ``||K K^T - I||_F^2`` over every AttentiveNorm layer of the net
@@ -11,6 +12,20 @@ Phases:
 step are the D phase's ``repeats`` in the loop. With an ``augment`` policy (DiffAugment,
 :mod:`attnorm.losses.augment`) every image D sees, real or fake, in both phases is augmented
 first: ``D(T(x), y)`` with a fresh random ``T`` per image.
+
+The optional D term, weight ``l = wrong_label``, is a class margin in the spirit of GAN-CLS's
+matching-aware discriminator (Reed et al., ICML 2016): each real image must score at least 1 higher
+with its own label than with a wrong label ``y_w`` (uniform over the other classes). D then learns
+what each class looks like from the real data alone, instead of only from the fakes' labels, which
+carry no class information while G ignores them. A margin between the two labels of one image
+is blind to the label-independent part of the logit (it cancels), so it cannot move the
+real/fake level; GAN-CLS's plain negative ``relu(1 + D(x, y_w))`` instead
+pulls every logit to -1 while D cannot yet tell the classes apart (measured: D went constant).
+
+The optional G term is MSGAN's mode-seeking regulariser (Mao et al., CVPR 2019), weight
+``m = mode_seeking``: the G batch is two halves with the same labels and independent z, and
+``d_img / d_z = mean|G(z1, y) - G(z2, y)| / mean|z1 - z2|``. Raising that ratio pushes two
+latents of one class apart in image space, against within-class mode collapse.
 """
 
 from __future__ import annotations
@@ -31,6 +46,14 @@ def g_hinge(fake_logits: Tensor) -> Tensor:
     return -fake_logits.mean()
 
 
+def mode_seeking_ratio(fake: Tensor, z: Tensor) -> Tensor:
+    """MSGAN's ``mean|x1 - x2| / mean|z1 - z2|`` for a batch whose two halves are paired
+    (same labels, independent z)."""
+    x1, x2 = fake.chunk(2)
+    z1, z2 = z.chunk(2)
+    return (x1 - x2).abs().mean() / (z1 - z2).abs().mean()
+
+
 def _inner(m: nn.Module) -> nn.Module:
     """The module inside a DistributedDataParallel wrapper (a net used frozen must bypass DDP's reducer)."""
     return m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
@@ -46,11 +69,19 @@ class HingeGANLoss:
         device: where z and the batch go.
         augment: DiffAugment policy for every image D sees, e.g. ``"color,translation,cutout"``
             ("" or None: none).
+        wrong_label: weight of the class-margin term (real images must score higher with their
+            own label than with a wrong one) in the D phase (0: off).
+        mode_seeking: weight of MSGAN's mode-seeking term in the G phase (0: off); needs an
+            even ``batch_size``.
     """
 
     def __init__(self, G: nn.Module, D: nn.Module, z_dim: int, num_classes: int, batch_size: int,
-                 ortho_weight: float = 1e-3, device: str | torch.device = "cpu", augment: str | None = None) -> None:
+                 ortho_weight: float = 1e-3, device: str | torch.device = "cpu", augment: str | None = None,
+                 mode_seeking: float = 0.0, wrong_label: float = 0.0) -> None:
+        if mode_seeking and batch_size % 2:
+            raise ValueError(f"mode_seeking pairs the G batch in halves; batch_size {batch_size} is odd, use an even one")
         self.G, self.D = G, D
+        self.mode_seeking, self.wrong_label = float(mode_seeking), float(wrong_label)
         self.augment = parse_policy(augment)
         self.z_dim, self.num_classes, self.batch_size = z_dim, num_classes, batch_size
         self.ortho_weight, self.device = ortho_weight, torch.device(device)
@@ -67,19 +98,36 @@ class HingeGANLoss:
             z, y_fake = self.sample_latents(x.shape[0])
             with torch.no_grad():
                 fake = _inner(self.G)(z, y_fake)
-            logits = self.D(diff_augment(torch.cat([x, fake]), self.augment), torch.cat([y, y_fake]))  # (2b,)
-            real_logits, fake_logits = logits.split(x.shape[0])
+            images, labels = [x, fake], [y, y_fake]
+            if self.wrong_label:  # the real batch again, each with one of the other classes
+                labels.append((y + torch.randint_like(y, 1, self.num_classes)) % self.num_classes)
+                images.append(x)
+            logits = self.D(diff_augment(torch.cat(images), self.augment), torch.cat(labels))  # (2b | 3b,)
+            real_logits, fake_logits, *wrong = logits.split(x.shape[0])
             adv = d_hinge(real_logits, fake_logits)
+            stats = {}
+            if wrong:
+                wrong_term = F.relu(1.0 - real_logits + wrong[0]).mean()
+                adv = adv + self.wrong_label * wrong_term
+                stats["D/wrong"] = wrong[0].detach().mean()
             ortho = orthogonality_loss(_inner(self.D))
             loss = adv + self.ortho_weight * ortho
             loss.backward()
             return {"D/loss": loss.detach(), "D/real": real_logits.detach().mean(),
-                    "D/fake": fake_logits.detach().mean(), "D/ortho": ortho.detach()}
+                    "D/fake": fake_logits.detach().mean(), **stats, "D/ortho": ortho.detach()}
         if name == "G":
             z, y_fake = self.sample_latents(self.batch_size)
-            adv = g_hinge(_inner(self.D)(diff_augment(self.G(z, y_fake), self.augment), y_fake))
+            if self.mode_seeking:
+                y_fake = y_fake[: self.batch_size // 2].repeat(2)  # halves share labels
+            fake = self.G(z, y_fake)
+            adv = g_hinge(_inner(self.D)(diff_augment(fake, self.augment), y_fake))
             ortho = orthogonality_loss(_inner(self.G))
             loss = adv + self.ortho_weight * ortho
+            stats = {"G/ortho": ortho.detach()}
+            if self.mode_seeking:
+                ratio = mode_seeking_ratio(fake, z)
+                loss = loss + self.mode_seeking / (ratio + 1e-5)
+                stats["G/ms_ratio"] = ratio.detach()
             loss.backward()
-            return {"G/loss": loss.detach(), "G/ortho": ortho.detach()}
+            return {"G/loss": loss.detach(), **stats}
         raise ValueError(f"unknown phase {name!r}; HingeGANLoss runs 'D' and 'G'")

@@ -6,7 +6,7 @@ models (``resolution``, ``ch``, ``d_ch``, ``z_dim``, ``attention``, ``num_entiti
 null for the procedural shapes with ``procedural_classes`` classes), optimisation
 (Adam ``lr_g`` 1e-4 / ``lr_d`` 4e-4, ``betas`` (0, 0.999), ``d_steps`` per G step,
 ``ortho_weight``, ``ema_decay``, ``ema_start``, ``diffaugment``: a DiffAugment policy such as
-"color,translation,cutout" for every image D sees), run control (``steps``,
+"color,translation,cutout" for every image D sees, ``mode_seeking``: MSGAN's term), run control (``steps``,
 ``batch_size``, ``seed``, ``device``, ``threads``, ``log_every``, ``ckpt_every``,
 ``sample_every``, ``samples_per_class``, ``max_seconds``), distributed (``sync_bn``).
 
@@ -76,6 +76,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "betas": [0.0, 0.9],
     "d_steps": 3,
     "diffaugment": "",       # DiffAugment policy on every image D sees, e.g. "color,translation,cutout"
+    "mode_seeking": 0.0,     # weight of MSGAN's mode-seeking term in G's loss (0: off)
+    "wrong_label": 0.0,      # weight of D's class margin: a real image scores >= 1 higher with its label than a wrong one
     "ortho_weight": 1e-3,
     "ema_decay": 0.995,      # short CPU runs; the GPU configs use 0.9999 from step 20k
     "ema_start": 100,        # the EMA copies G for the first ema_start steps
@@ -166,7 +168,8 @@ class GANTraining(TaskRun):
         self.make_optimizers(g_params=generator_param_groups(self.G, cfg["lr_g"], cfg.get("class_lr_mult", 1.0)))
         self.loss = HingeGANLoss(g_train, d_train, cfg["z_dim"], self.num_classes, cfg["batch_size"],
                                  ortho_weight=cfg["ortho_weight"], device=device,
-                                 augment=cfg["diffaugment"])
+                                 augment=cfg["diffaugment"], mode_seeking=cfg.get("mode_seeking", 0.0),
+                                 wrong_label=cfg.get("wrong_label", 0.0))
         self.z_fixed = fixed_latents(cfg, cfg["z_dim"])
         self.sample_classes = list(range(min(self.num_classes, 16)))
         phases = [Phase("D", self.D, self.opt_d, repeats=cfg["d_steps"]),

@@ -1,0 +1,120 @@
+"""The optional GAN loss terms: MSGAN's mode-seeking term in the G phase (paired halves, the value
+against a hand computation, the direction of its gradient) and the matching-aware D term."""
+
+import numpy as np
+import pytest
+import torch
+
+from attnorm.losses.gan import HingeGANLoss, mode_seeking_ratio
+from attnorm.training.gan import resolve_config
+
+
+class _LinearG(torch.nn.Module):
+    """x = reshape(A z + E[y]): records its inputs."""
+
+    def __init__(self, z_dim=6, classes=3):
+        super().__init__()
+        g = torch.Generator().manual_seed(1)
+        self.A = torch.nn.Parameter(0.1 * torch.randn(3 * 4 * 4, z_dim, generator=g))
+        self.E = torch.nn.Parameter(torch.randn(classes, 3 * 4 * 4, generator=g))
+        self.calls = []
+
+    def forward(self, z, y):
+        self.calls.append((z.detach().clone(), y.clone()))
+        return (z @ self.A.T + self.E[y]).view(-1, 3, 4, 4)
+
+
+class _MeanD(torch.nn.Module):
+    def forward(self, x, y):
+        return x.mean((1, 2, 3))
+
+
+def test_ratio_matches_a_per_element_reference():
+    rng = np.random.default_rng(0)
+    x, z = rng.normal(size=(8, 3, 5, 5)), rng.normal(size=(8, 7))
+    want = np.abs(x[:4] - x[4:]).mean() / np.abs(z[:4] - z[4:]).mean()
+    got = mode_seeking_ratio(torch.tensor(x), torch.tensor(z)).item()
+    assert got == pytest.approx(want, rel=1e-12)
+
+
+def test_g_phase_pairs_labels_and_adds_the_term():
+    torch.manual_seed(0)
+    G = _LinearG()
+    loss = HingeGANLoss(G, _MeanD(), z_dim=6, num_classes=3, batch_size=10, ortho_weight=0.0, mode_seeking=2.0)
+    stats = loss.run_phase("G", None)
+    z, y = G.calls[-1]
+    assert torch.equal(y[:5], y[5:])  # the two halves share their labels
+    A, E = G.A.detach().numpy().astype(np.float64), G.E.detach().numpy().astype(np.float64)
+    x = z.numpy() @ A.T + E[y.numpy()]
+    # same labels: the class term cancels, so the image distance is |A (z1 - z2)| alone
+    ratio = np.abs((z[:5] - z[5:]).numpy() @ A.T).mean() / np.abs((z[:5] - z[5:]).numpy()).mean()
+    assert stats["G/ms_ratio"].item() == pytest.approx(ratio, rel=1e-5)
+    assert stats["G/loss"].item() == pytest.approx(-x.mean() + 2.0 / (ratio + 1e-5), rel=1e-5)
+
+
+@pytest.mark.parametrize("weight", [0.0, 1.0])
+def test_its_gradient_spreads_the_pair_apart(weight):
+    torch.manual_seed(0)
+    G = _LinearG()
+    z = torch.randn(16, 6)
+    y = torch.zeros(16, dtype=torch.long)
+    before = mode_seeking_ratio(G(z, y), z).item()
+    loss = HingeGANLoss(G, _MeanD(), z_dim=6, num_classes=3, batch_size=16, ortho_weight=0.0, mode_seeking=weight)
+    opt = torch.optim.SGD(G.parameters(), lr=1e-2)
+    for _ in range(5):
+        opt.zero_grad()
+        loss.run_phase("G", None)
+        opt.step()
+    after = mode_seeking_ratio(G(z, y), z).item()
+    if weight:
+        assert after > 1.05 * before
+    else:  # the mean-D objective alone barely moves the spread
+        assert after == pytest.approx(before, rel=5e-3)
+
+
+def test_odd_batch_is_refused_and_the_config_key_exists():
+    with pytest.raises(ValueError, match="even"):
+        HingeGANLoss(_LinearG(), _MeanD(), z_dim=6, num_classes=3, batch_size=7, mode_seeking=1.0)
+    assert resolve_config()["mode_seeking"] == 0.0
+
+
+class _LabelD(torch.nn.Module):
+    """logit = mean(x) + w[y]: records what it is shown."""
+
+    def __init__(self, classes=5):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.linspace(-1.5, 1.5, classes))
+        self.seen = []
+
+    def forward(self, x, y):
+        self.seen.append((x.detach().clone(), y.clone()))
+        return x.mean((1, 2, 3)) + self.w[y]
+
+
+class _ConstG(torch.nn.Module):
+    def forward(self, z, y):
+        return torch.full((z.shape[0], 3, 4, 4), -0.25)
+
+
+def test_wrong_label_margin_compares_each_real_image_under_its_own_and_another_label():
+    torch.manual_seed(0)
+    D = _LabelD()
+    loss = HingeGANLoss(_ConstG(), D, z_dim=3, num_classes=5, batch_size=12, ortho_weight=0.0, wrong_label=0.5)
+    x = torch.rand(12, 3, 4, 4)
+    y = torch.arange(12) % 5
+    stats = loss.run_phase("D", (x, y))
+    images, labels = D.seen[-1]
+    assert images.shape[0] == 36 and torch.equal(images[24:], x) and torch.equal(images[:12], x)
+    y_f, y_w = labels[12:24], labels[24:]
+    assert torch.equal(labels[:12], y) and (y_w != y).all() and ((0 <= y_w) & (y_w < 5)).all()
+    w = D.w.detach().numpy().astype(np.float64)
+    xm = x.mean((1, 2, 3)).numpy().astype(np.float64)
+    relu = lambda t: np.maximum(t, 0.0)
+    want = (relu(1 - (xm + w[y.numpy()])).mean() + relu(1 + (-0.25 + w[y_f.numpy()])).mean()
+            + 0.5 * relu(1 - w[y.numpy()] + w[y_w.numpy()]).mean())
+    assert stats["D/loss"].item() == pytest.approx(want, rel=1e-5)
+    # off: D sees reals and fakes only
+    loss.wrong_label = 0.0
+    D.seen.clear()
+    stats0 = loss.run_phase("D", (x, y))
+    assert D.seen[-1][0].shape[0] == 24 and "D/wrong" not in stats0 and "D/wrong" in stats
