@@ -35,14 +35,14 @@ import torch
 
 from attnorm.errors import CheckpointError, UnsafeCheckpointError, check_device
 from attnorm.io import atomic_write, read_safetensors, write_safetensors
-from attnorm.models.gan import Generator, standing_statistics
+from attnorm.models.gan import Discriminator, Generator, standing_statistics
 from attnorm.models.inpaint import InpaintGenerator
 
 __all__ = [
     "CHECKPOINT_FORMAT", "DEFAULT_GAN_WEIGHTS", "DEFAULT_INPAINT_WEIGHTS", "GAN_SAFETENSORS_FORMAT",
     "export_gan_generator", "INPAINT_SAFETENSORS_FORMAT", "atomic_torch_save", "check_task",
     "export_inpaint_generator", "generator_weights", "inpaint_generator_from_training_checkpoint",
-    "load_checkpoint", "load_gan_generator", "load_inpaint_generator", "read_inpaint_generator_metadata",
+    "load_checkpoint", "load_gan_discriminator", "load_gan_generator", "load_inpaint_generator", "read_inpaint_generator_metadata",
     "save_inpaint_generator", "save_inpaint_generator_safetensors",
 ]
 
@@ -177,16 +177,17 @@ def generator_weights(state: dict, use_ema: bool = True) -> tuple[dict, str]:
 
 def _build(cls: type, config: dict, weights: dict, what: str) -> torch.nn.Module:
     """``cls(**config)`` with ``weights``; CheckpointError (one line) if they do not fit."""
+    kind = "discriminator" if cls is Discriminator else "generator"
     try:
         g = cls(**config)
     except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{what}: its generator config does not build a {cls.__name__} ({exc})") from None
+        raise CheckpointError(f"{what}: its {kind} config does not build a {cls.__name__} ({exc})") from None
     try:
         g.load_state_dict(weights)
     except (RuntimeError, KeyError, TypeError) as exc:
         first = str(exc).strip().splitlines()
         detail = " ".join(line.strip() for line in first[:2])[:200]
-        raise CheckpointError(f"{what}: its weights do not match its generator config ({detail})") from None
+        raise CheckpointError(f"{what}: its weights do not match its {kind} config ({detail})") from None
     return g.eval()
 
 
@@ -243,6 +244,25 @@ def load_gan_generator(path: str | os.PathLike | None = None, device: str | torc
     check_task(state, path, "gan")
     g = _generator_from_state(state, Generator, "train-gan", use_ema, path)
     return g.to(device), state.get("extra") or {}
+
+
+def load_gan_discriminator(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Discriminator, dict]:
+    """Rebuild the trained D of a ``train-gan`` checkpoint (exported ``.safetensors`` files hold
+    G only); returns (D in eval mode, the checkpoint's ``extra``). One-line errors as
+    :func:`load_gan_generator`."""
+    device = check_device(device)
+    path = Path(path)
+    if path.is_file() and _is_safetensors(path):
+        raise CheckpointError(f"{path} is an exported .safetensors file, which holds only the generator; "
+                              "pass a train-gan checkpoint (RUN/checkpoints/latest.pt)")
+    state = load_checkpoint(path, map_location=device)
+    check_task(state, path, "gan")
+    extra = state.get("extra") or {}
+    try:
+        config, weights = extra["discriminator"], state["modules"]["D"]
+    except (KeyError, TypeError):
+        raise CheckpointError(f"{path} has no discriminator; is it a train-gan checkpoint?") from None
+    return _build(Discriminator, config, weights, str(path)).to(device), extra
 
 
 def export_gan_generator(checkpoint: str | os.PathLike, out: str | os.PathLike, use_ema: bool = True,

@@ -401,3 +401,47 @@ def format_summary(result: dict) -> str:
     lines.append(f"({ex['name']} {ex.get('weights_sha256', '')[:12]}, n_fake {p['n_fake']}, "
                  f"n_real {p['reference']['n_real'] if p['reference'] else '-'}, seed {p['seed']})")
     return "\n".join(lines)
+
+
+def discriminator_class_probe(D: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                              num_classes: int, batch_size: int = 128) -> dict[str, Any]:
+    """How well a conditional discriminator knows the classes: its logits for every label of real images.
+
+    For each image and each shift ``c`` in ``[0, num_classes)`` the logit ``D(x, (y + c) % C)`` is
+    computed, D in eval mode, the images of a batch keeping their mixed labels as in training (a
+    minibatch-stddev channel sees the same kind of batch). From that (N, C) logit matrix ``L``:
+
+    * ``label_accuracy``: fraction of images whose highest logit is at their own label (D used as
+      a classifier; chance ``1 / C``);
+    * ``pairwise``: fraction of (image, wrong label) pairs with ``L[i, y_i] > L[i, c]`` (chance 0.5);
+    * ``margin``: mean of ``L[i, y_i] - mean_{c != y_i} L[i, c]``.
+    A G can only learn the classes through D's label-dependent logit, so a D near chance here gives
+    G no class signal.
+    """
+    if images.shape[0] != labels.shape[0] or images.shape[0] == 0:
+        raise EvaluationError(f"need as many labels as images (> 0), got {images.shape[0]} and {labels.shape[0]}")
+    if num_classes < 2:
+        raise EvaluationError(f"the probe needs at least 2 classes, got {num_classes}")
+    was_training = D.training
+    D.eval()
+    device = next(D.parameters()).device
+    rows = []
+    with torch.no_grad():
+        for start in range(0, images.shape[0], batch_size):
+            x = images[start:start + batch_size].to(device)
+            y = labels[start:start + batch_size].to(device)
+            logits = torch.stack([D(x, (y + c) % num_classes) for c in range(num_classes)], 1)  # (b, C) by shift
+            # column j of the shifted matrix holds label (y + j) % C; put it back at column label
+            cols = (y.unsqueeze(1) + torch.arange(num_classes, device=device)) % num_classes
+            rows.append(torch.empty_like(logits).scatter_(1, cols, logits).double().cpu())
+    D.train(was_training)
+    L = torch.cat(rows)  # (N, C): L[i, c] = D(x_i, c)
+    y = labels.long().cpu()
+    own = L.gather(1, y[:, None])  # (N, 1)
+    wrong = torch.ones_like(L, dtype=torch.bool).scatter_(1, y[:, None], False)
+    return {
+        "label_accuracy": float((L.argmax(1) == y).double().mean()),
+        "pairwise": float((own > L)[wrong].double().mean()),
+        "margin": float((own.squeeze(1) - (L * wrong).sum(1) / (num_classes - 1)).mean()),
+        "n": int(L.shape[0]), "num_classes": int(num_classes), "chance_accuracy": 1.0 / num_classes,
+    }

@@ -1,0 +1,63 @@
+"""The discriminator class probe against a numpy reference, and loading D from a checkpoint."""
+
+import numpy as np
+import pytest
+import torch
+
+from attnorm.checkpoints import load_checkpoint, load_gan_discriminator
+from attnorm.errors import CheckpointError
+from attnorm.evaluation.gan import discriminator_class_probe
+from attnorm.models.gan import Discriminator
+
+
+class _PixelD(torch.nn.Module):
+    """logit(x, y) = x.flat[y]: the probe's logit matrix is the images' first C pixels."""
+
+    def __init__(self):
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(()))
+        self.label_batches = []
+
+    def forward(self, x, y):
+        self.label_batches.append(y.clone())
+        return x.flatten(1).gather(1, y[:, None]).squeeze(1) + self.p
+
+
+def test_probe_matches_a_numpy_reference():
+    rng = np.random.default_rng(0)
+    C, N = 5, 37
+    x = torch.tensor(rng.normal(size=(N, 1, 3, 3)))
+    y = torch.tensor(rng.integers(0, C, N))
+    D = _PixelD().double()
+    res = discriminator_class_probe(D, x, y, C, batch_size=16)
+    L = x.flatten(1)[:, :C].numpy()
+    yy = y.numpy()
+    own = L[np.arange(N), yy]
+    wrong = np.ones_like(L, bool)
+    wrong[np.arange(N), yy] = False
+    assert res["label_accuracy"] == pytest.approx(np.mean(L.argmax(1) == yy))
+    assert res["pairwise"] == pytest.approx(np.mean((own[:, None] > L)[wrong]))
+    assert res["margin"] == pytest.approx(np.mean(own - (L * wrong).sum(1) / (C - 1)))
+    assert 0.1 < res["label_accuracy"] < 0.5 and res["n"] == N  # not a degenerate case
+    # every batch D saw kept mixed labels (the real batch's labels shifted), never one label for all
+    assert all(len(set(b.tolist())) > 1 for b in D.label_batches)
+
+
+def test_probe_of_a_d_that_reads_the_label_off_the_image():
+    C, N = 4, 40
+    y = torch.arange(N) % C
+    x = torch.full((N, 1, 2, 2), -1.0)
+    x.view(N, -1)[torch.arange(N), y] = 1.0  # pixel y is lit: D(x, y) = 1, D(x, other) = -1
+    res = discriminator_class_probe(_PixelD(), x, y, C)
+    assert res["label_accuracy"] == 1.0 and res["pairwise"] == 1.0 and res["margin"] == pytest.approx(2.0)
+
+
+def test_load_gan_discriminator_rebuilds_the_trained_d(gan_ckpt, tmp_path):
+    D, extra = load_gan_discriminator(gan_ckpt)
+    state = load_checkpoint(gan_ckpt)
+    assert isinstance(D, Discriminator) and not D.training
+    for k, v in state["modules"]["D"].items():
+        assert torch.equal(D.state_dict()[k], v)
+    with pytest.raises(CheckpointError, match="holds only the generator"):
+        from attnorm.checkpoints import export_gan_generator
+        load_gan_discriminator(export_gan_generator(gan_ckpt, tmp_path / "g.safetensors"))
