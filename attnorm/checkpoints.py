@@ -42,8 +42,8 @@ __all__ = [
     "CHECKPOINT_FORMAT", "DEFAULT_GAN_WEIGHTS", "DEFAULT_INPAINT_WEIGHTS", "GAN_SAFETENSORS_FORMAT",
     "export_gan_generator", "INPAINT_SAFETENSORS_FORMAT", "atomic_torch_save", "check_task",
     "export_inpaint_generator", "generator_weights", "inpaint_generator_from_training_checkpoint",
-    "load_checkpoint", "load_gan_discriminator", "load_gan_generator", "load_inpaint_generator", "read_inpaint_generator_metadata",
-    "save_inpaint_generator", "save_inpaint_generator_safetensors",
+    "load_checkpoint", "load_gan_discriminator", "load_gan_generator", "load_inpaint_generator",
+    "read_inpaint_generator_metadata", "save_inpaint_generator", "save_inpaint_generator_safetensors",
 ]
 
 CHECKPOINT_FORMAT = "attnorm-train-v1"
