@@ -30,17 +30,19 @@ from typing import Callable, NamedTuple
 import torch
 from torch import nn
 
-from .layers import AttentiveNorm, SelfAttention2d, regional_norm, regional_norm_literal
+from .layers import AttentiveNorm, SelfAttention2d, compiled_statistics, regional_norm, regional_norm_literal
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("rn_fast", "rn_literal", "an", "sa", "conv_in")
+VARIANTS = ("rn_fast", "rn_literal", "an", "sa", "conv_in", "an_cstats")
+DEFAULT_VARIANTS = VARIANTS[:-1]  # an_cstats compiles (seconds per size): asked for by name
 DESCRIPTIONS = {
     "rn_fast": "regional norm, fast path (attnorm.layers.regional_norm)",
     "rn_literal": "regional norm, literal Algorithm 1 (5-D tensors)",
     "an": "whole AttentiveNorm layer, training mode (SSR on)",
     "sa": "SAGAN self-attention (explicit hw x hw/4 attention)",
     "conv_in": "conv1x1 + InstanceNorm2d (the floor AN cannot beat)",
+    "an_cstats": "AttentiveNorm with its per-entity statistics compiled (attnorm.layers.compile_statistics)",
 }
 
 
@@ -76,7 +78,7 @@ def build(variant: str, b: int, c: int, n: int, size: int, device: str,
             layout = torch.softmax(logits, dim=1)
             fn(v, layout, beta, alpha).backward(grad)
         return step
-    if variant == "an":
+    if variant in ("an", "an_cstats"):
         module: nn.Module = AttentiveNorm(c, num_entities=n)
         with torch.no_grad():
             module.sigma.fill_(0.5)
@@ -92,7 +94,11 @@ def build(variant: str, b: int, c: int, n: int, size: int, device: str,
     x = torch.randn(shape, generator=g).to(device).requires_grad_()
 
     def step() -> None:
-        module(x).backward(grad)
+        if variant == "an_cstats":
+            with compiled_statistics(True):
+                module(x).backward(grad)
+        else:
+            module(x).backward(grad)
     return step
 
 
@@ -171,7 +177,7 @@ def default_memory_budget_gb() -> float:
 
 
 def run(sizes=(16, 32, 64, 128), batch=8, channels=128, entities=16, repeats=7, warmup=2,
-        device="cpu", max_mem_gb=8.0, memory=True, variants=VARIANTS, compile_mode=None) -> dict:
+        device="cpu", max_mem_gb=8.0, memory=True, variants=DEFAULT_VARIANTS, compile_mode=None) -> dict:
     """Measure every variant at every size; timed runs are interleaved round-robin
     across the variants of a size, so machine noise hits all of them alike. One line
     per measured case goes to this module's logger."""

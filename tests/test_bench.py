@@ -1,6 +1,7 @@
 """The layer benchmark runs end to end on tiny sizes and skips what cannot fit."""
 
 import json
+import shutil
 
 import pytest
 
@@ -10,7 +11,7 @@ from attnorm import bench, cli
 def test_run_reports_every_variant_and_ratios():
     report = bench.run(sizes=(8, 32), batch=1, channels=16, entities=2, repeats=1, warmup=0, memory=False)
     rows = {(r["variant"], r["size"]): r for r in report["results"]}
-    assert set(rows) == {(v, s) for v in bench.VARIANTS for s in (8, 32)}
+    assert set(rows) == {(v, s) for v in bench.DEFAULT_VARIANTS for s in (8, 32)}
     assert all(r["status"] == "ok" and r["median_ms"] > 0 and r["peak_mib"] is None for r in rows.values())
     assert [t["target"] for t in report["targets"]] == [t.name for t in bench.TARGETS]
     measured = 0
@@ -26,6 +27,17 @@ def test_run_reports_every_variant_and_ratios():
         assert got["ratio"] == pytest.approx(ratio, rel=1e-12)
         assert got["met"] is (ratio >= spec.goal if spec.op == ">=" else ratio <= spec.goal)
     assert measured == sum(t.size == 32 and t.key == "median_ms" for t in bench.TARGETS) > 0
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile on the CPU needs a C++ compiler")
+def test_an_with_compiled_statistics_is_a_variant_of_its_own():
+    from attnorm.layers import regional, statistics_compiled
+    report = bench.run(sizes=(8,), batch=1, channels=16, entities=2, repeats=1, warmup=0, memory=False,
+                       variants=("an", "an_cstats"))
+    assert [(r["variant"], r["status"]) for r in report["results"]] == [("an", "ok"), ("an_cstats", "ok")]
+    assert regional._COMPILED["failed"] is None  # it really ran compiled, no fallback
+    assert not statistics_compiled()  # and the setting was restored for everything else
 
 
 def test_target_ratio_is_the_ratio_of_medians():

@@ -12,7 +12,7 @@ from .common import CommandError, int_list, nonnegative_int, output_file, positi
 def bench_arguments(p: argparse.ArgumentParser) -> None:
     import torch
 
-    from attnorm.bench import VARIANTS
+    from attnorm.bench import DEFAULT_VARIANTS, VARIANTS
     p.add_argument("--sizes", type=int_list(1, 4096), default=(16, 32, 64, 128),
                    help="feature-map sides, comma-separated (1 to 4096)")
     p.add_argument("--batch", type=positive_int, default=8)
@@ -21,7 +21,8 @@ def bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=positive_int, default=7, help="timed runs per variant (median reported)")
     p.add_argument("--warmup", type=nonnegative_int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                   help=f"subset of {','.join(VARIANTS)} (default: all but an_cstats, which compiles for seconds)")
     p.add_argument("--max-mem-gb", type=positive_float, default=None,
                    help="skip variants whose estimated footprint exceeds this "
                         "(default: 60%% of the memory available now)")

@@ -27,9 +27,8 @@ import threading
 import torch
 from torch import Tensor, nn
 
-from .regional import (_check_variance, _coefficient_state, _coefficients_backward,
-                       _coefficients_from_statistics, _compute_dtype, _full_precision_backward,
-                       _statistics)
+from .regional import (_check_variance, _compute_dtype, _full_precision_backward, statistics_backward,
+                       statistics_forward)
 
 
 _WORKSPACE = threading.local()
@@ -138,8 +137,8 @@ class _AttentiveNormFn(torch.autograd.Function):
             u = torch.bmm(vc, s.transpose(1, 2))  # (b, c, n): sum_p Vc S
             a = torch.bmm(vv, s.transpose(1, 2))  # (b, c, n): sum_p Vc^2 S
             r = s2_sum = None
-        st = _statistics(u, r, a, shift, total, s2_sum, eps, hw)
-        p, q = _coefficients_from_statistics(st, beta, alpha, sigma)  # sigma folded in: (b, c, n)
+        # sigma folded in: (b, c, n) each; coeff: what the statistics' backward needs
+        p, q, coeff = statistics_forward(u, r, a, shift, total, s2_sum, beta, alpha, sigma, eps, hw)
 
         # Y = X - Q S + Vc * (P S); P S goes into Vc^2's memory (Vc^2 is recomputed in backward)
         t = torch.bmm(p, s, out=vv) if eager else torch.bmm(p, s)  # (b, c, hw): P S
@@ -150,7 +149,6 @@ class _AttentiveNormFn(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ctx.dims = (b, c, n, hw)
         ctx.temperature, ctx.eps, ctx.algorithm1, ctx.ssr = temperature, eps, algorithm1, ssr
-        coeff = _coefficient_state(u, r, shift, total, s2_sum, beta, alpha, sigma, st)
         ctx.n_coeff = len(coeff)
         ctx.save_for_backward(*coeff, x3, weight, vc, s if ss is s else None, ss, t, p, q, xs, keys_t, kq, kb,
                               ssr_a, key, query, query_bias, positions)
@@ -182,7 +180,7 @@ class _AttentiveNormFn(torch.autograd.Function):
                else torch.bmm(p.transpose(1, 2), gv))  # (b, n, hw)
         g_s.baddbmm_(q.transpose(1, 2), g_y, alpha=-1.0)
 
-        g_u, g_r, g_a, g_k, g_total, g_s2, g_beta, g_alpha, g_sigma = _coefficients_backward(
+        g_u, g_r, g_a, g_k, g_total, g_s2, g_beta, g_alpha, g_sigma = statistics_backward(
             coeff, ctx.eps, hw, algorithm1, g_p, -gs_t)
         if algorithm1:
             g_m = torch.cat([g_u, g_r], dim=-1)  # (b, c, 2n)
