@@ -56,13 +56,32 @@ def estimate_bytes(variant: str, b: int, c: int, n: int, hw: int, elt: int = 4) 
     return 12 * base + 4 * b * n * hw * elt
 
 
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def build(variant: str, b: int, c: int, n: int, size: int, device: str,
-          compile_mode: str | None = None) -> Callable[[], None]:
+          compile_mode: str | None = None, autocast: str | None = None) -> Callable[[], None]:
     """Return a closure running one forward+backward of ``variant``.
 
     ``compile_mode``: wrap the function/module in ``torch.compile(mode=...)`` (all
-    variants alike); None runs eagerly.
+    variants alike); None runs eagerly. ``autocast``: ``"bf16"`` or ``"fp16"`` runs the
+    forward under ``torch.autocast`` with that dtype (parameters and inputs stay float32).
     """
+    step = _build(variant, b, c, n, size, device, compile_mode)
+    if not autocast:
+        return step
+    if autocast not in AUTOCAST_DTYPES:
+        raise ValueError(f"unknown autocast dtype {autocast!r}; choose from {sorted(AUTOCAST_DTYPES)}")
+    dtype, device_type = AUTOCAST_DTYPES[autocast], torch.device(device).type
+
+    def autocast_step() -> None:
+        with torch.autocast(device_type=device_type, dtype=dtype):
+            step()
+    return autocast_step
+
+
+def _build(variant: str, b: int, c: int, n: int, size: int, device: str,
+           compile_mode: str | None) -> Callable[[], None]:
     maybe_compile = (lambda f: torch.compile(f, mode=compile_mode)) if compile_mode else (lambda f: f)
     g = torch.Generator().manual_seed(0)
     shape = (b, c, size, size)
@@ -129,9 +148,9 @@ def status_bytes(field: str) -> int:
     raise RuntimeError(f"{field} not found in /proc/self/status")
 
 
-def _peak_child(variant: str, b: int, c: int, n: int, size: int, compile_mode=None) -> None:
+def _peak_child(variant: str, b: int, c: int, n: int, size: int, compile_mode=None, autocast=None) -> None:
     """Entry point of the memory subprocess: prints the peak bytes of one step."""
-    step = build(variant, b, c, n, size, "cpu", compile_mode)
+    step = build(variant, b, c, n, size, "cpu", compile_mode, autocast)
     step()  # warm-up: pages in library code and one-time buffers, which are not the step's memory
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak resident set (VmHWM) to the current one
@@ -141,9 +160,9 @@ def _peak_child(variant: str, b: int, c: int, n: int, size: int, compile_mode=No
 
 
 def peak_memory(variant: str, b: int, c: int, n: int, size: int, device: str,
-                compile_mode: str | None = None) -> int | None:
+                compile_mode: str | None = None, autocast: str | None = None) -> int | None:
     if device.startswith("cuda"):
-        step = build(variant, b, c, n, size, device, compile_mode)
+        step = build(variant, b, c, n, size, device, compile_mode, autocast)
         step()  # warm-up (and compilation)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -154,7 +173,7 @@ def peak_memory(variant: str, b: int, c: int, n: int, size: int, device: str,
     if not os.path.exists("/proc/self/clear_refs"):
         return None
     code = ("import sys; from attnorm.bench import _peak_child; "
-            f"_peak_child({variant!r}, {b}, {c}, {n}, {size}, {compile_mode!r})")
+            f"_peak_child({variant!r}, {b}, {c}, {n}, {size}, {compile_mode!r}, {autocast!r})")
     # A fixed mmap threshold makes glibc return every large block to the OS on free,
     # so the warm-up's memory is not silently reused by the measured step.
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
@@ -177,7 +196,8 @@ def default_memory_budget_gb() -> float:
 
 
 def run(sizes=(16, 32, 64, 128), batch=8, channels=128, entities=16, repeats=7, warmup=2,
-        device="cpu", max_mem_gb=8.0, memory=True, variants=DEFAULT_VARIANTS, compile_mode=None) -> dict:
+        device="cpu", max_mem_gb=8.0, memory=True, variants=DEFAULT_VARIANTS, compile_mode=None,
+        autocast: str | None = None) -> dict:
     """Measure every variant at every size; timed runs are interleaved round-robin
     across the variants of a size, so machine noise hits all of them alike. One line
     per measured case goes to this module's logger."""
@@ -194,7 +214,7 @@ def run(sizes=(16, 32, 64, 128), batch=8, channels=128, entities=16, repeats=7, 
                            reason=f"estimated {est / 2**30:.1f} GiB > --max-mem-gb {max_mem_gb}")
                 continue
             try:
-                steps[variant] = build(variant, batch, channels, entities, size, device, compile_mode)
+                steps[variant] = build(variant, batch, channels, entities, size, device, compile_mode, autocast)
                 time_variant(steps[variant], device, warmup, 0)
             except (RuntimeError, MemoryError) as exc:  # out of memory
                 steps.pop(variant, None)
@@ -211,7 +231,7 @@ def run(sizes=(16, 32, 64, 128), batch=8, channels=128, entities=16, repeats=7, 
                 if memory:
                     try:
                         mem = peak_memory(variant, batch, channels, entities, size, device,
-                                          compile_mode)
+                                          compile_mode, autocast)
                     except (RuntimeError, MemoryError):
                         mem = None
                 row.update(status="ok", median_ms=1e3 * statistics.median(times[variant]),
@@ -225,7 +245,7 @@ def run(sizes=(16, 32, 64, 128), batch=8, channels=128, entities=16, repeats=7, 
     return {
         "config": {"sizes": list(sizes), "batch": batch, "channels": channels, "entities": entities,
                    "repeats": repeats, "warmup": warmup, "device": device,
-                   "compile": compile_mode,
+                   "compile": compile_mode, "autocast": autocast,
                    "threads": torch.get_num_threads(), "torch": torch.__version__,
                    "machine": platform.processor() or platform.machine(),
                    "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
@@ -279,7 +299,7 @@ def targets(results) -> list[dict]:
 
 def format_table(report: dict) -> str:
     cfg = report["config"]
-    lines = [f"device={cfg['device']} compile={cfg.get('compile')} threads={cfg['threads']} torch={cfg['torch']} "
+    lines = [f"device={cfg['device']} compile={cfg.get('compile')} autocast={cfg.get('autocast')} threads={cfg['threads']} torch={cfg['torch']} "
              f"b={cfg['batch']} c={cfg['channels']} n={cfg['entities']} repeats={cfg['repeats']}",
              f"{'variant':<11}" + "".join(f"{s:>22}" for s in cfg["sizes"]),
              f"{'':<11}" + "".join(f"{'ms':>11}{'MiB':>11}" for _ in cfg["sizes"])]

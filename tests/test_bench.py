@@ -77,3 +77,22 @@ def test_cli_bad_input_is_one_error_line(capsys):
     assert "unknown variant 'nope'" in cli_error(capsys, ["bench", "--variants", "an,nope", "--no-memory"])
     assert "expected comma-separated integers" in cli_error(capsys, ["bench", "--sizes", "4,x"])
     assert "must be between 1 and 4096, got 0" in cli_error(capsys, ["bench", "--sizes", "0"])
+
+
+def test_autocast_runs_the_forward_in_the_asked_dtype():
+    import torch
+    seen = []
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda m, i, o: seen.append((type(m).__name__, o.dtype)) if isinstance(m, torch.nn.Conv2d) else None)
+    try:
+        bench.build("conv_in", 1, 16, 2, 8, "cpu", autocast="bf16")()
+        bench.build("conv_in", 1, 16, 2, 8, "cpu")()
+    finally:
+        handle.remove()
+    assert seen == [("Conv2d", torch.bfloat16), ("Conv2d", torch.float32)]
+    with pytest.raises(ValueError, match="unknown autocast"):
+        bench.build("an", 1, 16, 2, 8, "cpu", autocast="fp8")
+    report = bench.run(sizes=(8,), batch=1, channels=16, entities=2, repeats=1, warmup=0, memory=False,
+                       variants=("an", "conv_in"), autocast="bf16")
+    assert report["config"]["autocast"] == "bf16" and all(r["status"] == "ok" for r in report["results"])
+    assert "autocast=bf16" in bench.format_table(report)

@@ -32,6 +32,8 @@ def bench_arguments(p: argparse.ArgumentParser) -> None:
                         "does (attnorm.training.allocator)")
     p.add_argument("--compile", default=None, metavar="MODE",
                    help="torch.compile every variant with this mode (default, reduce-overhead, ...)")
+    p.add_argument("--autocast", choices=("bf16", "fp16"), default=None,
+                   help="run every forward under torch.autocast with this dtype (default: float32)")
     p.add_argument("--json", default="bench_results/layers.json", help="where to write the JSON report")
 
 
@@ -64,7 +66,7 @@ def bench(args: argparse.Namespace) -> int:
     report = run(sizes=sizes, batch=args.batch, channels=args.channels, entities=args.entities,
                  repeats=max(args.repeats, 1), warmup=args.warmup, device=args.device,
                  max_mem_gb=args.max_mem_gb or default_memory_budget_gb(), memory=not args.no_memory,
-                 variants=variants, compile_mode=args.compile)
+                 variants=variants, compile_mode=args.compile, autocast=args.autocast)
     report["config"]["retain_freed_memory"] = retained
     print(format_table(report))
     if args.json:
