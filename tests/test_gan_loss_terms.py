@@ -75,7 +75,11 @@ def test_its_gradient_spreads_the_pair_apart(weight):
 def test_odd_batch_is_refused_and_the_config_key_exists():
     with pytest.raises(ValueError, match="even"):
         HingeGANLoss(_LinearG(), _MeanD(), z_dim=6, num_classes=3, batch_size=7, mode_seeking=1.0)
-    assert resolve_config()["mode_seeking"] == 0.0
+    with pytest.raises(ValueError, match=">= 0"):
+        HingeGANLoss(_LinearG(), _MeanD(), z_dim=6, num_classes=3, batch_size=8, wrong_label=-1.0)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        HingeGANLoss(_LinearG(), _MeanD(), z_dim=6, num_classes=1, batch_size=8, wrong_label=1.0)
+    assert resolve_config()["mode_seeking"] == 0.0 and resolve_config()["wrong_label"] == 0.0
 
 
 class _LabelD(torch.nn.Module):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 
 import torch
 from torch import Tensor
@@ -278,8 +279,8 @@ def _run_statistics(which: str, eager, *args):
         try:
             return _COMPILED[which](*args)
         except Exception as exc:  # inductor/triton/C++ toolchain errors come in many types
-            import warnings
-            _COMPILED["failed"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+            first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+            _COMPILED["failed"] = f"{type(exc).__name__}: {first_line}"
             warnings.warn(f"attnorm: compiled AN statistics failed ({_COMPILED['failed']}); using the eager "
                           "path for the rest of this process", RuntimeWarning, stacklevel=3)
     return eager(*args)

@@ -78,6 +78,10 @@ class HingeGANLoss:
     def __init__(self, G: nn.Module, D: nn.Module, z_dim: int, num_classes: int, batch_size: int,
                  ortho_weight: float = 1e-3, device: str | torch.device = "cpu", augment: str | None = None,
                  mode_seeking: float = 0.0, wrong_label: float = 0.0) -> None:
+        if mode_seeking < 0 or wrong_label < 0:
+            raise ValueError(f"mode_seeking and wrong_label are loss weights >= 0, got {mode_seeking} and {wrong_label}")
+        if wrong_label and num_classes < 2:
+            raise ValueError(f"wrong_label needs at least 2 classes (a wrong label to compare with), got {num_classes}")
         if mode_seeking and batch_size % 2:
             raise ValueError(f"mode_seeking pairs the G batch in halves; batch_size {batch_size} is odd, use an even one")
         self.G, self.D = G, D
