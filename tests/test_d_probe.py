@@ -61,3 +61,35 @@ def test_load_gan_discriminator_rebuilds_the_trained_d(gan_ckpt, tmp_path):
     with pytest.raises(CheckpointError, match="holds only the generator"):
         from attnorm.checkpoints import export_gan_generator
         load_gan_discriminator(export_gan_generator(gan_ckpt, tmp_path / "g.safetensors"))
+
+
+def _probe_script():
+    import importlib.util
+    import sys
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gan_d_probe.py"
+    sys.path.insert(0, str(path.parent))  # as when run as a script: its folder's _provenance module
+    spec = importlib.util.spec_from_file_location("gan_d_probe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_probe_script_writes_what_the_probe_measures(gan_ckpt, tmp_path, capsys):
+    import json
+
+    from attnorm.data.procedural import ProceduralShapes
+    script = _probe_script()
+    assert script.main([str(gan_ckpt), "--n", "9", "--data-seed", "5", "--out", str(tmp_path / "p")]) == 0
+    row = json.loads((tmp_path / "p" / "results.json").read_text())["results"][0]
+    D, extra = load_gan_discriminator(gan_ckpt)
+    ds = ProceduralShapes(resolution=32, num_classes=3, length=9, seed=5)
+    x = torch.stack([torch.as_tensor(ds[i][0]) for i in range(9)])
+    want = discriminator_class_probe(D, x, torch.tensor([ds.label(i) for i in range(9)]), 3)
+    assert row["step"] == load_checkpoint(gan_ckpt)["step"] and row["num_classes"] == 3
+    for k in ("label_accuracy", "pairwise", "margin"):
+        assert row[k] == pytest.approx(want[k], abs=1e-12)
+    assert f"| {row['step']} | {row['label_accuracy']:.3f} |" in (tmp_path / "p" / "results.md").read_text()
+    # bad input: one line and exit status 2, no traceback
+    assert script.main([str(tmp_path / "missing.pt"), "--out", str(tmp_path / "q")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("gan_d_probe: checkpoint")
