@@ -42,7 +42,7 @@ __all__ = [
     "CHECKPOINT_FORMAT", "DEFAULT_GAN_WEIGHTS", "DEFAULT_INPAINT_WEIGHTS", "GAN_SAFETENSORS_FORMAT",
     "export_gan_generator", "INPAINT_SAFETENSORS_FORMAT", "atomic_torch_save", "check_task",
     "export_inpaint_generator", "generator_weights", "inpaint_generator_from_training_checkpoint",
-    "load_checkpoint", "load_gan_discriminator", "load_gan_generator", "load_inpaint_generator",
+    "gan_discriminator_from_state", "load_checkpoint", "load_gan_discriminator", "load_gan_generator", "load_inpaint_generator",
     "read_inpaint_generator_metadata", "save_inpaint_generator", "save_inpaint_generator_safetensors",
 ]
 
@@ -246,23 +246,24 @@ def load_gan_generator(path: str | os.PathLike | None = None, device: str | torc
     return g.to(device), state.get("extra") or {}
 
 
-def load_gan_discriminator(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Discriminator, dict]:
-    """Rebuild the trained D of a ``train-gan`` checkpoint (exported ``.safetensors`` files hold
-    G only); returns (D in eval mode, the checkpoint's ``extra``). One-line errors as
-    :func:`load_gan_generator`."""
-    device = check_device(device)
-    path = Path(path)
-    if path.is_file() and _is_safetensors(path):
-        raise CheckpointError(f"{path} is an exported .safetensors file, which holds only the generator; "
-                              "pass a train-gan checkpoint (RUN/checkpoints/latest.pt)")
-    state = load_checkpoint(path, map_location=device)
+def gan_discriminator_from_state(state: Any, path: str | os.PathLike = "the checkpoint") -> Discriminator:
+    """The trained D (eval mode) of a loaded ``train-gan`` checkpoint; one-line CheckpointError
+    if it is not one."""
     check_task(state, path, "gan")
-    extra = state.get("extra") or {}
     try:
-        config, weights = extra["discriminator"], state["modules"]["D"]
+        config, weights = state["extra"]["discriminator"], state["modules"]["D"]
     except (KeyError, TypeError):
         raise CheckpointError(f"{path} has no discriminator; is it a train-gan checkpoint?") from None
-    return _build(Discriminator, config, weights, str(path)).to(device), extra
+    return _build(Discriminator, config, weights, str(path))
+
+
+def load_gan_discriminator(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Discriminator, dict]:
+    """Rebuild the trained D of a ``train-gan`` checkpoint (exported ``.safetensors`` files hold G
+    only, and :func:`load_checkpoint` refuses them); returns (D in eval mode, the checkpoint's
+    ``extra``). One-line errors as :func:`load_gan_generator`."""
+    device = check_device(device)
+    state = load_checkpoint(path, map_location=device)
+    return gan_discriminator_from_state(state, path).to(device), state.get("extra") or {}
 
 
 def export_gan_generator(checkpoint: str | os.PathLike, out: str | os.PathLike, use_ema: bool = True,

@@ -33,19 +33,21 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="bench_results/gan_d_probe")
     args = ap.parse_args(argv)
 
-    from attnorm.checkpoints import load_checkpoint, load_gan_discriminator
+    from attnorm.checkpoints import gan_discriminator_from_state, load_checkpoint
     from attnorm.data.procedural import ProceduralShapes
     from attnorm.evaluation.gan import discriminator_class_probe
 
     torch.set_num_threads(1)
     rows = []
     for path in args.checkpoints:
-        try:
-            D, extra = load_gan_discriminator(path)
+        try:  # one read of the file for D and its step
+            state = load_checkpoint(path)
+            D = gan_discriminator_from_state(state, path)
         except (FileNotFoundError, ValueError) as exc:  # one line: missing, corrupt, not a train-gan checkpoint
             print(f"gan_d_probe: {exc}", file=sys.stderr)
             return 2
-        cfg = extra.get("config") or {}
+        step = state["step"]
+        cfg = state["extra"].get("config") or {}
         if cfg.get("data"):
             print(f"{path}: trained on an image folder; this probe uses the procedural shapes", file=sys.stderr)
             return 2
@@ -53,7 +55,6 @@ def main(argv=None) -> int:
                               length=args.n, seed=args.data_seed)
         x = torch.stack([torch.as_tensor(ds[i][0]) for i in range(args.n)])
         y = torch.tensor([ds.label(i) for i in range(args.n)])
-        step = load_checkpoint(path)["step"]
         res = discriminator_class_probe(D, x, y, ds.num_classes)
         rows.append({"checkpoint": str(path), "step": int(step), **res})
         print(f"{path}: step {step} label accuracy {res['label_accuracy']:.3f} pairwise {res['pairwise']:.3f} "

@@ -58,7 +58,7 @@ def test_load_gan_discriminator_rebuilds_the_trained_d(gan_ckpt, tmp_path):
     assert isinstance(D, Discriminator) and not D.training
     for k, v in state["modules"]["D"].items():
         assert torch.equal(D.state_dict()[k], v)
-    with pytest.raises(CheckpointError, match="holds only the generator"):
+    with pytest.raises(CheckpointError, match="is a .safetensors weights file, not a training checkpoint"):
         from attnorm.checkpoints import export_gan_generator
         load_gan_discriminator(export_gan_generator(gan_ckpt, tmp_path / "g.safetensors"))
 

@@ -12,7 +12,7 @@ from .common import CommandError, int_list, nonnegative_int, output_file, positi
 def bench_arguments(p: argparse.ArgumentParser) -> None:
     import torch
 
-    from attnorm.bench import DEFAULT_VARIANTS, VARIANTS
+    from attnorm.bench import AUTOCAST_DTYPES, DEFAULT_VARIANTS, VARIANTS
     p.add_argument("--sizes", type=int_list(1, 4096), default=(16, 32, 64, 128),
                    help="feature-map sides, comma-separated (1 to 4096)")
     p.add_argument("--batch", type=positive_int, default=8)
@@ -32,7 +32,7 @@ def bench_arguments(p: argparse.ArgumentParser) -> None:
                         "does (attnorm.training.allocator)")
     p.add_argument("--compile", default=None, metavar="MODE",
                    help="torch.compile every variant with this mode (default, reduce-overhead, ...)")
-    p.add_argument("--autocast", choices=("bf16", "fp16"), default=None,
+    p.add_argument("--autocast", choices=tuple(AUTOCAST_DTYPES), default=None,
                    help="run every forward under torch.autocast with this dtype (default: float32)")
     p.add_argument("--json", default="bench_results/layers.json", help="where to write the JSON report")
 

@@ -426,15 +426,17 @@ def discriminator_class_probe(D: torch.nn.Module, images: torch.Tensor, labels: 
     D.eval()
     device = next(D.parameters()).device
     rows = []
-    with torch.no_grad():
-        for start in range(0, images.shape[0], batch_size):
-            x = images[start:start + batch_size].to(device)
-            y = labels[start:start + batch_size].to(device)
-            logits = torch.stack([D(x, (y + c) % num_classes) for c in range(num_classes)], 1)  # (b, C) by shift
-            # column j of the shifted matrix holds label (y + j) % C; put it back at column label
-            cols = (y.unsqueeze(1) + torch.arange(num_classes, device=device)) % num_classes
-            rows.append(torch.empty_like(logits).scatter_(1, cols, logits).double().cpu())
-    D.train(was_training)
+    try:
+        with torch.no_grad():
+            for start in range(0, images.shape[0], batch_size):
+                x = images[start:start + batch_size].to(device)
+                y = labels[start:start + batch_size].to(device)
+                logits = torch.stack([D(x, (y + c) % num_classes) for c in range(num_classes)], 1)  # (b, C) by shift
+                # column j of the shifted matrix holds label (y + j) % C; put it back at column label
+                cols = (y.unsqueeze(1) + torch.arange(num_classes, device=device)) % num_classes
+                rows.append(torch.empty_like(logits).scatter_(1, cols, logits).double().cpu())
+    finally:
+        D.train(was_training)
     L = torch.cat(rows)  # (N, C): L[i, c] = D(x_i, c)
     y = labels.long().cpu()
     own = L.gather(1, y[:, None])  # (N, 1)

@@ -6,7 +6,7 @@ models (``resolution``, ``ch``, ``d_ch``, ``z_dim``, ``attention``, ``num_entiti
 null for the procedural shapes with ``procedural_classes`` classes), optimisation
 (Adam ``lr_g`` 1e-4 / ``lr_d`` 4e-4, ``betas`` (0, 0.999), ``d_steps`` per G step,
 ``ortho_weight``, ``ema_decay``, ``ema_start``, ``diffaugment``: a DiffAugment policy such as
-"color,translation,cutout" for every image D sees, ``mode_seeking``: MSGAN's term), run control (``steps``,
+"color,translation,cutout" for every image D sees, ``mode_seeking``: MSGAN's term, ``wrong_label``: D's class margin), run control (``steps``,
 ``batch_size``, ``seed``, ``device``, ``threads``, ``log_every``, ``ckpt_every``,
 ``sample_every``, ``samples_per_class``, ``max_seconds``), distributed (``sync_bn``).
 
@@ -168,8 +168,8 @@ class GANTraining(TaskRun):
         self.make_optimizers(g_params=generator_param_groups(self.G, cfg["lr_g"], cfg.get("class_lr_mult", 1.0)))
         self.loss = HingeGANLoss(g_train, d_train, cfg["z_dim"], self.num_classes, cfg["batch_size"],
                                  ortho_weight=cfg["ortho_weight"], device=device,
-                                 augment=cfg["diffaugment"], mode_seeking=cfg.get("mode_seeking", 0.0),
-                                 wrong_label=cfg.get("wrong_label", 0.0))
+                                 augment=cfg["diffaugment"], mode_seeking=cfg["mode_seeking"],
+                                 wrong_label=cfg["wrong_label"])
         self.z_fixed = fixed_latents(cfg, cfg["z_dim"])
         self.sample_classes = list(range(min(self.num_classes, 16)))
         phases = [Phase("D", self.D, self.opt_d, repeats=cfg["d_steps"]),
