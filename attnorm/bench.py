@@ -68,6 +68,12 @@ def build(variant: str, b: int, c: int, n: int, size: int, device: str,
     forward under ``torch.autocast`` with that dtype (parameters and inputs stay float32).
     """
     step = _build(variant, b, c, n, size, device, compile_mode)
+    if compile_mode == "reduce-overhead":  # CUDA graphs: each call is a new step, whose outputs may overwrite the last's
+        graphed = step
+
+        def step() -> None:
+            torch.compiler.cudagraph_mark_step_begin()
+            graphed()
     if not autocast:
         return step
     if autocast not in AUTOCAST_DTYPES:
