@@ -68,12 +68,6 @@ def build(variant: str, b: int, c: int, n: int, size: int, device: str,
     forward under ``torch.autocast`` with that dtype (parameters and inputs stay float32).
     """
     step = _build(variant, b, c, n, size, device, compile_mode)
-    if compile_mode == "reduce-overhead":  # CUDA graphs: each call is a new step, whose outputs may overwrite the last's
-        graphed = step
-
-        def step() -> None:
-            torch.compiler.cudagraph_mark_step_begin()
-            graphed()
     if not autocast:
         return step
     if autocast not in AUTOCAST_DTYPES:
@@ -89,6 +83,17 @@ def build(variant: str, b: int, c: int, n: int, size: int, device: str,
 def _build(variant: str, b: int, c: int, n: int, size: int, device: str,
            compile_mode: str | None) -> Callable[[], None]:
     maybe_compile = (lambda f: torch.compile(f, mode=compile_mode)) if compile_mode else (lambda f: f)
+    # CUDA graphs (mode "reduce-overhead") replay into the same output memory: each step is marked
+    # as new, and the gradients start from None as after a training step's zero_grad(set_to_none=True)
+    # (accumulating into the last replay's gradient is what failed on the H200: "accessing tensor
+    # output of CUDAGraphs that has been overwritten by a subsequent run").
+    graphs = compile_mode == "reduce-overhead"
+
+    def begin(*tensors) -> None:
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+            for t in tensors:
+                t.grad = None
     g = torch.Generator().manual_seed(0)
     shape = (b, c, size, size)
     grad = torch.randn(shape, generator=g).to(device)
@@ -100,6 +105,7 @@ def _build(variant: str, b: int, c: int, n: int, size: int, device: str,
         fn = maybe_compile(regional_norm if variant == "rn_fast" else regional_norm_literal)
 
         def step() -> None:
+            begin(v, logits, beta, alpha)
             layout = torch.softmax(logits, dim=1)
             fn(v, layout, beta, alpha).backward(grad)
         return step
@@ -119,6 +125,7 @@ def _build(variant: str, b: int, c: int, n: int, size: int, device: str,
     x = torch.randn(shape, generator=g).to(device).requires_grad_()
 
     def step() -> None:
+        begin(x, *module.parameters())
         if variant == "an_cstats":
             with compiled_statistics(True):
                 module(x).backward(grad)

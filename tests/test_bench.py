@@ -96,3 +96,22 @@ def test_autocast_runs_the_forward_in_the_asked_dtype():
                        variants=("an", "conv_in"), autocast="bf16")
     assert report["config"]["autocast"] == "bf16" and all(r["status"] == "ok" for r in report["results"])
     assert "autocast=bf16" in bench.format_table(report)
+
+
+def test_cuda_graph_steps_start_from_fresh_gradients(monkeypatch):
+    """Under --compile reduce-overhead each step's gradients start from None (a replay must not
+    accumulate into the previous replay's outputs); eager steps accumulate as before."""
+    import torch
+    monkeypatch.setattr(torch, "compile", lambda f, mode=None: f)  # the step logic, without compiling
+    def grads_after(steps, mode):
+        torch.manual_seed(0)
+        step = bench.build("conv_in", 2, 8, 2, 4, "cpu", compile_mode=mode)
+        module = step.__closure__ and next(c.cell_contents for c in step.__closure__
+                                           if isinstance(c.cell_contents, torch.nn.Module))
+        for _ in range(steps):
+            step()
+        return module[0].weight.grad.clone()
+
+    once = grads_after(1, "reduce-overhead")
+    assert torch.allclose(grads_after(2, "reduce-overhead"), once)
+    assert torch.allclose(grads_after(2, None), 2 * grads_after(1, None))
