@@ -134,6 +134,31 @@ def _build(variant: str, b: int, c: int, n: int, size: int, device: str,
     return step
 
 
+# Ops that only make a new view of a tensor: no kernel runs for them.
+_VIEW_OPS = frozenset({"view", "_unsafe_view", "_reshape_alias", "reshape", "view_as", "transpose", "t", "permute",
+                       "expand", "slice", "select", "unsqueeze", "squeeze", "as_strided", "alias", "detach",
+                       "split", "unbind"})
+
+
+def count_dispatches(step: Callable[[], None]) -> int:
+    """The aten ops one call of ``step`` dispatches, views left out: on a GPU each is (at least)
+    one kernel launch, which is what a small layer's eager time is made of. Eager steps only
+    (a compiled step runs fused kernels that no dispatcher sees)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ not in _VIEW_OPS:
+                _Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with _Count():
+        step()
+    return _Count.n
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -236,10 +261,13 @@ def run(sizes=(16, 32, 64, 128), batch=8, channels=128, entities=16, repeats=7, 
         for _ in range(repeats):
             for variant, step in steps.items():
                 times[variant] += time_variant(step, device, 0, 1)
+        ops = {v: count_dispatches(step) for v, step in steps.items()
+               if compile_mode is None and v != "an_cstats"}
         steps.clear()
         for variant in variants:
             row = rows[variant]
             if variant in times:
+                row["dispatched_ops"] = ops.get(variant)
                 mem = None
                 if memory:
                     try:
@@ -325,6 +353,10 @@ def format_table(report: dict) -> str:
             else:
                 cells.append(f"{t:>11.2f}" + (f"{m:>11.1f}" if m is not None else f"{'-':>11}"))
         lines.append(f"{variant:<11}" + "".join(cells))
+    counted = {r["variant"]: r["dispatched_ops"] for r in report["results"] if r.get("dispatched_ops") is not None}
+    if counted:
+        lines.append("aten ops per forward+backward (views left out; each a kernel launch on a GPU): "
+                     + ", ".join(f"{v} {k}" for v, k in counted.items()))
     lines.append("")
     lines.append("targets:")
     for t in report["targets"]:

@@ -39,8 +39,11 @@ TARGETS = {
 
 
 def _run(cmd: list[str]) -> None:
+    """Run an attnorm command; if it fails (it has printed its own one-line error), stop with one line."""
     print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    rc = subprocess.run(cmd).returncode
+    if rc != 0:
+        raise SystemExit(f"bench_gan_quality: `attnorm {cmd[3]}` failed with exit status {rc} (its error is above)")
 
 
 def measured_values(result: dict) -> dict:
@@ -95,6 +98,8 @@ def main(argv=None) -> int:
         if not args.ckpt:
             ap.error("what=ckpt needs a checkpoint path")
         ckpt = Path(args.ckpt)
+        if not ckpt.is_file():
+            ap.error(f"checkpoint {ckpt} not found; pass a train-gan checkpoint or an exported .safetensors file")
     train_s = time.time() - t0
     ev = out / "evaluation.json"
     if not (args.reuse and ev.is_file()):

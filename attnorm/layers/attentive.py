@@ -119,7 +119,6 @@ class _AttentiveNormFn(torch.autograd.Function):
 
         # The pixel sums of Algorithm 1 (see regional._Moments).
         vv = vc * vc  # (b, c, hw)
-        total = s.sum(-1).unsqueeze(1)  # (b, 1, n): sum_p S
         if algorithm1:
             if eager:  # [S; S^2] in one buffer, S and S^2 views of it (one map less to keep)
                 ss = torch.empty(b, 2 * n, hw, dtype=s.dtype, device=s.device)
@@ -131,9 +130,11 @@ class _AttentiveNormFn(torch.autograd.Function):
             m = torch.bmm(vc, ss.transpose(1, 2))  # (b, c, 2n): [sum_p Vc S | sum_p Vc S^2]
             a = torch.bmm(vv, s2.transpose(1, 2))  # (b, c, n): sum_p Vc^2 S^2
             u, r = m[..., :n], m[..., n:]
-            s2_sum = s2.sum(-1).unsqueeze(1)  # (b, 1, n): sum_p S^2
+            ssum = ss.sum(-1).unsqueeze(1)  # (b, 1, 2n): [sum_p S | sum_p S^2]
+            total, s2_sum = ssum[..., :n], ssum[..., n:]
         else:
             s2 = ss = s
+            ssum = total = s.sum(-1).unsqueeze(1)  # (b, 1, n): sum_p S
             u = torch.bmm(vc, s.transpose(1, 2))  # (b, c, n): sum_p Vc S
             a = torch.bmm(vv, s.transpose(1, 2))  # (b, c, n): sum_p Vc^2 S
             r = s2_sum = None
@@ -151,7 +152,7 @@ class _AttentiveNormFn(torch.autograd.Function):
         ctx.temperature, ctx.eps, ctx.algorithm1, ctx.ssr = temperature, eps, algorithm1, ssr
         ctx.n_coeff = len(coeff)
         ctx.save_for_backward(*coeff, x3, weight, vc, s if ss is s else None, ss, t, p, q, xs, keys_t, kq, kb,
-                              ssr_a, key, query, query_bias, positions)
+                              ssr_a, key, query, query_bias, positions, ssum)
         return y, s
 
     @staticmethod
@@ -161,11 +162,11 @@ class _AttentiveNormFn(torch.autograd.Function):
         saved = ctx.saved_tensors
         coeff = saved[:ctx.n_coeff]
         (x3, weight, vc, s, ss, t, p, q, xs, keys_t, kq, kb, ssr_a, key, query, query_bias,
-         positions) = saved[ctx.n_coeff:]
+         positions, ssum) = saved[ctx.n_coeff:]
         b, c, n, hw = ctx.dims
         if s is None:  # algorithm1: S is the first half of [S; S^2]
             s = ss[:, :n]
-        u, r, total, s2_sum = coeff[0], coeff[1], coeff[3], coeff[4]
+        u, r = coeff[0], coeff[1]
         algorithm1 = ctx.algorithm1
         needs = ctx.needs_input_grad
         eager = not torch.compiler.is_compiling()  # compilers refuse some out= forms used here
@@ -184,16 +185,16 @@ class _AttentiveNormFn(torch.autograd.Function):
             coeff, ctx.eps, hw, algorithm1, g_p, -gs_t)
         if algorithm1:
             g_m = torch.cat([g_u, g_r], dim=-1)  # (b, c, 2n)
-            ssum = torch.cat([total, s2_sum], dim=-1)  # (b, 1, 2n): sum_p of ss
             vs2 = r  # sum_p Vc S^2
         else:
-            g_m, ssum, vs2 = g_u, total, u
+            g_m, vs2 = g_u, u
 
         # g_Vc = g_Y * (P S) + g_m ss + 2 Vc * (g_a S2). With V = Vc + k, k = mean_p V:
         # g_V = g_Vc + (g_k - sum_p g_Vc) / hw, where
         # sum_p g_Vc = sum_n [P * (g_Y S^T) + g_m * sum_p ss + 2 g_a * (Vc S2^T)].
-        sum_gvc = ((p * gs_t).sum(-1) + (g_m * ssum).sum(-1) + 2.0 * (g_a * vs2).sum(-1))  # (b, c)
-        delta = (g_k.squeeze(-1) - sum_gvc).div_(hw).unsqueeze(-1)  # (b, c, 1)
+        sum_gvc = torch.baddbmm(torch.mul(p, gs_t).addcmul_(g_a, vs2, value=2.0).sum(-1, keepdim=True),
+                                g_m, ssum.transpose(1, 2))  # (b, c, 1)
+        delta = torch.sub(g_k, sum_gvc).div_(hw)  # (b, c, 1)
         # Eagerly both gradients are written in place into one buffer; a compiler (which
         # refuses strided ``out=``) gets the plain form and fuses the concatenation itself.
         if eager:
