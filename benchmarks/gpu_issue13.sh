@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Issue 13's GPU figures in one prepared run (about 4-5 minutes on an H100/H200), for a session
+# Issue 13's GPU figures in one prepared run (about 5-6 minutes on an H100/H200), for a session
 # that is lent a device. From the repository root:
 #     bash benchmarks/gpu_issue13.sh [OUT]          # OUT default: $OUT or benchmarks/results/gpu
 # It writes one JSON per case (each holds device, torch version, batch, dtype, times and the
 # targets as ratios) plus a log, and never fails the whole script for one case:
 #   * eager, float32 and bf16 autocast, batch 8 and 32, sizes 32/64/128: AN, SA, conv1x1+IN;
+#   * AN with compiled statistics (an_cstats) beside them, batch 8, sizes 32 and 64;
 #   * torch.compile(mode="default") on AN and conv1x1+IN at 32 and 64 (the 32x32 compile that
 #     failed in inductor's compile worker on an H200 with torch 2.11);
 #   * torch.compile(mode="reduce-overhead") (CUDA graphs) on AN, SA and conv1x1+IN at 32 and 64:
@@ -28,6 +29,7 @@ for b in 8 32; do
   run "gpu_b${b}_fp32" 60 --batch "$b" --sizes 32,64,128 --variants an,sa,conv_in --repeats 20 --warmup 3
   run "gpu_b${b}_bf16" 60 --batch "$b" --sizes 32,64,128 --variants an,sa,conv_in --repeats 20 --warmup 3 --autocast bf16
 done
+run "gpu_b8_cstats" 80 --batch 8 --sizes 32,64 --variants an,an_cstats,sa,conv_in --repeats 20 --warmup 3 --no-memory
 run "gpu_b8_compiled" 80 --batch 8 --sizes 32,64 --variants an,conv_in --repeats 20 --warmup 3 --compile default --no-memory
 run "gpu_b8_cudagraphs" 90 --batch 8 --sizes 32,64 --variants an,sa,conv_in --repeats 20 --warmup 5 --compile reduce-overhead --no-memory
 echo "== done: $out" | tee -a "$log"
