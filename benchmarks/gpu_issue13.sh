@@ -9,7 +9,8 @@
 #   * torch.compile(mode="default") on AN and conv1x1+IN at 32 and 64 (the 32x32 compile that
 #     failed in inductor's compile worker on an H200 with torch 2.11);
 #   * torch.compile(mode="reduce-overhead") (CUDA graphs) on AN, SA and conv1x1+IN at 32 and 64:
-#     AN's eager time is kernel launches, which graphs replay without.
+#     AN's eager time is kernel launches, which graphs replay without;
+#   * the GAN training step AN / none / SA at 32 and 64 px (benchmarks/bench_gan.py, speed part).
 # ATTNORM_COMMIT names the code state in the log where the tree has no .git (a device copy).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -32,4 +33,7 @@ done
 run "gpu_b8_cstats" 80 --batch 8 --sizes 32,64 --variants an,an_cstats,sa,conv_in --repeats 20 --warmup 3 --no-memory
 run "gpu_b8_compiled" 80 --batch 8 --sizes 32,64 --variants an,conv_in --repeats 20 --warmup 3 --compile default --no-memory
 run "gpu_b8_cudagraphs" 90 --batch 8 --sizes 32,64 --variants an,sa,conv_in --repeats 20 --warmup 5 --compile reduce-overhead --no-memory
+echo "== gan_step_cuda (commit $commit): python benchmarks/bench_gan.py --device cuda --skip-ssr --res 32 64" | tee -a "$log"
+timeout 120 python3 benchmarks/bench_gan.py --device cuda --skip-ssr --res 32 64 --repeats 9 --json "$out/gan_step_cuda.json" 2>&1 \
+  | tee -a "$log" || echo "== gan_step_cuda failed or timed out" | tee -a "$log"
 echo "== done: $out" | tee -a "$log"
