@@ -11,6 +11,8 @@
 #   * torch.compile(mode="reduce-overhead") (CUDA graphs) on AN, SA and conv1x1+IN at 32 and 64:
 #     AN's eager time is kernel launches, which graphs replay without;
 #   * the GAN training step AN / none / SA at 32 and 64 px (benchmarks/bench_gan.py, speed part).
+# Through the device tool (at most 8 files come back from $OUT), write elsewhere and pack:
+#     bash benchmarks/gpu_issue13.sh /tmp/r && tar czf $OUT/results.tgz -C /tmp r
 # ATTNORM_COMMIT names the code state in the log where the tree has no .git (a device copy).
 set -uo pipefail
 cd "$(dirname "$0")/.."
