@@ -41,6 +41,8 @@ from pathlib import Path
 
 import torch
 
+from attnorm.bench import count_dispatches
+
 KINDS = ("an", "none", "sa")
 
 
@@ -74,8 +76,9 @@ def make_step(kind: str, res: int, ch: int, batch: int, num_classes: int, device
     x = (torch.rand(batch, 3, res, res, generator=gen) * 2 - 1).to(device)
     y = torch.randint(num_classes, (batch,), generator=gen).to(device)
     loss = HingeGANLoss(g, d, z_dim=g.z_dim, num_classes=num_classes, batch_size=batch, device=device)
-    phases = [Phase("D", d, torch.optim.Adam(d.parameters(), lr=4e-4, betas=(0.0, 0.999))),
-              Phase("G", g, torch.optim.Adam(g.parameters(), lr=1e-4, betas=(0.0, 0.999)), needs_data=False)]
+    phases = [Phase("D", d, torch.optim.Adam(d.parameters(), lr=4e-4, betas=(0.0, 0.999), foreach=True)),
+              Phase("G", g, torch.optim.Adam(g.parameters(), lr=1e-4, betas=(0.0, 0.999), foreach=True),
+                    needs_data=False)]  # foreach as in attnorm.training
     loop = TrainingLoop(phases, loss, _FixedBatch(x, y), run_dir=tempfile.gettempdir(), total_steps=1,
                         is_main=False)
     params = sum(p.numel() for p in g.parameters()) + sum(p.numel() for p in d.parameters())
@@ -106,9 +109,11 @@ def speed(resolutions, ch: int, batch: int, repeats: int, warmup: int, num_class
                     times[kind].append(dt)
         for kind in KINDS:
             med = statistics.median(times[kind])
+            ops = count_dispatches(steps[kind])  # on a GPU each is a kernel launch
             rows.append({"res": res, "attention": kind, "ch": ch, "batch": batch, "params": params[kind],
-                         "median_s": med, "times_s": times[kind]})
-            log(f"  {res:>3} px {kind:>4}: median {med * 1e3:8.1f} ms over {len(times[kind])} steps")
+                         "median_s": med, "times_s": times[kind], "dispatched_ops": ops})
+            log(f"  {res:>3} px {kind:>4}: median {med * 1e3:8.1f} ms over {len(times[kind])} steps, "
+                f"{ops} aten ops per step")
     return rows
 
 

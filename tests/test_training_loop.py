@@ -135,6 +135,28 @@ def test_ema_matches_reference():
     assert torch.equal(warm.shadow.weight, m.weight)
 
 
+def test_ema_copies_buffers_of_every_dtype():
+    m = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    ema = EMA(m, decay=0.9)
+    m.train()
+    m(torch.randn(8, 3))  # moves running_mean/var (float) and num_batches_tracked (int64)
+    ema.update()
+    for (name, b), bs in zip(m.named_buffers(), ema.shadow.buffers()):
+        assert torch.equal(bs, b) and bs.dtype == b.dtype, name
+
+
+def test_grad_norm_is_the_norm_of_all_gradients_together():
+    from attnorm.training.loop import _grad_norm
+    m = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2, bias=False))
+    g = torch.Generator().manual_seed(0)
+    for p in m.parameters():
+        p.grad = torch.randn(p.shape, generator=g)
+    m[0].bias.grad = None  # parameters without a gradient are left out
+    want = math.sqrt(sum(float((p.grad.double() ** 2).sum()) for p in m.parameters() if p.grad is not None))
+    assert _grad_norm(m) == pytest.approx(want, rel=1e-6)
+    assert _grad_norm(nn.Linear(2, 2)) == 0.0
+
+
 def test_batch_stream_epochs_and_ranks():
     ds = ToyData(20)
     s = BatchStream(ds, 4, seed=3)

@@ -225,10 +225,13 @@ class TaskRun:
         and D (``lr_d``) with the config's ``betas``. A D without parameters (no critic) gets no
         optimizer (``opt_d = None``)."""
         betas = tuple(float(b) for b in self.cfg["betas"])
+        # foreach: multi-tensor updates, the same numbers as the per-parameter loop (torch's default
+        # on GPUs; on the CPU it also halves a small G's Adam step: 2.9 -> 1.3 ms measured)
         self.opt_g = torch.optim.Adam(self.G.parameters() if g_params is None else g_params,
-                                      lr=self.cfg["lr_g"], betas=betas)
+                                      lr=self.cfg["lr_g"], betas=betas, foreach=True)
         d_params = list(self.D.parameters())
-        self.opt_d = torch.optim.Adam(d_params, lr=self.cfg["lr_d"], betas=betas) if d_params else None
+        self.opt_d = (torch.optim.Adam(d_params, lr=self.cfg["lr_d"], betas=betas, foreach=True)
+                      if d_params else None)
 
     def make_loop(self, phases: list[Phase], loss, dataset, ema: EMA | None, extra_state: dict) -> TrainingLoop:
         """The batch stream over ``dataset`` (this rank's slice) and the (distributed) training loop

@@ -106,10 +106,12 @@ class EMA:
     @torch.no_grad()
     def update(self) -> None:
         decay = 0.0 if self.num_updates < self.start_step else self.decay
-        for ps, p in zip(self.shadow.parameters(), self.module.parameters()):
-            ps.lerp_(p.detach(), 1.0 - decay)
-        for bs, b in zip(self.shadow.buffers(), self.module.buffers()):
-            bs.copy_(b)
+        # multi-tensor ops: one launch for all parameters (and one for all buffers) on a GPU
+        torch._foreach_lerp_(list(self.shadow.parameters()), [p.detach() for p in self.module.parameters()],
+                             1.0 - decay)
+        shadow_buffers, buffers = list(self.shadow.buffers()), list(self.module.buffers())
+        if shadow_buffers:
+            torch._foreach_copy_(shadow_buffers, buffers)
         self.num_updates += 1
 
     def state_dict(self) -> dict:
@@ -283,8 +285,12 @@ def _to_float(v) -> float:
 
 
 def _grad_norm(module: nn.Module) -> float:
-    grads = [p.grad.detach().pow(2).sum() for p in module.parameters() if p.grad is not None]
-    return math.sqrt(float(torch.stack(grads).sum())) if grads else 0.0
+    """The L2 norm of all of ``module``'s gradients together (one host sync; the per-tensor norms
+    are one multi-tensor op, not two small ops per parameter, which on a GPU are launches)."""
+    grads = [p.grad.detach() for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
 
 
 class TrainingLoop:
