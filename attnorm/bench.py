@@ -30,12 +30,13 @@ from typing import Callable, NamedTuple
 import torch
 from torch import nn
 
-from .layers import AttentiveNorm, SelfAttention2d, compiled_statistics, regional_norm, regional_norm_literal
+from .layers import (AttentiveNorm, SelfAttention2d, compiled_statistics, regional_norm, regional_norm_literal,
+                     triton_statistics_enabled)
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("rn_fast", "rn_literal", "an", "sa", "conv_in", "an_cstats")
-DEFAULT_VARIANTS = VARIANTS[:-1]  # an_cstats compiles (seconds per size): asked for by name
+VARIANTS = ("rn_fast", "rn_literal", "an", "sa", "conv_in", "an_cstats", "an_triton")
+DEFAULT_VARIANTS = VARIANTS[:-2]  # an_cstats compiles (seconds per size), an_triton needs Triton: asked for by name
 DESCRIPTIONS = {
     "rn_fast": "regional norm, fast path (attnorm.layers.regional_norm)",
     "rn_literal": "regional norm, literal Algorithm 1 (5-D tensors)",
@@ -43,6 +44,7 @@ DESCRIPTIONS = {
     "sa": "SAGAN self-attention (explicit hw x hw/4 attention)",
     "conv_in": "conv1x1 + InstanceNorm2d (the floor AN cannot beat)",
     "an_cstats": "AttentiveNorm with its per-entity statistics compiled (attnorm.layers.compile_statistics)",
+    "an_triton": "AttentiveNorm with its per-entity statistics as two Triton kernels (attnorm.layers.triton_statistics)",
 }
 
 
@@ -109,7 +111,7 @@ def _build(variant: str, b: int, c: int, n: int, size: int, device: str,
             layout = torch.softmax(logits, dim=1)
             fn(v, layout, beta, alpha).backward(grad)
         return step
-    if variant in ("an", "an_cstats"):
+    if variant in ("an", "an_cstats", "an_triton"):
         module: nn.Module = AttentiveNorm(c, num_entities=n)
         with torch.no_grad():
             module.sigma.fill_(0.5)
@@ -128,6 +130,9 @@ def _build(variant: str, b: int, c: int, n: int, size: int, device: str,
         begin(x, *module.parameters())
         if variant == "an_cstats":
             with compiled_statistics(True):
+                module(x).backward(grad)
+        elif variant == "an_triton":
+            with triton_statistics_enabled(True):
                 module(x).backward(grad)
         else:
             module(x).backward(grad)
@@ -262,7 +267,7 @@ def run(sizes=(16, 32, 64, 128), batch=8, channels=128, entities=16, repeats=7, 
             for variant, step in steps.items():
                 times[variant] += time_variant(step, device, 0, 1)
         ops = {v: count_dispatches(step) for v, step in steps.items()
-               if compile_mode is None and v != "an_cstats"}
+               if compile_mode is None and v not in ("an_cstats", "an_triton")}
         steps.clear()
         for variant in variants:
             row = rows[variant]

@@ -5,7 +5,8 @@
 # It writes one JSON per case (each holds device, torch version, batch, dtype, times and the
 # targets as ratios) plus a log, and never fails the whole script for one case:
 #   * eager, float32 and bf16 autocast, batch 8 and 32, sizes 32/64/128: AN, SA, conv1x1+IN;
-#   * AN with compiled statistics (an_cstats) beside them, batch 8, sizes 32 and 64;
+#   * AN with compiled statistics (an_cstats) and with the Triton statistics kernels (an_triton)
+#     beside them, batch 8, sizes 32 and 64, after the Triton kernels' parity tests on the GPU;
 #   * torch.compile(mode="default") on AN and conv1x1+IN at 32 and 64 (the 32x32 compile that
 #     failed in inductor's compile worker on an H200 with torch 2.11);
 #   * torch.compile(mode="reduce-overhead") (CUDA graphs) on AN, SA and conv1x1+IN at 32 and 64:
@@ -32,7 +33,8 @@ for b in 8 32; do
   run "gpu_b${b}_fp32" 60 --batch "$b" --sizes 32,64,128 --variants an,sa,conv_in --repeats 20 --warmup 3
   run "gpu_b${b}_bf16" 60 --batch "$b" --sizes 32,64,128 --variants an,sa,conv_in --repeats 20 --warmup 3 --autocast bf16
 done
-run "gpu_b8_cstats" 80 --batch 8 --sizes 32,64 --variants an,an_cstats,sa,conv_in --repeats 20 --warmup 3 --no-memory
+python3 -m pytest -q -p no:warnings tests/test_triton_stats.py 2>&1 | tail -n 3 | tee -a "$log"  # the kernels' parity on this GPU
+run "gpu_b8_cstats" 80 --batch 8 --sizes 32,64 --variants an,an_cstats,an_triton,sa,conv_in --repeats 20 --warmup 3 --no-memory
 run "gpu_b8_compiled" 80 --batch 8 --sizes 32,64 --variants an,conv_in --repeats 20 --warmup 3 --compile default --no-memory
 run "gpu_b8_cudagraphs" 90 --batch 8 --sizes 32,64 --variants an,sa,conv_in --repeats 20 --warmup 5 --compile reduce-overhead --no-memory
 echo "== gan_step_cuda (commit $commit): python benchmarks/bench_gan.py --device cuda --skip-ssr --res 32 64" | tee -a "$log"

@@ -22,7 +22,7 @@ def bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=nonnegative_int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                   help=f"subset of {','.join(VARIANTS)} (default: all but an_cstats, which compiles for seconds)")
+                   help=f"subset of {','.join(VARIANTS)} (default: all but an_cstats, which compiles for seconds, and an_triton, which needs Triton)")
     p.add_argument("--max-mem-gb", type=positive_float, default=None,
                    help="skip variants whose estimated footprint exceeds this "
                         "(default: 60%% of the memory available now)")

@@ -318,13 +318,61 @@ def _run_statistics(which: str, eager, *args):
     return eager(*args)
 
 
+# ------------------------------------------------------------------ Triton statistics (opt-in)
+_TRITON = {"enabled": False, "failed": None}
+
+
+def triton_statistics(enabled: bool = True) -> None:
+    """Run the statistics and their backward as two Triton kernels
+    (:mod:`attnorm.layers.triton_stats`) where they apply: float32 CUDA tensors, maps larger
+    than one pixel, ``c x n`` tiles up to its ``MAX_TILE``; elsewhere, and without the ``triton``
+    package, the eager path runs. ``enabled=False``: back to eager (the default)."""
+    _TRITON["enabled"] = bool(enabled)
+
+
+@contextlib.contextmanager
+def triton_statistics_enabled(enabled: bool = True):
+    """Context manager: :func:`triton_statistics` (``enabled``) inside, the previous setting after."""
+    previous = _TRITON["enabled"]
+    triton_statistics(enabled)
+    try:
+        yield
+    finally:
+        triton_statistics(previous)
+
+
+def _triton_failed(exc: Exception) -> None:
+    first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+    _TRITON["failed"] = f"{type(exc).__name__}: {first_line}"
+    warnings.warn(f"attnorm: Triton AN statistics failed ({_TRITON['failed']}); using the eager path for the "
+                  "rest of this process", RuntimeWarning, stacklevel=3)
+
+
 def statistics_forward(u, r, a, k, total, s2_sum, beta, alpha, scale, eps: float, hw: int):
-    """:func:`coefficients_forward`, compiled when :func:`compile_statistics` is on."""
+    """:func:`coefficients_forward`; as Triton kernels when :func:`triton_statistics` is on and
+    applies, else compiled when :func:`compile_statistics` is on."""
+    if _TRITON["enabled"] and _TRITON["failed"] is None and hw > 1 and not torch.compiler.is_compiling():
+        from . import triton_stats as ts
+        if ts.applicable(u, r, a, k, total, s2_sum, beta, alpha, scale):
+            try:
+                return ts.statistics_forward(u, r, a, k, total, s2_sum, beta, alpha, scale, eps, hw)
+            except Exception as exc:  # a kernel that does not build or run on this machine
+                _triton_failed(exc)
     return _run_statistics("forward", coefficients_forward, u, r, a, k, total, s2_sum, beta, alpha, scale, eps, hw)
 
 
 def statistics_backward(saved, eps: float, hw: int, algorithm1: bool, g_p, g_q):
-    """:func:`_coefficients_backward`, compiled when :func:`compile_statistics` is on."""
+    """:func:`_coefficients_backward` for the state :func:`statistics_forward` returned (the Triton
+    kernels' state holds the inputs only), compiled when :func:`compile_statistics` is on."""
+    from . import triton_stats as ts
+    if len(saved) == ts.STATE_LENGTH:
+        if _TRITON["failed"] is None:
+            try:
+                return ts.statistics_backward(saved, eps, hw, algorithm1, g_p, g_q)
+            except Exception as exc:
+                _triton_failed(exc)
+        u, r, k, total, s2_sum, beta, alpha, scale, a = saved  # rebuild the eager state
+        saved = coefficients_forward(u, r, a, k, total, s2_sum, beta, alpha, scale, eps, hw)[2]
     return _run_statistics("backward", _coefficients_backward, saved, eps, hw, algorithm1, g_p, g_q)
 
 
