@@ -110,8 +110,11 @@ class EMA:
         torch._foreach_lerp_(list(self.shadow.parameters()), [p.detach() for p in self.module.parameters()],
                              1.0 - decay)
         shadow_buffers, buffers = list(self.shadow.buffers()), list(self.module.buffers())
-        if shadow_buffers:
+        if shadow_buffers and hasattr(torch, "_foreach_copy_"):  # newer than the oldest torch we accept
             torch._foreach_copy_(shadow_buffers, buffers)
+        else:
+            for bs, b in zip(shadow_buffers, buffers):
+                bs.copy_(b)
         self.num_updates += 1
 
     def state_dict(self) -> dict:
