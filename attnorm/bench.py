@@ -125,6 +125,10 @@ def _build(variant: str, b: int, c: int, n: int, size: int, device: str,
         raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
     module = maybe_compile(module.to(device).train())
     x = torch.randn(shape, generator=g).to(device).requires_grad_()
+    if variant == "an_triton":
+        from .layers import triton_stats
+        if not triton_stats.applicable(x.reshape(b, c, -1)[:, :, :n]):
+            raise RuntimeError("an_triton needs the triton package and a CUDA device (or TRITON_INTERPRET=1)")
 
     def step() -> None:
         begin(x, *module.parameters())

@@ -133,3 +133,13 @@ def test_an_forward_backward_dispatches_few_ops():
     ops = {r["variant"]: r["dispatched_ops"] for r in report["results"]}
     assert ops["conv_in"] <= 20 and 100 <= ops["an"] <= 180, ops
     assert "aten ops per forward+backward" in bench.format_table(report)
+
+
+def test_an_triton_is_skipped_with_its_reason_where_triton_cannot_run(monkeypatch):
+    from attnorm.layers import triton_stats
+    monkeypatch.setattr(triton_stats, "available", lambda: False)
+    report = bench.run(sizes=(8,), batch=1, channels=16, entities=2, repeats=1, warmup=0, memory=False,
+                       variants=("an", "an_triton"))
+    rows = {r["variant"]: r for r in report["results"]}
+    assert rows["an"]["status"] == "ok" and rows["an_triton"]["status"] == "skipped"
+    assert "needs the triton package" in rows["an_triton"]["reason"]
