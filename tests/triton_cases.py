@@ -2,6 +2,7 @@
 (on the CPU with ``TRITON_INTERPRET=1`` set before Triton is imported); not collected on its own."""
 
 import itertools
+import os
 import warnings
 
 import pytest
@@ -132,3 +133,25 @@ def test_a_failing_kernel_warns_once_and_the_eager_path_takes_over(monkeypatch):
     assert len(messages) == 1 and "RuntimeError: no kernel for this machine" in messages[0]
     p0, q0, _ = regional.coefficients_forward(*args, 1e-5, 9)
     assert torch.equal(p, p0) and torch.equal(q, q0) and len(state) != ts.STATE_LENGTH
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="the interpreter does not compile")
+@pytest.mark.parametrize("flags", [True, False])
+@pytest.mark.parametrize("algorithm1", [True, False])
+def test_kernels_compile_for_a_hopper_gpu(algorithm1, flags):
+    """Triton's own compiler (with the ptxas its wheel ships) builds both kernels for sm_90, also
+    where no GPU is present: the interpreter above does not type-check what a GPU build needs."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.compiler import compile as triton_compile
+
+    import attnorm.layers._triton_kernels as kernels
+    for fn in (kernels.forward_kernel, kernels.backward_kernel):
+        consts = {"ALG1": algorithm1, "HAS_BETA": flags, "HAS_ALPHA": flags, "HAS_SCALE": flags,
+                  "BC": 128, "BN": 16}
+        signature = {name: ("constexpr" if name in consts else "*fp32" if name.endswith("_ptr")
+                            else "fp32" if name in ("eps", "hw", "tiny") else "i32") for name in fn.arg_names}
+        src = ASTSource(fn=fn, signature=signature,
+                        constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
+        compiled = triton_compile(src, target=GPUTarget("cuda", 90, 32))
+        assert compiled.asm.get("cubin"), fn
