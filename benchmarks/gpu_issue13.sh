@@ -17,6 +17,7 @@
 # ATTNORM_COMMIT names the code state in the log where the tree has no .git (a device copy).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # a device copy of the tree has attnorm uninstalled
 out="${1:-${OUT:-benchmarks/results/gpu}}"
 mkdir -p "$out"
 commit="${ATTNORM_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"

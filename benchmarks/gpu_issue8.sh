@@ -14,6 +14,7 @@
 # A ch 32 G is about 1.3 M parameters (5.3 MB as float32 safetensors): small enough to ship.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # a device copy of the tree has attnorm uninstalled
 out="${1:-${OUT:-benchmarks/results/gpu_issue8}}"
 secs=${SECONDS_PER_RUN:-420}; n=${N:-2000}; dev=${DEVICE:-cuda}; work=${WORK:-/tmp/gpu_issue8}
 commit="${ATTNORM_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
