@@ -1,20 +1,14 @@
 """benchmarks/ablation_gan.py: its variants configure what they claim, and its table is right."""
 
-import importlib.util
 import statistics
-import sys
-from pathlib import Path
 
 import pytest
+from _scripts import load_benchmark
 
 from attnorm.cli.common import parse_overrides
 from attnorm.training.gan import GANTraining, resolve_config
 
-_path = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation_gan.py"
-sys.path.insert(0, str(_path.parent))  # as when run as a script: its folder's _provenance module
-_spec = importlib.util.spec_from_file_location("ablation_gan", _path)
-ablation = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ablation)
+ablation = load_benchmark("ablation_gan")
 
 
 @pytest.mark.parametrize("variant, attention, ssr", [("an", "an", True), ("an_no_ssr", "an", False),

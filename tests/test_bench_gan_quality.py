@@ -1,19 +1,11 @@
 """benchmarks/bench_gan_quality.py: bad input ends in one line, not a traceback."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+from _scripts import load_benchmark
 
 
 def _script():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gan_quality.py"
-    sys.path.insert(0, str(path.parent))  # as when run as a script: its folder's _provenance module
-    spec = importlib.util.spec_from_file_location("bench_gan_quality", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_gan_quality")
 
 
 def test_missing_checkpoint_is_one_line(tmp_path, capsys):

@@ -64,15 +64,8 @@ def test_load_gan_discriminator_rebuilds_the_trained_d(gan_ckpt, tmp_path):
 
 
 def _probe_script():
-    import importlib.util
-    import sys
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gan_d_probe.py"
-    sys.path.insert(0, str(path.parent))  # as when run as a script: its folder's _provenance module
-    spec = importlib.util.spec_from_file_location("gan_d_probe", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from _scripts import load_benchmark
+    return load_benchmark("gan_d_probe")
 
 
 def test_probe_script_writes_what_the_probe_measures(gan_ckpt, tmp_path, capsys):
