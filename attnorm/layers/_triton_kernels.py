@@ -42,11 +42,15 @@ def _stats(u, r, a, k, T, S2, beta, alpha, eps, hw, tiny,
 
 @triton.jit
 def _load_tile(u_ptr, r_ptr, a_ptr, k_ptr, t_ptr, s2_ptr, beta_ptr, alpha_ptr, pid,
-               su0, su1, su2, sr0, sr1, sr2, sa0, sa1, sa2, sk0, sk1, st0, st2, ss20, ss22,
-               offs_c, offs_n, mask, C, N,
-               ALG1: tl.constexpr, HAS_BETA: tl.constexpr, HAS_ALPHA: tl.constexpr):
+               su0, su1, su2, sr0, sr1, sr2, sa0, sa1, sa2, sk0, sk1, st0, st2, ss20, ss22, C, N,
+               ALG1: tl.constexpr, HAS_BETA: tl.constexpr, HAS_ALPHA: tl.constexpr,
+               BC: tl.constexpr, BN: tl.constexpr):
+    """Sample ``pid``'s (c, n) tile (padded to (BC, BN)) of every input, with its offsets and mask."""
+    offs_c = tl.arange(0, BC)[:, None]
+    offs_n = tl.arange(0, BN)[None, :]
     cmask = offs_c < C
     nmask = offs_n < N
+    mask = cmask & nmask
     u = tl.load(u_ptr + pid * su0 + offs_c * su1 + offs_n * su2, mask=mask, other=0.0)
     a = tl.load(a_ptr + pid * sa0 + offs_c * sa1 + offs_n * sa2, mask=mask, other=0.0)
     k = tl.load(k_ptr + pid * sk0 + offs_c * sk1, mask=cmask, other=0.0)
@@ -65,7 +69,7 @@ def _load_tile(u_ptr, r_ptr, a_ptr, k_ptr, t_ptr, s2_ptr, beta_ptr, alpha_ptr, p
         alpha = tl.load(alpha_ptr + offs_c, mask=cmask, other=0.0)
     else:
         alpha = k
-    return u, r, a, k, T, S2, beta, alpha
+    return offs_c, offs_n, mask, u, r, a, k, T, S2, beta, alpha
 
 @triton.jit
 def forward_kernel(u_ptr, r_ptr, a_ptr, k_ptr, t_ptr, s2_ptr, beta_ptr, alpha_ptr, scale_ptr,
@@ -75,13 +79,10 @@ def forward_kernel(u_ptr, r_ptr, a_ptr, k_ptr, t_ptr, s2_ptr, beta_ptr, alpha_pt
                    ALG1: tl.constexpr, HAS_BETA: tl.constexpr, HAS_ALPHA: tl.constexpr,
                    HAS_SCALE: tl.constexpr, BC: tl.constexpr, BN: tl.constexpr):
     pid = tl.program_id(0)
-    offs_c = tl.arange(0, BC)[:, None]
-    offs_n = tl.arange(0, BN)[None, :]
-    mask = (offs_c < C) & (offs_n < N)
-    u, r, a, k, T, S2, beta, alpha = _load_tile(
+    offs_c, offs_n, mask, u, r, a, k, T, S2, beta, alpha = _load_tile(
         u_ptr, r_ptr, a_ptr, k_ptr, t_ptr, s2_ptr, beta_ptr, alpha_ptr, pid,
-        su0, su1, su2, sr0, sr1, sr2, sa0, sa1, sa2, sk0, sk1, st0, st2, ss20, ss22,
-        offs_c, offs_n, mask, C, N, ALG1, HAS_BETA, HAS_ALPHA)
+        su0, su1, su2, sr0, sr1, sr2, sa0, sa1, sa2, sk0, sk1, st0, st2, ss20, ss22, C, N,
+        ALG1, HAS_BETA, HAS_ALPHA, BC, BN)
     (count, sv, mean_c, t_r, t_s, ts, spread, d, offset, var, std, inv, ib, qu) = _stats(
         u, r, a, k, T, S2, beta, alpha, eps, hw, tiny, ALG1, HAS_BETA, HAS_ALPHA)
     p = ib
@@ -104,15 +105,10 @@ def backward_kernel(u_ptr, r_ptr, a_ptr, k_ptr, t_ptr, s2_ptr, beta_ptr, alpha_p
                     ALG1: tl.constexpr, HAS_BETA: tl.constexpr, HAS_ALPHA: tl.constexpr,
                     HAS_SCALE: tl.constexpr, BC: tl.constexpr, BN: tl.constexpr):
     pid = tl.program_id(0)
-    offs_c = tl.arange(0, BC)[:, None]
-    offs_n = tl.arange(0, BN)[None, :]
-    cmask = offs_c < C
-    nmask = offs_n < N
-    mask = cmask & nmask
-    u, r, a, k, T, S2, beta, alpha = _load_tile(
+    offs_c, offs_n, mask, u, r, a, k, T, S2, beta, alpha = _load_tile(
         u_ptr, r_ptr, a_ptr, k_ptr, t_ptr, s2_ptr, beta_ptr, alpha_ptr, pid,
-        su0, su1, su2, sr0, sr1, sr2, sa0, sa1, sa2, sk0, sk1, st0, st2, ss20, ss22,
-        offs_c, offs_n, mask, C, N, ALG1, HAS_BETA, HAS_ALPHA)
+        su0, su1, su2, sr0, sr1, sr2, sa0, sa1, sa2, sk0, sk1, st0, st2, ss20, ss22, C, N,
+        ALG1, HAS_BETA, HAS_ALPHA, BC, BN)
     (count, sv, mean_c, t_r, t_s, ts, spread, d, offset, var, std, inv, ib, qu) = _stats(
         u, r, a, k, T, S2, beta, alpha, eps, hw, tiny, ALG1, HAS_BETA, HAS_ALPHA)
     gp = tl.load(gp_ptr + pid * sgp0 + offs_c * sgp1 + offs_n * sgp2, mask=mask, other=0.0)
