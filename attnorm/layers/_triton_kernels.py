@@ -4,7 +4,6 @@ import triton
 import triton.language as tl
 
 
-
 @triton.jit
 def _stats(u, r, a, k, T, S2, beta, alpha, eps, hw, tiny,
            ALG1: tl.constexpr, HAS_BETA: tl.constexpr, HAS_ALPHA: tl.constexpr):
@@ -40,6 +39,7 @@ def _stats(u, r, a, k, T, S2, beta, alpha, eps, hw, tiny,
         qu = qu - alpha
     return count, sv, mean_c, t_r, t_s, ts, spread, d, offset, var, std, inv, ib, qu
 
+
 @triton.jit
 def _load_tile(u_ptr, r_ptr, a_ptr, k_ptr, t_ptr, s2_ptr, beta_ptr, alpha_ptr, pid,
                su0, su1, su2, sr0, sr1, sr2, sa0, sa1, sa2, sk0, sk1, st0, st2, ss20, ss22, C, N,
@@ -71,6 +71,24 @@ def _load_tile(u_ptr, r_ptr, a_ptr, k_ptr, t_ptr, s2_ptr, beta_ptr, alpha_ptr, p
         alpha = k
     return offs_c, offs_n, mask, u, r, a, k, T, S2, beta, alpha
 
+
+@triton.jit
+def _tile_statistics(u_ptr, r_ptr, a_ptr, k_ptr, t_ptr, s2_ptr, beta_ptr, alpha_ptr,
+                     su0, su1, su2, sr0, sr1, sr2, sa0, sa1, sa2, sk0, sk1, st0, st2, ss20, ss22,
+                     C, N, eps, hw, tiny,
+                     ALG1: tl.constexpr, HAS_BETA: tl.constexpr, HAS_ALPHA: tl.constexpr,
+                     BC: tl.constexpr, BN: tl.constexpr):
+    """This program's sample: its tile of the inputs (:func:`_load_tile`) and the forward's
+    intermediates (:func:`_stats`), the prologue of both kernels."""
+    pid = tl.program_id(0)
+    offs_c, offs_n, mask, u, r, a, k, T, S2, beta, alpha = _load_tile(
+        u_ptr, r_ptr, a_ptr, k_ptr, t_ptr, s2_ptr, beta_ptr, alpha_ptr, pid,
+        su0, su1, su2, sr0, sr1, sr2, sa0, sa1, sa2, sk0, sk1, st0, st2, ss20, ss22, C, N,
+        ALG1, HAS_BETA, HAS_ALPHA, BC, BN)
+    stats = _stats(u, r, a, k, T, S2, beta, alpha, eps, hw, tiny, ALG1, HAS_BETA, HAS_ALPHA)
+    return pid, offs_c, offs_n, mask, u, k, T, beta, stats
+
+
 @triton.jit
 def forward_kernel(u_ptr, r_ptr, a_ptr, k_ptr, t_ptr, s2_ptr, beta_ptr, alpha_ptr, scale_ptr,
                    p_ptr, q_ptr,
@@ -78,13 +96,11 @@ def forward_kernel(u_ptr, r_ptr, a_ptr, k_ptr, t_ptr, s2_ptr, beta_ptr, alpha_pt
                    C, N, eps, hw, tiny,
                    ALG1: tl.constexpr, HAS_BETA: tl.constexpr, HAS_ALPHA: tl.constexpr,
                    HAS_SCALE: tl.constexpr, BC: tl.constexpr, BN: tl.constexpr):
-    pid = tl.program_id(0)
-    offs_c, offs_n, mask, u, r, a, k, T, S2, beta, alpha = _load_tile(
-        u_ptr, r_ptr, a_ptr, k_ptr, t_ptr, s2_ptr, beta_ptr, alpha_ptr, pid,
-        su0, su1, su2, sr0, sr1, sr2, sa0, sa1, sa2, sk0, sk1, st0, st2, ss20, ss22, C, N,
-        ALG1, HAS_BETA, HAS_ALPHA, BC, BN)
-    (count, sv, mean_c, t_r, t_s, ts, spread, d, offset, var, std, inv, ib, qu) = _stats(
-        u, r, a, k, T, S2, beta, alpha, eps, hw, tiny, ALG1, HAS_BETA, HAS_ALPHA)
+    pid, offs_c, offs_n, mask, u, k, T, beta, stats = _tile_statistics(
+        u_ptr, r_ptr, a_ptr, k_ptr, t_ptr, s2_ptr, beta_ptr, alpha_ptr,
+        su0, su1, su2, sr0, sr1, sr2, sa0, sa1, sa2, sk0, sk1, st0, st2, ss20, ss22,
+        C, N, eps, hw, tiny, ALG1, HAS_BETA, HAS_ALPHA, BC, BN)
+    (count, sv, mean_c, t_r, t_s, ts, spread, d, offset, var, std, inv, ib, qu) = stats
     p = ib
     q = qu
     if HAS_SCALE:
@@ -95,6 +111,7 @@ def forward_kernel(u_ptr, r_ptr, a_ptr, k_ptr, t_ptr, s2_ptr, beta_ptr, alpha_pt
     tl.store(p_ptr + out, p, mask=mask)
     tl.store(q_ptr + out, q, mask=mask)
 
+
 @triton.jit
 def backward_kernel(u_ptr, r_ptr, a_ptr, k_ptr, t_ptr, s2_ptr, beta_ptr, alpha_ptr, scale_ptr,
                     gp_ptr, gq_ptr,
@@ -104,13 +121,11 @@ def backward_kernel(u_ptr, r_ptr, a_ptr, k_ptr, t_ptr, s2_ptr, beta_ptr, alpha_p
                     C, N, eps, hw, tiny,
                     ALG1: tl.constexpr, HAS_BETA: tl.constexpr, HAS_ALPHA: tl.constexpr,
                     HAS_SCALE: tl.constexpr, BC: tl.constexpr, BN: tl.constexpr):
-    pid = tl.program_id(0)
-    offs_c, offs_n, mask, u, r, a, k, T, S2, beta, alpha = _load_tile(
-        u_ptr, r_ptr, a_ptr, k_ptr, t_ptr, s2_ptr, beta_ptr, alpha_ptr, pid,
-        su0, su1, su2, sr0, sr1, sr2, sa0, sa1, sa2, sk0, sk1, st0, st2, ss20, ss22, C, N,
-        ALG1, HAS_BETA, HAS_ALPHA, BC, BN)
-    (count, sv, mean_c, t_r, t_s, ts, spread, d, offset, var, std, inv, ib, qu) = _stats(
-        u, r, a, k, T, S2, beta, alpha, eps, hw, tiny, ALG1, HAS_BETA, HAS_ALPHA)
+    pid, offs_c, offs_n, mask, u, k, T, beta, stats = _tile_statistics(
+        u_ptr, r_ptr, a_ptr, k_ptr, t_ptr, s2_ptr, beta_ptr, alpha_ptr,
+        su0, su1, su2, sr0, sr1, sr2, sa0, sa1, sa2, sk0, sk1, st0, st2, ss20, ss22,
+        C, N, eps, hw, tiny, ALG1, HAS_BETA, HAS_ALPHA, BC, BN)
+    (count, sv, mean_c, t_r, t_s, ts, spread, d, offset, var, std, inv, ib, qu) = stats
     gp = tl.load(gp_ptr + pid * sgp0 + offs_c * sgp1 + offs_n * sgp2, mask=mask, other=0.0)
     gq = tl.load(gq_ptr + pid * sgq0 + offs_c * sgq1 + offs_n * sgq2, mask=mask, other=0.0)
     if HAS_SCALE:

@@ -291,14 +291,27 @@ def compile_statistics(enabled: bool = True) -> None:
 
 
 @contextlib.contextmanager
-def compiled_statistics(enabled: bool = True):
-    """Context manager: :func:`compile_statistics` (``enabled``) inside, the previous setting after."""
-    previous = _COMPILED["enabled"]
-    compile_statistics(enabled)
+def _switched(flags: dict, switch, enabled: bool):
+    """``switch(enabled)`` inside, ``switch`` back to the previous ``flags["enabled"]`` after."""
+    previous = flags["enabled"]
+    switch(enabled)
     try:
         yield
     finally:
-        compile_statistics(previous)
+        switch(previous)
+
+
+def _fall_back(flags: dict, what: str, exc: Exception, stacklevel: int) -> None:
+    """Record why ``what`` failed in ``flags["failed"]`` (the eager path runs from then on) and warn."""
+    first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+    flags["failed"] = f"{type(exc).__name__}: {first_line}"
+    warnings.warn(f"attnorm: {what} failed ({flags['failed']}); using the eager path for the rest of this "
+                  "process", RuntimeWarning, stacklevel=stacklevel + 1)
+
+
+def compiled_statistics(enabled: bool = True):
+    """Context manager: :func:`compile_statistics` (``enabled``) inside, the previous setting after."""
+    return _switched(_COMPILED, compile_statistics, enabled)
 
 
 def statistics_compiled() -> bool:
@@ -311,10 +324,7 @@ def _run_statistics(which: str, eager, *args):
         try:
             return _COMPILED[which](*args)
         except Exception as exc:  # inductor/triton/C++ toolchain errors come in many types
-            first_line = (str(exc).strip().splitlines() or [""])[0][:200]
-            _COMPILED["failed"] = f"{type(exc).__name__}: {first_line}"
-            warnings.warn(f"attnorm: compiled AN statistics failed ({_COMPILED['failed']}); using the eager "
-                          "path for the rest of this process", RuntimeWarning, stacklevel=3)
+            _fall_back(_COMPILED, "compiled AN statistics", exc, stacklevel=3)
     return eager(*args)
 
 
@@ -330,22 +340,9 @@ def triton_statistics(enabled: bool = True) -> None:
     _TRITON["enabled"] = bool(enabled)
 
 
-@contextlib.contextmanager
 def triton_statistics_enabled(enabled: bool = True):
     """Context manager: :func:`triton_statistics` (``enabled``) inside, the previous setting after."""
-    previous = _TRITON["enabled"]
-    triton_statistics(enabled)
-    try:
-        yield
-    finally:
-        triton_statistics(previous)
-
-
-def _triton_failed(exc: Exception) -> None:
-    first_line = (str(exc).strip().splitlines() or [""])[0][:200]
-    _TRITON["failed"] = f"{type(exc).__name__}: {first_line}"
-    warnings.warn(f"attnorm: Triton AN statistics failed ({_TRITON['failed']}); using the eager path for the "
-                  "rest of this process", RuntimeWarning, stacklevel=3)
+    return _switched(_TRITON, triton_statistics, enabled)
 
 
 def statistics_forward(u, r, a, k, total, s2_sum, beta, alpha, scale, eps: float, hw: int):
@@ -357,7 +354,7 @@ def statistics_forward(u, r, a, k, total, s2_sum, beta, alpha, scale, eps: float
             try:
                 return ts.statistics_forward(u, r, a, k, total, s2_sum, beta, alpha, scale, eps, hw)
             except Exception as exc:  # a kernel that does not build or run on this machine
-                _triton_failed(exc)
+                _fall_back(_TRITON, "Triton AN statistics", exc, stacklevel=2)
     return _run_statistics("forward", coefficients_forward, u, r, a, k, total, s2_sum, beta, alpha, scale, eps, hw)
 
 
@@ -370,7 +367,7 @@ def statistics_backward(saved, eps: float, hw: int, algorithm1: bool, g_p, g_q):
             try:
                 return ts.statistics_backward(saved, eps, hw, algorithm1, g_p, g_q)
             except Exception as exc:
-                _triton_failed(exc)
+                _fall_back(_TRITON, "Triton AN statistics", exc, stacklevel=2)
         u, r, k, total, s2_sum, beta, alpha, scale, a = saved  # rebuild the eager state
         saved = coefficients_forward(u, r, a, k, total, s2_sum, beta, alpha, scale, eps, hw)[2]
     return _run_statistics("backward", _coefficients_backward, saved, eps, hw, algorithm1, g_p, g_q)
