@@ -17,6 +17,7 @@ skipped, and so is one that runs out of memory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -62,18 +63,22 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def build(variant: str, b: int, c: int, n: int, size: int, device: str,
-          compile_mode: str | None = None, autocast: str | None = None) -> Callable[[], None]:
+          compile_mode: str | None = None, autocast: str | None = None,
+          cuda_graphs: bool = False) -> Callable[[], None]:
     """Return a closure running one forward+backward of ``variant``.
 
     ``compile_mode``: wrap the function/module in ``torch.compile(mode=...)`` (all
     variants alike); None runs eagerly. ``autocast``: ``"bf16"`` or ``"fp16"`` runs the
     forward under ``torch.autocast`` with that dtype (parameters and inputs stay float32).
+    ``cuda_graphs``: capture the module's forward and backward as two CUDA graphs with
+    ``torch.cuda.make_graphed_callables`` (layer variants, CUDA only): each step replays them,
+    so the time is the kernels' and not their launches'.
     """
-    step = _build(variant, b, c, n, size, device, compile_mode)
-    if not autocast:
-        return step
-    if autocast not in AUTOCAST_DTYPES:
+    if autocast and autocast not in AUTOCAST_DTYPES:
         raise ValueError(f"unknown autocast dtype {autocast!r}; choose from {sorted(AUTOCAST_DTYPES)}")
+    step = _build(variant, b, c, n, size, device, compile_mode, autocast if cuda_graphs else None, cuda_graphs)
+    if not autocast or cuda_graphs:  # a graph captured under autocast replays its casts by itself
+        return step
     dtype, device_type = AUTOCAST_DTYPES[autocast], torch.device(device).type
 
     def autocast_step() -> None:
@@ -83,8 +88,12 @@ def build(variant: str, b: int, c: int, n: int, size: int, device: str,
 
 
 def _build(variant: str, b: int, c: int, n: int, size: int, device: str,
-           compile_mode: str | None) -> Callable[[], None]:
-    maybe_compile = (lambda f: torch.compile(f, mode=compile_mode)) if compile_mode else (lambda f: f)
+           compile_mode: str | None, capture_autocast: str | None = None,
+           cuda_graphs: bool = False) -> Callable[[], None]:
+    if cuda_graphs and (torch.device(device).type != "cuda" or variant in ("rn_fast", "rn_literal")):
+        raise ValueError(f"CUDA graphs need a CUDA device and a layer variant (an, an_triton, sa, conv_in), "
+                         f"got {variant!r} on {device!r}")
+    maybe_compile = (lambda f: torch.compile(f, mode=compile_mode, dynamic=False)) if compile_mode else (lambda f: f)
     # CUDA graphs (mode "reduce-overhead") replay into the same output memory: each step is marked
     # as new, and the gradients start from None as after a training step's zero_grad(set_to_none=True)
     # (accumulating into the last replay's gradient is what failed on the H200: "accessing tensor
@@ -129,6 +138,19 @@ def _build(variant: str, b: int, c: int, n: int, size: int, device: str,
         from .layers import triton_stats
         if not triton_stats.applicable(torch.empty(b, c, n, device=x.device)):  # the (b, c, n) sums it takes
             raise RuntimeError("an_triton needs the triton package and a CUDA device (or TRITON_INTERPRET=1)")
+    if cuda_graphs:
+        switch = {"an_cstats": compiled_statistics, "an_triton": triton_statistics_enabled}.get(variant)
+        with contextlib.ExitStack() as stack:
+            if switch is not None:
+                stack.enter_context(switch(True))
+            if capture_autocast:  # autocast's weight cache must be off while capturing
+                stack.enter_context(torch.autocast("cuda", dtype=AUTOCAST_DTYPES[capture_autocast],
+                                                   cache_enabled=False))
+            graphed = torch.cuda.make_graphed_callables(module, (x,))
+
+        def graph_step() -> None:
+            graphed(x).backward(grad)
+        return graph_step
 
     def step() -> None:
         begin(x, *module.parameters())
@@ -207,9 +229,10 @@ def _peak_child(variant: str, b: int, c: int, n: int, size: int, compile_mode=No
 
 
 def peak_memory(variant: str, b: int, c: int, n: int, size: int, device: str,
-                compile_mode: str | None = None, autocast: str | None = None) -> int | None:
+                compile_mode: str | None = None, autocast: str | None = None,
+                cuda_graphs: bool = False) -> int | None:
     if device.startswith("cuda"):
-        step = build(variant, b, c, n, size, device, compile_mode, autocast)
+        step = build(variant, b, c, n, size, device, compile_mode, autocast, cuda_graphs)
         step()  # warm-up (and compilation)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -244,7 +267,7 @@ def default_memory_budget_gb() -> float:
 
 def run(sizes=(16, 32, 64, 128), batch=8, channels=128, entities=16, repeats=7, warmup=2,
         device="cpu", max_mem_gb=8.0, memory=True, variants=DEFAULT_VARIANTS, compile_mode=None,
-        autocast: str | None = None) -> dict:
+        autocast: str | None = None, cuda_graphs: bool = False) -> dict:
     """Measure every variant at every size; timed runs are interleaved round-robin
     across the variants of a size, so machine noise hits all of them alike. One line
     per measured case goes to this module's logger."""
@@ -261,7 +284,8 @@ def run(sizes=(16, 32, 64, 128), batch=8, channels=128, entities=16, repeats=7, 
                            reason=f"estimated {est / 2**30:.1f} GiB > --max-mem-gb {max_mem_gb}")
                 continue
             try:
-                steps[variant] = build(variant, batch, channels, entities, size, device, compile_mode, autocast)
+                steps[variant] = build(variant, batch, channels, entities, size, device, compile_mode, autocast,
+                                       cuda_graphs)
                 time_variant(steps[variant], device, warmup, 0)
             except (RuntimeError, MemoryError) as exc:  # out of memory
                 steps.pop(variant, None)
@@ -271,7 +295,7 @@ def run(sizes=(16, 32, 64, 128), batch=8, channels=128, entities=16, repeats=7, 
             for variant, step in steps.items():
                 times[variant] += time_variant(step, device, 0, 1)
         ops = {v: count_dispatches(step) for v, step in steps.items()
-               if compile_mode is None and v not in ("an_cstats", "an_triton")}
+               if compile_mode is None and not cuda_graphs and v not in ("an_cstats", "an_triton")}
         steps.clear()
         for variant in variants:
             row = rows[variant]
@@ -281,7 +305,7 @@ def run(sizes=(16, 32, 64, 128), batch=8, channels=128, entities=16, repeats=7, 
                 if memory:
                     try:
                         mem = peak_memory(variant, batch, channels, entities, size, device,
-                                          compile_mode, autocast)
+                                          compile_mode, autocast, cuda_graphs)
                     except (RuntimeError, MemoryError):
                         mem = None
                 row.update(status="ok", median_ms=1e3 * statistics.median(times[variant]),
@@ -295,7 +319,7 @@ def run(sizes=(16, 32, 64, 128), batch=8, channels=128, entities=16, repeats=7, 
     return {
         "config": {"sizes": list(sizes), "batch": batch, "channels": channels, "entities": entities,
                    "repeats": repeats, "warmup": warmup, "device": device,
-                   "compile": compile_mode, "autocast": autocast,
+                   "compile": compile_mode, "autocast": autocast, "cuda_graphs": cuda_graphs,
                    "threads": torch.get_num_threads(), "torch": torch.__version__,
                    "machine": platform.processor() or platform.machine(),
                    "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
@@ -349,7 +373,8 @@ def targets(results) -> list[dict]:
 
 def format_table(report: dict) -> str:
     cfg = report["config"]
-    lines = [f"device={cfg['device']} compile={cfg.get('compile')} autocast={cfg.get('autocast')} threads={cfg['threads']} torch={cfg['torch']} "
+    lines = [f"device={cfg['device']} compile={cfg.get('compile')} autocast={cfg.get('autocast')} "
+             f"cuda_graphs={cfg.get('cuda_graphs', False)} threads={cfg['threads']} torch={cfg['torch']} "
              f"b={cfg['batch']} c={cfg['channels']} n={cfg['entities']} repeats={cfg['repeats']}",
              f"{'variant':<11}" + "".join(f"{s:>22}" for s in cfg["sizes"]),
              f"{'':<11}" + "".join(f"{'ms':>11}{'MiB':>11}" for _ in cfg["sizes"])]

@@ -102,7 +102,7 @@ def test_cuda_graph_steps_start_from_fresh_gradients(monkeypatch):
     """Under --compile reduce-overhead each step's gradients start from None (a replay must not
     accumulate into the previous replay's outputs); eager steps accumulate as before."""
     import torch
-    monkeypatch.setattr(torch, "compile", lambda f, mode=None: f)  # the step logic, without compiling
+    monkeypatch.setattr(torch, "compile", lambda f, **kwargs: f)  # the step logic, without compiling
     def grads_after(steps, mode):
         torch.manual_seed(0)
         step = bench.build("conv_in", 2, 8, 2, 4, "cpu", compile_mode=mode)
@@ -143,3 +143,11 @@ def test_an_triton_is_skipped_with_its_reason_where_triton_cannot_run(monkeypatc
     rows = {r["variant"]: r for r in report["results"]}
     assert rows["an"]["status"] == "ok" and rows["an_triton"]["status"] == "skipped"
     assert "needs the triton package" in rows["an_triton"]["reason"]
+
+
+def test_cuda_graphs_need_cuda_and_a_layer_variant(capsys):
+    from _cli import cli_error
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
+        bench.build("an", 1, 16, 2, 8, "cpu", cuda_graphs=True)
+    assert "--cuda-graphs needs a CUDA device" in cli_error(
+        capsys, ["bench", "--device", "cpu", "--cuda-graphs", "--no-memory"])

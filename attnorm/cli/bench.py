@@ -32,6 +32,9 @@ def bench_arguments(p: argparse.ArgumentParser) -> None:
                         "does (attnorm.training.allocator)")
     p.add_argument("--compile", default=None, metavar="MODE",
                    help="torch.compile every variant with this mode (default, reduce-overhead, ...)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="CUDA only: capture each layer's forward and backward as CUDA graphs "
+                        "(torch.cuda.make_graphed_callables) and time their replay")
     p.add_argument("--autocast", choices=tuple(AUTOCAST_DTYPES), default=None,
                    help="run every forward under torch.autocast with this dtype (default: float32)")
     p.add_argument("--json", default="bench_results/layers.json", help="where to write the JSON report")
@@ -53,12 +56,16 @@ def bench(args: argparse.Namespace) -> int:
     from attnorm.io import write_text
     sizes = tuple(args.sizes)
     check_device(args.device)
+    if args.cuda_graphs and not str(args.device).startswith("cuda"):
+        raise CommandError(f"--cuda-graphs needs a CUDA device, got --device {args.device}; drop --cuda-graphs or use --device cuda")
     if args.json:
         output_file(args.json, "--json")
     variants = tuple(v for v in args.variants.split(",") if v)
     for v in variants:
         if v not in VARIANTS:
             raise CommandError(f"unknown variant {v!r}; choose from {','.join(VARIANTS)}")
+    if args.cuda_graphs and {"rn_fast", "rn_literal"} & set(variants):
+        raise CommandError("--cuda-graphs times layer variants only; pass --variants from an,an_cstats,an_triton,sa,conv_in")
     retained = False
     if not args.glibc_default_malloc and str(args.device).startswith("cpu"):
         from attnorm.training.allocator import retain_freed_memory
@@ -66,7 +73,8 @@ def bench(args: argparse.Namespace) -> int:
     report = run(sizes=sizes, batch=args.batch, channels=args.channels, entities=args.entities,
                  repeats=max(args.repeats, 1), warmup=args.warmup, device=args.device,
                  max_mem_gb=args.max_mem_gb or default_memory_budget_gb(), memory=not args.no_memory,
-                 variants=variants, compile_mode=args.compile, autocast=args.autocast)
+                 variants=variants, compile_mode=args.compile, autocast=args.autocast,
+                 cuda_graphs=args.cuda_graphs)
     report["config"]["retain_freed_memory"] = retained
     print(format_table(report))
     if args.json:
