@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# Issue 13's GPU figures in one prepared run (about 5-6 minutes on an H100/H200), for a session
+# Issue 13's GPU figures in one prepared run (about 5 minutes on an H100/H200), for a session
 # that is lent a device. From the repository root:
 #     bash benchmarks/gpu_issue13.sh [OUT]          # OUT default: $OUT or benchmarks/results/gpu
 # It writes one JSON per case (each holds device, torch version, batch, dtype, times and the
 # targets as ratios) plus a log, and never fails the whole script for one case:
-#   * eager, float32 and bf16 autocast, batch 8 and 32, sizes 32/64/128: AN, SA, conv1x1+IN;
-#   * AN with compiled statistics (an_cstats) and with the Triton statistics kernels (an_triton)
-#     beside them, batch 8, sizes 32 and 64, after the Triton kernels' parity tests on the GPU;
-#   * torch.compile(mode="default") on AN and conv1x1+IN at 32 and 64 (the 32x32 compile that
-#     failed in inductor's compile worker on an H200 with torch 2.11);
-#   * torch.compile(mode="reduce-overhead") (CUDA graphs) on AN, SA and conv1x1+IN at 32 and 64:
-#     AN's eager time is kernel launches, which graphs replay without;
+#   * the Triton statistics kernels' parity tests on the GPU;
+#   * batch 8 and 32, sizes 32/64/128: AN, AN with the Triton statistics (an_triton), SA and
+#     conv1x1+IN eager in float32, and with forward and backward captured as CUDA graphs
+#     (--cuda-graphs) in float32 and bf16 autocast;
+#   * a kernel-level profile of AN and an_triton (benchmarks/gpu_profile_an.py): under graphs
+#     AN's time grows with the map (session 7), so which kernels are slow;
+#   * torch.compile(mode="reduce-overhead") (inductor + CUDA graphs) on AN, SA and conv1x1+IN;
 #   * the GAN training step AN / none / SA at 32 and 64 px (benchmarks/bench_gan.py, speed part).
 # Through the device tool (at most 8 files come back from $OUT), write elsewhere and pack:
 #     bash benchmarks/gpu_issue13.sh /tmp/r && tar czf $OUT/results.tgz -C /tmp r
@@ -30,14 +30,17 @@ run() {  # name, time limit in seconds, then attnorm bench arguments
 }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee -a "$log"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$log"
-for b in 8 32; do
-  run "gpu_b${b}_fp32" 60 --batch "$b" --sizes 32,64,128 --variants an,sa,conv_in --repeats 20 --warmup 3
-  run "gpu_b${b}_bf16" 60 --batch "$b" --sizes 32,64,128 --variants an,sa,conv_in --repeats 20 --warmup 3 --autocast bf16
-done
+S="--sizes 32,64,128 --repeats 20 --warmup 3"
 python3 -m pytest -q -p no:warnings tests/test_triton_stats.py 2>&1 | tail -n 3 | tee -a "$log"  # the kernels' parity on this GPU
-run "gpu_b8_cstats" 80 --batch 8 --sizes 32,64 --variants an,an_cstats,an_triton,sa,conv_in --repeats 20 --warmup 3 --no-memory
-run "gpu_b8_compiled" 80 --batch 8 --sizes 32,64 --variants an,conv_in --repeats 20 --warmup 3 --compile default --no-memory
-run "gpu_b8_cudagraphs" 90 --batch 8 --sizes 32,64 --variants an,sa,conv_in --repeats 20 --warmup 5 --compile reduce-overhead --no-memory
+for b in 8 32; do
+  run "gpu_b${b}_fp32" 60 --batch "$b" $S --variants an,an_triton,sa,conv_in
+  run "gpu_b${b}_fp32_graphs" 50 --batch "$b" $S --variants an,an_triton,sa,conv_in --cuda-graphs --no-memory
+  run "gpu_b${b}_bf16_graphs" 40 --batch "$b" $S --variants an,sa,conv_in --cuda-graphs --autocast bf16 --no-memory
+done
+echo "== an_profile (commit $commit): python benchmarks/gpu_profile_an.py --device cuda --sizes 32,64,128" | tee -a "$log"
+timeout 90 python3 benchmarks/gpu_profile_an.py --device cuda --sizes 32,64,128 --variants an,an_triton \
+  --json "$out/an_profile.json" 2>&1 | tee -a "$log" || echo "== an_profile failed or timed out" | tee -a "$log"
+run "gpu_b8_reduce_overhead" 90 --batch 8 --sizes 32,64,128 --repeats 20 --warmup 5 --variants an,sa,conv_in --compile reduce-overhead --no-memory
 echo "== gan_step_cuda (commit $commit): python benchmarks/bench_gan.py --device cuda --skip-ssr --res 32 64" | tee -a "$log"
 timeout 120 python3 benchmarks/bench_gan.py --device cuda --skip-ssr --res 32 64 --repeats 9 --json "$out/gan_step_cuda.json" 2>&1 \
   | tee -a "$log" || echo "== gan_step_cuda failed or timed out" | tee -a "$log"

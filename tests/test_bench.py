@@ -151,3 +151,13 @@ def test_cuda_graphs_need_cuda_and_a_layer_variant(capsys):
         bench.build("an", 1, 16, 2, 8, "cpu", cuda_graphs=True)
     assert "--cuda-graphs needs a CUDA device" in cli_error(
         capsys, ["bench", "--device", "cpu", "--cuda-graphs", "--no-memory"])
+
+
+def test_profile_script_lists_the_layers_ops_by_time():
+    from _scripts import load_benchmark
+    prof = load_benchmark("gpu_profile_an")
+    r = prof.profile_step("an", 1, 4, "cpu", steps=1, top=40)
+    times = [row["us_per_step"] for row in r["top"]]
+    assert times == sorted(times, reverse=True) and 0 < sum(times) <= r["total_us_per_step"] * (1 + 1e-9)
+    # the fused projection [entities / tau; W_v] X is there with its (b, n + c, c) weight
+    assert any(row["name"] == "aten::baddbmm" and "[1, 144, 128]" in row["shapes"] for row in r["top"])

@@ -1,0 +1,90 @@
+"""Where AN's forward+backward spends its device time, kernel by kernel (issue 13).
+
+Under CUDA graphs on an H200 (session 7) AN's time grows with the map (b 8: 0.72 / 1.52 /
+4.51 ms at 32 / 64 / 128) while conv1x1+IN stays at 0.29-0.69 ms: the launches are gone and
+some kernels are slow. This runs the same step as ``attnorm bench`` (variant ``an`` or
+``an_triton``) under ``torch.profiler`` and lists the ops/kernels by their own device time
+(CUDA) or CPU time, with the share of the total and, for each aten op, its input shapes.
+
+    python benchmarks/gpu_profile_an.py --device cuda --sizes 64,128 --json benchmarks/results/an_profile.json
+    python benchmarks/gpu_profile_an.py --device cpu --sizes 32           # the same on the CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from _provenance import git_commit  # noqa: E402
+from attnorm.bench import build  # noqa: E402
+
+
+def profile_step(variant: str, batch: int, size: int, device: str, steps: int = 5, top: int = 15,
+                 autocast: str | None = None) -> dict:
+    step = build(variant, batch, 128, 16, size, device, autocast=autocast)
+    for _ in range(3):  # warm-up: cuBLAS handles, Triton builds, allocator
+        step()
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities, record_shapes=True) as prof:
+        for _ in range(steps):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = [e for e in prof.key_averages(group_by_input_shape=True) if getattr(e, key, 0) > 0]
+    total = sum(getattr(e, key) for e in events)
+    events.sort(key=lambda e: getattr(e, key), reverse=True)
+    rows = [{"name": e.key, "shapes": str(e.input_shapes)[:160], "calls_per_step": e.count / steps,
+             "us_per_step": getattr(e, key) / steps, "share": getattr(e, key) / total} for e in events[:top]]
+    return {"variant": variant, "batch": batch, "size": size, "autocast": autocast,
+            "time_kind": "device (self)" if cuda else "cpu (self)",
+            "total_us_per_step": total / steps, "top": rows}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--sizes", default="64,128")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--variants", default="an")
+    p.add_argument("--autocast", default=None)
+    p.add_argument("--top", type=int, default=15)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("gpu_profile_an: --device cuda but no CUDA device; use --device cpu", file=sys.stderr)
+        return 2
+    report = {"torch": torch.__version__, "device": args.device,
+              "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+              "machine": platform.machine(), "threads": torch.get_num_threads(),
+              "commit": os.environ.get("ATTNORM_COMMIT") or git_commit(), "profiles": []}
+    for variant in args.variants.split(","):
+        for size in (int(s) for s in args.sizes.split(",")):
+            r = profile_step(variant, args.batch, size, args.device, top=args.top, autocast=args.autocast)
+            report["profiles"].append(r)
+            print(f"== {variant} b {args.batch} {size}x{size}: {r['total_us_per_step'] / 1e3:.2f} ms "
+                  f"{r['time_kind']} per step")
+            for row in r["top"]:
+                print(f"  {row['us_per_step']:9.1f} us {100 * row['share']:5.1f}%  x{row['calls_per_step']:<4g} "
+                      f"{row['name'][:60]:<60} {row['shapes']}")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json + ".tmp", "w") as f:
+            json.dump(report, f, indent=2)
+        os.replace(args.json + ".tmp", args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
