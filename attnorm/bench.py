@@ -33,6 +33,7 @@ from torch import nn
 
 from .layers import (AttentiveNorm, SelfAttention2d, compiled_statistics, regional_norm, regional_norm_literal,
                      triton_statistics_enabled)
+from .provenance import git_commit
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +321,7 @@ def run(sizes=(16, 32, 64, 128), batch=8, channels=128, entities=16, repeats=7, 
         "config": {"sizes": list(sizes), "batch": batch, "channels": channels, "entities": entities,
                    "repeats": repeats, "warmup": warmup, "device": device,
                    "compile": compile_mode, "autocast": autocast, "cuda_graphs": cuda_graphs,
-                   "threads": torch.get_num_threads(), "torch": torch.__version__,
+                   "threads": torch.get_num_threads(), "torch": torch.__version__, "code": git_commit(),
                    "machine": platform.processor() or platform.machine(),
                    "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
                    "memory_method": ("torch.cuda.max_memory_allocated" if device.startswith("cuda")
@@ -374,7 +375,7 @@ def targets(results) -> list[dict]:
 def format_table(report: dict) -> str:
     cfg = report["config"]
     lines = [f"device={cfg['device']} compile={cfg.get('compile')} autocast={cfg.get('autocast')} "
-             f"cuda_graphs={cfg.get('cuda_graphs', False)} threads={cfg['threads']} torch={cfg['torch']} "
+             f"cuda_graphs={cfg.get('cuda_graphs', False)} code={cfg.get('code')} threads={cfg['threads']} torch={cfg['torch']} "
              f"b={cfg['batch']} c={cfg['channels']} n={cfg['entities']} repeats={cfg['repeats']}",
              f"{'variant':<11}" + "".join(f"{s:>22}" for s in cfg["sizes"]),
              f"{'':<11}" + "".join(f"{'ms':>11}{'MiB':>11}" for _ in cfg["sizes"])]

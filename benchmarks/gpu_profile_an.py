@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     report = {"torch": torch.__version__, "device": args.device,
               "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
               "machine": platform.machine(), "threads": torch.get_num_threads(),
-              "commit": os.environ.get("ATTNORM_COMMIT") or git_commit(), "profiles": []}
+              "commit": git_commit(), "profiles": []}
     for variant in args.variants.split(","):
         for size in (int(s) for s in args.sizes.split(",")):
             r = profile_step(variant, args.batch, size, args.device, top=args.top, autocast=args.autocast)
