@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 
 from attnorm.bench import count_dispatches
+from attnorm.provenance import git_commit
 
 KINDS = ("an", "none", "sa")
 
@@ -250,7 +251,7 @@ def main(argv=None) -> int:
         from attnorm.training.allocator import retain_freed_memory
         retained = retain_freed_memory()
     report: dict = {"args": {**vars(args), "device": str(device)}, "retain_freed_memory": retained,
-                    "env": {"torch": torch.__version__, "python": platform.python_version(),
+                    "env": {"torch": torch.__version__, "code": git_commit(), "python": platform.python_version(),
                             "machine": platform.machine(), "cpu_count": os.cpu_count(),
                             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
                     "started": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -46,6 +46,7 @@ from pathlib import Path
 import torch
 
 from attnorm.bench import default_memory_budget_gb, status_bytes
+from attnorm.provenance import git_commit
 
 GiB = 2**30
 AN_2048_LIMIT_BYTES = 8 * 10**9  # "under 8 GB" (decimal; 7.45 GiB)
@@ -241,7 +242,8 @@ def main(argv=None) -> dict:
         return {}
     budget = args.max_mem_gb if args.max_mem_gb is not None else default_memory_budget_gb()
     report: dict = {"config": {"sizes": args.sizes, "width": args.width, "threads": args.threads,
-                               "max_mem_gb": budget, "torch": torch.__version__, "python": platform.python_version(),
+                               "max_mem_gb": budget, "torch": torch.__version__, "code": git_commit(),
+                               "python": platform.python_version(),
                                "machine": platform.machine(), "cpus": os.cpu_count(),
                                "loadavg_start": os.getloadavg()},
                     "notes": []}
