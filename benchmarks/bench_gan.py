@@ -64,8 +64,12 @@ class _FixedBatch:
         pass
 
 
-def make_step(kind: str, res: int, ch: int, batch: int, num_classes: int, device: torch.device, seed: int = 0):
-    """A zero-argument callable running one D step + one G step of the real training loop."""
+def make_step(kind: str, res: int, ch: int, batch: int, num_classes: int, device: torch.device, seed: int = 0,
+              compile_mode: str | None = None):
+    """A zero-argument callable running one D step + one G step of the real training loop.
+    ``compile_mode``: the loss calls ``torch.compile(G / D, mode=compile_mode)`` (the optimisers
+    see the same parameters); with ``"reduce-overhead"`` (CUDA graphs) each step is marked as a
+    new one for the graph trees."""
     from attnorm.losses.gan import HingeGANLoss
     from attnorm.models.gan import build_gan
     from attnorm.training.loop import Phase, TrainingLoop
@@ -76,13 +80,20 @@ def make_step(kind: str, res: int, ch: int, batch: int, num_classes: int, device
     gen = torch.Generator().manual_seed(seed)
     x = (torch.rand(batch, 3, res, res, generator=gen) * 2 - 1).to(device)
     y = torch.randint(num_classes, (batch,), generator=gen).to(device)
-    loss = HingeGANLoss(g, d, z_dim=g.z_dim, num_classes=num_classes, batch_size=batch, device=device)
+    run_g, run_d = (torch.compile(g, mode=compile_mode), torch.compile(d, mode=compile_mode)) if compile_mode \
+        else (g, d)
+    loss = HingeGANLoss(run_g, run_d, z_dim=g.z_dim, num_classes=num_classes, batch_size=batch, device=device)
     phases = [Phase("D", d, torch.optim.Adam(d.parameters(), lr=4e-4, betas=(0.0, 0.999), foreach=True)),
               Phase("G", g, torch.optim.Adam(g.parameters(), lr=1e-4, betas=(0.0, 0.999), foreach=True),
                     needs_data=False)]  # foreach as in attnorm.training
     loop = TrainingLoop(phases, loss, _FixedBatch(x, y), run_dir=tempfile.gettempdir(), total_steps=1,
                         is_main=False)
     params = sum(p.numel() for p in g.parameters()) + sum(p.numel() for p in d.parameters())
+    if compile_mode == "reduce-overhead":
+        def graphed_step():
+            torch.compiler.cudagraph_mark_step_begin()
+            return loop.train_step()
+        return graphed_step, params
     return loop.train_step, params
 
 
@@ -92,12 +103,13 @@ def _sync(device: torch.device) -> None:
 
 
 def speed(resolutions, ch: int, batch: int, repeats: int, warmup: int, num_classes: int,
-          device: torch.device, log=print) -> list[dict]:
+          device: torch.device, log=print, compile_mode: str | None = None) -> list[dict]:
     rows = []
     for res in resolutions:
         steps, params = {}, {}
         for kind in KINDS:
-            steps[kind], params[kind] = make_step(kind, res, ch, batch, num_classes, device)
+            steps[kind], params[kind] = make_step(kind, res, ch, batch, num_classes, device,
+                                                  compile_mode=compile_mode)
         times: dict[str, list[float]] = {k: [] for k in KINDS}
         for rnd in range(warmup + repeats):
             for kind in KINDS:  # round-robin: every model sees the same machine load
@@ -110,11 +122,13 @@ def speed(resolutions, ch: int, batch: int, repeats: int, warmup: int, num_class
                     times[kind].append(dt)
         for kind in KINDS:
             med = statistics.median(times[kind])
-            ops = count_dispatches(steps[kind])  # on a GPU each is a kernel launch
+            # on a GPU each is a kernel launch (a compiled step's fused kernels are not aten ops)
+            ops = None if compile_mode else count_dispatches(steps[kind])
             rows.append({"res": res, "attention": kind, "ch": ch, "batch": batch, "params": params[kind],
+                         "compile": compile_mode,
                          "median_s": med, "times_s": times[kind], "dispatched_ops": ops})
-            log(f"  {res:>3} px {kind:>4}: median {med * 1e3:8.1f} ms over {len(times[kind])} steps, "
-                f"{ops} aten ops per step")
+            log(f"  {res:>3} px {kind:>4}: median {med * 1e3:8.1f} ms over {len(times[kind])} steps"
+                + ("" if ops is None else f", {ops} aten ops per step"))
     return rows
 
 
@@ -226,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=16, help="(a) real batch = fake batch (default 16)")
     p.add_argument("--repeats", type=int, default=7, help="(a) timed rounds (default 7)")
     p.add_argument("--warmup", type=int, default=2, help="(a) untimed rounds (default 2)")
+    p.add_argument("--compile", default=None, metavar="MODE",
+                   help="(a) torch.compile G and D with this mode (default, reduce-overhead, ...); "
+                        "give --warmup >= 3 so compiling and graph recording are not timed")
     p.add_argument("--num-classes", type=int, default=10, help="(a) classes (default 10)")
     p.add_argument("--ssr-res", type=int, default=32, help="(b) resolution (default 32)")
     p.add_argument("--ssr-steps", type=int, default=1500, help="(b) training steps per model (default 1500)")
@@ -257,7 +274,8 @@ def main(argv=None) -> int:
                     "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     if not args.skip_speed:
         print("(a) training step time")
-        report["speed"] = speed(args.res, args.ch, args.batch, args.repeats, args.warmup, args.num_classes, device)
+        report["speed"] = speed(args.res, args.ch, args.batch, args.repeats, args.warmup, args.num_classes, device,
+                                compile_mode=args.compile)
         report["speed_ratios"] = speed_ratios(report["speed"])
     if not args.skip_ssr:
         print("(b) SSR ablation")

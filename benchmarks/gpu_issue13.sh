@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 13's GPU figures in one prepared run (about 5 minutes on an H100/H200), for a session
+# Issue 13's GPU figures in one prepared run (about 8 minutes on an H100/H200), for a session
 # that is lent a device. From the repository root:
 #     bash benchmarks/gpu_issue13.sh [OUT]          # OUT default: $OUT or benchmarks/results/gpu
 # It writes one JSON per case (each holds device, torch version, batch, dtype, times and the
@@ -11,7 +11,9 @@
 #   * a kernel-level profile of AN and an_triton (benchmarks/gpu_profile_an.py): under graphs
 #     AN's time grows with the map (session 7), so which kernels are slow;
 #   * torch.compile(mode="reduce-overhead") (inductor + CUDA graphs) on AN, SA and conv1x1+IN;
-#   * the GAN training step AN / none / SA at 32 and 64 px (benchmarks/bench_gan.py, speed part).
+#   * the GAN training step AN / none / SA at 32 and 64 px (benchmarks/bench_gan.py, speed part),
+#     eager and with G and D compiled (default and reduce-overhead): on the H200 the eager step
+#     of the small GAN is launch-bound (7-10 iterations/s).
 # Through the device tool (at most 8 files come back from $OUT), write elsewhere and pack:
 #     bash benchmarks/gpu_issue13.sh /tmp/r && tar czf $OUT/results.tgz -C /tmp r
 # ATTNORM_COMMIT names the code state in the log where the tree has no .git (a device copy).
@@ -44,4 +46,9 @@ run "gpu_b8_reduce_overhead" 90 --batch 8 --sizes 32,64,128 --repeats 20 --warmu
 echo "== gan_step_cuda (commit $commit): python benchmarks/bench_gan.py --device cuda --skip-ssr --res 32 64" | tee -a "$log"
 timeout 120 python3 benchmarks/bench_gan.py --device cuda --skip-ssr --res 32 64 --repeats 9 --json "$out/gan_step_cuda.json" 2>&1 \
   | tee -a "$log" || echo "== gan_step_cuda failed or timed out" | tee -a "$log"
+for mode in default reduce-overhead; do  # the whole GAN step compiled: G and D through torch.compile
+  echo "== gan_step_cuda_$mode (commit $commit): python benchmarks/bench_gan.py --device cuda --compile $mode" | tee -a "$log"
+  timeout 150 python3 benchmarks/bench_gan.py --device cuda --skip-ssr --res 32 64 --repeats 9 --warmup 4 --compile "$mode" \
+    --json "$out/gan_step_cuda_$mode.json" 2>&1 | tee -a "$log" || echo "== gan_step_cuda_$mode failed or timed out" | tee -a "$log"
+done
 echo "== done: $out" | tee -a "$log"

@@ -161,3 +161,22 @@ def test_profile_script_lists_the_layers_ops_by_time():
     assert times == sorted(times, reverse=True) and 0 < sum(times) <= r["total_us_per_step"] * (1 + 1e-9)
     # the fused projection [entities / tau; W_v] X is there with its (b, n + c, c) weight
     assert any(row["name"] == "aten::baddbmm" and "[1, 144, 128]" in row["shapes"] for row in r["top"])
+
+
+def test_gan_step_benchmark_compiles_g_and_d_and_marks_graph_steps(monkeypatch):
+    """bench_gan.py --compile MODE: the loss runs torch.compile(G) and torch.compile(D); under
+    reduce-overhead every step starts a new CUDA-graph step (torch.compile stubbed: the wiring only)."""
+    import torch
+    from _scripts import load_benchmark
+    bg = load_benchmark("bench_gan")
+    compiled, marks = [], []
+    monkeypatch.setattr(torch, "compile", lambda m, mode=None: compiled.append((type(m).__name__, mode)) or m)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    step, _ = bg.make_step("none", 32, 8, 2, 3, torch.device("cpu"), compile_mode="reduce-overhead")
+    step()
+    step()
+    assert compiled == [("Generator", "reduce-overhead"), ("Discriminator", "reduce-overhead")]
+    assert len(marks) == 2
+    compiled.clear()
+    bg.make_step("none", 32, 8, 2, 3, torch.device("cpu"))[0]()
+    assert compiled == [] and len(marks) == 2
