@@ -104,5 +104,8 @@ def test_cbn_errors():
     x = torch.randn(2, 8, 2, 2)
     with pytest.raises(ValueError, match=r"\[0, 5\)"):
         cbn(x, torch.tensor([0, 5]))
+    with pytest.raises(ValueError, match=r"\[0, 5\)"):
+        cbn(x, torch.tensor([-1, 4]))
+    cbn(x, torch.tensor([0, 4]))  # both ends of the range are fine
     with pytest.raises(ValueError, match=r"\(b, 5\)"):
         cbn(x, torch.ones(2, 4))

@@ -138,3 +138,41 @@ def test_config_values_are_checked_for_type_and_bounds(tmp_path):
     assert cfg["d_ch"] == 8 and cfg["lr_g"] == 1
     old = {k: v for k, v in resolve_config().items() if k != "g_spectral_norm"}
     assert resolve_config(base=old)["g_spectral_norm"] is True
+
+
+def test_compile_key_runs_the_loss_through_compiled_g_and_d(tmp_path, monkeypatch):
+    """compile=MODE: the loss calls torch.compile(G) and torch.compile(D) (stubbed here: the wiring,
+    not inductor), the optimisers, EMA and checkpoints keep the plain modules, and under
+    reduce-overhead every phase run starts a new CUDA-graph step."""
+    with pytest.raises(ValueError, match="not a torch.compile mode"):
+        resolve_config(overrides=dict(TINY, compile="fast"))
+    compiled, marks = [], []
+
+    class Compiled(torch.nn.Module):  # what torch.compile returns: a wrapper that calls the module
+        def __init__(self, m):
+            super().__init__()
+            self._orig_mod = m
+
+        def forward(self, *a, **k):
+            return self._orig_mod(*a, **k)
+
+        def __getattr__(self, name):
+            try:
+                return super().__getattr__(name)
+            except AttributeError:
+                return getattr(self._orig_mod, name)
+
+    monkeypatch.setattr(torch, "compile", lambda m, mode=None: compiled.append((type(m).__name__, mode)) or Compiled(m))
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    cfg = resolve_config(overrides=dict(TINY, steps=2, compile="reduce-overhead"))
+    run = GANTraining(cfg, tmp_path / "c")
+    assert compiled == [("Generator", "reduce-overhead"), ("Discriminator", "reduce-overhead")]
+    assert isinstance(run.loss.G, Compiled) and run.loss.G._orig_mod is run.G and run.loss.D._orig_mod is run.D
+    run.run()
+    assert len(marks) == 2 * (cfg["d_steps"] + 1)  # one per phase run
+    eager = GANTraining(resolve_config(overrides=dict(TINY, steps=2)), tmp_path / "e")
+    eager.run()
+    assert not eager.loop.mark_graph_steps and len(marks) == 2 * (cfg["d_steps"] + 1)
+    assert _stat_losses(tmp_path / "c") == _stat_losses(tmp_path / "e")  # same numbers through the wrapper
+    assert all(not k.startswith("_orig_mod") for k in torch.load(
+        tmp_path / "c" / "checkpoints" / "latest.pt", weights_only=True)["modules"]["G"])

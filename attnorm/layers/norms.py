@@ -40,8 +40,12 @@ class ConditionalBatchNorm2d(nn.Module):
         if y.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8):
             if y.dim() != 1:
                 raise ValueError(f"labels must be a (b,) tensor, got shape {tuple(y.shape)}")
-            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
-                raise ValueError(f"labels must lie in [0, {self.num_classes}), got {y.tolist()}")
+            # one host sync for both bounds; a compiled graph leaves the range to its caller (a
+            # sync there would split the graph at every conditional BN)
+            if y.numel() and not torch.compiler.is_compiling():
+                lo, hi = torch.stack(torch.aminmax(y)).tolist()
+                if lo < 0 or hi >= self.num_classes:
+                    raise ValueError(f"labels must lie in [0, {self.num_classes}), got {y.tolist()}")
             return self.gain(y), self.bias(y)
         if y.dim() != 2 or y.shape[1] != self.num_classes:
             raise ValueError(

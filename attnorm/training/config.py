@@ -32,8 +32,17 @@ KEY_TYPES: dict[str, tuple] = {
     "d_ch": (int, None), "data": (str, None), "threads": (int, None), "max_seconds": (_NUMBER, None),
     "sync_bn": (bool, None), "mask_kind": (str, None), "augment": (dict, None), "photos": (str, list),
     "amp": (bool, None), "channels_last": (bool, None), "ema_decay": (_NUMBER, None), "gamma": (_NUMBER, None),
-    "hole_fill": (str, None),
+    "hole_fill": (str, None), "compile": (str, None),
 }
+#: torch.compile modes a run's ``compile`` key may name.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def check_compile_mode(mode: str | None) -> None:
+    """A one-line ValueError for a ``compile`` value torch.compile does not know."""
+    if mode is not None and mode not in COMPILE_MODES:
+        raise ValueError(f"compile={mode!r} is not a torch.compile mode; choose from {', '.join(COMPILE_MODES)} "
+                         "or leave it out (eager)")
 #: Lower bounds of numeric keys (a key missing from a task's defaults is ignored).
 MIN_VALUES: dict[str, float] = {
     "batch_size": 1, "steps": 1, "resolution": 1, "ch": 1, "d_ch": 1, "z_dim": 1, "num_entities": 1, "d_steps": 1,

@@ -41,7 +41,7 @@ from attnorm.io import to_uint8
 from attnorm.losses.augment import parse_policy
 from attnorm.losses.gan import HingeGANLoss
 from attnorm.models.gan import Generator, build_gan, convert_distributed_batchnorm
-from attnorm.training.config import TaskRun, layered_config
+from attnorm.training.config import TaskRun, check_compile_mode, layered_config
 from attnorm.training.loop import EMA, Phase
 from attnorm.viz.grid import make_grid, save_image
 
@@ -90,6 +90,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "samples_per_class": 8,
     "max_seconds": None,     # stop (with a checkpoint) after this much training time
     "sync_bn": None,         # DDP: G's BN statistics over the global batch (None: only on CUDA)
+    "compile": None,         # train G and D through torch.compile with this mode ("default", "reduce-overhead", ...)
 }
 
 
@@ -98,6 +99,7 @@ def resolve_config(config_file: str | os.PathLike | None = None, overrides: dict
     """``base`` (default :data:`DEFAULT_CONFIG`) <- JSON file <- ``overrides``; unknown keys raise."""
     cfg = layered_config(DEFAULT_CONFIG, config_file, overrides, base, ignore_underscore=True)
     parse_policy(cfg["diffaugment"])  # a one-line ValueError naming the known policies
+    check_compile_mode(cfg.get("compile"))
     return cfg
 
 
@@ -165,6 +167,13 @@ class GANTraining(TaskRun):
             ddp = nn.parallel.DistributedDataParallel
             kw = {"device_ids": [device.index]} if device.type == "cuda" else {}
             g_train, d_train = ddp(self.G, **kw), ddp(self.D, broadcast_buffers=False, **kw)
+        compile_mode = cfg.get("compile")
+        if compile_mode:
+            if self.world_size > 1:
+                raise ValueError(f"compile={compile_mode} is not supported with distributed training yet; "
+                                 "drop compile= or train on one process")
+            # the loss runs the compiled modules; the optimisers, EMA and checkpoints see the originals
+            g_train, d_train = torch.compile(self.G, mode=compile_mode), torch.compile(self.D, mode=compile_mode)
         self.make_optimizers(g_params=generator_param_groups(self.G, cfg["lr_g"], cfg.get("class_lr_mult", 1.0)))
         self.loss = HingeGANLoss(g_train, d_train, cfg["z_dim"], self.num_classes, cfg["batch_size"],
                                  ortho_weight=cfg["ortho_weight"], device=device,
@@ -177,6 +186,7 @@ class GANTraining(TaskRun):
         self.make_loop(phases, self.loss, self.dataset, self.ema,
                        extra_state={"task": "gan", "config": cfg, "generator": self.G.get_config(),
                                     "discriminator": self.D.get_config(), "classes": list(self.dataset.classes)})
+        self.loop.mark_graph_steps = compile_mode == "reduce-overhead"
 
     def save_samples(self, step: int) -> Path:
         grid = class_grid(self.ema.shadow, self.z_fixed, self.sample_classes, self.device)

@@ -334,6 +334,8 @@ class TrainingLoop:
         self.resume_changes: dict[str, dict] = {}
         #: finish the step, checkpoint and stop on SIGINT/SIGTERM (single process, main thread)
         self.graceful_interrupt = True
+        #: mark each phase as a new step for torch.compile's CUDA-graph trees (mode "reduce-overhead")
+        self.mark_graph_steps = False
 
     @property
     def checkpoint_path(self) -> Path:
@@ -450,6 +452,8 @@ class TrainingLoop:
             for _ in range(phase.repeats):
                 batch = self.data.next() if phase.needs_data else None
                 phase.optimizer.zero_grad(set_to_none=True)
+                if self.mark_graph_steps:  # CUDA-graph trees: this phase's replays may reuse the last one's memory
+                    torch.compiler.cudagraph_mark_step_begin()
                 out = {k: _to_float(v) for k, v in self.loss.run_phase(phase.name, batch).items()}
                 out[f"{phase.name}/grad_norm"] = _grad_norm(phase.module)
                 for k, v in out.items():
