@@ -80,8 +80,8 @@ def make_step(kind: str, res: int, ch: int, batch: int, num_classes: int, device
     gen = torch.Generator().manual_seed(seed)
     x = (torch.rand(batch, 3, res, res, generator=gen) * 2 - 1).to(device)
     y = torch.randint(num_classes, (batch,), generator=gen).to(device)
-    run_g, run_d = (torch.compile(g, mode=compile_mode), torch.compile(d, mode=compile_mode)) if compile_mode \
-        else (g, d)
+    run_g, run_d = (g, d) if not compile_mode else \
+        (torch.compile(m, mode=compile_mode, dynamic=False) for m in (g, d))  # as train-gan compile=MODE
     loss = HingeGANLoss(run_g, run_d, z_dim=g.z_dim, num_classes=num_classes, batch_size=batch, device=device)
     phases = [Phase("D", d, torch.optim.Adam(d.parameters(), lr=4e-4, betas=(0.0, 0.999), foreach=True)),
               Phase("G", g, torch.optim.Adam(g.parameters(), lr=1e-4, betas=(0.0, 0.999), foreach=True),

@@ -170,7 +170,7 @@ def test_gan_step_benchmark_compiles_g_and_d_and_marks_graph_steps(monkeypatch):
     from _scripts import load_benchmark
     bg = load_benchmark("bench_gan")
     compiled, marks = [], []
-    monkeypatch.setattr(torch, "compile", lambda m, mode=None: compiled.append((type(m).__name__, mode)) or m)
+    monkeypatch.setattr(torch, "compile", lambda m, mode=None, dynamic=None: compiled.append((type(m).__name__, mode)) or m)
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
     step, _ = bg.make_step("none", 32, 8, 2, 3, torch.device("cpu"), compile_mode="reduce-overhead")
     step()

@@ -162,11 +162,12 @@ def test_compile_key_runs_the_loss_through_compiled_g_and_d(tmp_path, monkeypatc
             except AttributeError:
                 return getattr(self._orig_mod, name)
 
-    monkeypatch.setattr(torch, "compile", lambda m, mode=None: compiled.append((type(m).__name__, mode)) or Compiled(m))
+    monkeypatch.setattr(torch, "compile", lambda m, mode=None, dynamic=None:
+                        compiled.append((type(m).__name__, mode, dynamic)) or Compiled(m))
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
     cfg = resolve_config(overrides=dict(TINY, steps=2, compile="reduce-overhead"))
     run = GANTraining(cfg, tmp_path / "c")
-    assert compiled == [("Generator", "reduce-overhead"), ("Discriminator", "reduce-overhead")]
+    assert compiled == [("Generator", "reduce-overhead", False), ("Discriminator", "reduce-overhead", False)]
     assert isinstance(run.loss.G, Compiled) and run.loss.G._orig_mod is run.G and run.loss.D._orig_mod is run.D
     run.run()
     assert len(marks) == 2 * (cfg["d_steps"] + 1)  # one per phase run

@@ -172,8 +172,9 @@ class GANTraining(TaskRun):
             if self.world_size > 1:
                 raise ValueError(f"compile={compile_mode} is not supported with distributed training yet; "
                                  "drop compile= or train on one process")
-            # the loss runs the compiled modules; the optimisers, EMA and checkpoints see the originals
-            g_train, d_train = torch.compile(self.G, mode=compile_mode), torch.compile(self.D, mode=compile_mode)
+            # the loss runs the compiled modules; the optimisers, EMA and checkpoints see the originals.
+            # Static shapes: a new batch shape compiles anew (a dynamic-shape recompile of SA failed)
+            g_train, d_train = (torch.compile(m, mode=compile_mode, dynamic=False) for m in (self.G, self.D))
         self.make_optimizers(g_params=generator_param_groups(self.G, cfg["lr_g"], cfg.get("class_lr_mult", 1.0)))
         self.loss = HingeGANLoss(g_train, d_train, cfg["z_dim"], self.num_classes, cfg["batch_size"],
                                  ortho_weight=cfg["ortho_weight"], device=device,
