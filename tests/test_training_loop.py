@@ -234,10 +234,11 @@ def test_interrupt_finishes_the_step_checkpoints_and_resumes_exactly(tmp_path):
             os.kill(os.getpid(), signal.SIGINT)
         return real(name, batch)
     loss.run_phase = run_phase
+    before = signal.getsignal(signal.SIGINT)  # default, or SIG_IGN in a background job
     part.run()
     assert part.stop_reason == "interrupted" and part.step == 5
     assert load_checkpoint(tmp_path / "b" / "checkpoints" / "latest.pt")["step"] == 5
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before  # the handler in place before the run is back
     resumed, model_res, _ = make_loop(tmp_path / "b", 8, ckpt_every=0)
     resumed.resume()
     resumed.run()
