@@ -177,3 +177,11 @@ def test_compile_key_runs_the_loss_through_compiled_g_and_d(tmp_path, monkeypatc
     assert _stat_losses(tmp_path / "c") == _stat_losses(tmp_path / "e")  # same numbers through the wrapper
     assert all(not k.startswith("_orig_mod") for k in torch.load(
         tmp_path / "c" / "checkpoints" / "latest.pt", weights_only=True)["modules"]["G"])
+
+
+def test_compile_with_distributed_training_is_refused_in_one_line(tmp_path, monkeypatch):
+    from attnorm.training import config as config_module
+    monkeypatch.setattr(config_module, "world", lambda: (0, 2))  # as under torchrun with two processes
+    monkeypatch.setattr(config_module, "init_distributed", lambda device: device)
+    with pytest.raises(ValueError, match="compile=default is not supported with distributed training"):
+        GANTraining(resolve_config(overrides=dict(TINY, compile="default")), tmp_path / "r")

@@ -143,6 +143,10 @@ class GANTraining(TaskRun):
 
     def __init__(self, cfg: dict, run_dir: str | os.PathLike):
         device = self.setup(cfg, run_dir)  # same initial weights on every rank
+        compile_mode = cfg.get("compile")
+        if compile_mode and self.world_size > 1:
+            raise ValueError(f"compile={compile_mode} is not supported with distributed training yet; "
+                             "drop compile= or train on one process")
         self.dataset = make_dataset(cfg)
         self.num_classes = len(self.dataset.classes)
         self.G, self.D = build_gan(resolution=cfg["resolution"], ch=cfg["ch"], num_classes=self.num_classes,
@@ -167,11 +171,7 @@ class GANTraining(TaskRun):
             ddp = nn.parallel.DistributedDataParallel
             kw = {"device_ids": [device.index]} if device.type == "cuda" else {}
             g_train, d_train = ddp(self.G, **kw), ddp(self.D, broadcast_buffers=False, **kw)
-        compile_mode = cfg.get("compile")
         if compile_mode:
-            if self.world_size > 1:
-                raise ValueError(f"compile={compile_mode} is not supported with distributed training yet; "
-                                 "drop compile= or train on one process")
             # the loss runs the compiled modules; the optimisers, EMA and checkpoints see the originals.
             # Static shapes: a new batch shape compiles anew (a dynamic-shape recompile of SA failed)
             g_train, d_train = (torch.compile(m, mode=compile_mode, dynamic=False) for m in (self.G, self.D))
