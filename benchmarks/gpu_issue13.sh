@@ -9,7 +9,9 @@
 #     conv1x1+IN eager in float32, and with forward and backward captured as CUDA graphs
 #     (--cuda-graphs) in float32 and bf16 autocast;
 #   * a kernel-level profile of AN and an_triton (benchmarks/gpu_profile_an.py): under graphs
-#     AN's time grows with the map (session 7), so which kernels are slow;
+#     AN's time grows with the map (session 7), so which kernels are slow; and the forward pixel
+#     sum timed as one bmm and split into chunks (b 8 at 128x128 took longer than b 32 at 64x64,
+#     the same pixels: long per-image reductions with a small output are the suspect);
 #   * torch.compile(mode="reduce-overhead") (inductor + CUDA graphs) on AN, SA and conv1x1+IN;
 #   * the GAN training step AN / none / SA at 32 and 64 px (benchmarks/bench_gan.py, speed part),
 #     eager and with G and D compiled (default and reduce-overhead): on the H200 the eager step
@@ -40,7 +42,7 @@ for b in 8 32; do
   run "gpu_b${b}_bf16_graphs" 40 --batch "$b" $S --variants an,sa,conv_in --cuda-graphs --autocast bf16 --no-memory
 done
 echo "== an_profile (commit $commit): python benchmarks/gpu_profile_an.py --device cuda --sizes 32,64,128" | tee -a "$log"
-timeout 90 python3 benchmarks/gpu_profile_an.py --device cuda --sizes 32,64,128 --variants an,an_triton \
+timeout 120 python3 benchmarks/gpu_profile_an.py --device cuda --sizes 32,64,128 --variants an,an_triton --pixel-sum-probe \
   --json "$out/an_profile.json" 2>&1 | tee -a "$log" || echo "== an_profile failed or timed out" | tee -a "$log"
 run "gpu_b8_reduce_overhead" 90 --batch 8 --sizes 32,64,128 --repeats 20 --warmup 5 --variants an,sa,conv_in --compile reduce-overhead --no-memory
 echo "== gan_step_cuda (commit $commit): python benchmarks/bench_gan.py --device cuda --skip-ssr --res 32 64" | tee -a "$log"

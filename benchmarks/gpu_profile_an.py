@@ -51,6 +51,44 @@ def profile_step(variant: str, batch: int, size: int, device: str, steps: int = 
             "total_us_per_step": total / steps, "top": rows}
 
 
+def split_pixel_sum(a: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:
+    """``bmm(a, b)`` for a (B, m, hw) and b (B, hw, n), with the hw reduction cut into ``k`` chunks
+    that become batch entries (one copy of each operand), then summed: B * k small products
+    instead of B long ones. The candidate fix if the profile blames AN's pixel sums."""
+    B, m, hw = a.shape
+    n = b.shape[2]
+    a4 = a.reshape(B, m, k, hw // k).transpose(1, 2).reshape(B * k, m, hw // k)
+    b4 = b.reshape(B * k, hw // k, n)
+    return torch.bmm(a4, b4).view(B, k, m, n).sum(1)
+
+
+def pixel_sum_probe(device: str, repeats: int = 50) -> list[dict]:
+    """Time AN's forward pixel sum (b, c, hw) x (b, hw, 2n) as one bmm and split into chunks."""
+    import time
+    rows = []
+    for batch, size in ((8, 32), (8, 64), (8, 128), (32, 64), (32, 128)):
+        hw = size * size
+        a = torch.randn(batch, 128, hw, device=device)
+        b = torch.randn(batch, 32, hw, device=device).transpose(1, 2)  # S^T, as the layer passes it
+        row = {"batch": batch, "size": size}
+        for name, fn in [("bmm", lambda: torch.bmm(a, b))] + [
+                (f"split{k}", (lambda k=k: split_pixel_sum(a, b, k))) for k in (4, 16, 64) if hw % k == 0]:
+            for _ in range(3):
+                fn()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                fn()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            row[name + "_us"] = 1e6 * (time.perf_counter() - t0) / repeats
+        rows.append(row)
+        print("  pixel sum b %d %dx%d: " % (batch, size, size)
+              + ", ".join(f"{k[:-3]} {v:.1f} us" for k, v in row.items() if k.endswith("_us")))
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -59,6 +97,8 @@ def main(argv=None) -> int:
     p.add_argument("--variants", default="an")
     p.add_argument("--autocast", default=None)
     p.add_argument("--top", type=int, default=15)
+    p.add_argument("--pixel-sum-probe", action="store_true",
+                   help="also time the forward pixel sum as one bmm and split into chunks")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -77,6 +117,8 @@ def main(argv=None) -> int:
             for row in r["top"]:
                 print(f"  {row['us_per_step']:9.1f} us {100 * row['share']:5.1f}%  x{row['calls_per_step']:<4g} "
                       f"{row['name'][:60]:<60} {row['shapes']}")
+    if args.pixel_sum_probe:
+        report["pixel_sum_probe"] = pixel_sum_probe(args.device)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json + ".tmp", "w") as f:

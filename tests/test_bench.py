@@ -180,3 +180,14 @@ def test_gan_step_benchmark_compiles_g_and_d_and_marks_graph_steps(monkeypatch):
     compiled.clear()
     bg.make_step("none", 32, 8, 2, 3, torch.device("cpu"))[0]()
     assert compiled == [] and len(marks) == 2
+
+
+def test_split_pixel_sum_equals_bmm():
+    import torch
+    from _scripts import load_benchmark
+    prof = load_benchmark("gpu_profile_an")
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 8, 64, generator=g)
+    b = torch.randn(3, 5, 64, generator=g).transpose(1, 2)
+    for k in (1, 4, 16):
+        assert torch.allclose(prof.split_pixel_sum(a, b, k), torch.bmm(a, b), atol=1e-5)
