@@ -19,6 +19,7 @@ import platform
 import sys
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -41,7 +42,10 @@ def profile_step(variant: str, batch: int, size: int, device: str, steps: int = 
         if cuda:
             torch.cuda.synchronize()
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
-    events = [e for e in prof.key_averages(group_by_input_shape=True) if getattr(e, key, 0) > 0]
+    # the ops as the host dispatched them (with their shapes), each with the device time of the
+    # kernels it launched itself; the kernels' own rows would count that time twice
+    events = [e for e in prof.key_averages(group_by_input_shape=True)
+              if e.device_type == DeviceType.CPU and getattr(e, key, 0) > 0]
     total = sum(getattr(e, key) for e in events)
     events.sort(key=lambda e: getattr(e, key), reverse=True)
     rows = [{"name": e.key, "shapes": str(e.input_shapes)[:160], "calls_per_step": e.count / steps,
