@@ -151,6 +151,7 @@ def test_cuda_graphs_need_cuda_and_a_layer_variant(capsys):
         bench.build("an", 1, 16, 2, 8, "cpu", cuda_graphs=True)
     assert "--cuda-graphs needs a CUDA device" in cli_error(
         capsys, ["bench", "--device", "cpu", "--cuda-graphs", "--no-memory"])
+    assert "give one of them" in cli_error(capsys, ["bench", "--cuda-graphs", "--compile", "default"])
 
 
 def test_profile_script_lists_the_layers_ops_by_time():

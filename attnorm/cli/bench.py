@@ -56,6 +56,9 @@ def bench(args: argparse.Namespace) -> int:
     from attnorm.io import write_text
     sizes = tuple(args.sizes)
     check_device(args.device)
+    if args.cuda_graphs and args.compile:
+        raise CommandError("--cuda-graphs and --compile each time their own way of running the layer; give one of them "
+                           "(--compile reduce-overhead is compiling plus CUDA graphs)")
     if args.cuda_graphs and not str(args.device).startswith("cuda"):
         raise CommandError(f"--cuda-graphs needs a CUDA device, got --device {args.device}; drop --cuda-graphs or use --device cuda")
     if args.json:
