@@ -139,11 +139,14 @@ def _build(variant: str, b: int, c: int, n: int, size: int, device: str,
         from .layers import triton_stats
         if not triton_stats.applicable(torch.empty(b, c, n, device=x.device)):  # the (b, c, n) sums it takes
             raise RuntimeError("an_triton needs the triton package and a CUDA device (or TRITON_INTERPRET=1)")
+    # the variant's statistics path, switched on around every forward+backward (or the capture)
+    switch = {"an_cstats": compiled_statistics, "an_triton": triton_statistics_enabled}.get(variant)
+
+    def statistics_path():
+        return switch(True) if switch is not None else contextlib.nullcontext()
     if cuda_graphs:
-        switch = {"an_cstats": compiled_statistics, "an_triton": triton_statistics_enabled}.get(variant)
         with contextlib.ExitStack() as stack:
-            if switch is not None:
-                stack.enter_context(switch(True))
+            stack.enter_context(statistics_path())
             if capture_autocast:  # autocast's weight cache must be off while capturing
                 stack.enter_context(torch.autocast("cuda", dtype=AUTOCAST_DTYPES[capture_autocast],
                                                    cache_enabled=False))
@@ -155,13 +158,7 @@ def _build(variant: str, b: int, c: int, n: int, size: int, device: str,
 
     def step() -> None:
         begin(x, *module.parameters())
-        if variant == "an_cstats":
-            with compiled_statistics(True):
-                module(x).backward(grad)
-        elif variant == "an_triton":
-            with triton_statistics_enabled(True):
-                module(x).backward(grad)
-        else:
+        with statistics_path():
             module(x).backward(grad)
     return step
 
