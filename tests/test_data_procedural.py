@@ -110,3 +110,51 @@ def test_no_class_is_a_rotated_copy_of_another():
         for j in range(i + 1, len(CLASS_NAMES)):
             gap = min(np.abs(rotated[i][0] - r).mean() for r in rotated[j])
             assert gap > 0.04, (CLASS_NAMES[i], CLASS_NAMES[j], gap)
+
+
+def _masks(monkeypatch, pose, indices, resolution=32):
+    """Object masks: with a black background the image is fg * alpha, and a light fg is >= 0.55."""
+    from attnorm.data import procedural
+    monkeypatch.setattr(procedural, "_background", lambda rng, u, v: (rng.uniform(0, 1, 6), np.zeros(u.shape + (3,)))[1])
+    ds = ProceduralShapes(resolution=resolution, num_classes=10, seed=2, pose=pose)
+    return np.stack([ds.render(i).max(-1) > 0.05 for i in indices])
+
+
+def test_centred_pose_draws_every_object_of_a_class_in_the_same_place(monkeypatch):
+    cross = CLASS_NAMES.index("cross")
+    m = _masks(monkeypatch, "centred", [cross + 10 * k for k in range(6)])
+    assert m[0].sum() > 50 and all(np.array_equal(m[0], mk) for mk in m[1:])
+    rows, cols = np.nonzero(m[0])
+    assert abs(rows.mean() - 15.5) < 0.2 and abs(cols.mean() - 15.5) < 0.2  # centred
+    # an upright cross: its arms are along the image axes, so the centre row is covered end to end
+    assert m[0][15, 7:25].all() and m[0][7:25, 15].all() and not m[0][7, 7] and not m[0][24, 24]
+    # the random pose moves and turns it
+    r = _masks(monkeypatch, "random", [cross + 10 * k for k in range(6)])
+    assert not all(np.array_equal(r[0], rk) for rk in r[1:])
+
+
+def test_upright_pose_moves_and_scales_but_never_turns(monkeypatch):
+    tri = CLASS_NAMES.index("triangle")  # a vertex up: mirror symmetric about a vertical line
+    idx = [tri + 10 * k for k in range(12)]
+    for pose, symmetric in (("upright", True), ("random", False)):
+        m = _masks(monkeypatch, pose, idx, resolution=64)
+        sym = []
+        for mk in m:
+            rows, cols = np.nonzero(mk)
+            c = int(round(2 * cols.mean()))  # mirror column index pairs (j, c - j)
+            j = np.arange(max(0, c - 63), min(63, c) + 1)
+            sym.append((mk[:, j] == mk[:, c - j]).mean())
+        assert (min(sym) > 0.99) == symmetric, (pose, sym)
+        if pose == "upright":
+            centres = {tuple(np.round(np.argwhere(mk).mean(0))) for mk in m}
+            assert len(centres) > 6  # it does move
+
+
+def test_poses_share_colours_and_background():
+    a = ProceduralShapes(resolution=32, num_classes=10, seed=1)
+    c = ProceduralShapes(resolution=32, num_classes=10, seed=1, pose="centred")
+    xa, xc = a.render(3), c.render(3)
+    assert np.allclose(xa[0, 0], xc[0, 0]) and np.allclose(xa[-1, -1], xc[-1, -1])  # corners: background
+    assert not np.allclose(xa, xc)
+    with pytest.raises(ValueError, match="pose must be one of"):
+        ProceduralShapes(pose="tilted")

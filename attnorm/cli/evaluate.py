@@ -55,6 +55,8 @@ def _gan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the latents (and KID subsets)")
     p.add_argument("--ref-seed", type=seed_int, default=None,
                    help="procedural dataset seed of the reference (default: the checkpoint's seed)")
+    p.add_argument("--pose", default=None, choices=["random", "upright", "centred"],
+                   help="procedural pose variant of the reference (default: the checkpoint's procedural_pose)")
     p.add_argument("--truncation", type=positive_float, default=None, help="redraw |z| entries above T")
     p.add_argument("--batch-size", type=positive_int, default=100)
     p.add_argument("--no-ema", action="store_true", help="use the trained G instead of its EMA")
@@ -126,7 +128,7 @@ def evaluate_gan(args: argparse.Namespace) -> int:
     with user_errors(LogitsUnavailableError, FileNotFoundError, ValueError, ImportError):
         res = run(checkpoint=args.ckpt, n=args.n, metrics=args.metrics, extractor=args.extractor,
                   extractor_kwargs=kw, data=args.data, n_real=args.n_real, ref_seed=args.ref_seed,
-                  batch_size=args.batch_size, seed=args.seed, truncation=args.truncation, use_ema=not args.no_ema,
+                  pose=args.pose, batch_size=args.batch_size, seed=args.seed, truncation=args.truncation, use_ema=not args.no_ema,
                   device=args.device, cache_dir=args.cache_dir, use_cache=not args.no_cache, out=args.out,
                   kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size, is_splits=args.is_splits,
                   pr_k=args.pr_k, floor=args.floor)

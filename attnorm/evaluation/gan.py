@@ -145,14 +145,17 @@ def _subject(generator, checkpoint, num_classes, z_dim, class_names, device, use
     return _Subject(g, info, cfg, num_classes, z_dim, class_names, int(resolution))
 
 
-def _reference_source(subject: _Subject, data, ref_seed: int | None, warn: Callable[[str], None]):
+def _reference_source(subject: _Subject, data, ref_seed: int | None, pose: str | None,
+                      warn: Callable[[str], None]):
     """The real data (default: the checkpoint's training data) and the class names to report."""
     if data is None:
         data = subject.cfg.get("data") or "procedural"
     if ref_seed is None:
         ref_seed = int(subject.cfg.get("seed", 0))
+    if pose is None:
+        pose = subject.cfg.get("procedural_pose") or "random"
     source = data_source(None if str(data) == "procedural" else data, subject.resolution, subject.num_classes,
-                         ref_seed)
+                         ref_seed, pose=pose)
     names = subject.class_names
     if names is None:
         names = source.class_names
@@ -290,6 +293,7 @@ def evaluate_gan(generator: Callable | torch.nn.Module | None = None, *, checkpo
                  num_classes: int | None = None, n: int = 10000, metrics: str | Sequence[str] = METRICS,
                  extractor: str | FeatureExtractor = "classifier", extractor_kwargs: dict | None = None,
                  data: str | os.PathLike | None = None, n_real: int | None = None, ref_seed: int | None = None,
+                 pose: str | None = None,
                  batch_size: int = 100, seed: int = 0, truncation: float | None = None, use_ema: bool = True,
                  z_dim: int | None = None, class_names: list[str] | None = None, device: str = "cpu",
                  cache_dir: str | os.PathLike | None = None, use_cache: bool = True,
@@ -306,6 +310,8 @@ def evaluate_gan(generator: Callable | torch.nn.Module | None = None, *, checkpo
             ``"procedural"``, or an image folder.
         n, n_real: fake / real sample counts (``n_real`` default: ``n``; a folder: at most all its images).
         ref_seed: procedural dataset seed of the reference (default: the checkpoint's training seed, else 0).
+        pose: procedural pose variant of the reference (default: the checkpoint's ``procedural_pose``,
+            else ``"random"``; see :mod:`attnorm.data.procedural`).
         out: write the result as JSON there.
         floor: also score a second real set of ``n`` images (disjoint from the reference) the
             same way, and put its numbers under ``"floor"`` beside each metric's: the best a
@@ -321,7 +327,7 @@ def evaluate_gan(generator: Callable | torch.nn.Module | None = None, *, checkpo
         log.warning(msg)
 
     subject = _subject(generator, checkpoint, num_classes, z_dim, class_names, device, use_ema)
-    source, class_names = _reference_source(subject, data, ref_seed, warn)
+    source, class_names = _reference_source(subject, data, ref_seed, pose, warn)
     if n_real is None:
         n_real = n if source.size is None else min(n, source.size)
 

@@ -107,15 +107,16 @@ def _folder_fingerprint(samples: list[tuple[str, int]], root: Path) -> str:
 
 
 def data_source(data: str | os.PathLike | None, resolution: int, num_classes: int | None = None,
-                seed: int = 0) -> DataSource:
-    """``data`` None: procedural shapes (``num_classes`` classes, dataset ``seed``);
+                seed: int = 0, pose: str = "random") -> DataSource:
+    """``data`` None: procedural shapes (``num_classes`` classes, dataset ``seed``, ``pose``);
     else an image folder with one subfolder per class (``seed`` draws subsets)."""
     if data is None:
         from attnorm.data.procedural import CLASS_NAMES, ProceduralShapes
         k = len(CLASS_NAMES) if num_classes is None else int(num_classes)
-        ds = ProceduralShapes(resolution=resolution, num_classes=k, seed=seed)
-        return DataSource("procedural", f"procedural(classes={k}, seed={seed})", resolution, list(ds.classes),
-                          None, ds.get_batch, seed)
+        ds = ProceduralShapes(resolution=resolution, num_classes=k, seed=seed, pose=pose)
+        posed = "" if pose == "random" else f", pose={pose}"  # the default keeps its old cache key
+        return DataSource("procedural", f"procedural(classes={k}, seed={seed}{posed})", resolution,
+                          list(ds.classes), None, ds.get_batch, seed)
     from attnorm.data.folder import ImageFolderDataset
     root = Path(data).resolve()
     ds = ImageFolderDataset(root, resolution=resolution, hflip=False, cache=False)

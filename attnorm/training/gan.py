@@ -68,6 +68,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "data": None,            # image folder (one subfolder per class) or None: procedural shapes
     "procedural_classes": 10,
     "procedural_length": 50000,
+    "procedural_pose": "random",  # "random" | "upright" | "centred" (attnorm.data.procedural)
     "cache_images": True,    # folder data: keep decoded images in memory
     "batch_size": 16,
     "steps": 2000,
@@ -99,6 +100,9 @@ def resolve_config(config_file: str | os.PathLike | None = None, overrides: dict
     """``base`` (default :data:`DEFAULT_CONFIG`) <- JSON file <- ``overrides``; unknown keys raise."""
     cfg = layered_config(DEFAULT_CONFIG, config_file, overrides, base, ignore_underscore=True)
     parse_policy(cfg["diffaugment"])  # a one-line ValueError naming the known policies
+    from attnorm.data.procedural import POSES
+    if cfg["procedural_pose"] not in POSES:
+        raise ValueError(f"procedural_pose must be one of {', '.join(POSES)}, got {cfg['procedural_pose']!r}")
     check_compile_mode(cfg.get("compile"))
     return cfg
 
@@ -111,7 +115,7 @@ def make_dataset(cfg: dict):
                                   cache=bool(cfg["cache_images"]))
     from attnorm.data.procedural import ProceduralShapes
     return ProceduralShapes(resolution=cfg["resolution"], num_classes=cfg["procedural_classes"],
-                            length=cfg["procedural_length"], seed=cfg["seed"])
+                            length=cfg["procedural_length"], seed=cfg["seed"], pose=cfg["procedural_pose"])
 
 
 def generator_param_groups(G: nn.Module, lr: float, class_lr_mult: float = 1.0) -> list[dict]:
