@@ -299,3 +299,39 @@ def test_minibatch_std_groups_consecutive_samples_and_never_mixes_real_and_fake(
     a = d(x, y)
     b = d(torch.cat([x[:4], x[:1].repeat(4, 1, 1, 1)]), y)  # only the second group changes
     assert not torch.allclose(a[4:], b[4:]) and torch.allclose(a[:4], b[:4], atol=1e-6)
+
+
+def test_conv_discriminator_is_the_documented_stack_and_projects_the_class():
+    from attnorm.models.gan import ConvDiscriminator
+    torch.manual_seed(0)
+    d = ConvDiscriminator(resolution=32, ch=8, num_classes=5).eval()
+    x, y = torch.randn(6, 3, 32, 32), torch.tensor([0, 1, 2, 3, 4, 0])
+    # independent forward from the (spectrally normalised) weights: 3x3 then 4x4/2 per stage
+    h = x
+    widths = []
+    for conv in d.convs:
+        w = conv.weight  # parametrized: W / sigma
+        assert all(isinstance(p, nn.Module) for p in conv.parametrizations.weight)
+        stride = 2 if w.shape[-1] == 4 else 1
+        h = torch.nn.functional.leaky_relu(torch.nn.functional.conv2d(h, w, conv.bias, stride, 1), 0.1)
+        widths.append((w.shape[0], h.shape[-1]))
+    assert widths == [(8, 32), (8, 16), (16, 16), (16, 8), (32, 8), (32, 4)]
+    h = torch.nn.functional.leaky_relu(torch.nn.functional.conv2d(h, d.last.weight, d.last.bias, 1, 1), 0.1)
+    pooled = h.sum((2, 3))  # (6, 64)
+    ref = pooled @ d.linear.weight[0] + d.linear.bias + (d.proj.weight[y] * pooled).sum(1)
+    assert torch.allclose(d(x, y), ref, atol=1e-4)
+    # the class enters only through the projection: changing it moves the logit by <e_a - e_b, pooled>
+    y2 = (y + 1) % 5
+    assert torch.allclose(d(x, y2) - d(x, y), ((d.proj.weight[y2] - d.proj.weight[y]) * pooled).sum(1), atol=1e-4)
+    # soft class weights: one-hot weights give the label's logit
+    assert torch.allclose(d(x, torch.nn.functional.one_hot(y, 5).float()), d(x, y), atol=1e-5)
+
+
+def test_build_gan_picks_the_discriminator_by_name():
+    from attnorm.models.gan import ConvDiscriminator
+    _, d = build_gan(resolution=32, ch=16, d_ch=32, d_arch="conv", mbstd_group=4)
+    assert isinstance(d, ConvDiscriminator) and d.config["ch"] == 32 and d.last.in_channels == 128 + 1
+    _, d = build_gan(resolution=32, ch=16, d_channel_mults=[1, 4, 8])
+    assert isinstance(d, Discriminator) and [b.conv2.out_channels for b in d.blocks] == [16, 64, 128]
+    with pytest.raises(ValueError, match="d_arch must be"):
+        build_gan(d_arch="mlp")

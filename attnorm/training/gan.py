@@ -56,6 +56,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "resolution": 32,
     "ch": 16,
     "d_ch": None,            # None: same as ch
+    "d_arch": "resblock",    # "resblock": the listing's D; "conv": a light DCGAN-style D (models.gan.ConvDiscriminator)
+    "d_channel_mults": None, # D's width per block in units of d_ch (None: the listing's 1, 2, 4, ...)
     "d_projection": True,    # add SN-GAN's projection term to D (not in the paper's listing)
     "z_dim": 128,
     "g_class_embed": 32,     # >0: class embedding concatenated to z in G (not in the listing)
@@ -103,6 +105,8 @@ def resolve_config(config_file: str | os.PathLike | None = None, overrides: dict
     from attnorm.data.procedural import POSES
     if cfg["procedural_pose"] not in POSES:
         raise ValueError(f"procedural_pose must be one of {', '.join(POSES)}, got {cfg['procedural_pose']!r}")
+    if cfg["d_arch"] not in ("resblock", "conv"):
+        raise ValueError(f"d_arch must be 'resblock' or 'conv', got {cfg['d_arch']!r}")
     check_compile_mode(cfg.get("compile"))
     return cfg
 
@@ -158,7 +162,8 @@ class GANTraining(TaskRun):
                                    an_kwargs=cfg["an_kwargs"], d_ch=cfg["d_ch"], projection=bool(cfg["d_projection"]),
                                    class_embed_dim=int(cfg.get("g_class_embed") or 0),
                                    g_spectral_norm=bool(cfg.get("g_spectral_norm", True)),
-                                   mbstd_group=int(cfg.get("d_mbstd") or 0))
+                                   mbstd_group=int(cfg.get("d_mbstd") or 0),
+                                   d_channel_mults=cfg.get("d_channel_mults"), d_arch=cfg.get("d_arch") or "resblock")
         sync_bn = cfg.get("sync_bn")  # .get: configs saved before the key existed
         if sync_bn is None:
             sync_bn = device.type == "cuda"
