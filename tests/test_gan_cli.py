@@ -106,6 +106,8 @@ def test_demo_writes_everything(tmp_path):
         assert (out / name).exists(), name
     rep = json.loads((out / "report.json").read_text())
     assert rep["steps"] == 3 and rep["stop_reason"] == "done"
+    # the demo preset (DEMO_CONFIG): centred shapes, the light conv D, with the overrides on top
+    assert (rep["config"]["procedural_pose"], rep["config"]["d_arch"], rep["config"]["ch"]) == ("centred", "conv", 8)
     u = rep["entity_usage"][0]
     assert 1 <= u["used"] <= 16 and u["used"] == sum(f >= 0.02 for f in u["fractions"])
     assert "entities are the argmax" in (out / "report.md").read_text()

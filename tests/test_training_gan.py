@@ -185,3 +185,18 @@ def test_compile_with_distributed_training_is_refused_in_one_line(tmp_path, monk
     monkeypatch.setattr(config_module, "init_distributed", lambda device: device)
     with pytest.raises(ValueError, match="compile=default is not supported with distributed training"):
         GANTraining(resolve_config(overrides=dict(TINY, compile="default")), tmp_path / "r")
+
+
+def test_shipped_config_files_resolve_and_the_demo_file_is_the_demo_preset():
+    from pathlib import Path
+
+    from attnorm.training.gan import DEFAULT_CONFIG, DEMO_CONFIG
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    for f in sorted(configs.glob("gan_*.json")):
+        resolve_config(f)  # every key known, every value of the right type
+    demo = resolve_config(configs / "gan_demo.json")
+    assert demo == resolve_config(base=DEMO_CONFIG, overrides={"steps": 4000})
+    assert resolve_config(configs / "gan_cpu_small.json") == resolve_config(overrides={"steps": 2000})
+    # the demo preset differs from the CPU preset in the data's pose and the discriminator, not in G
+    changed = {k for k in DEFAULT_CONFIG if DEFAULT_CONFIG[k] != DEMO_CONFIG[k]}
+    assert changed == {"procedural_pose", "d_arch", "d_ch", "batch_size", "d_steps", "betas"}

@@ -25,7 +25,7 @@ def demo_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def demo(args: argparse.Namespace) -> int:
-    """Train the small AN-GAN preset on procedural shapes and write every figure into one folder.
+    """Train the demo preset (AN generator, light conv D) on centred procedural shapes; write every figure.
 
         attnorm demo                        # ~5 minutes on 2 CPU cores -> runs/demo-<time>/
         attnorm demo --out runs/demo --minutes 2
@@ -35,26 +35,26 @@ def demo(args: argparse.Namespace) -> int:
     layouts.png (AN argmax layout + entity maps), loss_curve.png and report.md/report.json
     (final losses, entity usage, timings). When the run has the shipped weights' classes (the
     default procedural shapes), pretrained_samples.png, pretrained_interpolation.png and
-    pretrained_layouts.png show the same figures (same z) from the shipped pretrained weights:
-    what the recipe reaches with more training (--no-pretrained skips them).
+    pretrained_layouts.png show the same figures (same z) from the shipped pretrained weights
+    (the CPU preset trained for hours on the harder random-pose shapes; --no-pretrained skips them).
+    The preset is attnorm.training.gan.DEMO_CONFIG (= configs/gan_demo.json); key=value overrides it.
     """
     from attnorm.checkpoints import DEFAULT_GAN_WEIGHTS, load_gan_generator
     from attnorm.inference import interpolation_images, layout_figure, sample_images
     from attnorm.io import to_uint8
-    from attnorm.training.gan import GANTraining, resolve_config
+    from attnorm.training.gan import DEMO_CONFIG, GANTraining, resolve_config
     from attnorm.training.config import idle_cpu_threads
     from attnorm.training.loop import read_stats
     from attnorm.viz.grid import make_grid, save_image, save_line_plot
 
     out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     threads = args.threads or idle_cpu_threads()
-    # The CPU preset (DEFAULT_CONFIG: projection D, class embedding in z, 3 D steps, minibatch
-    # stddev) with a wall-clock budget.
+    # The demo preset (DEMO_CONFIG: centred shapes, the light conv D) with a wall-clock budget.
     overrides = {"steps": args.steps, "seed": args.seed, "max_seconds": args.minutes * 60, "threads": threads,
                  "log_every": 50, "ckpt_every": 500, "sample_every": 500}
     overrides.update(parse_overrides(args.overrides))
     with user_errors():
-        cfg = resolve_config(overrides=overrides)
+        cfg = resolve_config(overrides=overrides, base=DEMO_CONFIG)
     print(f"demo: training the small preset ({cfg['resolution']} px, ch {cfg['ch']}, "
           f"attention {cfg['attention']!r}) on procedural shapes for up to {args.minutes:g} min, "
           f"{cfg['threads']} CPU thread{'s' if cfg['threads'] != 1 else ''} -> {out}")
