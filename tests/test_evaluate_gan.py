@@ -175,3 +175,23 @@ def test_real_vs_real_floor_equals_the_maths_on_a_second_real_set(ckpt, clf, tmp
     # the floor is the better side: the tiny run is far from it
     assert res["fid"]["floor"]["value"] < res["fid"]["value"] and res["acc"]["floor"]["value"] > 0.9
     assert "floor" not in evaluate_gan(checkpoint=ckpt, n=N, metrics="acc", cache_dir=tmp_path)["metrics"]["acc"]
+
+
+def test_reference_takes_the_pose_of_the_generator_s_data(tmp_path):
+    """Real centred images as the 'generator': close to a centred reference, far from a random-pose one."""
+    ds = ProceduralShapes(32, 3, seed=99, pose="centred")
+    counter = {"i": 0}
+
+    def centred_generator(z, y):
+        idx = [counter["i"] + 3 * k + int(c) for k, c in enumerate(y)]
+        counter["i"] += 3 * len(y)
+        return ds.get_batch(idx)[0]
+
+    kw = dict(num_classes=3, z_dim=4, n=N, metrics="fid,pr", cache_dir=tmp_path, ref_seed=1)
+    same = evaluate_gan(centred_generator, pose="centred", **kw)
+    counter["i"] = 0
+    other = evaluate_gan(centred_generator, **kw)  # a callable has no config: the default random pose
+    assert "pose=centred" in same["metrics"]["fid"]["protocol"]["reference_split"]
+    assert "pose" not in other["metrics"]["fid"]["protocol"]["reference_split"]
+    assert same["metrics"]["fid"]["value"] * 3 < other["metrics"]["fid"]["value"]
+    assert same["metrics"]["pr"]["recall"] > other["metrics"]["pr"]["recall"]
