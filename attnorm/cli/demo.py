@@ -55,8 +55,8 @@ def demo(args: argparse.Namespace) -> int:
     overrides.update(parse_overrides(args.overrides))
     with user_errors():
         cfg = resolve_config(overrides=overrides, base=DEMO_CONFIG)
-    print(f"demo: training the small preset ({cfg['resolution']} px, ch {cfg['ch']}, "
-          f"attention {cfg['attention']!r}) on procedural shapes for up to {args.minutes:g} min, "
+    print(f"demo: training the demo preset ({cfg['resolution']} px, ch {cfg['ch']}, attention {cfg['attention']!r}, "
+          f"D {cfg['d_arch']!r}) on {cfg['procedural_pose']} procedural shapes for up to {args.minutes:g} min, "
           f"{cfg['threads']} CPU thread{'s' if cfg['threads'] != 1 else ''} -> {out}")
     t0 = time.perf_counter()
     trainer = GANTraining(cfg, out)
@@ -108,8 +108,9 @@ def demo(args: argparse.Namespace) -> int:
     lines = [f"# attnorm demo: {out}", "",
              f"- trained {loop.step} steps in {train_s:.0f} s ({loop.stop_reason}); "
              f"{cfg['resolution']} px, ch {cfg['ch']}, batch {cfg['batch_size']}, "
-             f"D projection term {'on' if cfg['d_projection'] else 'off'}, "
-             f"{len(classes)} procedural classes: {', '.join(classes)}",
+             f"D {cfg['d_arch']!r}" + (f" (projection term {'on' if cfg['d_projection'] else 'off'})"
+                                        if cfg['d_arch'] == "resblock" else "") + ", "
+             f"{len(classes)} procedural classes ({cfg['procedural_pose']} pose): {', '.join(classes)}",
              f"- losses, first log window -> last: D {report['first'].get('D/loss')} -> "
              f"{report['final'].get('D/loss')}, G {report['first'].get('G/loss')} -> {report['final'].get('G/loss')}"
              f" (D(real) {report['final'].get('D/real')}, D(fake) {report['final'].get('D/fake')})"]
@@ -118,8 +119,8 @@ def demo(args: argparse.Namespace) -> int:
                      f"entities are the argmax for >= 2% of pixels ({8 * len(classes)} generated images)")
     lines += ["", "Files:"] + [f"- {k}: {p.name}" for k, p in paths.items()]
     if pretrained:
-        lines += [f"- the same figures from the shipped pretrained weights ({DEFAULT_GAN_WEIGHTS.name}: the same "
-                  f"recipe trained much longer): " + ", ".join(p.name for p in pretrained.values())]
+        lines += [f"- the same figures from the shipped pretrained weights ({DEFAULT_GAN_WEIGHTS.name}: the CPU preset "
+                  f"trained for hours on the random-pose shapes): " + ", ".join(p.name for p in pretrained.values())]
     lines += [f"- checkpoint: {ckpt.relative_to(out)}", "- per-step statistics: stats.jsonl",
               "- training-time sample grids: samples/", "",
               "Re-create figures: `attnorm sample --ckpt " + str(ckpt) + " --n 8 --out grid.png`, "
