@@ -55,7 +55,8 @@ def _gan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the latents (and KID subsets)")
     p.add_argument("--ref-seed", type=seed_int, default=None,
                    help="procedural dataset seed of the reference (default: the checkpoint's seed)")
-    p.add_argument("--pose", default=None, choices=["random", "upright", "centred"],
+    from attnorm.data.procedural import POSES
+    p.add_argument("--pose", default=None, choices=POSES,
                    help="procedural pose variant of the reference (default: the checkpoint's procedural_pose)")
     p.add_argument("--truncation", type=positive_float, default=None, help="redraw |z| entries above T")
     p.add_argument("--batch-size", type=positive_int, default=100)

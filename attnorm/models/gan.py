@@ -67,6 +67,7 @@ from attnorm.layers import AttentiveNorm, ConditionalBatchNorm2d, create_norm
 G_MULTS_128 = (16, 16, 8, 4, 2, 1)  # 4x4 map after the linear, then the output of each up block
 D_MULTS_128 = (1, 2, 4, 8, 16)  # output of each down block
 ATTENTION_KINDS = ("an", "sa", "none")
+D_ARCHS = ("resblock", "conv")  # build_gan's d_arch: the listing's Discriminator, ConvDiscriminator
 
 
 def sn(module: nn.Module, enabled: bool = True) -> nn.Module:
@@ -124,6 +125,14 @@ def class_weights_or_labels(y: Tensor, num_classes: int) -> None:
             raise ValueError(f"class weights must be (b, {num_classes}), got {tuple(y.shape)}")
     elif y.dim() != 1:
         raise ValueError(f"labels must be (b,), got {tuple(y.shape)}")
+
+
+def class_rows(table: nn.Embedding, y: Tensor) -> Tensor:
+    """(b, dim) rows of ``table`` for labels (b,), or for class weights (b, C) the same mixture
+    of rows (weights @ table)."""
+    if y.dtype.is_floating_point:
+        return y.to(table.weight.dtype) @ table.weight
+    return table(y)
 
 
 # ---------------------------------------------------------------------------- generator
@@ -228,10 +237,7 @@ class Generator(nn.Module):
         class_weights_or_labels(y, self.num_classes)
         layouts: list | None = [] if return_layouts else None
         if self.class_embed is not None:
-            if y.dtype.is_floating_point:  # class weights: the same mixture of embeddings
-                e = y.to(self.class_embed.weight.dtype) @ self.class_embed.weight
-            else:
-                e = self.class_embed(y)
+            e = class_rows(self.class_embed, y)
             z = torch.cat([z, e.to(z.dtype)], dim=1)  # (b, z_dim + class_embed_dim)
         h = self.fc(z).view(z.shape[0], -1, 4, 4)  # (b, c0, 4, 4)
         for block in self.blocks:
@@ -332,11 +338,8 @@ class Discriminator(nn.Module):
     def class_embedding(self, y: Tensor, table: nn.Embedding | None = None) -> Tensor:
         """(b, dim) rows of ``table`` (default the concat embedding) for labels (b,) or
         class weights (b, C) (weights @ table)."""
-        table = self.embed if table is None else table
         class_weights_or_labels(y, self.num_classes)
-        if y.dtype.is_floating_point:
-            return y.to(table.weight.dtype) @ table.weight
-        return table(y)
+        return class_rows(self.embed if table is None else table, y)
 
     def forward(self, x: Tensor, y: Tensor, return_layouts: bool = False):
         layouts: list | None = [] if return_layouts else None
@@ -399,7 +402,7 @@ class ConvDiscriminator(nn.Module):
             h = torch.cat([h, minibatch_std(h, self.mbstd_group)], dim=1)
         pooled = F.leaky_relu(self.last(h), 0.1).sum(dim=(2, 3))  # (b, c)
         class_weights_or_labels(y, self.num_classes)
-        e = y.to(self.proj.weight.dtype) @ self.proj.weight if y.dtype.is_floating_point else self.proj(y)
+        e = class_rows(self.proj, y)
         out = self.linear(pooled).squeeze(1) + (e.to(pooled.dtype) * pooled).sum(1)
         return (out, []) if return_layouts else out
 
@@ -427,8 +430,8 @@ def build_gan(resolution: int = 32, ch: int = 16, num_classes: int = 10, z_dim: 
     the listing's 1, 2, 4, ...) to the discriminator). ``d_arch`` "resblock": the listing's D
     (:class:`Discriminator`); "conv": :class:`ConvDiscriminator` (``d_ch`` wide; no attention,
     always the projection term)."""
-    if d_arch not in ("resblock", "conv"):
-        raise ValueError(f"d_arch must be 'resblock' or 'conv', got {d_arch!r}")
+    if d_arch not in D_ARCHS:
+        raise ValueError(f"d_arch must be one of {', '.join(D_ARCHS)}, got {d_arch!r}")
     g = Generator(resolution=resolution, ch=ch, num_classes=num_classes, z_dim=z_dim,
                   attention=attention, num_entities=num_entities, an_kwargs=an_kwargs,
                   class_embed_dim=class_embed_dim, spectral_norm=g_spectral_norm)

@@ -40,7 +40,7 @@ from attnorm.inference import class_samples
 from attnorm.io import to_uint8
 from attnorm.losses.augment import parse_policy
 from attnorm.losses.gan import HingeGANLoss
-from attnorm.models.gan import Generator, build_gan, convert_distributed_batchnorm
+from attnorm.models.gan import D_ARCHS, Generator, build_gan, convert_distributed_batchnorm
 from attnorm.training.config import TaskRun, check_compile_mode, layered_config
 from attnorm.training.loop import EMA, Phase
 from attnorm.viz.grid import make_grid, save_image
@@ -122,8 +122,8 @@ def resolve_config(config_file: str | os.PathLike | None = None, overrides: dict
     from attnorm.data.procedural import POSES
     if cfg["procedural_pose"] not in POSES:
         raise ValueError(f"procedural_pose must be one of {', '.join(POSES)}, got {cfg['procedural_pose']!r}")
-    if cfg["d_arch"] not in ("resblock", "conv"):
-        raise ValueError(f"d_arch must be 'resblock' or 'conv', got {cfg['d_arch']!r}")
+    if cfg["d_arch"] not in D_ARCHS:
+        raise ValueError(f"d_arch must be one of {', '.join(D_ARCHS)}, got {cfg['d_arch']!r}")
     check_compile_mode(cfg.get("compile"))
     return cfg
 
