@@ -122,3 +122,30 @@ def test_wrong_label_margin_compares_each_real_image_under_its_own_and_another_l
     D.seen.clear()
     stats0 = loss.run_phase("D", (x, y))
     assert D.seen[-1][0].shape[0] == 24 and "D/wrong" not in stats0 and "D/wrong" in stats
+
+
+@pytest.mark.parametrize("phase", ["D", "G"])
+def test_amp_runs_the_nets_in_bf16_and_the_losses_in_float32(phase):
+    """amp=True: D's convolutions see bfloat16 (autocast on the CPU), the logged losses are
+    float32 and within bf16 rounding of the same phase without amp (same weights, same draws)."""
+    from attnorm.models.gan import build_gan
+    torch.manual_seed(0)
+    G, D = build_gan(resolution=16, ch=8, num_classes=3, z_dim=16, attention="an", num_entities=4,
+                     d_ch=8, d_arch="conv")
+    x, y = torch.rand(6, 3, 16, 16) * 2 - 1, torch.tensor([0, 1, 2, 0, 1, 2])
+    seen = []
+    hook = D.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    conv_dtypes = []
+    conv = next(m for m in D.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.register_forward_hook(lambda m, i, o: conv_dtypes.append(o.dtype))
+    out = {}
+    for amp in (False, True):
+        loss = HingeGANLoss(G, D, z_dim=16, num_classes=3, batch_size=6, amp=amp)
+        torch.manual_seed(1)
+        out[amp] = loss.run_phase(phase, (x, y))
+    hook.remove()
+    assert conv_dtypes[0] == torch.float32 and conv_dtypes[-1] == torch.bfloat16
+    key = f"{phase}/loss"
+    assert out[True][key].dtype == torch.float32
+    assert out[True][key].item() == pytest.approx(out[False][key].item(), abs=0.05)
+    assert out[True][key].item() != out[False][key].item()  # bf16 did round somewhere

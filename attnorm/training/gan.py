@@ -8,7 +8,7 @@ null for the procedural shapes with ``procedural_classes`` classes), optimisatio
 ``ortho_weight``, ``ema_decay``, ``ema_start``, ``diffaugment``: a DiffAugment policy such as
 "color,translation,cutout" for every image D sees, ``mode_seeking``: MSGAN's term, ``wrong_label``: D's class margin), run control (``steps``,
 ``batch_size``, ``seed``, ``device``, ``threads``, ``log_every``, ``ckpt_every``,
-``sample_every``, ``samples_per_class``, ``max_seconds``), distributed (``sync_bn``).
+``sample_every``, ``samples_per_class``, ``max_seconds``, ``amp``: bf16 autocast for G's and D's forward passes), distributed (``sync_bn``).
 
 A run folder holds ``config.json`` (the resolved config), ``stats.jsonl``,
 ``samples/step_XXXXXXX.png`` (rows: classes, columns: one fixed z each) and
@@ -94,6 +94,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "max_seconds": None,     # stop (with a checkpoint) after this much training time
     "sync_bn": None,         # DDP: G's BN statistics over the global batch (None: only on CUDA)
     "compile": None,         # train G and D through torch.compile with this mode ("default", "reduce-overhead", ...)
+    "amp": False,            # G's and D's forward passes under bf16 autocast (CPU or CUDA)
 }
 
 
@@ -205,7 +206,7 @@ class GANTraining(TaskRun):
         self.loss = HingeGANLoss(g_train, d_train, cfg["z_dim"], self.num_classes, cfg["batch_size"],
                                  ortho_weight=cfg["ortho_weight"], device=device,
                                  augment=cfg["diffaugment"], mode_seeking=cfg["mode_seeking"],
-                                 wrong_label=cfg["wrong_label"])
+                                 wrong_label=cfg["wrong_label"], amp=bool(cfg.get("amp")))
         self.z_fixed = fixed_latents(cfg, cfg["z_dim"])
         self.sample_classes = list(range(min(self.num_classes, 16)))
         phases = [Phase("D", self.D, self.opt_d, repeats=cfg["d_steps"]),

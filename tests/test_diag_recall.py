@@ -1,0 +1,49 @@
+"""benchmarks/diag_recall.py: its image changes and distances match independent references, and
+a run ranks the damaged real sets below the undamaged one."""
+
+import json
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from _scripts import load_benchmark
+
+
+def test_blur_matches_scipy_and_tints_keep_luminance_structure():
+    diag = load_benchmark("diag_recall")
+    x = torch.rand(2, 3, 17, 13, dtype=torch.float64) * 2 - 1
+    for sigma in (0.5, 1.2):
+        want = np.stack([np.stack([ndimage.gaussian_filter(x[i, c].numpy(), sigma, mode="mirror", truncate=3.0)
+                                   for c in range(3)]) for i in range(2)])
+        np.testing.assert_allclose(diag.gaussian_blur(x, sigma).numpy(), want, atol=1e-12)
+    t = diag.two_tints(x * 0.5)
+    lum = (x * 0.5).mean(1)
+    np.testing.assert_allclose(t[0, 0].numpy(), lum[0].numpy() * 1.0, atol=1e-12)  # first tint's red = 1.0
+    np.testing.assert_allclose(t[1, 2].numpy(), lum[1].numpy() * 0.5, atol=1e-12)  # second tint's blue = 0.5
+    noisy = diag.with_noise(torch.zeros(1, 3, 64, 64), 0.1)
+    assert 0.09 < noisy.std().item() < 0.11
+
+
+def test_distances_match_brute_force():
+    diag = load_benchmark("diag_recall")
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(40, 5)), rng.normal(size=(30, 5))
+    d_ab = np.sqrt(((a[:, None] - b[None]) ** 2).sum(-1))
+    np.testing.assert_allclose(diag.nearest_distances(a, b), d_ab.min(1), rtol=1e-10)
+    d_aa = np.sqrt(((a[:, None] - a[None]) ** 2).sum(-1))
+    np.fill_diagonal(d_aa, np.inf)
+    np.testing.assert_allclose(diag.knn_radii(a, k=3), np.sort(d_aa, 1)[:, 2], rtol=1e-10)
+
+
+def test_a_small_run_ranks_blurred_real_images_below_real_ones(tmp_path):
+    diag = load_benchmark("diag_recall")
+    res = diag.main(["--n", "120", "--out", str(tmp_path)])
+    real = res["real"]
+    floor, blurred = real["real (the floor)"], real["blur sigma 1.2 px"]
+    assert floor["recall"] > blurred["recall"] + 0.3
+    assert floor["to_nearest_real"] < blurred["to_nearest_real"]
+    assert floor["fid"] < blurred["fid"]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["real"]["blur sigma 1.2 px"]["recall"] == blurred["recall"]
+    assert "| blur sigma 1.2 px |" in (tmp_path / "results.md").read_text()
