@@ -1,6 +1,7 @@
 """Class-conditional GAN models (attnorm.models.gan) against the supplement listing."""
 
 import pytest
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -335,3 +336,87 @@ def test_build_gan_picks_the_discriminator_by_name():
     assert isinstance(d, Discriminator) and [b.conv2.out_channels for b in d.blocks] == [16, 64, 128]
     with pytest.raises(ValueError, match="d_arch must be"):
         build_gan(d_arch="mlp")
+
+
+def _grouped_std_reference(h, ids):
+    """Per sample: the population std over the samples sharing its id, per feature (+1e-8 under
+    the root), averaged over features; ids seen once get the mean over the repeated ids."""
+    h = h.reshape(h.shape[0], -1).double().numpy()
+    ids = np.asarray(ids)
+    per_id = {}
+    for i in set(ids.tolist()):
+        rows = h[ids == i]
+        if len(rows) >= 2:
+            per_id[i] = np.sqrt(rows.var(0) + 1e-8).mean()
+    fill = np.mean(list(per_id.values()))
+    return np.array([per_id.get(i, fill) for i in ids.tolist()])
+
+
+def test_minibatch_std_by_class_groups_samples_sharing_a_label_anywhere_in_the_batch():
+    from attnorm.models.gan import minibatch_std
+    torch.manual_seed(0)
+    h = torch.randn(9, 5, 3, 3)
+    ids = torch.tensor([2, 0, 2, 1, 0, 2, 7, 1, 0])  # id 7 occurs once
+    got = minibatch_std(h, 4, ids)
+    assert got.shape == (9, 1, 3, 3) and torch.all(got == got[:, :, :1, :1])
+    np.testing.assert_allclose(got[:, 0, 0, 0].double().numpy(), _grouped_std_reference(h, ids), rtol=1e-5)
+    perm = torch.randperm(9)
+    torch.testing.assert_close(minibatch_std(h[perm], 4, ids[perm]), got[perm])
+    # one image per class (a G that ignores z): ~0 within each class, though the classes differ
+    collapsed = torch.randn(3, 5, 3, 3)[torch.tensor([0, 1, 2, 0, 1, 2])]
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    assert float(minibatch_std(collapsed, 4, labels).max()) < 1e-3
+    assert float(minibatch_std(collapsed, 3).min()) > 0.5  # position groups of 3 mix the classes
+    assert float(minibatch_std(h, 4, torch.arange(9)).abs().max()) == 0.0  # no id repeats
+
+
+@pytest.mark.parametrize("d_arch", ["conv", "resblock"])
+def test_class_grouped_mbstd_in_d_uses_the_labels_or_the_given_ids(d_arch):
+    from attnorm.models.gan import build_gan
+    torch.manual_seed(0)
+    _, d = build_gan(resolution=16, ch=8, num_classes=3, attention="none", d_arch=d_arch, mbstd_group=4,
+                     mbstd_by_class=True, projection=True)
+    assert d.mbstd_by_class and d.get_config()["mbstd_by_class"] is True
+    d.eval()  # no spectral-norm power iterations between the calls
+    x, y = torch.randn(6, 3, 16, 16), torch.tensor([0, 0, 1, 1, 2, 2])
+    with torch.no_grad():
+        by_label = d(x, y)
+        torch.testing.assert_close(d(x, y, mbstd_ids=y), by_label)
+        # the same batch split into two id groups per label changes the statistic, hence the logits
+        assert not torch.allclose(d(x, y, mbstd_ids=torch.arange(6) // 3), by_label)
+        weights = torch.nn.functional.one_hot(y, 3).float()
+        torch.testing.assert_close(d(x, weights), by_label)  # class weights: grouped by their argmax
+    _, plain = build_gan(resolution=16, ch=8, num_classes=3, attention="none", d_arch=d_arch, mbstd_group=4)
+    assert not plain.mbstd_by_class and "mbstd_by_class" not in plain.get_config()
+
+
+def test_the_d_phase_gives_real_fake_and_wrong_label_chunks_disjoint_mbstd_ids():
+    from attnorm.losses.gan import HingeGANLoss
+
+    class RecordingD(torch.nn.Module):
+        mbstd_by_class = True
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+            self.calls = []
+
+        def forward(self, x, y, mbstd_ids=None):
+            self.calls.append((y.clone(), mbstd_ids))
+            return x.mean((1, 2, 3)) * self.w
+
+    class ConstG(torch.nn.Module):
+        def forward(self, z, y):
+            return torch.zeros(z.shape[0], 3, 4, 4)
+
+    d = RecordingD()
+    loss = HingeGANLoss(ConstG(), d, z_dim=4, num_classes=5, batch_size=4, wrong_label=1.0, ortho_weight=0.0)
+    y = torch.tensor([0, 1, 4, 4])
+    loss.run_phase("D", (torch.zeros(4, 3, 4, 4), y))
+    labels, ids = d.calls[-1]
+    assert torch.equal(ids[:4], y)                      # real: the labels
+    assert torch.equal(ids[4:8], labels[4:8] + 5)       # fake: shifted past every real id
+    assert torch.equal(ids[8:], labels[8:] + 10)        # real again with wrong labels
+    d.mbstd_by_class = False
+    loss.run_phase("D", (torch.zeros(4, 3, 4, 4), y))
+    assert d.calls[-1][1] is None

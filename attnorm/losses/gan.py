@@ -113,8 +113,12 @@ class HingeGANLoss:
             if self.wrong_label:  # the real batch again, each with one of the other classes
                 labels.append((y + torch.randint_like(y, 1, self.num_classes)) % self.num_classes)
                 images.append(x)
+            kw = {}
+            if getattr(_inner(self.D), "mbstd_by_class", False):
+                # class-grouped minibatch stddev: real, fake and wrong-label chunks get disjoint ids
+                kw["mbstd_ids"] = torch.cat([lab + i * self.num_classes for i, lab in enumerate(labels)])
             with self._autocast():
-                logits = self.D(diff_augment(torch.cat(images), self.augment), torch.cat(labels))  # (2b | 3b,)
+                logits = self.D(diff_augment(torch.cat(images), self.augment), torch.cat(labels), **kw)  # (2b | 3b,)
             logits = logits.float()
             real_logits, fake_logits, *wrong = logits.split(x.shape[0])
             adv = d_hinge(real_logits, fake_logits)

@@ -288,6 +288,9 @@ class Discriminator(nn.Module):
             the mean feature std over groups of this many *consecutive* samples (so a batch of
             reals followed by fakes, each a multiple of the group, never mixes them), which lets D
             see a lack of diversity (not in the listing; 0 = off).
+        mbstd_by_class: group that channel by class label instead (``forward``'s ``mbstd_ids``,
+            default the labels): the spread within a class, which mixed-class groups do not show
+            when G gives every class a single image (not in the listing).
         projection: also add SN-GAN's projection term ``<Embed_p(y), sum_pool(h)>`` to the
             logit (not in the paper's listing; off by default). A stronger class signal
             for D, which helps short runs learn the conditioning.
@@ -296,7 +299,8 @@ class Discriminator(nn.Module):
     def __init__(self, resolution: int = 128, ch: int = 64, num_classes: int = 1000,
                  attention: str = "an", num_entities: int = 16, attn_index: int | None = None,
                  channel_mults: list[int] | None = None, embed_dim: int | None = None,
-                 projection: bool = False, an_kwargs: dict | None = None, mbstd_group: int = 0) -> None:
+                 projection: bool = False, an_kwargs: dict | None = None, mbstd_group: int = 0,
+                 mbstd_by_class: bool = False) -> None:
         super().__init__()
         nb = num_blocks(resolution)
         if channel_mults is None:
@@ -317,7 +321,10 @@ class Discriminator(nn.Module):
             embed_dim=embed_dim, projection=projection, an_kwargs=dict(an_kwargs or {}))
         if mbstd_group:  # absent for the listing's D: configs saved before the option still load
             self.config["mbstd_group"] = int(mbstd_group)
+        if mbstd_by_class:
+            self.config["mbstd_by_class"] = True
         self.mbstd_group = int(mbstd_group)
+        self.mbstd_by_class = bool(mbstd_by_class and mbstd_group)
         self.resolution, self.num_classes = resolution, num_classes
         self.concat_index = max(nb - 2, 0)  # the embedding joins the input of this block
         chans = [3] + [m * ch for m in channel_mults]
@@ -341,7 +348,8 @@ class Discriminator(nn.Module):
         class_weights_or_labels(y, self.num_classes)
         return class_rows(self.embed if table is None else table, y)
 
-    def forward(self, x: Tensor, y: Tensor, return_layouts: bool = False):
+    def forward(self, x: Tensor, y: Tensor, return_layouts: bool = False, mbstd_ids: Tensor | None = None):
+        """``mbstd_ids``: see :class:`ConvDiscriminator`."""
         layouts: list | None = [] if return_layouts else None
         h = x
         for i, block in enumerate(self.blocks):
@@ -350,7 +358,8 @@ class Discriminator(nn.Module):
                 e = e[:, :, None, None].expand(-1, -1, h.shape[2], h.shape[3])  # (b, e, h, w)
                 h = torch.cat([e.to(h.dtype), h], dim=1)
             if self.mbstd_group and i == len(self.blocks) - 1:
-                h = torch.cat([h, minibatch_std(h, self.mbstd_group)], dim=1)
+                ids = (mbstd_ids if mbstd_ids is not None else mbstd_ids_of(y)) if self.mbstd_by_class else None
+                h = torch.cat([h, minibatch_std(h, self.mbstd_group, ids)], dim=1)
             h = block(h, layouts)
         pooled = F.relu(h).sum(dim=(2, 3))  # (b, c): global sum pooling
         out = self.linear(pooled).squeeze(1)  # (b,)
@@ -373,14 +382,20 @@ class ConvDiscriminator(nn.Module):
         resolution: power of two >= 8. ch: base width. num_classes: labels.
         mbstd_group: > 0 adds the minibatch standard deviation channel before the last convolution
             (as in :class:`Discriminator`).
+        mbstd_by_class: group that channel by class label instead of by position (as in
+            :class:`Discriminator`).
     """
 
-    def __init__(self, resolution: int = 32, ch: int = 32, num_classes: int = 10, mbstd_group: int = 0) -> None:
+    def __init__(self, resolution: int = 32, ch: int = 32, num_classes: int = 10, mbstd_group: int = 0,
+                 mbstd_by_class: bool = False) -> None:
         super().__init__()
         nb = num_blocks(resolution)
         self.config: dict[str, Any] = dict(resolution=resolution, ch=ch, num_classes=num_classes,
                                            mbstd_group=int(mbstd_group))
+        if mbstd_by_class:  # absent unless on: configs saved before the option still load
+            self.config["mbstd_by_class"] = True
         self.resolution, self.num_classes, self.mbstd_group = resolution, num_classes, int(mbstd_group)
+        self.mbstd_by_class = bool(mbstd_by_class and mbstd_group)
         layers, c_in = [], 3
         for i in range(nb):
             c = ch * 2 ** i
@@ -394,12 +409,15 @@ class ConvDiscriminator(nn.Module):
     def get_config(self) -> dict[str, Any]:
         return copy.deepcopy(self.config)
 
-    def forward(self, x: Tensor, y: Tensor, return_layouts: bool = False):
+    def forward(self, x: Tensor, y: Tensor, return_layouts: bool = False, mbstd_ids: Tensor | None = None):
+        """``mbstd_ids`` (b,): the groups of a class-grouped minibatch stddev (default: the labels;
+        give real and fake samples of one batch different ids so no group mixes them)."""
         h = x
         for conv in self.convs:
             h = F.leaky_relu(conv(h), 0.1)
         if self.mbstd_group:
-            h = torch.cat([h, minibatch_std(h, self.mbstd_group)], dim=1)
+            ids = (mbstd_ids if mbstd_ids is not None else mbstd_ids_of(y)) if self.mbstd_by_class else None
+            h = torch.cat([h, minibatch_std(h, self.mbstd_group, ids)], dim=1)
         pooled = F.leaky_relu(self.last(h), 0.1).sum(dim=(2, 3))  # (b, c)
         class_weights_or_labels(y, self.num_classes)
         e = class_rows(self.proj, y)
@@ -407,11 +425,19 @@ class ConvDiscriminator(nn.Module):
         return (out, []) if return_layouts else out
 
 
-def minibatch_std(h: Tensor, group: int) -> Tensor:
+def minibatch_std(h: Tensor, group: int, ids: Tensor | None = None) -> Tensor:
     """(b, 1, H, W): per group of ``group`` consecutive samples (the largest divisor of b not above
     ``group``), the standard deviation over the group of every feature, averaged over features and
-    positions, broadcast to a channel."""
+    positions, broadcast to a channel.
+
+    With ``ids`` (b,) integers the groups are instead the samples that share an id, wherever they
+    sit in the batch (``group`` is then unused); a sample whose id occurs once gets the mean of the
+    other groups' values (0 if no id repeats). Grouped by class label, this is the spread *within*
+    a class, which a generator that ignores its latent (one image per class) drives to zero while
+    mixed-class groups stay spread out."""
     b, c, hh, ww = h.shape
+    if ids is not None:
+        return _minibatch_std_by_id(h, ids)
     g = max(d for d in range(1, min(group, b) + 1) if b % d == 0)
     if g < 2:
         return h.new_zeros(b, 1, hh, ww)
@@ -420,11 +446,35 @@ def minibatch_std(h: Tensor, group: int) -> Tensor:
     return std.repeat_interleave(g).view(b, 1, 1, 1).expand(b, 1, hh, ww).to(h.dtype)
 
 
+def _minibatch_std_by_id(h: Tensor, ids: Tensor) -> Tensor:
+    b, c, hh, ww = h.shape
+    if ids.shape != (b,):
+        raise ValueError(f"mbstd ids must be ({b},), got {tuple(ids.shape)}")
+    x = h.float().reshape(b, -1)  # (b, f)
+    _, inv = torch.unique(ids, return_inverse=True)  # (b,): group index of each sample
+    onehot = F.one_hot(inv).to(x.dtype)  # (b, groups)
+    count = onehot.sum(0)  # (groups,)
+    mean = (onehot.t() @ x) / count[:, None]  # (groups, f)
+    var = (onehot.t() @ (x - mean[inv]).square()) / count[:, None]  # population variance
+    std = (var + 1e-8).sqrt().mean(1)  # (groups,)
+    repeated = count >= 2
+    if not bool(repeated.any()):
+        return h.new_zeros(b, 1, hh, ww)
+    std = torch.where(repeated, std, std[repeated].mean())
+    return std[inv].view(b, 1, 1, 1).expand(b, 1, hh, ww).to(h.dtype)
+
+
+def mbstd_ids_of(y: Tensor) -> Tensor:
+    """Group ids for a class-grouped minibatch stddev: the labels, or the argmax of class weights."""
+    return y if y.dim() == 1 else y.argmax(1)
+
+
 def build_gan(resolution: int = 32, ch: int = 16, num_classes: int = 10, z_dim: int = 128,
               attention: str = "an", num_entities: int = 16, an_kwargs: dict | None = None,
               d_ch: int | None = None, projection: bool = False, class_embed_dim: int = 0,
               g_spectral_norm: bool = True, mbstd_group: int = 0,
-              d_channel_mults: list[int] | None = None, d_arch: str = "resblock") -> tuple[Generator, nn.Module]:
+              d_channel_mults: list[int] | None = None, d_arch: str = "resblock",
+              mbstd_by_class: bool = False) -> tuple[Generator, nn.Module]:
     """A matching (G, D) pair from one set of arguments (``d_ch`` defaults to ``ch``;
     ``class_embed_dim`` and ``g_spectral_norm`` go to the generator, ``d_channel_mults`` (default:
     the listing's 1, 2, 4, ...) to the discriminator). ``d_arch`` "resblock": the listing's D
@@ -437,10 +487,11 @@ def build_gan(resolution: int = 32, ch: int = 16, num_classes: int = 10, z_dim: 
                   class_embed_dim=class_embed_dim, spectral_norm=g_spectral_norm)
     if d_arch == "conv":
         return g, ConvDiscriminator(resolution=resolution, ch=d_ch or ch, num_classes=num_classes,
-                                    mbstd_group=mbstd_group)
+                                    mbstd_group=mbstd_group, mbstd_by_class=mbstd_by_class)
     d = Discriminator(resolution=resolution, ch=d_ch or ch, num_classes=num_classes,
                       attention=attention, num_entities=num_entities, an_kwargs=an_kwargs,
-                      projection=projection, mbstd_group=mbstd_group, channel_mults=d_channel_mults)
+                      projection=projection, mbstd_group=mbstd_group, channel_mults=d_channel_mults,
+                      mbstd_by_class=mbstd_by_class)
     return g, d
 
 

@@ -64,6 +64,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "class_lr_mult": 1.0,    # learning-rate multiplier of G's class-conditional parameters
     "g_spectral_norm": True, # spectral norm on G's layers (the listing); False: plain layers
     "d_mbstd": 4,            # >0: minibatch-stddev channel in D over groups of this size (not in the listing)
+    "d_mbstd_by_class": False,  # group that channel by class label (the spread within a class) instead of by position
     "attention": "an",       # "an" | "sa" | "none"
     "num_entities": 16,
     "an_kwargs": {},         # extra AttentiveNorm arguments, e.g. {"self_sampling": false}
@@ -181,7 +182,8 @@ class GANTraining(TaskRun):
                                    class_embed_dim=int(cfg.get("g_class_embed") or 0),
                                    g_spectral_norm=bool(cfg.get("g_spectral_norm", True)),
                                    mbstd_group=int(cfg.get("d_mbstd") or 0),
-                                   d_channel_mults=cfg.get("d_channel_mults"), d_arch=cfg.get("d_arch") or "resblock")
+                                   d_channel_mults=cfg.get("d_channel_mults"), d_arch=cfg.get("d_arch") or "resblock",
+                                   mbstd_by_class=bool(cfg.get("d_mbstd_by_class")))
         sync_bn = cfg.get("sync_bn")  # .get: configs saved before the key existed
         if sync_bn is None:
             sync_bn = device.type == "cuda"
