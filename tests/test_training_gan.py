@@ -200,3 +200,19 @@ def test_shipped_config_files_resolve_and_the_demo_file_is_the_demo_preset():
     # the demo preset differs from the CPU preset in the data's pose and the discriminator, not in G
     changed = {k for k in DEFAULT_CONFIG if DEFAULT_CONFIG[k] != DEMO_CONFIG[k]}
     assert changed == {"procedural_pose", "d_arch", "d_ch", "batch_size", "d_steps", "betas"}
+
+
+def test_amp_auto_turns_bf16_on_only_for_a_cpu_with_native_bf16(monkeypatch, tmp_path):
+    from attnorm.training import gan as gan_training
+    from attnorm.training.config import native_bf16_cpu
+    with_bf16, without = tmp_path / "a", tmp_path / "b"
+    with_bf16.write_text("flags\t\t: fpu sse2 avx512f avx512_bf16 avx512_vnni\n")
+    without.write_text("flags\t\t: fpu sse2 avx512f avx512bw avx512_vnni\n")
+    assert native_bf16_cpu(with_bf16) and not native_bf16_cpu(without)
+    assert not native_bf16_cpu(tmp_path / "missing")
+    for native in (True, False):
+        monkeypatch.setattr(gan_training, "native_bf16_cpu", lambda native=native: native)
+        assert resolve_config(overrides={"amp": None})["amp"] is native
+        assert resolve_config(overrides={"amp": None, "device": "cuda"})["amp"] is False
+        assert resolve_config(overrides={"amp": False})["amp"] is False
+        assert resolve_config(overrides={"amp": True})["amp"] is True

@@ -41,7 +41,7 @@ from attnorm.io import to_uint8
 from attnorm.losses.augment import parse_policy
 from attnorm.losses.gan import HingeGANLoss
 from attnorm.models.gan import D_ARCHS, Generator, build_gan, convert_distributed_batchnorm
-from attnorm.training.config import TaskRun, check_compile_mode, layered_config
+from attnorm.training.config import TaskRun, check_compile_mode, layered_config, native_bf16_cpu
 from attnorm.training.loop import EMA, Phase
 from attnorm.viz.grid import make_grid, save_image
 
@@ -95,7 +95,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "max_seconds": None,     # stop (with a checkpoint) after this much training time
     "sync_bn": None,         # DDP: G's BN statistics over the global batch (None: only on CUDA)
     "compile": None,         # train G and D through torch.compile with this mode ("default", "reduce-overhead", ...)
-    "amp": False,            # G's and D's forward passes under bf16 autocast (CPU or CUDA)
+    "amp": False,            # G's and D's forward passes under bf16 autocast; None: on for a CPU with native bf16
 }
 
 
@@ -127,6 +127,8 @@ def resolve_config(config_file: str | os.PathLike | None = None, overrides: dict
     if cfg["d_arch"] not in D_ARCHS:
         raise ValueError(f"d_arch must be one of {', '.join(D_ARCHS)}, got {cfg['d_arch']!r}")
     check_compile_mode(cfg.get("compile"))
+    if cfg.get("amp") is None:  # auto: where bf16 was measured faster (not measured for this GAN on CUDA)
+        cfg["amp"] = not str(cfg["device"]).startswith("cuda") and native_bf16_cpu()
     return cfg
 
 
