@@ -57,7 +57,8 @@ def demo(args: argparse.Namespace) -> int:
         cfg = resolve_config(overrides=overrides, base=DEMO_CONFIG)
     print(f"demo: training the demo preset ({cfg['resolution']} px, ch {cfg['ch']}, attention {cfg['attention']!r}, "
           f"D {cfg['d_arch']!r}) on {cfg['procedural_pose']} procedural shapes for up to {args.minutes:g} min, "
-          f"{cfg['threads']} CPU thread{'s' if cfg['threads'] != 1 else ''} -> {out}")
+          f"{cfg['threads']} CPU thread{'s' if cfg['threads'] != 1 else ''}"
+          f"{', bf16 autocast (native on this CPU)' if cfg['amp'] else ''} -> {out}")
     t0 = time.perf_counter()
     trainer = GANTraining(cfg, out)
     loop = trainer.run()
