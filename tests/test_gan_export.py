@@ -57,7 +57,7 @@ def test_default_weights_are_used_without_ckpt(tmp_path, monkeypatch, gan_ckpt):
     monkeypatch.setattr(ck, "DEFAULT_GAN_WEIGHTS", tmp_path / "missing.safetensors")
     with pytest.raises(FileNotFoundError, match="shipped GAN weights"):
         load_gan_generator()
-    assert DEFAULT_GAN_WEIGHTS.name == "gan_procedural32.safetensors"
+    assert DEFAULT_GAN_WEIGHTS.name == "gan_centred32.safetensors"
 
 
 def test_shipped_weights_draw_the_asked_class():
