@@ -358,7 +358,7 @@ class Discriminator(nn.Module):
                 e = e[:, :, None, None].expand(-1, -1, h.shape[2], h.shape[3])  # (b, e, h, w)
                 h = torch.cat([e.to(h.dtype), h], dim=1)
             if self.mbstd_group and i == len(self.blocks) - 1:
-                ids = (mbstd_ids if mbstd_ids is not None else mbstd_ids_of(y)) if self.mbstd_by_class else None
+                ids = mbstd_ids_of(y, mbstd_ids) if self.mbstd_by_class else None
                 h = torch.cat([h, minibatch_std(h, self.mbstd_group, ids)], dim=1)
             h = block(h, layouts)
         pooled = F.relu(h).sum(dim=(2, 3))  # (b, c): global sum pooling
@@ -416,7 +416,7 @@ class ConvDiscriminator(nn.Module):
         for conv in self.convs:
             h = F.leaky_relu(conv(h), 0.1)
         if self.mbstd_group:
-            ids = (mbstd_ids if mbstd_ids is not None else mbstd_ids_of(y)) if self.mbstd_by_class else None
+            ids = mbstd_ids_of(y, mbstd_ids) if self.mbstd_by_class else None
             h = torch.cat([h, minibatch_std(h, self.mbstd_group, ids)], dim=1)
         pooled = F.leaky_relu(self.last(h), 0.1).sum(dim=(2, 3))  # (b, c)
         class_weights_or_labels(y, self.num_classes)
@@ -464,8 +464,11 @@ def _minibatch_std_by_id(h: Tensor, ids: Tensor) -> Tensor:
     return std[inv].view(b, 1, 1, 1).expand(b, 1, hh, ww).to(h.dtype)
 
 
-def mbstd_ids_of(y: Tensor) -> Tensor:
-    """Group ids for a class-grouped minibatch stddev: the labels, or the argmax of class weights."""
+def mbstd_ids_of(y: Tensor, ids: Tensor | None = None) -> Tensor:
+    """Group ids for a class-grouped minibatch stddev: ``ids`` when given, else the labels (the
+    argmax of class weights)."""
+    if ids is not None:
+        return ids
     return y if y.dim() == 1 else y.argmax(1)
 
 
