@@ -7,8 +7,9 @@
 
 Protocol (written into the results file):
 
-* Every run is ``attnorm train-gan`` with the small CPU preset (``attnorm.training.gan.DEFAULT_CONFIG``,
-  what ``attnorm demo`` trains) and only the attention changed: ``attention=an``, ``an`` with
+* Every run is ``attnorm train-gan --config CONFIG`` (default ``configs/gan_demo.json``, the recipe
+  ``attnorm demo`` trains; ``--config default`` for the older CPU preset ``DEFAULT_CONFIG``, which the
+  tables before session 10 used) and only the attention changed: ``attention=an``, ``an`` with
   ``an_kwargs={"self_sampling": false}``, ``sa`` and ``none``; the same wall-clock budget
   (``max_seconds``, one thread each), seeds 0, 1, 2. Equal time, not equal steps: a cheaper
   layer gets more steps, which is the trade a user makes.
@@ -94,7 +95,8 @@ def one_run(variant: str, seed: int, args, out: Path) -> dict:
         shutil.rmtree(run)
     t0 = time.time()
     data = [f"data=\"{args.digits[0]}\"", "cache_images=true"] if args.data == "digits" else []
-    _run(exe + ["train-gan", "--out", str(run), "--seed", str(seed), "steps=1000000",
+    config = [] if args.config == "default" else ["--config", args.config]
+    _run(exe + ["train-gan", "--out", str(run), "--seed", str(seed)] + config + ["steps=1000000",
                 f"max_seconds={args.seconds}", "threads=1", "log_every=50", "ckpt_every=1000000",
                 "sample_every=1000000"] + VARIANTS[variant] + data + args.extra, log)
     ckpt = run / "checkpoints" / "latest.pt"
@@ -162,7 +164,7 @@ def table(results: list[dict], fl: dict, args) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {list(VARIANTS)}")
     ap.add_argument("--seeds", default="0,1,2")
@@ -173,7 +175,14 @@ def main(argv=None) -> int:
     ap.add_argument("--fresh", action="store_true", help="retrain runs already finished in OUT")
     ap.add_argument("--data", choices=("procedural", "digits"), default="procedural",
                     help="procedural shapes (shipped classifier) or scikit-learn's digits (logistic-regression judge)")
+    ap.add_argument("--config", default=str(Path(__file__).resolve().parent.parent / "configs" / "gan_demo.json"),
+                    help="train-gan config file for every run (default: the demo's recipe); 'default' = DEFAULT_CONFIG")
     ap.add_argument("extra", nargs="*", metavar="key=value", help="config overrides for every run")
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in args.variants if v not in VARIANTS]
@@ -194,7 +203,9 @@ def main(argv=None) -> int:
     evaluation = ("attnorm evaluate gan --metrics acc,pr,fid (shipped classifier, EMA G)" if args.data == "procedural"
                   else "bench_gan_digits judge (logistic regression on the train half's 8x8 digits), EMA G; "
                        "floor: the judge on the held-out half")
-    report = {"protocol": {"recipe": "attnorm.training.gan.DEFAULT_CONFIG (the demo preset)", "data": args.data,
+    recipe = ("attnorm.training.gan.DEFAULT_CONFIG (the CPU preset)" if args.config == "default"
+              else os.path.relpath(args.config, Path(__file__).resolve().parent.parent))
+    report = {"protocol": {"recipe": recipe, "data": args.data,
                            "overrides": args.extra, "seconds_per_run": args.seconds, "threads_per_run": 1,
                            "jobs_at_once": args.jobs, "seeds": args.seeds, "n": args.n,
                            "evaluation": evaluation,
@@ -204,7 +215,7 @@ def main(argv=None) -> int:
               "torch": __import__("torch").__version__, "commit": git_commit(),
               "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    md = (f"GAN attention ablation ({args.data}): {args.seconds:g} s per run, one thread, {args.jobs} run(s) at once, seeds "
+    md = (f"GAN attention ablation ({args.data}, recipe {recipe}): {args.seconds:g} s per run, one thread, {args.jobs} run(s) at once, seeds "
           f"{args.seeds}, n={args.n}, commit {report['commit']}, {report['date']}\n\n" + table(results, fl, args) + "\n")
     (out / "results.md").write_text(md)
     print(md)

@@ -98,15 +98,22 @@ def real_probes(ext, n: int, pose: str) -> tuple[np.ndarray, dict]:
     return ref, {name: score(ref, ext.features(v)) for name, v in rows.items()}
 
 
+def generated(G, n: int, seed: int = 0, batch_size: int = 250) -> torch.Tensor:
+    """``n`` images of the EMA G as ``attnorm evaluate gan`` draws them: sample ``i`` has class
+    ``i % num_classes`` and its own latent (one generator seeded once), eval mode."""
+    from attnorm.inference import eval_mode, latents
+    z = latents(n, G.z_dim, seed)
+    y = torch.arange(n) % G.num_classes
+    with torch.no_grad(), eval_mode(G):
+        return torch.cat([G(z[i:i + batch_size], y[i:i + batch_size]).float() for i in range(0, n, batch_size)])
+
+
 def checkpoint_rows(ext, ref: np.ndarray, ckpts: list[str], n: int) -> dict:
     from attnorm.checkpoints import load_gan_generator
-    from attnorm.inference import sample_images
     out = {}
     for path in ckpts:
         G, _ = load_gan_generator(path, use_ema=True)
-        per_class = max(1, n // G.num_classes)
-        x, _ = sample_images(G, list(range(G.num_classes)), per_class)
-        out[path] = score(ref, ext.features(x))
+        out[path] = score(ref, ext.features(generated(G, n)))
     return out
 
 

@@ -11,10 +11,27 @@ from attnorm.training.gan import GANTraining, resolve_config
 ablation = load_benchmark("ablation_gan")
 
 
+def _default_config_file():
+    return ablation.build_parser().parse_args([]).config
+
+
+def test_default_recipe_is_the_demo_config():
+    from pathlib import Path
+
+    from attnorm.training.gan import DEMO_CONFIG
+    path = Path(_default_config_file())
+    assert path.name == "gan_demo.json" and path.is_file()
+    cfg = resolve_config(path)
+    assert {k: cfg[k] for k in DEMO_CONFIG if k not in ("steps", "device")} == \
+        {k: v for k, v in DEMO_CONFIG.items() if k not in ("steps", "device")}
+
+
+@pytest.mark.parametrize("base", ["default", "demo"])
 @pytest.mark.parametrize("variant, attention, ssr", [("an", "an", True), ("an_no_ssr", "an", False),
                                                      ("sa", "sa", None), ("none", "none", None)])
-def test_variants_build_the_claimed_models(tmp_path, variant, attention, ssr):
-    cfg = resolve_config(overrides={**parse_overrides(ablation.VARIANTS[variant]), "ch": 8, "batch_size": 2,
+def test_variants_build_the_claimed_models(tmp_path, variant, attention, ssr, base):
+    cfg = resolve_config(None if base == "default" else _default_config_file(),
+                         overrides={**parse_overrides(ablation.VARIANTS[variant]), "ch": 8, "batch_size": 2,
                                     "procedural_length": 20})
     run = GANTraining(cfg, tmp_path)
     from attnorm.layers import AttentiveNorm, SelfAttention2d

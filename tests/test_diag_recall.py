@@ -47,3 +47,24 @@ def test_a_small_run_ranks_blurred_real_images_below_real_ones(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["real"]["blur sigma 1.2 px"]["recall"] == blurred["recall"]
     assert "| blur sigma 1.2 px |" in (tmp_path / "results.md").read_text()
+
+
+def test_generated_draws_one_latent_per_sample_like_evaluate_gan():
+    """The checkpoint rows score n images with n distinct latents and labels i % C (as
+    ``attnorm evaluate gan`` does), not a few latents repeated for every class, which would
+    shrink the set's spread and bias recall down."""
+    diag = load_benchmark("diag_recall")
+
+    class Echo(torch.nn.Module):  # image = (its latent's first entry, its label)
+        z_dim, num_classes = 8, 10
+
+        def forward(self, z, y):
+            assert not self.training
+            return torch.stack([z[:, 0], y.float()], 1)[..., None, None]
+
+    x = diag.generated(Echo(), 1000, batch_size=300)
+    z0, y = x[:, 0, 0, 0], x[:, 1, 0, 0]
+    assert torch.equal(y, (torch.arange(1000) % 10).float())
+    assert len(torch.unique(z0)) == 1000
+    from attnorm.inference import latents
+    assert torch.equal(z0, latents(1000, 8, 0)[:, 0])
