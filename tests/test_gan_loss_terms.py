@@ -149,3 +149,75 @@ def test_amp_runs_the_nets_in_bf16_and_the_losses_in_float32(phase):
     assert out[True][key].dtype == torch.float32
     assert out[True][key].item() == pytest.approx(out[False][key].item(), abs=0.05)
     assert out[True][key].item() != out[False][key].item()  # bf16 did round somewhere
+
+
+class _QuadD(torch.nn.Module):
+    """D(x, y) = sum_p w_p x_p^2 / 2 + b_y: its input gradient w * x is known in closed form."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.linspace(0.1, 1.0, 3 * 4 * 4).view(3, 4, 4))
+        self.b = torch.nn.Parameter(torch.tensor([0.3, -0.2, 0.1]))
+
+    def forward(self, x, y):
+        return (self.w * x * x).flatten(1).sum(1) / 2 + self.b[y]
+
+
+def _d_phase(r1, r1_every=1, phases=1, seed=0):
+    torch.manual_seed(seed)
+    D = _QuadD()
+    loss = HingeGANLoss(_LinearG(), D, z_dim=6, num_classes=3, batch_size=4, ortho_weight=0.0, r1=r1,
+                        r1_every=r1_every)
+    x = torch.randn(4, 3, 4, 4, generator=torch.Generator().manual_seed(5))
+    y = torch.tensor([0, 1, 2, 0])
+    out = []
+    for _ in range(phases):
+        D.zero_grad()
+        out.append((loss.run_phase("D", (x, y)), D.w.grad.clone()))
+    return out, x.numpy().astype(np.float64), D.w.detach().numpy().astype(np.float64)
+
+
+def test_r1_is_the_squared_input_gradient_of_the_real_logits():
+    [(stats, gw)], x, w = _d_phase(r1=0.5)
+    [(stats0, gw0)], _, _ = _d_phase(r1=0.0)  # same fakes (same seed), no penalty
+    want = ((w * x) ** 2).reshape(4, -1).sum(1).mean()  # mean over real images of ||w * x||^2
+    assert stats["D/r1"].item() == pytest.approx(want, rel=1e-5)
+    assert "D/r1" not in stats0
+    assert stats["D/loss"].item() == pytest.approx(stats0["D/loss"].item() + 0.25 * want, rel=1e-5)
+    # its parameter gradient: d/dw of gamma/2 * mean_i sum_p (w_p x_ip)^2 = gamma * w * mean_i x_i^2
+    np.testing.assert_allclose((gw - gw0).numpy(), 0.5 * w * (x ** 2).mean(0), rtol=1e-4, atol=1e-7)
+
+
+def test_lazy_r1_runs_every_kth_d_phase_scaled_by_k():
+    runs, x, w = _d_phase(r1=0.5, r1_every=3, phases=4)
+    base, _, _ = _d_phase(r1=0.0, phases=4)
+    want = ((w * x) ** 2).reshape(4, -1).sum(1).mean()
+    assert ["D/r1" in s for s, _ in runs] == [True, False, False, True]
+    assert runs[0][0]["D/loss"].item() == pytest.approx(base[0][0]["D/loss"].item() + 3 * 0.25 * want, rel=1e-5)
+    assert runs[1][0]["D/loss"].item() == pytest.approx(base[1][0]["D/loss"].item(), rel=1e-6)
+
+
+def test_r1_settings_are_checked():
+    with pytest.raises(ValueError, match="r1"):
+        HingeGANLoss(_LinearG(), _QuadD(), 6, 3, 4, r1=-1.0)
+    with pytest.raises(ValueError, match="r1_every"):
+        HingeGANLoss(_LinearG(), _QuadD(), 6, 3, 4, r1=1.0, r1_every=0)
+    cfg = resolve_config(overrides={"r1": 0.2, "r1_every": 4})
+    assert (cfg["r1"], cfg["r1_every"]) == (0.2, 4)
+
+
+def test_r1_on_the_demo_discriminator_matches_its_gradient_on_the_reals_alone():
+    """With the demo's D (conv, minibatch stddev over groups of 4 that stay inside the real chunk),
+    the penalty equals the squared gradient of D on the real batch computed on its own."""
+    from attnorm.models.gan import ConvDiscriminator
+    torch.manual_seed(0)
+    D = ConvDiscriminator(resolution=16, ch=8, num_classes=3, mbstd_group=4)
+    G = lambda z, y: torch.tanh(z[:, :1, None, None].expand(-1, 3, 16, 16))  # noqa: E731
+    loss = HingeGANLoss(G, D, z_dim=6, num_classes=3, batch_size=8, ortho_weight=0.0, r1=1.0)
+    x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    y = torch.arange(8) % 3
+    stats = loss.run_phase("D", (x, y))
+    xr = x.clone().requires_grad_(True)
+    D.eval()  # spectral norm: the weights of the loss's forward, without another power iteration
+    g, = torch.autograd.grad(D(xr, y).sum(), xr)
+    assert stats["D/r1"].item() == pytest.approx(g.pow(2).flatten(1).sum(1).mean().item(), rel=1e-4)

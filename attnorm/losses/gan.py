@@ -3,7 +3,7 @@
 Phases:
 
 * ``"D"``: ``mean(relu(1 - D(x, y))) + mean(relu(1 + D(G(z, y_f), y_f))) + w * ortho(D)
-  [+ l * mean(relu(1 - D(x, y) + D(x, y_w)))]``
+  [+ l * mean(relu(1 - D(x, y) + D(x, y_w)))] [+ k * r1 / 2 * mean(||grad_x D(x, y)||^2)]``
 * ``"G"``: ``-mean(D(G(z, y_f), y_f)) + w * ortho(G) [+ m / (d_img / d_z + 1e-5)]``
 
 ``y_f`` are uniform random class labels, ``z ~ N(0, I)``; ``ortho`` is the sum of
@@ -21,6 +21,11 @@ carry no class information while G ignores them. A margin between the two labels
 is blind to the label-independent part of the logit (it cancels), so it cannot move the
 real/fake level; GAN-CLS's plain negative ``relu(1 + D(x, y_w))`` instead
 pulls every logit to -1 while D cannot yet tell the classes apart (measured: D went constant).
+
+The optional R1 term (Mescheder et al., ICML 2018), weight ``r1`` (gamma): the squared gradient
+norm of D's logits on the real images, penalising D for slopes on the data manifold. Lazy as in
+StyleGAN2: computed every ``k = r1_every``-th D phase and scaled by ``k``; the gradient is taken
+w.r.t. the real images as D sees them (after DiffAugment, if any).
 
 The optional G term is MSGAN's mode-seeking regulariser (Mao et al., CVPR 2019), weight
 ``m = mode_seeking``: the G batch is two halves with the same labels and independent z, and
@@ -76,13 +81,19 @@ class HingeGANLoss:
         amp: run G's and D's forward passes under bf16 autocast (on the CPU too, where
             oneDNN's bf16 convolutions are faster on CPUs with AVX512-BF16 or AMX); the losses,
             the AN layers' statistics and the batch norms stay float32.
+        r1: weight gamma of the R1 gradient penalty on real images in the D phase (0: off).
+        r1_every: compute R1 on every this-many D phases, scaled by it (lazy regularisation).
     """
 
     def __init__(self, G: nn.Module, D: nn.Module, z_dim: int, num_classes: int, batch_size: int,
                  ortho_weight: float = 1e-3, device: str | torch.device = "cpu", augment: str | None = None,
-                 mode_seeking: float = 0.0, wrong_label: float = 0.0, amp: bool = False) -> None:
-        if mode_seeking < 0 or wrong_label < 0:
-            raise ValueError(f"mode_seeking and wrong_label are loss weights >= 0, got {mode_seeking} and {wrong_label}")
+                 mode_seeking: float = 0.0, wrong_label: float = 0.0, amp: bool = False, r1: float = 0.0,
+                 r1_every: int = 1) -> None:
+        if mode_seeking < 0 or wrong_label < 0 or r1 < 0:
+            raise ValueError(f"mode_seeking, wrong_label and r1 are loss weights >= 0, got {mode_seeking}, "
+                             f"{wrong_label} and {r1}")
+        if int(r1_every) < 1:
+            raise ValueError(f"r1_every must be an integer >= 1, got {r1_every}")
         if wrong_label and num_classes < 2:
             raise ValueError(f"wrong_label needs at least 2 classes (a wrong label to compare with), got {num_classes}")
         if mode_seeking and batch_size % 2:
@@ -93,6 +104,8 @@ class HingeGANLoss:
         self.z_dim, self.num_classes, self.batch_size = z_dim, num_classes, batch_size
         self.ortho_weight, self.device = ortho_weight, torch.device(device)
         self.amp = bool(amp)
+        self.r1, self.r1_every = float(r1), int(r1_every)
+        self._d_phases = 0  # D phases run (for lazy R1)
 
     def _autocast(self):
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp)
@@ -117,8 +130,13 @@ class HingeGANLoss:
             if getattr(_inner(self.D), "mbstd_by_class", False):
                 # class-grouped minibatch stddev: real, fake and wrong-label chunks get disjoint ids
                 kw["mbstd_ids"] = torch.cat([lab + i * self.num_classes for i, lab in enumerate(labels)])
+            with_r1 = self.r1 > 0 and self._d_phases % self.r1_every == 0
+            self._d_phases += 1
+            seen = diff_augment(torch.cat(images), self.augment)
+            if with_r1:  # the gradient is taken w.r.t. the images as D sees them
+                seen = seen.detach().requires_grad_(True)
             with self._autocast():
-                logits = self.D(diff_augment(torch.cat(images), self.augment), torch.cat(labels), **kw)  # (2b | 3b,)
+                logits = self.D(seen, torch.cat(labels), **kw)  # (2b | 3b,)
             logits = logits.float()
             real_logits, fake_logits, *wrong = logits.split(x.shape[0])
             adv = d_hinge(real_logits, fake_logits)
@@ -127,6 +145,12 @@ class HingeGANLoss:
                 wrong_term = F.relu(1.0 - real_logits + wrong[0]).mean()
                 adv = adv + self.wrong_label * wrong_term
                 stats["D/wrong"] = wrong[0].detach().mean()
+            if with_r1:
+                # d(sum of real logits)/d(seen): row i of the real chunk is real image i's gradient
+                grad, = torch.autograd.grad(real_logits.sum(), seen, create_graph=True)
+                r1 = grad[: x.shape[0]].float().pow(2).flatten(1).sum(1).mean()
+                adv = adv + (self.r1 * self.r1_every / 2) * r1
+                stats["D/r1"] = r1.detach()
             ortho = orthogonality_loss(_inner(self.D))
             loss = adv + self.ortho_weight * ortho
             loss.backward()
