@@ -202,6 +202,10 @@ def test_r1_settings_are_checked():
         HingeGANLoss(_LinearG(), _QuadD(), 6, 3, 4, r1=-1.0)
     with pytest.raises(ValueError, match="r1_every"):
         HingeGANLoss(_LinearG(), _QuadD(), 6, 3, 4, r1=1.0, r1_every=0)
+    from attnorm.models.gan import Discriminator
+    with pytest.raises(ValueError, match="once-differentiable"):  # AN in D: no double backward
+        HingeGANLoss(_LinearG(), Discriminator(resolution=32, ch=8, num_classes=3, attention="an"), 6, 3, 4, r1=1.0)
+    HingeGANLoss(_LinearG(), Discriminator(resolution=32, ch=8, num_classes=3, attention="sa"), 6, 3, 4, r1=1.0)
     cfg = resolve_config(overrides={"r1": 0.2, "r1_every": 4})
     assert (cfg["r1"], cfg["r1_every"]) == (0.2, 4)
 
@@ -221,3 +225,31 @@ def test_r1_on_the_demo_discriminator_matches_its_gradient_on_the_reals_alone():
     D.eval()  # spectral norm: the weights of the loss's forward, without another power iteration
     g, = torch.autograd.grad(D(xr, y).sum(), xr)
     assert stats["D/r1"].item() == pytest.approx(g.pow(2).flatten(1).sum(1).mean().item(), rel=1e-4)
+
+
+def test_lecam_pulls_logits_towards_the_other_sides_moving_average():
+    """D/lecam = mean((D(x) - a_F)^2) + mean((D(fake) - a_R)^2) with a_R, a_F the moving averages
+    of the mean real / fake logits, computed by hand over three D phases."""
+    torch.manual_seed(0)
+    D = _QuadD()
+    G = _LinearG()
+    loss = HingeGANLoss(G, D, z_dim=6, num_classes=3, batch_size=4, ortho_weight=0.0, lecam=0.3, lecam_decay=0.9)
+    x = torch.randn(4, 3, 4, 4, generator=torch.Generator().manual_seed(5))
+    y = torch.tensor([0, 1, 2, 0])
+    a = None
+    for _ in range(3):
+        stats = loss.run_phase("D", (x, y))
+        z, yf = G.calls[-1]
+        with torch.no_grad():
+            real = D(x, y).double().numpy()
+            fake = D(G(z, yf), yf).double().numpy()
+        means = np.array([real.mean(), fake.mean()])
+        a = means if a is None else 0.9 * a + 0.1 * means
+        want = ((real - a[1]) ** 2).mean() + ((fake - a[0]) ** 2).mean()
+        assert stats["D/lecam"].item() == pytest.approx(want, rel=1e-5)
+        hinge = np.maximum(0, 1 - real).mean() + np.maximum(0, 1 + fake).mean()
+        assert stats["D/loss"].item() == pytest.approx(hinge + 0.3 * want, rel=1e-5)
+    state = loss.state_dict()
+    fresh = HingeGANLoss(G, D, z_dim=6, num_classes=3, batch_size=4, lecam=0.3, lecam_decay=0.9)
+    fresh.load_state_dict(state)
+    assert fresh.lecam_ema == pytest.approx(list(a)) and fresh._d_phases == 3

@@ -67,8 +67,10 @@ def _stat_losses(run_dir):
     return [(r["step"], r["D/loss"], r["G/loss"], r["D/real"]) for r in read_stats(run_dir / "stats.jsonl")]
 
 
-def test_train_kill_resume_equals_uninterrupted(tmp_path):
-    cfg = resolve_config(overrides=dict(TINY, steps=6))
+@pytest.mark.parametrize("extra", [{}, {"lecam": 0.5, "r1": 0.2, "r1_every": 2, "d_arch": "conv"}],
+                         ids=["plain", "lecam_lazy_r1"])  # the loss's own state (averages, phase count) resumes too
+def test_train_kill_resume_equals_uninterrupted(tmp_path, extra):
+    cfg = resolve_config(overrides=dict(TINY, steps=6, **extra))
     full = GANTraining(cfg, tmp_path / "full")
     full.run()
 

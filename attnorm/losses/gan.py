@@ -3,7 +3,8 @@
 Phases:
 
 * ``"D"``: ``mean(relu(1 - D(x, y))) + mean(relu(1 + D(G(z, y_f), y_f))) + w * ortho(D)
-  [+ l * mean(relu(1 - D(x, y) + D(x, y_w)))] [+ k * r1 / 2 * mean(||grad_x D(x, y)||^2)]``
+  [+ l * mean(relu(1 - D(x, y) + D(x, y_w)))] [+ k * r1 / 2 * mean(||grad_x D(x, y)||^2)]
+  [+ c * (mean((D(x, y) - a_F)^2) + mean((D(G(z), y_f) - a_R)^2))]``
 * ``"G"``: ``-mean(D(G(z, y_f), y_f)) + w * ortho(G) [+ m / (d_img / d_z + 1e-5)]``
 
 ``y_f`` are uniform random class labels, ``z ~ N(0, I)``; ``ortho`` is the sum of
@@ -27,6 +28,11 @@ norm of D's logits on the real images, penalising D for slopes on the data manif
 StyleGAN2: computed every ``k = r1_every``-th D phase and scaled by ``k``; the gradient is taken
 w.r.t. the real images as D sees them (after DiffAugment, if any).
 
+The optional LeCam term (Tseng et al., CVPR 2021), weight ``c = lecam``: ``a_R`` and ``a_F`` are
+exponential moving averages (decay ``lecam_decay``) of D's mean real and fake logits; pulling real
+logits towards the fake average and fake logits towards the real one keeps D's outputs from
+drifting apart (a bound on the LeCam divergence between real and fake).
+
 The optional G term is MSGAN's mode-seeking regulariser (Mao et al., CVPR 2019), weight
 ``m = mode_seeking``: the G batch is two halves with the same labels and independent z, and
 ``d_img / d_z = mean|G(z1, y) - G(z2, y)| / mean|z1 - z2|``. Raising that ratio pushes two
@@ -39,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnorm.layers import orthogonality_loss
+from attnorm.layers import AttentiveNorm, orthogonality_loss
 from attnorm.losses.augment import diff_augment, parse_policy
 
 
@@ -83,17 +89,25 @@ class HingeGANLoss:
             the AN layers' statistics and the batch norms stay float32.
         r1: weight gamma of the R1 gradient penalty on real images in the D phase (0: off).
         r1_every: compute R1 on every this-many D phases, scaled by it (lazy regularisation).
+        lecam: weight of the LeCam regulariser in the D phase (0: off).
+        lecam_decay: decay of the moving averages of D's real and fake logits it uses.
     """
 
     def __init__(self, G: nn.Module, D: nn.Module, z_dim: int, num_classes: int, batch_size: int,
                  ortho_weight: float = 1e-3, device: str | torch.device = "cpu", augment: str | None = None,
                  mode_seeking: float = 0.0, wrong_label: float = 0.0, amp: bool = False, r1: float = 0.0,
-                 r1_every: int = 1) -> None:
-        if mode_seeking < 0 or wrong_label < 0 or r1 < 0:
-            raise ValueError(f"mode_seeking, wrong_label and r1 are loss weights >= 0, got {mode_seeking}, "
-                             f"{wrong_label} and {r1}")
+                 r1_every: int = 1, lecam: float = 0.0, lecam_decay: float = 0.99) -> None:
+        if min(mode_seeking, wrong_label, r1, lecam) < 0:
+            raise ValueError(f"mode_seeking, wrong_label, r1 and lecam are loss weights >= 0, got {mode_seeking}, "
+                             f"{wrong_label}, {r1} and {lecam}")
+        if not 0 <= lecam_decay < 1:
+            raise ValueError(f"lecam_decay must be in [0, 1), got {lecam_decay}")
         if int(r1_every) < 1:
             raise ValueError(f"r1_every must be an integer >= 1, got {r1_every}")
+        if r1 and any(isinstance(m, AttentiveNorm) for m in _inner(D).modules()):
+            raise ValueError("r1 needs the gradient of D's input gradient, and AttentiveNorm's fast backward is "
+                             "once-differentiable; use r1 with a discriminator without AN (d_arch=\"conv\", "
+                             "or attention \"sa\"/\"none\")")
         if wrong_label and num_classes < 2:
             raise ValueError(f"wrong_label needs at least 2 classes (a wrong label to compare with), got {num_classes}")
         if mode_seeking and batch_size % 2:
@@ -106,6 +120,17 @@ class HingeGANLoss:
         self.amp = bool(amp)
         self.r1, self.r1_every = float(r1), int(r1_every)
         self._d_phases = 0  # D phases run (for lazy R1)
+        self.lecam, self.lecam_decay = float(lecam), float(lecam_decay)
+        self.lecam_ema: list[float] | None = None  # moving averages [a_R, a_F] (None until the first D phase)
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs to continue exactly: the D-phase count (lazy R1) and LeCam's averages."""
+        return {"d_phases": self._d_phases, "lecam_ema": self.lecam_ema}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._d_phases = int(state.get("d_phases", 0))
+        ema = state.get("lecam_ema")
+        self.lecam_ema = None if ema is None else [float(a) for a in ema]
 
     def _autocast(self):
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp)
@@ -151,6 +176,17 @@ class HingeGANLoss:
                 r1 = grad[: x.shape[0]].float().pow(2).flatten(1).sum(1).mean()
                 adv = adv + (self.r1 * self.r1_every / 2) * r1
                 stats["D/r1"] = r1.detach()
+            if self.lecam:
+                means = [real_logits.detach().mean().item(), fake_logits.detach().mean().item()]
+                if self.lecam_ema is None:
+                    self.lecam_ema = means
+                else:
+                    d = self.lecam_decay
+                    self.lecam_ema = [d * a + (1 - d) * m for a, m in zip(self.lecam_ema, means)]
+                a_real, a_fake = self.lecam_ema
+                lc = (real_logits - a_fake).pow(2).mean() + (fake_logits - a_real).pow(2).mean()
+                adv = adv + self.lecam * lc
+                stats["D/lecam"] = lc.detach()
             ortho = orthogonality_loss(_inner(self.D))
             loss = adv + self.ortho_weight * ortho
             loss.backward()

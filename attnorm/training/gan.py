@@ -85,6 +85,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "wrong_label": 0.0,      # weight of D's class margin: a real image scores >= 1 higher with its label than a wrong one
     "r1": 0.0,               # gamma of the R1 penalty on D's gradient at real images (0: off)
     "r1_every": 1,           # lazy R1: every this-many D phases, scaled by it
+    "lecam": 0.0,            # weight of the LeCam regulariser on D's logits (0: off)
     "ortho_weight": 1e-3,
     "ema_decay": 0.995,      # short CPU runs; the GPU configs use 0.9999 from step 20k
     "ema_start": 100,        # the EMA copies G for the first ema_start steps
@@ -217,7 +218,8 @@ class GANTraining(TaskRun):
                                  ortho_weight=cfg["ortho_weight"], device=device,
                                  augment=cfg["diffaugment"], mode_seeking=cfg["mode_seeking"],
                                  wrong_label=cfg["wrong_label"], amp=bool(cfg.get("amp")),
-                                 r1=cfg.get("r1", 0.0), r1_every=cfg.get("r1_every", 1))
+                                 r1=cfg.get("r1", 0.0), r1_every=cfg.get("r1_every", 1),
+                                 lecam=cfg.get("lecam", 0.0))
         self.z_fixed = fixed_latents(cfg, cfg["z_dim"])
         self.sample_classes = list(range(min(self.num_classes, 16)))
         phases = [Phase("D", self.D, self.opt_d, repeats=cfg["d_steps"]),

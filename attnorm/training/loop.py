@@ -299,7 +299,8 @@ def _grad_norm(module: nn.Module) -> float:
 class TrainingLoop:
     """Args:
         phases: the phases of one step, in order.
-        loss: object with ``run_phase(name, batch) -> dict of scalars``.
+        loss: object with ``run_phase(name, batch) -> dict of scalars``; if it also has
+            ``state_dict()`` / ``load_state_dict()`` (plain data), that state is checkpointed.
         data: a :class:`BatchStream` (or any object with ``next()``, ``state_dict()``, ``load_state_dict()``).
         run_dir: output folder (``stats.jsonl``, ``checkpoints/``).
         total_steps: train until this step.
@@ -351,6 +352,7 @@ class TrainingLoop:
             "optimizers": {p.name: p.optimizer.state_dict() for p in self.phases},
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "data": self.data.state_dict(),
+            "loss": self.loss.state_dict() if hasattr(self.loss, "state_dict") else None,
             "rng": get_rng_state(),
             "rng_per_rank": _gather_rng_states(),
             "extra": self.extra_state,
@@ -421,6 +423,8 @@ class TrainingLoop:
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
         self.data.load_state_dict(state["data"])
+        if state.get("loss") is not None and hasattr(self.loss, "load_state_dict"):
+            self.loss.load_state_dict(state["loss"])  # e.g. a loss's running averages
         per_rank = state.get("rng_per_rank")
         rank = _rank()
         set_rng_state(per_rank[rank] if per_rank and rank < len(per_rank) else state["rng"])
