@@ -66,6 +66,8 @@ def _worker(rank: int, port: int, tmp: str) -> None:
         out["a5"] = train("a", steps=5, resume=True)        # ...resumed to 5
         out["b5"] = train("b", steps=5)                     # uninterrupted 5 steps
         out["sync"] = train("sync", steps=3, sync_bn=True)  # G's BN over the global batch
+        # R1 (double backward through DDP's forward) and LeCam, on the conv D
+        out["r1"] = train("r1", steps=3, d_arch="conv", r1=1.0, lecam=0.1)
         real_time = loop_mod.time
         if rank == 1:  # rank 1 alone would pass the time limit after its first step
             loop_mod.time = types.SimpleNamespace(perf_counter=lambda: 50.0 * real_time.perf_counter())
@@ -101,6 +103,15 @@ def test_replicas_stay_identical_while_ranks_see_different_data(ddp):
     bn_keys = [k for k in r0["b5"]["G"] if k.endswith("running_mean")]
     assert bn_keys and _same(r0["b5"]["G"], r1["b5"]["G"], bn_keys) != []
     assert r0["b5"]["bn_types"] == ["BatchNorm2d"]
+
+
+def test_r1_and_lecam_train_under_ddp_with_identical_replicas(ddp):
+    tmp, (r0, r1) = ddp
+    for net in ("G", "D"):
+        assert _same(r0["r1"][net], r1["r1"][net], _param_keys(r0["r1"][net])) == [], f"{net} weights diverged"
+    stats = read_stats(tmp / "r1" / "stats.jsonl")
+    assert [r["step"] for r in stats] == [1, 2, 3]
+    assert all(r["D/r1"] > 0 and r["D/lecam"] >= 0 for r in stats)
 
 
 def test_only_rank0_writes_one_run_folder(ddp):
