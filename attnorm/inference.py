@@ -21,7 +21,7 @@ from attnorm.viz.grid import colorize_layout, entity_usage, heatmap, make_grid
 
 __all__ = [
     "eval_mode", "inpaint_image", "inpaint_layout_images", "interpolation_images", "latents", "layout_figure",
-    "class_samples", "sample_images", "to_uint8",
+    "class_samples", "evaluation_samples", "sample_images", "to_uint8",
 ]
 
 
@@ -110,6 +110,22 @@ def inpaint_layout_images(layout: Tensor, size: tuple[int, int]) -> tuple[np.nda
 def latents(n: int, z_dim: int, seed: int, truncation: float | None = None) -> Tensor:
     """``n`` latents from ``torch.Generator().manual_seed(seed)`` (optionally truncated)."""
     return truncated_normal((n, z_dim), truncation, generator=torch.Generator().manual_seed(seed))
+
+
+def evaluation_samples(g, n: int, num_classes: int, z_dim: int, seed: int = 0, batch_size: int = 250,
+                       truncation: float | None = None, device="cpu") -> Iterator[tuple[Tensor, Tensor]]:
+    """The ``n`` samples that ``attnorm evaluate gan`` scores, batch by batch: sample ``i`` has label
+    ``i % num_classes`` and its own latent, drawn batch after batch from one
+    ``torch.Generator().manual_seed(seed)``. ``g`` is any callable ``g(z, y)``; an ``nn.Module`` runs in
+    eval mode. Yields (labels (b,), images (b, 3, R, R) as float32 on the CPU)."""
+    gen = torch.Generator().manual_seed(int(seed))
+    labels = torch.arange(n) % num_classes
+    mode = eval_mode(g) if isinstance(g, nn.Module) else contextlib.nullcontext()
+    with mode, torch.no_grad():
+        for i in range(0, n, batch_size):
+            y = labels[i:i + batch_size]
+            z = truncated_normal((len(y), z_dim), truncation, generator=gen)
+            yield y, g(z.to(device), y.to(device)).float().cpu()
 
 
 @torch.no_grad()

@@ -16,6 +16,9 @@ its images are *too alike* (small balls: a diversity problem) or *too far* from 
    median k-NN radius of the set (how spread out it is) and the median distance from each
    generated image to its nearest real one (how far off the real images it lies), with the same
    two numbers for the second real set as the yardstick.
+3. **Sharpness in pixels** (every row): the images' power above a quarter of the sampling
+   frequency (fine detail: edges, grain) over the reference images' (1: as sharp as the data;
+   blur lowers it, noise raises it), to place a generator's softness next to the blur rows.
 
 Features: the shipped procedural classifier (``attnorm.metrics``'s ``classifier`` extractor),
 the protocol of ``attnorm evaluate gan``. Writes ``OUT/results.json`` and ``OUT/results.md``.
@@ -79,55 +82,72 @@ def nearest_distances(query: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return torch.cdist(q, r).min(1).values.numpy()
 
 
-def score(ref: np.ndarray, feats: np.ndarray) -> dict:
+def high_frequency_power(x: torch.Tensor, cutoff: float = 0.25) -> float:
+    """Mean spectral power of (b, c, h, w) images (each channel minus its mean) at spatial
+    frequencies above ``cutoff`` cycles per pixel (Nyquist: 0.5)."""
+    x = x.double() - x.double().mean((2, 3), keepdim=True)
+    p = torch.fft.rfft2(x).abs().pow(2)  # (b, c, h, w // 2 + 1)
+    fy = torch.fft.fftfreq(x.shape[2], dtype=torch.float64).view(-1, 1)
+    fx = torch.fft.rfftfreq(x.shape[3], dtype=torch.float64).view(1, -1)
+    return float(p[..., (fy * fy + fx * fx).sqrt() > cutoff].mean())
+
+
+def score(ref: np.ndarray, feats: np.ndarray, images: torch.Tensor, ref_hf: float) -> dict:
     pr = precision_recall(ref, feats, k=K)
     fid = frechet_distance(*feature_statistics(ref), *feature_statistics(feats))
     return {"precision": pr["precision"], "recall": pr["recall"], "fid": fid,
             "knn_radius": float(np.median(knn_radii(feats))),
-            "to_nearest_real": float(np.median(nearest_distances(feats, ref)))}
+            "to_nearest_real": float(np.median(nearest_distances(feats, ref))),
+            "hf_power_vs_reference": high_frequency_power(images) / ref_hf}
 
 
-def real_probes(ext, n: int, pose: str) -> tuple[np.ndarray, dict]:
-    ref = ext.features(ProceduralShapes(32, pose=pose, seed=0).get_batch(range(n))[0])
-    x = ProceduralShapes(32, pose=pose, seed=1).get_batch(range(n))[0]
+def real_probes(ext, n: int, pose: str, classes: int = 10) -> tuple[np.ndarray, float, dict]:
+    """The reference features and high-frequency power, and the scored rows of the real probes
+    (procedural shapes of the first ``classes`` classes: those of the generators under test)."""
+    ref_x = ProceduralShapes(32, classes, pose=pose, seed=0).get_batch(range(n))[0]
+    ref, ref_hf = ext.features(ref_x), high_frequency_power(ref_x)
+    x = ProceduralShapes(32, classes, pose=pose, seed=1).get_batch(range(n))[0]
     rows = {"real (the floor)": x}
     for s in (0.5, 0.8, 1.2):
         rows[f"blur sigma {s} px"] = gaussian_blur(x, s)
     rows["noise std 0.1"] = with_noise(x, 0.1)
     rows["colours: two tints of the luminance"] = two_tints(x)
-    return ref, {name: score(ref, ext.features(v)) for name, v in rows.items()}
+    return ref, ref_hf, {name: score(ref, ext.features(v), v, ref_hf) for name, v in rows.items()}
 
 
 def generated(G, n: int, seed: int = 0, batch_size: int = 250) -> torch.Tensor:
-    """``n`` images of the EMA G as ``attnorm evaluate gan`` draws them: sample ``i`` has class
-    ``i % num_classes`` and its own latent (one generator seeded once), eval mode."""
-    from attnorm.inference import eval_mode, latents
-    z = latents(n, G.z_dim, seed)
-    y = torch.arange(n) % G.num_classes
-    with torch.no_grad(), eval_mode(G):
-        return torch.cat([G(z[i:i + batch_size], y[i:i + batch_size]).float() for i in range(0, n, batch_size)])
+    """The ``n`` images of G that ``attnorm evaluate gan`` scores (``attnorm.inference.evaluation_samples``:
+    sample ``i`` has class ``i % num_classes`` and its own latent), eval mode."""
+    from attnorm.inference import evaluation_samples
+    return torch.cat([x for _, x in evaluation_samples(G, n, G.num_classes, G.z_dim, seed, batch_size)])
 
 
-def checkpoint_rows(ext, ref: np.ndarray, ckpts: list[str], n: int) -> dict:
+def checkpoint_rows(ext, ref: np.ndarray, ref_hf: float, ckpts: list[str], n: int, classes: int = 10) -> dict:
     from attnorm.checkpoints import load_gan_generator
     out = {}
     for path in ckpts:
         G, _ = load_gan_generator(path, use_ema=True)
-        out[path] = score(ref, ext.features(generated(G, n)))
+        if G.num_classes != classes:
+            raise SystemExit(f"{path}: its G has {G.num_classes} classes, the real sets {classes} "
+                             f"(pass --classes {G.num_classes})")
+        x = generated(G, n)
+        out[path] = score(ref, ext.features(x), x, ref_hf)
     return out
 
 
 def to_markdown(res: dict) -> str:
-    head = "| images | precision | recall | FID | median k-NN radius | median distance to nearest real |"
-    lines = [f"# What recall responds to (n = {res['n']}, pose {res['pose']}, classifier features, k = {K})", "",
+    head = ("| images | precision | recall | FID | median k-NN radius | median distance to nearest real "
+            "| power above 1/4 of the sampling frequency / reference's |")
+    lines = [f"# What recall responds to (n = {res['n']}, pose {res['pose']}, {res['classes']} classes, "
+             f"classifier features, k = {K})", "",
              f"torch {res['torch']}, code {res['code']}, {res['seconds']:.0f} s.", "",
              "Real images (seed 1) against the reference (seed 0), as is and after one change:", "",
-             head, "| --- | --- | --- | --- | --- | --- |"]
+             head, "| --- | --- | --- | --- | --- | --- | --- |"]
     fmt = lambda name, r: (f"| {name} | {r['precision']:.3f} | {r['recall']:.3f} | {r['fid']:.2f} | "  # noqa: E731
-                           f"{r['knn_radius']:.3f} | {r['to_nearest_real']:.3f} |")
+                           f"{r['knn_radius']:.3f} | {r['to_nearest_real']:.3f} | {r['hf_power_vs_reference']:.3f} |")
     lines += [fmt(k, v) for k, v in res["real"].items()]
     if res["checkpoints"]:
-        lines += ["", "Generated images (EMA G, the same reference):", "", head, "| --- | --- | --- | --- | --- | --- |"]
+        lines += ["", "Generated images (EMA G, the same reference):", "", head, "| --- | --- | --- | --- | --- | --- | --- |"]
         lines += [fmt(f"`{k}`", v) for k, v in res["checkpoints"].items()]
     return "\n".join(lines) + "\n"
 
@@ -136,14 +156,16 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=1000, help="images per set")
     ap.add_argument("--pose", default="centred", help="procedural pose of the real sets")
+    ap.add_argument("--classes", type=int, default=10,
+                    help="procedural classes of the real sets: the generators' (default 10, as the presets)")
     ap.add_argument("--ckpt", action="append", default=[], help="a generator to place against the real sets")
     ap.add_argument("--out", default="bench_results/diag_recall")
     args = ap.parse_args(argv)
     t0 = time.time()
     ext = get_extractor("classifier")
-    ref, real = real_probes(ext, args.n, args.pose)
-    res = {"n": args.n, "pose": args.pose, "k": K, "real": real,
-           "checkpoints": checkpoint_rows(ext, ref, args.ckpt, args.n),
+    ref, ref_hf, real = real_probes(ext, args.n, args.pose, args.classes)
+    res = {"n": args.n, "pose": args.pose, "classes": args.classes, "k": K, "real": real,
+           "checkpoints": checkpoint_rows(ext, ref, ref_hf, args.ckpt, args.n, args.classes),
            "torch": torch.__version__, "code": git_commit()}
     res["seconds"] = time.time() - t0
     out = Path(args.out)

@@ -4,6 +4,7 @@ a run ranks the damaged real sets below the undamaged one."""
 import json
 
 import numpy as np
+import pytest
 import torch
 from scipy import ndimage
 
@@ -25,6 +26,22 @@ def test_blur_matches_scipy_and_tints_keep_luminance_structure():
     assert 0.09 < noisy.std().item() < 0.11
 
 
+def test_high_frequency_power_counts_only_frequencies_above_the_cutoff_radius():
+    diag = load_benchmark("diag_recall")
+    i = torch.arange(32, dtype=torch.float64)
+    yy, xx = i.view(-1, 1), i.view(1, -1)
+
+    def wave(fy, fx, amp=1.0):  # (1, 3, 32, 32) cosine of fy, fx cycles per pixel, plus an offset
+        return (0.3 + amp * torch.cos(2 * np.pi * (fy * yy + fx * xx))).expand(1, 3, 32, 32)
+
+    assert diag.high_frequency_power(wave(0, 12 / 32)) > 0
+    assert diag.high_frequency_power(wave(0, 4 / 32)) < 1e-12  # 0.125 < 0.25, and the offset is removed
+    assert diag.high_frequency_power(wave(6 / 32, 6 / 32)) > 0  # radius 0.265: each axis below 0.25
+    assert diag.high_frequency_power(wave(5 / 32, 5 / 32)) < 1e-12  # radius 0.221
+    ratio = diag.high_frequency_power(wave(0, 12 / 32)) / diag.high_frequency_power(wave(0, 12 / 32, 0.5))
+    assert abs(ratio - 4) < 1e-9
+
+
 def test_distances_match_brute_force():
     diag = load_benchmark("diag_recall")
     rng = np.random.default_rng(0)
@@ -44,6 +61,9 @@ def test_a_small_run_ranks_blurred_real_images_below_real_ones(tmp_path):
     assert floor["recall"] > blurred["recall"] + 0.3
     assert floor["to_nearest_real"] < blurred["to_nearest_real"]
     assert floor["fid"] < blurred["fid"]
+    hf = [real[k]["hf_power_vs_reference"] for k in ("blur sigma 1.2 px", "blur sigma 0.8 px", "blur sigma 0.5 px",
+                                                      "real (the floor)", "noise std 0.1")]
+    assert hf == sorted(hf) and 0.8 < floor["hf_power_vs_reference"] < 1.25
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["real"]["blur sigma 1.2 px"]["recall"] == blurred["recall"]
     assert "| blur sigma 1.2 px |" in (tmp_path / "results.md").read_text()
@@ -68,3 +88,24 @@ def test_generated_draws_one_latent_per_sample_like_evaluate_gan():
     assert len(torch.unique(z0)) == 1000
     from attnorm.inference import latents
     assert torch.equal(z0, latents(1000, 8, 0)[:, 0])
+
+
+def test_real_sets_take_the_generators_classes(gan_ckpt, tmp_path):
+    """The real sets hold the generators' classes (the shared tiny run has 3): a reference with
+    classes G never draws would count as missed modes. A class-count mismatch is refused."""
+    diag = load_benchmark("diag_recall")
+    ext_calls = []
+
+    class Ext:  # records the images it is given; features = per-image channel means
+        def features(self, x):
+            ext_calls.append(x)
+            return x.mean((2, 3)).double().numpy()
+
+    ref, _, _ = diag.real_probes(Ext(), 30, "centred", classes=3)
+    from attnorm.data.procedural import ProceduralShapes
+    want = ProceduralShapes(32, 3, pose="centred", seed=0).get_batch(range(30))[0]
+    assert torch.equal(ext_calls[0], want)
+    res = diag.main(["--n", "40", "--classes", "3", "--ckpt", str(gan_ckpt), "--out", str(tmp_path)])
+    assert 0 <= res["checkpoints"][str(gan_ckpt)]["recall"] <= 1 and res["classes"] == 3
+    with pytest.raises(SystemExit, match="pass --classes 3"):
+        diag.main(["--n", "40", "--ckpt", str(gan_ckpt), "--out", str(tmp_path)])

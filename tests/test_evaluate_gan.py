@@ -195,3 +195,28 @@ def test_reference_takes_the_pose_of_the_generator_s_data(tmp_path):
     assert "pose" not in other["metrics"]["fid"]["protocol"]["reference_split"]
     assert same["metrics"]["fid"]["value"] * 3 < other["metrics"]["fid"]["value"]
     assert same["metrics"]["pr"]["recall"] > other["metrics"]["pr"]["recall"]
+
+
+def test_evaluation_samples_draw_one_latent_per_sample_labels_cycle_and_eval_mode():
+    """The one sampler that ``evaluate gan`` (and benchmarks/diag_recall.py) use: sample i has label
+    i % C and the i-th row of a single seeded draw, whatever the batch size; a module runs in eval
+    mode and gets its mode back; truncation bounds every latent."""
+    from attnorm.inference import evaluation_samples, latents
+
+    class Echo(torch.nn.Module):  # image = (latent's first two entries, label, training flag)
+        def forward(self, z, y):
+            flag = torch.full_like(z[:, 0], float(self.training))
+            return torch.stack([z[:, 0], z[:, 1], y.float(), flag], 1)[..., None, None]
+
+    g = Echo().train()
+    out = {bs: list(evaluation_samples(g, 1000, 7, 8, seed=5, batch_size=bs)) for bs in (300, 1000)}
+    assert g.training and [len(y) for y, _ in out[300]] == [300, 300, 300, 100]
+    x = torch.cat([x for _, x in out[300]])[..., 0, 0]
+    assert torch.equal(x, torch.cat([x for _, x in out[1000]])[..., 0, 0])
+    assert torch.equal(x[:, :2], latents(1000, 8, 5)[:, :2])
+    assert torch.equal(x[:, 2], (torch.arange(1000) % 7).float())
+    assert torch.equal(torch.cat([y for y, _ in out[300]]), torch.arange(1000) % 7)
+    assert not x[:, 3].any()  # eval mode inside
+    plain = torch.cat([x for _, x in evaluation_samples(lambda z, y: z[:, :1, None, None], 50, 3, 4,
+                                                        seed=1, truncation=0.5)])
+    assert plain.abs().max() <= 0.5 and len(torch.unique(plain)) == 50

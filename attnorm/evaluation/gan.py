@@ -180,17 +180,13 @@ class _Fakes:
 
 def _generate(subject: _Subject, n: int, ext: FeatureExtractor, acc_ext: FeatureExtractor | None,
               need_logits: bool, batch_size: int, seed: int, truncation: float | None, device) -> _Fakes:
-    """Sample ``i`` has label ``i % num_classes``; z is drawn batch after batch from ``manual_seed(seed)``."""
-    from attnorm.models.gan import truncated_normal
+    """The samples of :func:`attnorm.inference.evaluation_samples` (label ``i % num_classes``, z drawn
+    batch after batch from ``manual_seed(seed)``), through the extractor(s)."""
+    from attnorm.inference import evaluation_samples
     t0 = time.time()
-    gen = torch.Generator().manual_seed(int(seed))
-    labels = torch.arange(n) % subject.num_classes
-    feats, logits, correct = [], [], 0
-    for i in range(0, n, batch_size):
-        y = labels[i:i + batch_size]
-        z = truncated_normal((len(y), subject.z_dim), truncation, generator=gen)
-        with torch.no_grad():
-            x = subject.g(z.to(device), y.to(device)).float().cpu()
+    feats, logits, labels, correct = [], [], [], 0
+    for y, x in evaluation_samples(subject.g, n, subject.num_classes, subject.z_dim, seed, batch_size,
+                                   truncation, device):
         f, lg = ext.features_and_logits(x, need_logits=need_logits)
         feats.append(f)
         if lg is not None:
@@ -198,8 +194,9 @@ def _generate(subject: _Subject, n: int, ext: FeatureExtractor, acc_ext: Feature
         if acc_ext is not None:
             lg_acc = lg if acc_ext is ext else acc_ext.logits(x)
             correct += int((lg_acc.argmax(1) == y.numpy()).sum())
-        log.info("generated + extracted %d/%d (%.0fs)", min(i + batch_size, n), n, time.time() - t0)
-    return _Fakes(np.concatenate(feats), labels.numpy(), np.concatenate(logits) if logits else None, correct)
+        labels.append(y.numpy())
+        log.info("generated + extracted %d/%d (%.0fs)", sum(map(len, labels)), n, time.time() - t0)
+    return _Fakes(np.concatenate(feats), np.concatenate(labels), np.concatenate(logits) if logits else None, correct)
 
 
 def _real_as_fakes(source, n: int, n_ref: int, ext: FeatureExtractor, acc_ext: FeatureExtractor | None,

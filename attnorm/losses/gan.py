@@ -121,16 +121,19 @@ class HingeGANLoss:
         self.r1, self.r1_every = float(r1), int(r1_every)
         self._d_phases = 0  # D phases run (for lazy R1)
         self.lecam, self.lecam_decay = float(lecam), float(lecam_decay)
-        self.lecam_ema: list[float] | None = None  # moving averages [a_R, a_F] (None until the first D phase)
+        # moving averages [a_R, a_F] as a (2,) float32 tensor on the device, kept there so the D phase
+        # never waits for the device (None until the first D phase)
+        self.lecam_ema: Tensor | None = None
 
     def state_dict(self) -> dict:
         """What a resumed run needs to continue exactly: the D-phase count (lazy R1) and LeCam's averages."""
-        return {"d_phases": self._d_phases, "lecam_ema": self.lecam_ema}
+        ema = None if self.lecam_ema is None else [float(a) for a in self.lecam_ema.tolist()]
+        return {"d_phases": self._d_phases, "lecam_ema": ema}
 
     def load_state_dict(self, state: dict) -> None:
         self._d_phases = int(state.get("d_phases", 0))
         ema = state.get("lecam_ema")
-        self.lecam_ema = None if ema is None else [float(a) for a in ema]
+        self.lecam_ema = None if ema is None else torch.tensor([float(a) for a in ema], device=self.device)
 
     def _autocast(self):
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp)
@@ -177,12 +180,11 @@ class HingeGANLoss:
                 adv = adv + (self.r1 * self.r1_every / 2) * r1
                 stats["D/r1"] = r1.detach()
             if self.lecam:
-                means = [real_logits.detach().mean().item(), fake_logits.detach().mean().item()]
+                means = torch.stack([real_logits.detach().mean(), fake_logits.detach().mean()])  # (2,)
                 if self.lecam_ema is None:
                     self.lecam_ema = means
                 else:
-                    d = self.lecam_decay
-                    self.lecam_ema = [d * a + (1 - d) * m for a, m in zip(self.lecam_ema, means)]
+                    self.lecam_ema = torch.lerp(means, self.lecam_ema, self.lecam_decay)
                 a_real, a_fake = self.lecam_ema
                 lc = (real_logits - a_fake).pow(2).mean() + (fake_logits - a_real).pow(2).mean()
                 adv = adv + self.lecam * lc
