@@ -16,9 +16,11 @@ its images are *too alike* (small balls: a diversity problem) or *too far* from 
    median k-NN radius of the set (how spread out it is) and the median distance from each
    generated image to its nearest real one (how far off the real images it lies), with the same
    two numbers for the second real set as the yardstick.
-3. **Sharpness in pixels** (every row): the images' power above a quarter of the sampling
-   frequency (fine detail: edges, grain) over the reference images' (1: as sharp as the data;
-   blur lowers it, noise raises it), to place a generator's softness next to the blur rows.
+3. **Two pixel measures** (every row, each over the reference's): sharpness, the images' power
+   above a quarter of the sampling frequency (fine detail: edges, grain; blur lowers it, noise
+   raises it); and within-class spread, how much images of one class differ from each other at
+   coarse scale (8x8 means: colours and layout, not grain), against within-class collapse.
+   Every set is ordered so that image ``i`` has class ``i % classes``.
 
 Features: the shipped procedural classifier (``attnorm.metrics``'s ``classifier`` extractor),
 the protocol of ``attnorm evaluate gan``. Writes ``OUT/results.json`` and ``OUT/results.md``.
@@ -92,27 +94,40 @@ def high_frequency_power(x: torch.Tensor, cutoff: float = 0.25) -> float:
     return float(p[..., (fy * fy + fx * fx).sqrt() > cutoff].mean())
 
 
-def score(ref: np.ndarray, feats: np.ndarray, images: torch.Tensor, ref_hf: float) -> dict:
+def within_class_spread(x: torch.Tensor, classes: int) -> float:
+    """Mean over classes (image ``i`` has class ``i % classes``), pixels and channels of the
+    standard deviation across that class's images of their 8x8 block means."""
+    coarse = F.adaptive_avg_pool2d(x.double(), 8)  # (n, 3, 8, 8)
+    labels = torch.arange(len(x)) % classes
+    return float(torch.stack([coarse[labels == c].std(0).mean() for c in range(classes)]).mean())
+
+
+def pixel_reference(x: torch.Tensor, classes: int) -> dict:
+    return {"hf": high_frequency_power(x), "spread": within_class_spread(x, classes), "classes": classes}
+
+
+def score(ref: np.ndarray, feats: np.ndarray, images: torch.Tensor, pix: dict) -> dict:
     pr = precision_recall(ref, feats, k=K)
     fid = frechet_distance(*feature_statistics(ref), *feature_statistics(feats))
     return {"precision": pr["precision"], "recall": pr["recall"], "fid": fid,
             "knn_radius": float(np.median(knn_radii(feats))),
             "to_nearest_real": float(np.median(nearest_distances(feats, ref))),
-            "hf_power_vs_reference": high_frequency_power(images) / ref_hf}
+            "hf_power_vs_reference": high_frequency_power(images) / pix["hf"],
+            "class_spread_vs_reference": within_class_spread(images, pix["classes"]) / pix["spread"]}
 
 
-def real_probes(ext, n: int, pose: str, classes: int = 10) -> tuple[np.ndarray, float, dict]:
-    """The reference features and high-frequency power, and the scored rows of the real probes
+def real_probes(ext, n: int, pose: str, classes: int = 10) -> tuple[np.ndarray, dict, dict]:
+    """The reference features and pixel measures, and the scored rows of the real probes
     (procedural shapes of the first ``classes`` classes: those of the generators under test)."""
     ref_x = ProceduralShapes(32, classes, pose=pose, seed=0).get_batch(range(n))[0]
-    ref, ref_hf = ext.features(ref_x), high_frequency_power(ref_x)
+    ref, pix = ext.features(ref_x), pixel_reference(ref_x, classes)
     x = ProceduralShapes(32, classes, pose=pose, seed=1).get_batch(range(n))[0]
     rows = {"real (the floor)": x}
     for s in (0.5, 0.8, 1.2):
         rows[f"blur sigma {s} px"] = gaussian_blur(x, s)
     rows["noise std 0.1"] = with_noise(x, 0.1)
     rows["colours: two tints of the luminance"] = two_tints(x)
-    return ref, ref_hf, {name: score(ref, ext.features(v), v, ref_hf) for name, v in rows.items()}
+    return ref, pix, {name: score(ref, ext.features(v), v, pix) for name, v in rows.items()}
 
 
 def generated(G, n: int, seed: int = 0, batch_size: int = 250) -> torch.Tensor:
@@ -122,7 +137,7 @@ def generated(G, n: int, seed: int = 0, batch_size: int = 250) -> torch.Tensor:
     return torch.cat([x for _, x in evaluation_samples(G, n, G.num_classes, G.z_dim, seed, batch_size)])
 
 
-def checkpoint_rows(ext, ref: np.ndarray, ref_hf: float, ckpts: list[str], n: int, classes: int = 10) -> dict:
+def checkpoint_rows(ext, ref: np.ndarray, pix: dict, ckpts: list[str], n: int, classes: int = 10) -> dict:
     from attnorm.checkpoints import load_gan_generator
     out = {}
     for path in ckpts:
@@ -131,23 +146,24 @@ def checkpoint_rows(ext, ref: np.ndarray, ref_hf: float, ckpts: list[str], n: in
             raise SystemExit(f"{path}: its G has {G.num_classes} classes, the real sets {classes} "
                              f"(pass --classes {G.num_classes})")
         x = generated(G, n)
-        out[path] = score(ref, ext.features(x), x, ref_hf)
+        out[path] = score(ref, ext.features(x), x, pix)
     return out
 
 
 def to_markdown(res: dict) -> str:
     head = ("| images | precision | recall | FID | median k-NN radius | median distance to nearest real "
-            "| power above 1/4 of the sampling frequency / reference's |")
+            "| power above 1/4 of the sampling frequency / reference's | within-class spread / reference's |")
     lines = [f"# What recall responds to (n = {res['n']}, pose {res['pose']}, {res['classes']} classes, "
              f"classifier features, k = {K})", "",
              f"torch {res['torch']}, code {res['code']}, {res['seconds']:.0f} s.", "",
              "Real images (seed 1) against the reference (seed 0), as is and after one change:", "",
-             head, "| --- | --- | --- | --- | --- | --- | --- |"]
+             head, "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     fmt = lambda name, r: (f"| {name} | {r['precision']:.3f} | {r['recall']:.3f} | {r['fid']:.2f} | "  # noqa: E731
-                           f"{r['knn_radius']:.3f} | {r['to_nearest_real']:.3f} | {r['hf_power_vs_reference']:.3f} |")
+                           f"{r['knn_radius']:.3f} | {r['to_nearest_real']:.3f} | {r['hf_power_vs_reference']:.3f} | "
+                           f"{r['class_spread_vs_reference']:.3f} |")
     lines += [fmt(k, v) for k, v in res["real"].items()]
     if res["checkpoints"]:
-        lines += ["", "Generated images (EMA G, the same reference):", "", head, "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += ["", "Generated images (EMA G, the same reference):", "", head, "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         lines += [fmt(f"`{k}`", v) for k, v in res["checkpoints"].items()]
     return "\n".join(lines) + "\n"
 
@@ -163,9 +179,9 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     t0 = time.time()
     ext = get_extractor("classifier")
-    ref, ref_hf, real = real_probes(ext, args.n, args.pose, args.classes)
+    ref, pix, real = real_probes(ext, args.n, args.pose, args.classes)
     res = {"n": args.n, "pose": args.pose, "classes": args.classes, "k": K, "real": real,
-           "checkpoints": checkpoint_rows(ext, ref, ref_hf, args.ckpt, args.n, args.classes),
+           "checkpoints": checkpoint_rows(ext, ref, pix, args.ckpt, args.n, args.classes),
            "torch": torch.__version__, "code": git_commit()}
     res["seconds"] = time.time() - t0
     out = Path(args.out)

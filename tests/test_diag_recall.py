@@ -42,6 +42,16 @@ def test_high_frequency_power_counts_only_frequencies_above_the_cutoff_radius():
     assert abs(ratio - 4) < 1e-9
 
 
+def test_within_class_spread_matches_numpy():
+    diag = load_benchmark("diag_recall")
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-1, 1, (12, 3, 16, 16))
+    x[0::3] = x[0]  # class 0 (images 0, 3, 6, 9): one image repeated
+    blocks = x.reshape(12, 3, 8, 2, 8, 2).mean((3, 5))  # 8x8 block means
+    want = np.mean([0.0] + [blocks[c::3].std(0, ddof=1).mean() for c in (1, 2)])
+    assert abs(diag.within_class_spread(torch.from_numpy(x), 3) - want) < 1e-12
+
+
 def test_distances_match_brute_force():
     diag = load_benchmark("diag_recall")
     rng = np.random.default_rng(0)
@@ -64,6 +74,8 @@ def test_a_small_run_ranks_blurred_real_images_below_real_ones(tmp_path):
     hf = [real[k]["hf_power_vs_reference"] for k in ("blur sigma 1.2 px", "blur sigma 0.8 px", "blur sigma 0.5 px",
                                                       "real (the floor)", "noise std 0.1")]
     assert hf == sorted(hf) and 0.8 < floor["hf_power_vs_reference"] < 1.25
+    assert 0.85 < floor["class_spread_vs_reference"] < 1.15
+    assert real["colours: two tints of the luminance"]["class_spread_vs_reference"] < 0.8
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["real"]["blur sigma 1.2 px"]["recall"] == blurred["recall"]
     assert "| blur sigma 1.2 px |" in (tmp_path / "results.md").read_text()

@@ -420,3 +420,41 @@ def test_the_d_phase_gives_real_fake_and_wrong_label_chunks_disjoint_mbstd_ids()
     d.mbstd_by_class = False
     loss.run_phase("D", (torch.zeros(4, 3, 4, 4), y))
     assert d.calls[-1][1] is None
+
+
+def test_hierarchical_z_feeds_one_chunk_per_block_and_starts_as_the_fc_only_path():
+    """BigGAN's hierarchical latent: z splits into num_blocks + 1 chunks; chunk 0 (with the class
+    embedding) feeds the linear layer, chunk i + 1 block i's norms. The maps start at zero, so at
+    initialisation only chunk 0 matters; once they are trained, each chunk moves the image."""
+    torch.manual_seed(0)
+    g = Generator(resolution=32, ch=8, num_classes=4, z_dim=10, class_embed_dim=6, hierarchical_z=True).eval()
+    assert g.z_chunks == [3, 3, 2, 2] and g.fc.in_features == 3 + 6
+    assert [b.cbn1.latent.in_features for b in g.blocks] == [3, 2, 2]
+    z, y = torch.randn(3, 10), torch.tensor([0, 3, 1])
+
+    def moved(g, lo, hi):  # does changing z[:, lo:hi] change the images?
+        z2 = z.clone()
+        z2[:, lo:hi] += 1.0
+        with torch.no_grad():
+            return not torch.allclose(g(z, y), g(z2, y))
+
+    assert moved(g, 0, 3) and not moved(g, 3, 10)
+    # the zero maps still get a gradient, so the latent path learns
+    g.train()
+    g(z, y).square().sum().backward()
+    assert all(b.cbn1.latent.weight.grad.abs().sum() > 0 for b in g.blocks)
+    with torch.no_grad():
+        for b in g.blocks:
+            b.cbn1.latent.weight.normal_()
+            b.cbn2.latent.weight.normal_()
+    g.eval()
+    assert moved(g, 3, 6) and moved(g, 6, 8) and moved(g, 8, 10)
+    g2 = Generator(**g.get_config())  # the option is in the config: a checkpoint rebuilds it
+    g2.load_state_dict(g.state_dict())
+    with torch.no_grad():
+        assert torch.equal(g(z, y), g2.eval()(z, y))
+    assert "hierarchical_z" not in Generator(resolution=32, ch=8, num_classes=4).get_config()
+    with pytest.raises(ValueError, match=r"z must be \(b, 10\)"):
+        g(torch.randn(3, 9), y)
+    with pytest.raises(ValueError, match="z_dim must be >= 4"):
+        Generator(resolution=32, ch=8, num_classes=4, z_dim=3, hierarchical_z=True)

@@ -109,3 +109,25 @@ def test_cbn_errors():
     cbn(x, torch.tensor([0, 4]))  # both ends of the range are fine
     with pytest.raises(ValueError, match=r"\(b, 5\)"):
         cbn(x, torch.ones(2, 4))
+
+
+def test_cbn_latent_path_adds_a_linear_map_of_z_to_gain_and_bias():
+    torch.manual_seed(1)
+    cbn = ConditionalBatchNorm2d(6, num_classes=3, latent_dim=4)
+    x, y, z = torch.randn(5, 6, 3, 3) * 2 + 1, torch.tensor([0, 2, 1, 1, 0]), torch.randn(5, 4)
+    plain = ConditionalBatchNorm2d(6, num_classes=3)
+    assert torch.equal(cbn(x, y, z), plain(x, y))  # zero-initialised: starts as the class-only norm
+    with torch.no_grad():
+        cbn.gain.weight.normal_()
+        cbn.bias.weight.normal_()
+        cbn.latent.weight.normal_()
+    w = cbn.latent.weight.detach()  # (12, 4): rows 0-5 the gain's map, 6-11 the bias's
+    mean, var = x.mean((0, 2, 3), keepdim=True), x.var((0, 2, 3), unbiased=False, keepdim=True)
+    normed = (x - mean) / torch.sqrt(var + 1e-5)
+    gain = cbn.gain.weight[y] + z @ w[:6].T
+    bias = cbn.bias.weight[y] + z @ w[6:].T
+    assert torch.allclose(cbn(x, y, z), normed * gain[:, :, None, None] + bias[:, :, None, None], atol=1e-5)
+    with pytest.raises(ValueError, match="latent chunk"):
+        cbn(x, y)
+    with pytest.raises(ValueError, match="latent_dim"):
+        ConditionalBatchNorm2d(6, 3, latent_dim=-1)

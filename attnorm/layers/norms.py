@@ -18,22 +18,30 @@ class ConditionalBatchNorm2d(nn.Module):
         num_features: channels ``c``.
         num_classes: number of classes; gains start at 1 and biases at 0.
         eps, momentum: as in ``nn.BatchNorm2d``.
+        latent_dim: > 0 adds BigGAN's hierarchical-latent path: a linear map (no bias, zero
+            initialised, so it starts as the class-only norm) of a latent chunk ``z`` (b, latent_dim)
+            added to the gain and to the bias.
 
-    ``forward(x, y)``: ``y`` is a (b,) long tensor of labels, or a (b, num_classes)
+    ``forward(x, y, z=None)``: ``y`` is a (b,) long tensor of labels, or a (b, num_classes)
     float tensor of class weights (one-hot or a mixture, for class interpolation).
     """
 
     def __init__(self, num_features: int, num_classes: int, eps: float = 1e-5,
-                 momentum: float = 0.1) -> None:
+                 momentum: float = 0.1, latent_dim: int = 0) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if latent_dim < 0:
+            raise ValueError(f"latent_dim must be >= 0, got {latent_dim}")
         self.num_classes = num_classes
         self.bn = nn.BatchNorm2d(num_features, eps=eps, momentum=momentum, affine=False)
         self.gain = nn.Embedding(num_classes, num_features)
         self.bias = nn.Embedding(num_classes, num_features)
         nn.init.ones_(self.gain.weight)
         nn.init.zeros_(self.bias.weight)
+        self.latent = nn.Linear(latent_dim, 2 * num_features, bias=False) if latent_dim else None
+        if self.latent is not None:
+            nn.init.zeros_(self.latent.weight)
 
     def class_params(self, y: Tensor) -> tuple[Tensor, Tensor]:
         """Gain and bias (b, c) for labels or class-weight vectors ``y``."""
@@ -53,8 +61,13 @@ class ConditionalBatchNorm2d(nn.Module):
         y = y.to(self.gain.weight.dtype)
         return y @ self.gain.weight, y @ self.bias.weight
 
-    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+    def forward(self, x: Tensor, y: Tensor, z: Tensor | None = None) -> Tensor:
         gain, bias = self.class_params(y)
+        if self.latent is not None:
+            if z is None:
+                raise ValueError("this conditional batch norm has a latent path: pass its latent chunk z")
+            dg, db = self.latent(z.to(self.latent.weight.dtype)).chunk(2, dim=1)  # (b, c) each
+            gain, bias = gain + dg, bias + db
         out = self.bn(x)
         return out * gain[:, :, None, None].to(out.dtype) + bias[:, :, None, None].to(out.dtype)
 

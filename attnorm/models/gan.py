@@ -144,24 +144,26 @@ class GBlock(nn.Module):
         num_classes: classes of the two conditional batch norms.
         attention: ``"an"``, ``"sa"`` or ``"none"``, placed after the first conv.
         num_entities, an_kwargs: AN options (``an_kwargs`` goes to ``AttentiveNorm``).
+        latent_dim: > 0: both conditional norms also take a latent chunk (``forward``'s ``z``).
     """
 
     def __init__(self, in_ch: int, out_ch: int, num_classes: int, attention: str = "none",
-                 num_entities: int = 16, an_kwargs: dict | None = None, use_sn: bool = True) -> None:
+                 num_entities: int = 16, an_kwargs: dict | None = None, use_sn: bool = True,
+                 latent_dim: int = 0) -> None:
         super().__init__()
-        self.cbn1 = ConditionalBatchNorm2d(in_ch, num_classes)
+        self.cbn1 = ConditionalBatchNorm2d(in_ch, num_classes, latent_dim=latent_dim)
         self.conv1 = sn(nn.Conv2d(in_ch, out_ch, 3, padding=1), use_sn)
         self.attn = make_attention(attention, out_ch, num_entities, an_kwargs)
-        self.cbn2 = ConditionalBatchNorm2d(out_ch, num_classes)
+        self.cbn2 = ConditionalBatchNorm2d(out_ch, num_classes, latent_dim=latent_dim)
         self.conv2 = sn(nn.Conv2d(out_ch, out_ch, 3, padding=1), use_sn)
         self.shortcut = sn(nn.Conv2d(in_ch, out_ch, 1), use_sn)
 
-    def forward(self, x: Tensor, y: Tensor, layouts: list | None = None) -> Tensor:
+    def forward(self, x: Tensor, y: Tensor, layouts: list | None = None, z: Tensor | None = None) -> Tensor:
         x_up = F.interpolate(x, scale_factor=2, mode="nearest")  # (b, in, 2h, 2w)
-        h = F.interpolate(F.relu(self.cbn1(x, y)), scale_factor=2, mode="nearest")
+        h = F.interpolate(F.relu(self.cbn1(x, y, z)), scale_factor=2, mode="nearest")
         h = self.conv1(h)  # (b, out, 2h, 2w)
         h = _apply_attention(self.attn, h, layouts)
-        h = self.conv2(F.relu(self.cbn2(h, y)))
+        h = self.conv2(F.relu(self.cbn2(h, y, z)))
         return h + self.shortcut(x_up)
 
 
@@ -185,6 +187,10 @@ class Generator(nn.Module):
             4x4 map from the first step (cGAN/BigGAN-style; attnorm's CPU preset).
         spectral_norm: spectral normalisation of G's convolutions and linear layer (the
             listing, SAGAN, BigGAN); False leaves them plain (SN-GAN's generator).
+        hierarchical_z: BigGAN's hierarchical latent (not in the listing): ``z`` is split into
+            ``num_blocks + 1`` chunks (``torch.tensor_split``); the first feeds the linear layer,
+            chunk ``i + 1`` the conditional norms of block ``i`` (zero-initialised linear maps added
+            to their class gains and biases), so the latent acts at every scale, not only at 4x4.
 
     ``y`` is a (b,) long tensor of labels or a (b, num_classes) float tensor of
     class weights (soft path through every CBN, for class interpolation).
@@ -193,9 +199,11 @@ class Generator(nn.Module):
     def __init__(self, resolution: int = 128, ch: int = 64, num_classes: int = 1000, z_dim: int = 128,
                  attention: str = "an", num_entities: int = 16, attn_index: int | None = None,
                  channel_mults: list[int] | None = None, an_kwargs: dict | None = None,
-                 class_embed_dim: int = 0, spectral_norm: bool = True) -> None:
+                 class_embed_dim: int = 0, spectral_norm: bool = True, hierarchical_z: bool = False) -> None:
         super().__init__()
         nb = num_blocks(resolution)
+        if hierarchical_z and z_dim < nb + 1:
+            raise ValueError(f"hierarchical_z splits z into {nb + 1} chunks: z_dim must be >= {nb + 1}, got {z_dim}")
         if class_embed_dim < 0:
             raise ValueError(f"class_embed_dim must be >= 0, got {class_embed_dim}")
         if channel_mults is None:
@@ -217,13 +225,18 @@ class Generator(nn.Module):
             self.config["class_embed_dim"] = int(class_embed_dim)
         if not spectral_norm:
             self.config["spectral_norm"] = False
+        if hierarchical_z:
+            self.config["hierarchical_z"] = True
+        # latent chunk sizes: [linear layer, block 0, block 1, ...] (one chunk: the whole z to the linear layer)
+        self.z_chunks = [len(c) for c in torch.arange(z_dim).tensor_split(nb + 1)] if hierarchical_z else [z_dim]
         self.resolution, self.num_classes, self.z_dim = resolution, num_classes, z_dim
         chans = [m * ch for m in channel_mults]
         self.class_embed = nn.Embedding(num_classes, class_embed_dim) if class_embed_dim else None
-        self.fc = sn(nn.Linear(z_dim + class_embed_dim, 4 * 4 * chans[0]), spectral_norm)
+        self.fc = sn(nn.Linear(self.z_chunks[0] + class_embed_dim, 4 * 4 * chans[0]), spectral_norm)
         self.blocks = nn.ModuleList(
             GBlock(chans[i], chans[i + 1], num_classes, attention if i == attn_index else "none",
-                   num_entities, an_kwargs, use_sn=spectral_norm)
+                   num_entities, an_kwargs, use_sn=spectral_norm,
+                   latent_dim=self.z_chunks[i + 1] if hierarchical_z else 0)
             for i in range(nb))
         self.bn = nn.BatchNorm2d(chans[-1])
         self.conv_out = sn(nn.Conv2d(chans[-1], 3, 3, padding=1), spectral_norm)
@@ -236,12 +249,15 @@ class Generator(nn.Module):
         ``return_layouts``: also return the list of AN soft layouts (b, n, h, w)."""
         class_weights_or_labels(y, self.num_classes)
         layouts: list | None = [] if return_layouts else None
+        if z.dim() != 2 or z.shape[1] != self.z_dim:
+            raise ValueError(f"z must be (b, {self.z_dim}), got shape {tuple(z.shape)}")
+        z, *block_z = z.split(self.z_chunks, dim=1)  # hierarchical: one chunk per block after the first
         if self.class_embed is not None:
             e = class_rows(self.class_embed, y)
-            z = torch.cat([z, e.to(z.dtype)], dim=1)  # (b, z_dim + class_embed_dim)
+            z = torch.cat([z, e.to(z.dtype)], dim=1)  # (b, chunk + class_embed_dim)
         h = self.fc(z).view(z.shape[0], -1, 4, 4)  # (b, c0, 4, 4)
-        for block in self.blocks:
-            h = block(h, y, layouts)
+        for i, block in enumerate(self.blocks):
+            h = block(h, y, layouts, block_z[i] if block_z else None)
         img = torch.tanh(self.conv_out(F.relu(self.bn(h))))  # (b, 3, res, res)
         return (img, layouts) if return_layouts else img
 
@@ -477,9 +493,9 @@ def build_gan(resolution: int = 32, ch: int = 16, num_classes: int = 10, z_dim: 
               d_ch: int | None = None, projection: bool = False, class_embed_dim: int = 0,
               g_spectral_norm: bool = True, mbstd_group: int = 0,
               d_channel_mults: list[int] | None = None, d_arch: str = "resblock",
-              mbstd_by_class: bool = False) -> tuple[Generator, nn.Module]:
+              mbstd_by_class: bool = False, hierarchical_z: bool = False) -> tuple[Generator, nn.Module]:
     """A matching (G, D) pair from one set of arguments (``d_ch`` defaults to ``ch``;
-    ``class_embed_dim`` and ``g_spectral_norm`` go to the generator, ``d_channel_mults`` (default:
+    ``class_embed_dim``, ``g_spectral_norm`` and ``hierarchical_z`` go to the generator, ``d_channel_mults`` (default:
     the listing's 1, 2, 4, ...) to the discriminator). ``d_arch`` "resblock": the listing's D
     (:class:`Discriminator`); "conv": :class:`ConvDiscriminator` (``d_ch`` wide; no attention,
     always the projection term)."""
@@ -487,7 +503,7 @@ def build_gan(resolution: int = 32, ch: int = 16, num_classes: int = 10, z_dim: 
         raise ValueError(f"d_arch must be one of {', '.join(D_ARCHS)}, got {d_arch!r}")
     g = Generator(resolution=resolution, ch=ch, num_classes=num_classes, z_dim=z_dim,
                   attention=attention, num_entities=num_entities, an_kwargs=an_kwargs,
-                  class_embed_dim=class_embed_dim, spectral_norm=g_spectral_norm)
+                  class_embed_dim=class_embed_dim, spectral_norm=g_spectral_norm, hierarchical_z=hierarchical_z)
     if d_arch == "conv":
         return g, ConvDiscriminator(resolution=resolution, ch=d_ch or ch, num_classes=num_classes,
                                     mbstd_group=mbstd_group, mbstd_by_class=mbstd_by_class)
