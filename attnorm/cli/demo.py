@@ -122,7 +122,7 @@ def demo(args: argparse.Namespace) -> int:
     lines += ["", "Files:"] + [f"- {k}: {p.name}" for k, p in paths.items()]
     if pretrained:
         lines += [f"- the same figures from the shipped pretrained weights ({DEFAULT_GAN_WEIGHTS.name}: this recipe "
-                  f"at twice the width, with a class-grouped minibatch stddev, bf16 and an EMA, 15000 steps on one CPU thread): "
+                  f"at twice the width, with a class-grouped minibatch stddev, bf16 and an EMA, 16500 steps on one CPU thread): "
                   + ", ".join(p.name for p in pretrained.values())]
     lines += [f"- checkpoint: {ckpt.relative_to(out)}", "- per-step statistics: stats.jsonl",
               "- training-time sample grids: samples/", "",
