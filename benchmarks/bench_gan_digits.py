@@ -58,18 +58,14 @@ def prepare_digits(out: Path):
 
 
 def judge_accuracy(g, classes, judge, n: int, seed: int = 0) -> float:
-    """The judge's accuracy on ``n`` samples of G (labels ``i % classes``; class names are the digits)."""
-    import torch
-    gen = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % len(classes)
-    preds = []
-    with torch.no_grad():
-        for s in range(0, n, 200):
-            y = labels[s:s + 200]
-            x = g(torch.randn(len(y), g.z_dim, generator=gen), y)
-            preds.append(judge.predict(to_judge_space(x)))
-    want = np.array([int(classes[int(c)]) for c in labels])
-    return float((np.concatenate(preds) == want).mean())
+    """The judge's accuracy on the ``n`` samples of G that ``attnorm evaluate gan`` draws
+    (``attnorm.inference.evaluation_samples``: labels ``i % classes``; class names are the digits)."""
+    from attnorm.inference import evaluation_samples
+    right = 0
+    for y, x in evaluation_samples(g, n, len(classes), g.z_dim, seed, batch_size=200):
+        want = np.array([int(classes[int(c)]) for c in y])
+        right += int((judge.predict(to_judge_space(x)) == want).sum())
+    return right / n
 
 
 def main(argv=None) -> int:
