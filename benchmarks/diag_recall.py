@@ -137,8 +137,10 @@ def generated(G, n: int, seed: int = 0, batch_size: int = 250) -> torch.Tensor:
     return torch.cat([x for _, x in evaluation_samples(G, n, G.num_classes, G.z_dim, seed, batch_size)])
 
 
-def checkpoint_rows(ext, ref: np.ndarray, pix: dict, ckpts: list[str], n: int, classes: int = 10) -> dict:
+def checkpoint_rows(ext, ref: np.ndarray, pix: dict, ckpts: list[str], n: int) -> dict:
+    """Each generator's scored row; ``pix`` (:func:`pixel_reference`) also names the real sets' classes."""
     from attnorm.checkpoints import load_gan_generator
+    classes = pix["classes"]
     out = {}
     for path in ckpts:
         G, _ = load_gan_generator(path, use_ema=True)
@@ -153,17 +155,18 @@ def checkpoint_rows(ext, ref: np.ndarray, pix: dict, ckpts: list[str], n: int, c
 def to_markdown(res: dict) -> str:
     head = ("| images | precision | recall | FID | median k-NN radius | median distance to nearest real "
             "| power above 1/4 of the sampling frequency / reference's | within-class spread / reference's |")
+    rule = "|" + " --- |" * (head.count("|") - 1)
     lines = [f"# What recall responds to (n = {res['n']}, pose {res['pose']}, {res['classes']} classes, "
              f"classifier features, k = {K})", "",
              f"torch {res['torch']}, code {res['code']}, {res['seconds']:.0f} s.", "",
              "Real images (seed 1) against the reference (seed 0), as is and after one change:", "",
-             head, "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             head, rule]
     fmt = lambda name, r: (f"| {name} | {r['precision']:.3f} | {r['recall']:.3f} | {r['fid']:.2f} | "  # noqa: E731
                            f"{r['knn_radius']:.3f} | {r['to_nearest_real']:.3f} | {r['hf_power_vs_reference']:.3f} | "
                            f"{r['class_spread_vs_reference']:.3f} |")
     lines += [fmt(k, v) for k, v in res["real"].items()]
     if res["checkpoints"]:
-        lines += ["", "Generated images (EMA G, the same reference):", "", head, "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += ["", "Generated images (EMA G, the same reference):", "", head, rule]
         lines += [fmt(f"`{k}`", v) for k, v in res["checkpoints"].items()]
     return "\n".join(lines) + "\n"
 
@@ -181,7 +184,7 @@ def main(argv=None) -> dict:
     ext = get_extractor("classifier")
     ref, pix, real = real_probes(ext, args.n, args.pose, args.classes)
     res = {"n": args.n, "pose": args.pose, "classes": args.classes, "k": K, "real": real,
-           "checkpoints": checkpoint_rows(ext, ref, pix, args.ckpt, args.n, args.classes),
+           "checkpoints": checkpoint_rows(ext, ref, pix, args.ckpt, args.n),
            "torch": torch.__version__, "code": git_commit()}
     res["seconds"] = time.time() - t0
     out = Path(args.out)
