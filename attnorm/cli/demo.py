@@ -36,7 +36,7 @@ def demo(args: argparse.Namespace) -> int:
     (final losses, entity usage, timings). When the run has the shipped weights' classes (the
     default procedural shapes), pretrained_samples.png, pretrained_interpolation.png and
     pretrained_layouts.png show the same figures (same z) from the shipped pretrained weights
-    (this recipe at twice the width, with a class-grouped minibatch stddev, bf16 and an EMA, trained
+    (this recipe at twice the width, with bf16 on any CPU and a slower EMA, trained
     for about 110 minutes on one CPU thread: configs/gan_centred32.json; --no-pretrained skips them).
     The preset is attnorm.training.gan.DEMO_CONFIG (= configs/gan_demo.json); key=value overrides it.
     """
@@ -122,7 +122,7 @@ def demo(args: argparse.Namespace) -> int:
     lines += ["", "Files:"] + [f"- {k}: {p.name}" for k, p in paths.items()]
     if pretrained:
         lines += [f"- the same figures from the shipped pretrained weights ({DEFAULT_GAN_WEIGHTS.name}: this recipe "
-                  f"at twice the width, with a class-grouped minibatch stddev, bf16 and an EMA, 19500 steps on one CPU thread): "
+                  f"at twice the width, with bf16 on any CPU and a slower EMA, 19500 steps on one CPU thread): "
                   + ", ".join(p.name for p in pretrained.values())]
     lines += [f"- checkpoint: {ckpt.relative_to(out)}", "- per-step statistics: stats.jsonl",
               "- training-time sample grids: samples/", "",
