@@ -103,12 +103,19 @@ def main(argv=None) -> int:
     p.add_argument("--top", type=int, default=15)
     p.add_argument("--pixel-sum-probe", action="store_true",
                    help="also time the forward pixel sum as one bmm and split into chunks")
+    p.add_argument("--glibc-default-malloc", action="store_true",
+                   help="CPU: keep glibc's default of returning freed blocks to the kernel (by default freed "
+                        "memory is kept, as `attnorm bench` and training on the CPU do)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("gpu_profile_an: --device cuda but no CUDA device; use --device cpu", file=sys.stderr)
         return 2
-    report = {"torch": torch.__version__, "device": args.device,
+    retained = False
+    if args.device.startswith("cpu") and not args.glibc_default_malloc:  # what `attnorm bench` times
+        from attnorm.training.allocator import retain_freed_memory
+        retained = retain_freed_memory()
+    report = {"torch": torch.__version__, "device": args.device, "retain_freed_memory": retained,
               "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
               "machine": platform.machine(), "threads": torch.get_num_threads(),
               "commit": git_commit(), "profiles": []}

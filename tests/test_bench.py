@@ -192,3 +192,28 @@ def test_split_pixel_sum_equals_bmm():
     b = torch.randn(3, 5, 64, generator=g).transpose(1, 2)
     for k in (1, 4, 16):
         assert torch.allclose(prof.split_pixel_sum(a, b, k), torch.bmm(a, b), atol=1e-5)
+
+
+def test_profile_script_keeps_freed_memory_on_the_cpu_like_attnorm_bench(monkeypatch, tmp_path):
+    """gpu_profile_an.py --device cpu times what `attnorm bench` times: glibc told to keep freed
+    blocks (recorded in the report); --glibc-default-malloc leaves glibc alone."""
+    import json
+
+    from _scripts import load_benchmark
+
+    from attnorm.training import allocator
+    prof = load_benchmark("gpu_profile_an")
+    for flag, want_calls in (([], 2), (["--glibc-default-malloc"], 0)):
+        calls = []
+
+        class FakeLibc:
+            def mallopt(self, param, value):
+                calls.append((param, value))
+                return 1
+        monkeypatch.setattr(allocator, "_libc", lambda: FakeLibc())
+        monkeypatch.setattr(allocator, "_applied", False)
+        out = tmp_path / f"p{len(flag)}.json"
+        assert prof.main(["--device", "cpu", "--sizes", "4", "--batch", "1", "--top", "3", "--json", str(out)] + flag) == 0
+        report = json.loads(out.read_text())
+        assert len(calls) == want_calls and report["retain_freed_memory"] is (want_calls == 2)
+        assert report["profiles"][0]["size"] == 4 and len(report["profiles"][0]["top"]) == 3
