@@ -59,6 +59,19 @@ def _workspace(shape: tuple, like: Tensor, slot: int) -> Tensor:
     return buf[:numel].view(shape)
 
 
+def _bmm_add(addend: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``addend + a @ b`` (batched; ``addend`` broadcastable to the product) as a new tensor.
+
+    On the CPU as ``bmm`` then ``add_``: ``baddbmm`` first copies the addend into the output and then
+    has the BLAS call read it back (beta = 1), which measured 13.6 against 10.6 ms for the layer's
+    (8, 144, 128) x (8, 128, 4096) projection on one thread (2.33 against 2.26 ms at 1024 pixels).
+    Elsewhere one ``baddbmm`` kernel (a GPU pays per launch).
+    """
+    if a.device.type == "cpu":
+        return torch.bmm(a, b).add_(addend)
+    return torch.baddbmm(addend, a, b)
+
+
 def clear_workspace() -> None:
     """Free this thread's backward workspace (it is re-created by the next backward)."""
     _WORKSPACE.buffers = {}
@@ -111,7 +124,7 @@ class _AttentiveNormFn(torch.autograd.Function):
         inv_tau = 1.0 / temperature
         weight = torch.cat([ent * inv_tau, value.expand(b, c, c)], dim=1)  # (b, n + c, c)
         bias = torch.cat([ent_bias * inv_tau, -value_of_mean], dim=1)  # (b, n + c)
-        out = torch.baddbmm(bias.unsqueeze(-1), weight, x3)  # (b, n + c, hw)
+        out = _bmm_add(bias.unsqueeze(-1), weight, x3)  # (b, n + c, hw)
         logits, vc = out[:, :n], out[:, n:]
         shift = (value_of_mean + value_bias).unsqueeze(-1)  # (b, c, 1)
         s = torch.softmax(logits, dim=1)  # (b, n, hw)
@@ -236,7 +249,7 @@ class _AttentiveNormFn(torch.autograd.Function):
 
         g_x3 = None
         if needs[0]:
-            g_x3 = torch.baddbmm(g_y, weight.transpose(1, 2), g_out)  # (b, c, hw)
+            g_x3 = _bmm_add(g_y, weight.transpose(1, 2), g_out)  # (b, c, hw)
         g_weight = torch.bmm(g_out, x3.transpose(1, 2))  # (b, n + c, c)
         inv_tau = 1.0 / ctx.temperature
         g_ent = g_weight[:, :n] * inv_tau  # (b, n, c): the rows were E_b / tau
