@@ -7,7 +7,7 @@
 What it runs (each a real command, so the numbers are what a user gets):
 
 1. ``demo``: ``attnorm demo --out OUT/run --minutes M`` on a fresh run folder (the shipped preset,
-   the demo's default threads), then ``attnorm evaluate gan --ckpt OUT/run/checkpoints/latest.pt
+   the demo's default threads), then ``attnorm evaluate gan --ckpt OUT/run/generator.safetensors
    --metrics acc,pr,fid,kid --n N --floor``. ``ckpt``: only the evaluation, of the given checkpoint.
 2. The evaluation uses the shipped procedural-shapes classifier (features for FID/KID/PR, logits
    for the class accuracy) and reports the real-vs-real floor beside every metric: a second real
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
         run = out / "run"
         if not args.reuse:
             _run(exe + ["demo", "--out", str(run), "--minutes", str(args.minutes)] + args.demo_args.split())
-        ckpt = run / "checkpoints" / "latest.pt"
+        ckpt = run / "generator.safetensors"  # the demo's EMA G with standing statistics (what drew samples.png)
     else:
         if not args.ckpt:
             ap.error("what=ckpt needs a checkpoint path")
