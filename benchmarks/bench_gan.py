@@ -263,10 +263,8 @@ def main(argv=None) -> int:
         print("error: --device cuda but CUDA is not available", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    retained = False
-    if device.type == "cpu" and not args.glibc_default_malloc:  # what training does on the CPU
-        from attnorm.training.allocator import retain_freed_memory
-        retained = retain_freed_memory()
+    from attnorm.training.allocator import retain_freed_memory_on
+    retained = not args.glibc_default_malloc and retain_freed_memory_on(device)  # what training does on the CPU
     report: dict = {"args": {**vars(args), "device": str(device)}, "retain_freed_memory": retained,
                     "env": {"torch": torch.__version__, "code": git_commit(), "python": platform.python_version(),
                             "machine": platform.machine(), "cpu_count": os.cpu_count(),

@@ -111,10 +111,9 @@ def main(argv=None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("gpu_profile_an: --device cuda but no CUDA device; use --device cpu", file=sys.stderr)
         return 2
-    retained = False
-    if args.device.startswith("cpu") and not args.glibc_default_malloc:  # what `attnorm bench` times
-        from attnorm.training.allocator import retain_freed_memory
-        retained = retain_freed_memory()
+    from attnorm.training.allocator import retain_freed_memory_on
+    # on the CPU: what `attnorm bench` times
+    retained = not args.glibc_default_malloc and retain_freed_memory_on(args.device)
     report = {"torch": torch.__version__, "device": args.device, "retain_freed_memory": retained,
               "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
               "machine": platform.machine(), "threads": torch.get_num_threads(),

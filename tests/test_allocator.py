@@ -58,3 +58,14 @@ def test_freed_blocks_stay_mapped_on_glibc():
                                         check=True).stdout) for mode in ("default", "retain")}
     assert dropped["default"] >= 3 << 20  # the 4 MiB block went back to the kernel
     assert dropped["retain"] < 1 << 20  # kept
+
+
+def test_retain_freed_memory_on_sets_glibc_only_for_the_cpu(monkeypatch):
+    import torch
+    fake = _FakeLibc(1)
+    monkeypatch.setattr(allocator, "_libc", lambda: fake)
+    monkeypatch.setattr(allocator, "_applied", False)
+    assert allocator.retain_freed_memory_on("cuda:0") is False
+    assert allocator.retain_freed_memory_on(torch.device("meta")) is False
+    assert fake.calls == []
+    assert allocator.retain_freed_memory_on(torch.device("cpu")) is True and len(fake.calls) == 2

@@ -69,10 +69,8 @@ def bench(args: argparse.Namespace) -> int:
             raise CommandError(f"unknown variant {v!r}; choose from {','.join(VARIANTS)}")
     if args.cuda_graphs and {"rn_fast", "rn_literal"} & set(variants):
         raise CommandError("--cuda-graphs times layer variants only; pass --variants from an,an_cstats,an_triton,sa,conv_in")
-    retained = False
-    if not args.glibc_default_malloc and str(args.device).startswith("cpu"):
-        from attnorm.training.allocator import retain_freed_memory
-        retained = retain_freed_memory()
+    from attnorm.training.allocator import retain_freed_memory_on
+    retained = not args.glibc_default_malloc and retain_freed_memory_on(args.device)
     report = run(sizes=sizes, batch=args.batch, channels=args.channels, entities=args.entities,
                  repeats=max(args.repeats, 1), warmup=args.warmup, device=args.device,
                  max_mem_gb=args.max_mem_gb or default_memory_budget_gb(), memory=not args.no_memory,

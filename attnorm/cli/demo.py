@@ -38,7 +38,8 @@ def demo(args: argparse.Namespace) -> int:
 
     The folder gets the training run (config.json, stats.jsonl, samples/, checkpoints/),
     generator.safetensors (the EMA generator with standing batch-norm statistics, which draws the
-    figures; `attnorm sample --ckpt` and `attnorm evaluate gan --ckpt` take it), samples.png (a row per class), interpolation.png (class 0 -> 1, fixed z per row),
+    figures; `attnorm sample --ckpt` and `attnorm evaluate gan --ckpt` take it), samples.png (a row
+    per class), interpolation.png (class 0 -> 1, fixed z per row),
     layouts.png (AN argmax layout + entity maps), loss_curve.png and report.md/report.json
     (final losses, entity usage, timings). When the run has the shipped weights' classes (the
     default procedural shapes), pretrained_samples.png, pretrained_interpolation.png and

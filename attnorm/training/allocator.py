@@ -54,3 +54,9 @@ def retain_freed_memory() -> bool:
     ok = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
     _applied = ok
     return ok
+
+
+def retain_freed_memory_on(device) -> bool:
+    """:func:`retain_freed_memory` where ``device`` (a ``torch.device`` or its name) is the CPU; elsewhere
+    nothing is set (a GPU's caching allocator keeps its own blocks) and the answer is False."""
+    return str(device).startswith("cpu") and retain_freed_memory()

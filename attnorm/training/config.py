@@ -20,7 +20,7 @@ from torch import nn
 from attnorm.errors import RunFolderError, check_device
 from attnorm.io import write_text
 
-from .allocator import retain_freed_memory
+from .allocator import retain_freed_memory_on
 from .distributed import DistributedTrainingLoop, init_distributed, world
 from .loop import EMA, BatchStream, Phase, TrainingLoop
 
@@ -229,8 +229,7 @@ class TaskRun:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.rank, self.world_size = world()
         self.device = init_distributed(check_device(cfg["device"]))
-        if self.device.type == "cpu":
-            retain_freed_memory()
+        retain_freed_memory_on(self.device)
         if cfg["threads"]:
             torch.set_num_threads(int(cfg["threads"]))
         torch.manual_seed(cfg["seed"])
