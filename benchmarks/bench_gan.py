@@ -65,8 +65,9 @@ class _FixedBatch:
 
 
 def make_step(kind: str, res: int, ch: int, batch: int, num_classes: int, device: torch.device, seed: int = 0,
-              compile_mode: str | None = None):
+              compile_mode: str | None = None, channels_last: bool = True):
     """A zero-argument callable running one D step + one G step of the real training loop.
+    ``channels_last``: G and D in channels-last memory format, as ``attnorm train-gan`` has them by default.
     ``compile_mode``: the loss calls ``torch.compile(G / D, mode=compile_mode)`` (the optimisers
     see the same parameters); with ``"reduce-overhead"`` (CUDA graphs) each step is marked as a
     new one for the graph trees."""
@@ -76,7 +77,8 @@ def make_step(kind: str, res: int, ch: int, batch: int, num_classes: int, device
 
     torch.manual_seed(seed)
     g, d = build_gan(resolution=res, ch=ch, num_classes=num_classes, attention=kind)
-    g.to(device), d.to(device)
+    mf = torch.channels_last if channels_last else torch.contiguous_format
+    g.to(device, memory_format=mf), d.to(device, memory_format=mf)
     gen = torch.Generator().manual_seed(seed)
     x = (torch.rand(batch, 3, res, res, generator=gen) * 2 - 1).to(device)
     y = torch.randint(num_classes, (batch,), generator=gen).to(device)
@@ -103,13 +105,13 @@ def _sync(device: torch.device) -> None:
 
 
 def speed(resolutions, ch: int, batch: int, repeats: int, warmup: int, num_classes: int,
-          device: torch.device, log=print, compile_mode: str | None = None) -> list[dict]:
+          device: torch.device, log=print, compile_mode: str | None = None, channels_last: bool = True) -> list[dict]:
     rows = []
     for res in resolutions:
         steps, params = {}, {}
         for kind in KINDS:
             steps[kind], params[kind] = make_step(kind, res, ch, batch, num_classes, device,
-                                                  compile_mode=compile_mode)
+                                                  compile_mode=compile_mode, channels_last=channels_last)
         times: dict[str, list[float]] = {k: [] for k in KINDS}
         for rnd in range(warmup + repeats):
             for kind in KINDS:  # round-robin: every model sees the same machine load
@@ -125,7 +127,7 @@ def speed(resolutions, ch: int, batch: int, repeats: int, warmup: int, num_class
             # on a GPU each is a kernel launch (a compiled step's fused kernels are not aten ops)
             ops = None if compile_mode else count_dispatches(steps[kind])
             rows.append({"res": res, "attention": kind, "ch": ch, "batch": batch, "params": params[kind],
-                         "compile": compile_mode,
+                         "compile": compile_mode, "channels_last": channels_last,
                          "median_s": med, "times_s": times[kind], "dispatched_ops": ops})
             log(f"  {res:>3} px {kind:>4}: median {med * 1e3:8.1f} ms over {len(times[kind])} steps"
                 + ("" if ops is None else f", {ops} aten ops per step"))
@@ -243,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", default=None, metavar="MODE",
                    help="(a) torch.compile G and D with this mode (default, reduce-overhead, ...); "
                         "give --warmup >= 3 so compiling and graph recording are not timed")
+    p.add_argument("--nchw", action="store_true",
+                   help="(a) G and D in the usual NCHW layout (default: channels-last, as train-gan trains)")
     p.add_argument("--num-classes", type=int, default=10, help="(a) classes (default 10)")
     p.add_argument("--ssr-res", type=int, default=32, help="(b) resolution (default 32)")
     p.add_argument("--ssr-steps", type=int, default=1500, help="(b) training steps per model (default 1500)")
@@ -273,7 +277,7 @@ def main(argv=None) -> int:
     if not args.skip_speed:
         print("(a) training step time")
         report["speed"] = speed(args.res, args.ch, args.batch, args.repeats, args.warmup, args.num_classes, device,
-                                compile_mode=args.compile)
+                                compile_mode=args.compile, channels_last=not args.nchw)
         report["speed_ratios"] = speed_ratios(report["speed"])
     if not args.skip_ssr:
         print("(b) SSR ablation")

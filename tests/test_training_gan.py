@@ -100,8 +100,9 @@ def test_train_kill_resume_equals_uninterrupted(tmp_path, extra):
     assert g.get_config().get("hierarchical_z", False) == bool(cfg["g_hierarchical_z"])
     assert extra["config"]["steps"] == 6 and extra["classes"] == ["ring", "triangle", "hexagon_outline", "star"]
     z, y = torch.randn(2, 128), torch.tensor([0, 3])
+    shadow = copy.deepcopy(full.ema.shadow).to(memory_format=torch.contiguous_format)  # as loaded (training: channels_last)
     with torch.no_grad():
-        assert torch.equal(g(z, y), full.ema.shadow.eval()(z, y))
+        assert torch.equal(g(z, y), shadow.eval()(z, y))
     assert (tmp_path / "part" / "config.json").exists()
 
 
@@ -210,6 +211,36 @@ def test_shipped_config_files_resolve_and_the_demo_file_is_the_demo_preset():
     demo_bf16 = resolve_config(configs / "gan_demo.json", overrides={"amp": True})
     assert {k for k in centred if centred[k] != demo_bf16[k]} == {
         "ch", "ema_decay", "ema_start", "steps", "threads", "log_every", "ckpt_every", "sample_every"}
+
+
+def test_channels_last_is_on_by_default_and_trains_the_same_steps(tmp_path):
+    assert resolve_config()["channels_last"] is True  # null resolves to on
+    assert resolve_config(overrides={"channels_last": False})["channels_last"] is False
+    cfg = dict(TINY, steps=2, d_arch="conv", g_hierarchical_z=True, amp=False)
+    runs = {}
+    for cl in (True, False):
+        run = GANTraining(resolve_config(overrides=dict(cfg, channels_last=cl)), tmp_path / str(cl))
+        convs = [m.weight for net in (run.G, run.D, run.ema.shadow) for m in net.modules()
+                 if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]  # a 1x1 kernel is both formats
+        assert convs and all(w.is_contiguous(memory_format=torch.channels_last) is cl for w in convs)
+        run.run()
+        runs[cl] = run
+    # the memory format changes the kernels' order of summation, not the maths: the same losses and weights
+    a, b = _stat_losses(tmp_path / "True"), _stat_losses(tmp_path / "False")
+    assert [s for s, *_ in a] == [1, 2] == [s for s, *_ in b]
+    for ra, rb in zip(a, b):
+        assert ra == pytest.approx(rb, rel=1e-4, abs=1e-5)
+    # weights: within Adam's largest move per step (lr) a step; the conv biases in front of batch norms
+    # have a zero gradient up to rounding, whose sign Adam turns into a full step either way
+    move = 2 * runs[True].cfg["lr_g"] * 2
+    for (k, v), v2 in zip(runs[True].G.state_dict().items(), runs[False].G.state_dict().values()):
+        torch.testing.assert_close(v, v2, rtol=1e-4, atol=move, msg=k)
+    # the checkpoint of a channels_last run rebuilds the same generator
+    g, _ = load_generator(tmp_path / "True" / "checkpoints" / "latest.pt")
+    z, y = torch.randn(2, 128), torch.tensor([0, 3])
+    shadow = copy.deepcopy(runs[True].ema.shadow).to(memory_format=torch.contiguous_format)
+    with torch.no_grad():
+        assert torch.equal(g(z, y), shadow.eval()(z, y))
 
 
 def test_amp_auto_turns_bf16_on_only_for_a_cpu_with_native_bf16(monkeypatch, tmp_path):

@@ -101,6 +101,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "sync_bn": None,         # DDP: G's BN statistics over the global batch (None: only on CUDA)
     "compile": None,         # train G and D through torch.compile with this mode ("default", "reduce-overhead", ...)
     "amp": False,            # G's and D's forward passes under bf16 autocast; None: on for a CPU with native bf16
+    "channels_last": None,   # G and D (and their maps) in channels_last memory format; None: on (CPU step ~1.2x faster)
 }
 
 
@@ -145,6 +146,8 @@ def resolve_config(config_file: str | os.PathLike | None = None, overrides: dict
     check_compile_mode(cfg.get("compile"))
     if cfg.get("amp") is None:  # auto: where bf16 was measured faster (not measured for this GAN on CUDA)
         cfg["amp"] = not str(cfg["device"]).startswith("cuda") and native_bf16_cpu()
+    if cfg.get("channels_last") is None:  # auto: on (measured on the CPU, session 13; the usual choice on CUDA)
+        cfg["channels_last"] = True
     return cfg
 
 
@@ -211,7 +214,8 @@ class GANTraining(TaskRun):
                 self.G = nn.SyncBatchNorm.convert_sync_batchnorm(self.G)
             else:  # nn.SyncBatchNorm refuses CPU tensors
                 self.G = convert_distributed_batchnorm(self.G)
-        self.G.to(device), self.D.to(device)
+        mf = torch.channels_last if cfg.get("channels_last") else torch.contiguous_format
+        self.G.to(device, memory_format=mf), self.D.to(device, memory_format=mf)
         self.ema = EMA(self.G, decay=cfg["ema_decay"], start_step=cfg["ema_start"])
         self.seed_rank()  # per-rank RNG streams for z and SSR
         g_train, d_train = self.G, self.D

@@ -1,0 +1,112 @@
+"""Training-step time of a GAN config with G and D in channels-last vs the usual (NCHW) layout.
+
+    python benchmarks/bench_gan_memory_format.py --config configs/gan_demo.json --amp both --threads 1 \\
+        --out benchmarks/results/gan_memory_format_s13
+
+For every (amp, channels_last) setting it builds the run ``attnorm train-gan`` would
+(``attnorm.training.gan.GANTraining``: data, EMA, loss, optimisers; nothing written but a config
+file in a temporary folder) and times ``loop.train_step()`` (one D phase and one G phase per step
+of the demo preset). The settings of one ``amp`` value are timed in alternating rounds in the same
+process, so a load change on the machine hits both; the figure is the median of ``--rounds``
+rounds of ``--steps`` steps, after ``--warmup`` untimed steps each. Writes ``OUT/results.json``
+(every round, the machine, torch and code state) and ``OUT/results.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _provenance import git_commit  # noqa: E402
+
+from attnorm.training.gan import GANTraining, resolve_config  # noqa: E402
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def time_settings(config: str | None, overrides: dict, amp: bool, rounds: int, steps: int,
+                  warmup: int) -> dict[bool, list[float]]:
+    """Seconds per training step, one entry per round, for channels_last False and True."""
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for cl in (False, True):
+            cfg = resolve_config(config, {**overrides, "amp": amp, "channels_last": cl, "log_every": 0,
+                                          "ckpt_every": 0, "sample_every": 0, "max_seconds": None})
+            runs[cl] = GANTraining(cfg, Path(tmp) / f"cl{int(cl)}")
+        for run in runs.values():
+            for _ in range(warmup):
+                run.loop.train_step()
+        times: dict[bool, list[float]] = {False: [], True: []}
+        for r in range(rounds):
+            for cl in ((False, True) if r % 2 == 0 else (True, False)):  # alternate who goes first
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    runs[cl].loop.train_step()
+                times[cl].append((time.perf_counter() - t0) / steps)
+    return times
+
+
+def to_markdown(report: dict) -> str:
+    env = report["env"]
+    lines = [f"# GAN training step: channels-last vs NCHW ({report['args']['config'] or 'DEFAULT_CONFIG'})", "",
+             f"{env['cpu']}, {report['args']['threads']} thread(s), torch {env['torch']}, code {env['code']}, "
+             f"{report['started']}; median of {report['args']['rounds']} rounds of {report['args']['steps']} steps", "",
+             "| amp | NCHW ms/step | channels-last ms/step | speed-up |", "| --- | --- | --- | --- |"]
+    for row in report["rows"]:
+        lines.append(f"| {row['amp']} | {row['nchw_ms']:.1f} | {row['channels_last_ms']:.1f} | {row['speedup']:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default=None, help="a train-gan config file (default: DEFAULT_CONFIG)")
+    ap.add_argument("--amp", choices=["on", "off", "both"], default="both", help="bf16 autocast settings to time")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--steps", type=int, default=10, help="training steps per round")
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (as train-gan's)")
+    ap.add_argument("--out", default="bench_results/gan_memory_format")
+    args = ap.parse_args(argv)
+    from attnorm.cli.common import parse_overrides  # the CLI's own key=value parser
+    overrides = {**parse_overrides(args.set), "threads": args.threads}
+    torch.set_num_threads(args.threads)
+    report = {"args": vars(args), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "env": {"torch": torch.__version__, "code": git_commit(), "python": platform.python_version(),
+                      "cpu": cpu_model(), "cpu_count": os.cpu_count()}, "rows": []}
+    for amp in {"on": [True], "off": [False], "both": [False, True]}[args.amp]:
+        times = time_settings(args.config, overrides, amp, args.rounds, args.steps, args.warmup)
+        nchw, cl = statistics.median(times[False]), statistics.median(times[True])
+        row = {"amp": amp, "nchw_ms": 1000 * nchw, "channels_last_ms": 1000 * cl, "speedup": nchw / cl,
+               "rounds_s": {"nchw": times[False], "channels_last": times[True]}}
+        report["rows"].append(row)
+        print(f"amp={amp}: NCHW {row['nchw_ms']:.1f} ms/step, channels-last {row['channels_last_ms']:.1f} ms/step "
+              f"({row['speedup']:.2f}x)", flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "results.md").write_text(to_markdown(report))
+    print(f"wrote {out / 'results.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
