@@ -12,7 +12,7 @@ from safetensors import safe_open
 from _cli import cli_error
 from attnorm import cli
 from attnorm.checkpoints import load_checkpoint, load_inpaint_generator as load_generator
-from attnorm.training.inpaint import InpaintTraining, resolve_config
+from attnorm.training.inpaint import InpaintTraining, check_config, resolve_config
 from attnorm.training.loop import NonFiniteLossError, read_stats
 
 
@@ -99,7 +99,8 @@ def test_nan_stops_before_update_and_keeps_checkpoint(tmp_path):
     ckpt = tmp_path / "checkpoints" / "latest.pt"
     before = ckpt.read_bytes()
     with torch.no_grad():
-        next(t.G.parameters()).view(-1)[0] = float("nan")
+        p = next(t.G.parameters())
+        p[(0,) * p.dim()] = float("nan")  # (an index, not .view(-1): the weights may be channels-last)
     t.loop.total_steps = 4
     with pytest.raises(NonFiniteLossError, match=r"step 3.*latest\.pt \(step 2\)"):
         t.run()
@@ -180,3 +181,22 @@ def test_cli_run_then_inpaint_loads_ema(tmp_path, capsys):
     assert "config.json not found" in cli_error(capsys, ["train-inpaint", "--out", str(tmp_path / "nope"), "--resume"])
     assert "unknown config key" in cli_error(capsys, ["train-inpaint", "--out", str(tmp_path / "x"), "stpes=3"])
     assert "expected key=value" in cli_error(capsys, ["train-inpaint", "--out", str(tmp_path / "x"), "steps"])
+
+
+def test_channels_last_is_on_by_default_and_trains_the_same_steps(tmp_path):
+    assert check_config(resolve_config())["channels_last"] is True  # null resolves to on, on the CPU too
+    assert check_config(resolve_config(overrides={"channels_last": False}))["channels_last"] is False
+    runs = {}
+    for cl in (True, False):
+        run = _trainer(tmp_path / str(cl), channels_last=cl, steps=3)
+        convs = [m.weight for net in (run.G, run.D) for m in net.modules()
+                 if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]  # a 1x1 kernel is both formats
+        assert convs and all(w.is_contiguous(memory_format=torch.channels_last) is cl for w in convs)
+        run.run()
+        runs[cl] = _losses(tmp_path / str(cl))
+    # the layout changes the kernels' order of summation, not the maths (L1 warm-up step, then adversarial)
+    assert [r["step"] for r in runs[True]] == [1, 2, 3] and "G/g_adv" in runs[True][-1]
+    for a, b in zip(runs[True], runs[False]):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k] == pytest.approx(b[k], rel=1e-3, abs=1e-4), k

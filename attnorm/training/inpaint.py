@@ -27,7 +27,7 @@ Config (flat JSON dict, see :data:`DEFAULT_CONFIG`; files in ``configs/inpaint_*
   adversarial weight 0 and the D phase makes no update), ``ema_decay`` (null = no EMA),
   ``ema_start``;
 * run control: ``steps``, ``batch_size``, ``seed``, ``device``, ``threads``, ``amp``
-  (bf16 autocast; null = on for CUDA), ``channels_last`` (null = on for CUDA),
+  (bf16 autocast; null = on for CUDA), ``channels_last`` (null = on: the CPU step too runs 1.15-1.18x faster),
   ``log_every``, ``ckpt_every``, ``sample_every``, ``sample_count``, ``max_seconds``.
 
 A run folder holds ``config.json`` (the resolved config), ``stats.jsonl``,
@@ -104,7 +104,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "device": "cpu",
     "threads": None,
     "amp": None,              # bf16 autocast; None: on for CUDA
-    "channels_last": None,    # None: on for CUDA
+    "channels_last": None,    # None: on (CUDA; the CPU preset's step 1.15-1.18x faster, session 13)
     "log_every": 10,
     "ckpt_every": 250,
     "sample_every": 250,
@@ -138,7 +138,7 @@ def check_config(cfg: dict) -> dict:
     if cfg["amp"] is None:
         cfg["amp"] = cuda
     if cfg["channels_last"] is None:
-        cfg["channels_last"] = cuda
+        cfg["channels_last"] = True
     return cfg
 
 

@@ -1,12 +1,15 @@
-"""Training-step time of a GAN config with G and D in channels-last vs the usual (NCHW) layout.
+"""Training-step time of a GAN or inpainting config with the networks in channels-last vs the
+usual (NCHW) layout.
 
-    python benchmarks/bench_gan_memory_format.py --config configs/gan_demo.json --amp both --threads 1 \\
-        --out benchmarks/results/gan_memory_format_s13
+    python benchmarks/bench_memory_format.py --config configs/gan_demo.json --amp both --threads 1 \\
+        --out benchmarks/results/gan_memory_format_s13/demo
+    python benchmarks/bench_memory_format.py --task inpaint --config configs/inpaint_cpu_small.json \\
+        --amp both --threads 1 --out benchmarks/results/inpaint_memory_format_s13
 
-For every (amp, channels_last) setting it builds the run ``attnorm train-gan`` would
-(``attnorm.training.gan.GANTraining``: data, EMA, loss, optimisers; nothing written but a config
-file in a temporary folder) and times ``loop.train_step()`` (one D phase and one G phase per step
-of the demo preset). The settings of one ``amp`` value are timed in alternating rounds in the same
+For every (amp, channels_last) setting it builds the run ``attnorm train-gan`` (or
+``train-inpaint``) would (``attnorm.training.gan.GANTraining`` / ``attnorm.training.inpaint.InpaintTraining``:
+data, EMA, loss, optimisers; nothing written but a config file in a temporary folder) and times
+``loop.train_step()`` (one D phase and one G phase per step of the demo preset). The settings of one ``amp`` value are timed in alternating rounds in the same
 process, so a load change on the machine hits both; the figure is the median of ``--rounds``
 rounds of ``--steps`` steps, after ``--warmup`` untimed steps each. Writes ``OUT/results.json``
 (every round, the machine, torch and code state) and ``OUT/results.md``.
@@ -29,7 +32,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _provenance import git_commit  # noqa: E402
 
-from attnorm.training.gan import GANTraining, resolve_config  # noqa: E402
+from attnorm.training import gan, inpaint  # noqa: E402
+
+TASKS = {"gan": (gan.GANTraining, gan.resolve_config), "inpaint": (inpaint.InpaintTraining, inpaint.resolve_config)}
 
 
 def cpu_model() -> str:
@@ -43,14 +48,15 @@ def cpu_model() -> str:
 
 
 def time_settings(config: str | None, overrides: dict, amp: bool, rounds: int, steps: int,
-                  warmup: int) -> dict[bool, list[float]]:
+                  warmup: int, task: str = "gan") -> dict[bool, list[float]]:
     """Seconds per training step, one entry per round, for channels_last False and True."""
+    training, resolve_config = TASKS[task]
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for cl in (False, True):
             cfg = resolve_config(config, {**overrides, "amp": amp, "channels_last": cl, "log_every": 0,
                                           "ckpt_every": 0, "sample_every": 0, "max_seconds": None})
-            runs[cl] = GANTraining(cfg, Path(tmp) / f"cl{int(cl)}")
+            runs[cl] = training(cfg, Path(tmp) / f"cl{int(cl)}")
         for run in runs.values():
             for _ in range(warmup):
                 run.loop.train_step()
@@ -66,7 +72,8 @@ def time_settings(config: str | None, overrides: dict, amp: bool, rounds: int, s
 
 def to_markdown(report: dict) -> str:
     env = report["env"]
-    lines = [f"# GAN training step: channels-last vs NCHW ({report['args']['config'] or 'DEFAULT_CONFIG'})", "",
+    args = report["args"]
+    lines = [f"# {args['task']} training step: channels-last vs NCHW ({args['config'] or 'DEFAULT_CONFIG'})", "",
              f"{env['cpu']}, {report['args']['threads']} thread(s), torch {env['torch']}, code {env['code']}, "
              f"{report['started']}; median of {report['args']['rounds']} rounds of {report['args']['steps']} steps", "",
              "| amp | NCHW ms/step | channels-last ms/step | speed-up |", "| --- | --- | --- | --- |"]
@@ -77,14 +84,15 @@ def to_markdown(report: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", default=None, help="a train-gan config file (default: DEFAULT_CONFIG)")
+    ap.add_argument("--task", choices=sorted(TASKS), default="gan")
+    ap.add_argument("--config", default=None, help="a train-gan / train-inpaint config file (default: the task's defaults)")
     ap.add_argument("--amp", choices=["on", "off", "both"], default="both", help="bf16 autocast settings to time")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--steps", type=int, default=10, help="training steps per round")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (as train-gan's)")
-    ap.add_argument("--out", default="bench_results/gan_memory_format")
+    ap.add_argument("--out", default="bench_results/memory_format")
     args = ap.parse_args(argv)
     from attnorm.cli.common import parse_overrides  # the CLI's own key=value parser
     overrides = {**parse_overrides(args.set), "threads": args.threads}
@@ -93,7 +101,7 @@ def main(argv=None) -> int:
               "env": {"torch": torch.__version__, "code": git_commit(), "python": platform.python_version(),
                       "cpu": cpu_model(), "cpu_count": os.cpu_count()}, "rows": []}
     for amp in {"on": [True], "off": [False], "both": [False, True]}[args.amp]:
-        times = time_settings(args.config, overrides, amp, args.rounds, args.steps, args.warmup)
+        times = time_settings(args.config, overrides, amp, args.rounds, args.steps, args.warmup, args.task)
         nchw, cl = statistics.median(times[False]), statistics.median(times[True])
         row = {"amp": amp, "nchw_ms": 1000 * nchw, "channels_last_ms": 1000 * cl, "speedup": nchw / cl,
                "rounds_s": {"nchw": times[False], "channels_last": times[True]}}
