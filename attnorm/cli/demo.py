@@ -135,7 +135,8 @@ def demo(args: argparse.Namespace) -> int:
     lines += ["", "Files:"] + [f"- {k}: {p.name}" for k, p in paths.items()]
     if pretrained:
         lines += [f"- the same figures from the shipped pretrained weights ({DEFAULT_GAN_WEIGHTS.name}: this recipe "
-                  f"at twice the width, with bf16 on any CPU and a slower EMA, 19500 steps on one CPU thread): "
+                  f"at twice the width without the mode-seeking term, with bf16 on any CPU and a slower EMA, 19500 steps "
+                  f"on one CPU thread): "
                   + ", ".join(p.name for p in pretrained.values())]
     lines += [f"- generator (EMA, batch-norm statistics over {STANDING_BATCHES} batches; it drew the figures): "
               f"{generator_file.name} (`attnorm evaluate gan --ckpt {generator_file}`, `attnorm sample --ckpt ...`)",
