@@ -121,8 +121,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
 # class accuracy (0.79 against 0.89); without it the rows had one or two colour schemes each. (In session
 # 9, without the hierarchical latent, it had scored lower in five minutes.)
 # Session 13 added MSGAN's mode-seeking term (``mode_seeking=0.3``): over three seeds of five minutes on one
-# thread recall rose from 0.12 to 0.17 (higher in every seed), at an accuracy of 0.81 against 0.84
-# (benchmarks/results/gan_demo_levers_s13/).
+# thread recall rose from 0.13 to 0.17 (higher in every seed), at an accuracy of 0.81 against 0.84
+# (benchmarks/results/gan_demo_levers_s13/); the demo as shipped (two threads, three seeds) 0.14 -> 0.19.
 DEMO_CONFIG: dict[str, Any] = {
     **DEFAULT_CONFIG,
     "procedural_pose": "centred",
