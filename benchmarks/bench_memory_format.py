@@ -9,9 +9,10 @@ usual (NCHW) layout.
 For every (amp, channels_last) setting it builds the run ``attnorm train-gan`` (or
 ``train-inpaint``) would (``attnorm.training.gan.GANTraining`` / ``attnorm.training.inpaint.InpaintTraining``:
 data, EMA, loss, optimisers; nothing written but a config file in a temporary folder) and times
-``loop.train_step()`` (one D phase and one G phase per step of the demo preset). The settings of one ``amp`` value are timed in alternating rounds in the same
-process, so a load change on the machine hits both; the figure is the median of ``--rounds``
-rounds of ``--steps`` steps, after ``--warmup`` untimed steps each. Writes ``OUT/results.json``
+``loop.train_step()`` (one D phase and one G phase per step of the demo preset). The settings of
+one ``amp`` value are timed in alternating rounds in the same process, so a load change on the
+machine hits both; the figure is the median of ``--rounds`` rounds of ``--steps`` steps, after
+``--warmup`` untimed steps each. Writes ``OUT/results.json``
 (every round, the machine, torch and code state) and ``OUT/results.md``.
 """
 
@@ -71,11 +72,10 @@ def time_settings(config: str | None, overrides: dict, amp: bool, rounds: int, s
 
 
 def to_markdown(report: dict) -> str:
-    env = report["env"]
-    args = report["args"]
+    env, args = report["env"], report["args"]
     lines = [f"# {args['task']} training step: channels-last vs NCHW ({args['config'] or 'DEFAULT_CONFIG'})", "",
-             f"{env['cpu']}, {report['args']['threads']} thread(s), torch {env['torch']}, code {env['code']}, "
-             f"{report['started']}; median of {report['args']['rounds']} rounds of {report['args']['steps']} steps", "",
+             f"{env['cpu']}, {args['threads']} thread(s), torch {env['torch']}, code {env['code']}, "
+             f"{report['started']}; median of {args['rounds']} rounds of {args['steps']} steps", "",
              "| amp | NCHW ms/step | channels-last ms/step | speed-up |", "| --- | --- | --- | --- |"]
     for row in report["rows"]:
         lines.append(f"| {row['amp']} | {row['nchw_ms']:.1f} | {row['channels_last_ms']:.1f} | {row['speedup']:.2f}x |")

@@ -232,8 +232,9 @@ def test_channels_last_is_on_by_default_and_trains_the_same_steps(tmp_path):
     assert [s for s, *_ in a] == [1, 2] == [s for s, *_ in b]
     for ra, rb in zip(a, b):
         assert ra == pytest.approx(rb, rel=1e-4, abs=1e-5)
-    # weights: within Adam's largest move per step (lr) a step; the conv biases in front of batch norms
-    # have a zero gradient up to rounding, whose sign Adam turns into a full step either way
+    # weights: apart by at most Adam's largest move (about lr per step) in each of the two runs over the two
+    # steps; the conv biases in front of batch norms have a zero gradient up to rounding, whose sign Adam
+    # turns into a full step either way
     move = 2 * runs[True].cfg["lr_g"] * 2
     for (k, v), v2 in zip(runs[True].G.state_dict().items(), runs[False].G.state_dict().values()):
         torch.testing.assert_close(v, v2, rtol=1e-4, atol=move, msg=k)
