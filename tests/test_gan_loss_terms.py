@@ -255,3 +255,58 @@ def test_lecam_pulls_logits_towards_the_other_sides_moving_average():
     assert state["lecam_ema"] == pytest.approx(list(a)) and all(type(v) is float for v in state["lecam_ema"])
     assert fresh.lecam_ema.tolist() == pytest.approx(list(a)) and fresh._d_phases == 3
     assert torch.equal(fresh.lecam_ema, loss.lecam_ema)  # float32 round trip: a resumed run continues exactly
+
+
+class _RecordingD(torch.nn.Module):
+    """D(x) = mean of w * x: records the images it scores."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(0.5))
+        self.seen = []
+
+    def forward(self, x, y):
+        self.seen.append((x.detach().clone(), y.clone()))
+        return (self.w * x).mean((1, 2, 3))
+
+
+def test_reuse_fakes_d_phase_scores_the_g_phase_images_without_a_g_forward():
+    torch.manual_seed(0)
+    G, D = _LinearG(), _RecordingD()
+    loss = HingeGANLoss(G, D, z_dim=6, num_classes=3, batch_size=8, ortho_weight=0.0, reuse_fakes=True,
+                        mode_seeking=1.0)
+    loss.run_phase("G", None)
+    z, y = G.calls[-1]
+    A, E = G.A.detach().numpy().astype(np.float64), G.E.detach().numpy().astype(np.float64)
+    fake = z.numpy().astype(np.float64) @ A.T + E[y.numpy()]  # (8, 48): the G phase's images
+    with torch.no_grad():
+        G.A.add_(1.0)  # as if G's optimiser had stepped: the D phase must not regenerate
+    x_real, y_real = torch.randn(8, 3, 4, 4), torch.randint(3, (8,))
+    stats = loss.run_phase("D", (x_real, y_real))
+    assert len(G.calls) == 1  # no second G forward
+    seen_x, seen_y = D.seen[-1]
+    np.testing.assert_allclose(seen_x[8:].reshape(8, -1).numpy(), fake, rtol=1e-5, atol=1e-6)
+    assert torch.equal(seen_y[8:], y) and torch.equal(seen_y[:8], y_real)
+    real_logits = 0.5 * x_real.double().mean((1, 2, 3)).numpy()
+    fake_logits = 0.5 * fake.mean(1)
+    want = np.maximum(0, 1 - real_logits).mean() + np.maximum(0, 1 + fake_logits).mean()
+    assert stats["D/loss"].item() == pytest.approx(want, rel=1e-5)
+    # a second D phase in the same step (d_steps > 1) has no G phase before it: it generates with G as it is now
+    loss.run_phase("D", (x_real, y_real))
+    assert len(G.calls) == 2
+    z2, y2 = G.calls[-1]
+    fresh = z2.numpy().astype(np.float64) @ (A + 1.0).T + E[y2.numpy()]
+    np.testing.assert_allclose(D.seen[-1][0][8:].reshape(8, -1).numpy(), fresh, rtol=1e-5, atol=1e-5)
+
+
+def test_without_reuse_every_d_phase_generates_and_a_size_mismatch_regenerates():
+    torch.manual_seed(0)
+    G, D = _LinearG(), _RecordingD()
+    plain = HingeGANLoss(G, D, z_dim=6, num_classes=3, batch_size=8, ortho_weight=0.0)
+    plain.run_phase("G", None)
+    plain.run_phase("D", (torch.randn(8, 3, 4, 4), torch.randint(3, (8,))))
+    assert len(G.calls) == 2
+    reuse = HingeGANLoss(G, D, z_dim=6, num_classes=3, batch_size=8, ortho_weight=0.0, reuse_fakes=True)
+    reuse.run_phase("G", None)
+    reuse.run_phase("D", (torch.randn(6, 3, 4, 4), torch.randint(3, (6,))))  # a real batch of another size
+    assert len(G.calls) == 4 and G.calls[-1][0].shape[0] == 6 and D.seen[-1][0].shape[0] == 12

@@ -1,6 +1,7 @@
 """GAN training: hinge loss, exact resume, NaN stop, checkpoint -> generator (CPU, tiny models)."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -67,8 +68,9 @@ def _stat_losses(run_dir):
     return [(r["step"], r["D/loss"], r["G/loss"], r["D/real"]) for r in read_stats(run_dir / "stats.jsonl")]
 
 
-@pytest.mark.parametrize("extra", [{}, {"lecam": 0.5, "r1": 0.2, "r1_every": 2, "d_arch": "conv", "g_hierarchical_z": True}],
-                         ids=["plain", "lecam_lazy_r1_hier_z"])  # the loss's own state (averages, phase count) resumes too
+@pytest.mark.parametrize("extra", [{}, {"lecam": 0.5, "r1": 0.2, "r1_every": 2, "d_arch": "conv", "g_hierarchical_z": True},
+                                   {"reuse_fakes": True, "mode_seeking": 0.5}],
+                         ids=["plain", "lecam_lazy_r1_hier_z", "reuse_fakes"])  # the loss's own state (averages, phase count) resumes too
 def test_train_kill_resume_equals_uninterrupted(tmp_path, extra):
     cfg = resolve_config(overrides=dict(TINY, steps=6, **extra))
     full = GANTraining(cfg, tmp_path / "full")
@@ -260,3 +262,16 @@ def test_amp_auto_turns_bf16_on_only_for_a_cpu_with_native_bf16(monkeypatch, tmp
         assert resolve_config(overrides={"amp": None, "device": "cuda"})["amp"] is False
         assert resolve_config(overrides={"amp": False})["amp"] is False
         assert resolve_config(overrides={"amp": True})["amp"] is True
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+def test_reuse_fakes_runs_g_first_and_one_g_forward_per_step(tmp_path, reuse):
+    cfg = resolve_config(overrides=dict(TINY, steps=3, d_steps=1, reuse_fakes=reuse))
+    run = GANTraining(cfg, tmp_path / str(reuse))
+    assert [p.name for p in run.loop.phases] == (["G", "D"] if reuse else ["D", "G"])
+    calls = []
+    run.G.register_forward_hook(lambda m, i, o: calls.append(o.shape[0]))
+    run.run()
+    assert len(calls) == (3 if reuse else 6)
+    stats = read_stats(tmp_path / str(reuse) / "stats.jsonl")
+    assert [r["step"] for r in stats] == [1, 2, 3] and all(math.isfinite(r["D/loss"]) for r in stats)

@@ -91,12 +91,18 @@ class HingeGANLoss:
         r1_every: compute R1 on every this-many D phases, scaled by it (lazy regularisation).
         lecam: weight of the LeCam regulariser in the D phase (0: off).
         lecam_decay: decay of the moving averages of D's real and fake logits it uses.
+        reuse_fakes: the D phase scores the fakes of the G phase just run (same z, labels and
+            images, G one update older) instead of drawing and generating its own: one G forward
+            per step fewer (the DCGAN example's way). For phases run G first, then D; a D phase
+            with no G phase before it in the step (the first of several D steps only uses
+            them) generates as usual.
     """
 
     def __init__(self, G: nn.Module, D: nn.Module, z_dim: int, num_classes: int, batch_size: int,
                  ortho_weight: float = 1e-3, device: str | torch.device = "cpu", augment: str | None = None,
                  mode_seeking: float = 0.0, wrong_label: float = 0.0, amp: bool = False, r1: float = 0.0,
-                 r1_every: int = 1, lecam: float = 0.0, lecam_decay: float = 0.99) -> None:
+                 r1_every: int = 1, lecam: float = 0.0, lecam_decay: float = 0.99,
+                 reuse_fakes: bool = False) -> None:
         if min(mode_seeking, wrong_label, r1, lecam) < 0:
             raise ValueError(f"mode_seeking, wrong_label, r1 and lecam are loss weights >= 0, got {mode_seeking}, "
                              f"{wrong_label}, {r1} and {lecam}")
@@ -124,6 +130,8 @@ class HingeGANLoss:
         # moving averages [a_R, a_F] as a (2,) float32 tensor on the device, kept there so the D phase
         # never waits for the device (None until the first D phase)
         self.lecam_ema: Tensor | None = None
+        self.reuse_fakes = bool(reuse_fakes)
+        self._fakes: tuple[Tensor, Tensor] | None = None  # (images, labels) of the last G phase, for the next D phase
 
     def state_dict(self) -> dict:
         """What a resumed run needs to continue exactly: the D-phase count (lazy R1) and LeCam's averages."""
@@ -131,6 +139,7 @@ class HingeGANLoss:
         return {"d_phases": self._d_phases, "lecam_ema": ema}
 
     def load_state_dict(self, state: dict) -> None:
+        self._fakes = None
         self._d_phases = int(state.get("d_phases", 0))
         ema = state.get("lecam_ema")
         self.lecam_ema = None if ema is None else torch.tensor([float(a) for a in ema], device=self.device)
@@ -147,9 +156,13 @@ class HingeGANLoss:
         if name == "D":
             x, y = batch
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            z, y_fake = self.sample_latents(x.shape[0])
-            with torch.no_grad(), self._autocast():
-                fake = _inner(self.G)(z, y_fake)
+            fakes, self._fakes = self._fakes, None
+            if fakes is not None and fakes[0].shape[0] == x.shape[0]:
+                fake, y_fake = fakes
+            else:
+                z, y_fake = self.sample_latents(x.shape[0])
+                with torch.no_grad(), self._autocast():
+                    fake = _inner(self.G)(z, y_fake)
             images, labels = [x, fake], [y, y_fake]
             if self.wrong_label:  # the real batch again, each with one of the other classes
                 labels.append((y + torch.randint_like(y, 1, self.num_classes)) % self.num_classes)
@@ -210,5 +223,7 @@ class HingeGANLoss:
                 loss = loss + self.mode_seeking / (ratio + 1e-5)
                 stats["G/ms_ratio"] = ratio.detach()
             loss.backward()
+            if self.reuse_fakes:  # a copy: a compiled G's output buffers may be reused by its next call
+                self._fakes = (fake.detach().clone(), y_fake)
             return {"G/loss": loss.detach(), **stats}
         raise ValueError(f"unknown phase {name!r}; HingeGANLoss runs 'D' and 'G'")

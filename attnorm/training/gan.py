@@ -83,6 +83,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "d_steps": 3,
     "diffaugment": "",       # DiffAugment policy on every image D sees, e.g. "color,translation,cutout"
     "mode_seeking": 0.0,     # weight of MSGAN's mode-seeking term in G's loss (0: off)
+    "reuse_fakes": False,    # G phase first; the D phase then scores its fakes (one G forward per step fewer)
     "wrong_label": 0.0,      # weight of D's class margin: a real image scores >= 1 higher with its label than a wrong one
     "r1": 0.0,               # gamma of the R1 penalty on D's gradient at real images (0: off)
     "r1_every": 1,           # lazy R1: every this-many D phases, scaled by it
@@ -237,11 +238,13 @@ class GANTraining(TaskRun):
                                  augment=cfg["diffaugment"], mode_seeking=cfg["mode_seeking"],
                                  wrong_label=cfg["wrong_label"], amp=bool(cfg.get("amp")),
                                  r1=cfg.get("r1", 0.0), r1_every=cfg.get("r1_every", 1),
-                                 lecam=cfg.get("lecam", 0.0))
+                                 lecam=cfg.get("lecam", 0.0), reuse_fakes=bool(cfg.get("reuse_fakes")))
         self.z_fixed = fixed_latents(cfg, cfg["z_dim"])
         self.sample_classes = list(range(min(self.num_classes, 16)))
         phases = [Phase("D", self.D, self.opt_d, repeats=cfg["d_steps"]),
                   Phase("G", self.G, self.opt_g, needs_data=False)]
+        if cfg.get("reuse_fakes"):  # the D phase scores the fakes of the G phase before it
+            phases.reverse()
         self.make_loop(phases, self.loss, self.dataset, self.ema,
                        extra_state={"task": "gan", "config": cfg, "generator": self.G.get_config(),
                                     "discriminator": self.D.get_config(), "classes": list(self.dataset.classes)})

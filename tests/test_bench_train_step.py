@@ -1,0 +1,74 @@
+"""benchmarks/bench_train_step.py: times a real training run with a boolean config key off and on (by default
+channels_last: both layouts) and reports them."""
+
+import json
+import statistics
+
+import pytest
+import torch
+
+from _scripts import load_benchmark
+
+
+def test_times_both_layouts_and_reports_the_median_ratio(tmp_path):
+    bench = load_benchmark("bench_train_step")
+    out = tmp_path / "out"
+    assert bench.main(["--amp", "off", "--rounds", "3", "--steps", "1", "--warmup", "1", "--out", str(out),
+                       "--set", "ch=8", "batch_size=4", "resolution=16", "procedural_classes=2",
+                       "procedural_length=16"]) == 0
+    rep = json.loads((out / "results.json").read_text())
+    (row,) = rep["rows"]
+    assert row["amp"] is False and rep["args"]["set"][0] == "ch=8"
+    rounds = row["rounds_s"]
+    assert len(rounds["off"]) == len(rounds["on"]) == 3 and min(rounds["off"] + rounds["on"]) > 0
+    assert row["off_ms"] == pytest.approx(1000 * statistics.median(rounds["off"]))
+    assert row["on_ms"] == pytest.approx(1000 * statistics.median(rounds["on"]))
+    assert row["speedup"] == pytest.approx(row["off_ms"] / row["on_ms"])
+    assert rep["env"]["code"] and rep["env"]["torch"] and rep["args"]["compare"] == "channels_last"
+    md = (out / "results.md").read_text()
+    assert "channels_last=false ms/step" in md and f"| False | {row['off_ms']:.1f} | {row['on_ms']:.1f} |" in md
+
+
+def test_the_two_runs_really_differ_in_layout(tmp_path, monkeypatch):
+    bench = load_benchmark("bench_train_step")
+    seen = []
+
+    def spy(task, weight_of):
+        real, resolve = bench.TASKS[task]
+
+        def build(cfg, run_dir):
+            run = real(cfg, run_dir)
+            w = weight_of(run)
+            seen.append((task, cfg["channels_last"], w.dim() == 4 and w.shape[-1] > 1
+                         and w.is_contiguous(memory_format=torch.channels_last)))
+            return run
+        monkeypatch.setitem(bench.TASKS, task, (build, resolve))
+
+    spy("gan", lambda run: run.G.conv_out.parametrizations.weight.original)
+    spy("inpaint", lambda run: next(m.weight for m in run.G.modules()
+                                    if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)))
+    bench.time_settings(None, {"ch": 8, "batch_size": 4, "resolution": 16, "procedural_classes": 2,
+                               "procedural_length": 16}, False, rounds=1, steps=1, warmup=0)
+    bench.time_settings(None, {"resolution": 32, "width": 0.125, "critic_width": 0.125, "batch_size": 2,
+                               "warmup_steps": 0}, False, rounds=1, steps=1, warmup=0, task="inpaint")
+    assert seen == [("gan", False, False), ("gan", True, True), ("inpaint", False, False), ("inpaint", True, True)]
+
+
+def test_compare_times_another_key_and_refuses_a_non_boolean_one(tmp_path, monkeypatch, capsys):
+    bench = load_benchmark("bench_train_step")
+    seen = []
+    real, resolve = bench.TASKS["gan"]
+
+    def build(cfg, run_dir):
+        seen.append((cfg["reuse_fakes"], cfg["channels_last"]))
+        return real(cfg, run_dir)
+    monkeypatch.setitem(bench.TASKS, "gan", (build, resolve))
+    small = ["--set", "ch=8", "batch_size=4", "resolution=16", "procedural_classes=2", "procedural_length=16", "d_steps=1"]
+    assert bench.main(["--compare", "reuse_fakes", "--amp", "off", "--rounds", "1", "--steps", "1", "--warmup", "0",
+                       "--out", str(tmp_path / "r"), *small]) == 0
+    assert seen == [(False, True), (True, True)]  # only the compared key differs
+    assert "reuse_fakes=true ms/step" in (tmp_path / "r" / "results.md").read_text()
+    for bad in ("lr_g", "no_such_key"):
+        with pytest.raises(SystemExit) as exc:
+            bench.main(["--compare", bad, "--out", str(tmp_path / "x"), *small])
+        assert f"--compare {bad}: not a boolean config key" in str(exc.value)
