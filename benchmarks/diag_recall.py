@@ -21,6 +21,10 @@ its images are *too alike* (small balls: a diversity problem) or *too far* from 
    raises it); and within-class spread, how much images of one class differ from each other at
    coarse scale (8x8 means: colours and layout, not grain), against within-class collapse.
    Every set is ordered so that image ``i`` has class ``i % classes``.
+4. **Which real images are missed** (every row): recall counted over the reference's images of
+   each background kind (smooth noise, gradient, stripes) and of each class: a flaw of one kind of
+   image (no stripes drawn) shows as one low column, a set that is narrow inside every class as low
+   columns throughout.
 
 Features: the shipped procedural classifier (``attnorm.metrics``'s ``classifier`` extractor),
 the protocol of ``attnorm evaluate gan``. Writes ``OUT/results.json`` and ``OUT/results.md``.
@@ -41,7 +45,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _provenance import git_commit  # noqa: E402
 
-from attnorm.data.procedural import ProceduralShapes  # noqa: E402
+from attnorm.data.procedural import BACKGROUNDS, ProceduralShapes  # noqa: E402
 from attnorm.metrics.extractors import get_extractor  # noqa: E402
 from attnorm.metrics.maths import _knn_sq_radii, feature_statistics, frechet_distance, precision_recall  # noqa: E402
 
@@ -102,25 +106,41 @@ def within_class_spread(x: torch.Tensor, classes: int) -> float:
     return float(torch.stack([coarse[labels == c].std(0).mean() for c in range(classes)]).mean())
 
 
-def pixel_reference(x: torch.Tensor, classes: int) -> dict:
-    return {"hf": high_frequency_power(x), "spread": within_class_spread(x, classes), "classes": classes}
+def pixel_reference(x: torch.Tensor, classes: int, grounds: list[str] | None = None) -> dict:
+    """What :func:`score` compares against: the reference's pixel measures, its class count and (optional)
+    each reference image's background kind."""
+    return {"hf": high_frequency_power(x), "spread": within_class_spread(x, classes), "classes": classes,
+            "grounds": grounds}
+
+
+def recall_by_group(real_inside: np.ndarray, classes: int, grounds: list[str] | None) -> dict:
+    """The fraction of the reference's images that a set recalls, per class (image ``i`` has class
+    ``i % classes``) and per background kind."""
+    labels = np.arange(len(real_inside)) % classes
+    out = {"recall_by_class": [float(real_inside[labels == c].mean()) for c in range(classes)]}
+    if grounds is not None:
+        g = np.asarray(grounds)
+        out["recall_by_ground"] = {k: float(real_inside[g == k].mean()) for k in BACKGROUNDS if (g == k).any()}
+    return out
 
 
 def score(ref: np.ndarray, feats: np.ndarray, images: torch.Tensor, pix: dict) -> dict:
-    pr = precision_recall(ref, feats, k=K)
+    pr = precision_recall(ref, feats, k=K, per_sample=True)
     fid = frechet_distance(*feature_statistics(ref), *feature_statistics(feats))
     return {"precision": pr["precision"], "recall": pr["recall"], "fid": fid,
             "knn_radius": float(np.median(knn_radii(feats))),
             "to_nearest_real": float(np.median(nearest_distances(feats, ref))),
             "hf_power_vs_reference": high_frequency_power(images) / pix["hf"],
-            "class_spread_vs_reference": within_class_spread(images, pix["classes"]) / pix["spread"]}
+            "class_spread_vs_reference": within_class_spread(images, pix["classes"]) / pix["spread"],
+            **recall_by_group(pr["real_inside"], pix["classes"], pix.get("grounds"))}
 
 
 def real_probes(ext, n: int, pose: str, classes: int = 10) -> tuple[np.ndarray, dict, dict]:
     """The reference features and pixel measures, and the scored rows of the real probes
     (procedural shapes of the first ``classes`` classes: those of the generators under test)."""
-    ref_x = ProceduralShapes(32, classes, pose=pose, seed=0).get_batch(range(n))[0]
-    ref, pix = ext.features(ref_x), pixel_reference(ref_x, classes)
+    ref_ds = ProceduralShapes(32, classes, pose=pose, seed=0)
+    ref_x = ref_ds.get_batch(range(n))[0]
+    ref, pix = ext.features(ref_x), pixel_reference(ref_x, classes, [ref_ds.background(i) for i in range(n)])
     x = ProceduralShapes(32, classes, pose=pose, seed=1).get_batch(range(n))[0]
     rows = {"real (the floor)": x}
     for s in (0.5, 0.8, 1.2):
@@ -168,6 +188,16 @@ def to_markdown(res: dict) -> str:
     if res["checkpoints"]:
         lines += ["", "Generated images (EMA G, the same reference):", "", head, rule]
         lines += [fmt(f"`{k}`", v) for k, v in res["checkpoints"].items()]
+    rows = {**res["real"], **{f"`{k}`": v for k, v in res["checkpoints"].items()}}
+    grounds = [g for g in BACKGROUNDS if any(g in r.get("recall_by_ground", {}) for r in rows.values())]
+    lines += ["", "Which reference images each set recalls, by the image's background and by its class:", "",
+              "| images | " + " | ".join(f"{g} ground" for g in grounds) + " | "
+              + " | ".join(f"class {c}" for c in range(res["classes"])) + " |",
+              "|" + " --- |" * (1 + len(grounds) + res["classes"])]
+    for name, r in rows.items():
+        by_ground = r.get("recall_by_ground", {})
+        lines.append(f"| {name} | " + " | ".join(f"{by_ground.get(g, float('nan')):.3f}" for g in grounds) + " | "
+                     + " | ".join(f"{x:.2f}" for x in r["recall_by_class"]) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -158,3 +158,23 @@ def test_poses_share_colours_and_background():
     assert not np.allclose(xa, xc)
     with pytest.raises(ValueError, match="pose must be one of"):
         ProceduralShapes(pose="tilted")
+
+
+def test_background_names_the_kind_the_image_was_drawn_with():
+    """Checked on the rendered pixels: a gradient ground is a plane in (u, v) plus the 0.03 grain, stripes are not."""
+    from attnorm.data.procedural import BACKGROUNDS
+    ds = ProceduralShapes(resolution=64, num_classes=10, seed=5, pose="centred")
+    c = (np.arange(64) + 0.5) / 64 * 2 - 1
+    v, u = np.meshgrid(c, c, indexing="ij")
+    ground = (np.abs(u) > 0.85) | (np.abs(v) > 0.85)  # the border, outside every centred shape
+    plane = np.stack([np.ones(ground.sum()), u[ground], v[ground]], 1)
+    residual = {k: [] for k in BACKGROUNDS}
+    for i in range(90):
+        px = ds.render(i)[ground]  # (m, 3)
+        coef, *_ = np.linalg.lstsq(plane, px, rcond=None)
+        residual[ds.background(i)].append((px - plane @ coef).std())
+    assert all(len(r) >= 20 for r in residual.values())  # about a third each
+    assert max(residual["gradient"]) < 0.035  # the grain alone
+    assert np.mean(np.array(residual["stripes"]) > 0.05) >= 0.75
+    assert np.median(residual["stripes"]) > 3 * np.median(residual["gradient"])
+    assert ds.background(7) == ProceduralShapes(resolution=16, num_classes=3, seed=5, pose="random").background(7)

@@ -79,6 +79,10 @@ def test_a_small_run_ranks_blurred_real_images_below_real_ones(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["real"]["blur sigma 1.2 px"]["recall"] == blurred["recall"]
     assert "| blur sigma 1.2 px |" in (tmp_path / "results.md").read_text()
+    # recall by ground and class: the floor's rows average to its recall (every reference image counted once)
+    assert set(floor["recall_by_ground"]) == {"noise", "gradient", "stripes"} and len(floor["recall_by_class"]) == 10
+    assert np.mean(floor["recall_by_class"]) == pytest.approx(floor["recall"])
+    assert "| stripes ground | class 0 |" in (tmp_path / "results.md").read_text()
 
 
 def test_generated_draws_one_latent_per_sample_like_evaluate_gan():
@@ -121,3 +125,32 @@ def test_real_sets_take_the_generators_classes(gan_ckpt, tmp_path):
     assert 0 <= res["checkpoints"][str(gan_ckpt)]["recall"] <= 1 and res["classes"] == 3
     with pytest.raises(SystemExit, match="pass --classes 3"):
         diag.main(["--n", "40", "--ckpt", str(gan_ckpt), "--out", str(tmp_path)])
+
+
+def test_recall_by_group_counts_the_missed_reference_images_per_ground_and_class():
+    diag = load_benchmark("diag_recall")
+    inside = np.array([True, False, True, True, False, False, True, True])  # reference rows 0..7
+    grounds = ["stripes", "stripes", "noise", "gradient", "stripes", "noise", "gradient", "noise"]
+    out = diag.recall_by_group(inside, 2, grounds)
+    # classes: rows 0, 2, 4, 6 are class 0 (T, T, F, T); rows 1, 3, 5, 7 class 1 (F, T, F, T)
+    assert out["recall_by_class"] == [0.75, 0.5]
+    assert out["recall_by_ground"] == {"noise": pytest.approx(2 / 3), "gradient": 1.0, "stripes": pytest.approx(1 / 3)}
+    assert "recall_by_ground" not in diag.recall_by_group(inside, 2, None)
+
+
+def test_a_set_without_stripes_loses_only_the_striped_reference_images():
+    """score() on features: the 'generated' set is the reference's own non-striped images (plus a little
+    noise), so striped reference images fall outside it and the others inside."""
+    diag = load_benchmark("diag_recall")
+    rng = np.random.default_rng(0)
+    n = 240
+    grounds = [("noise", "gradient", "stripes")[i % 3] for i in range(n)]
+    centres = rng.normal(size=(3, 16)) * 10  # one cluster per ground kind
+    ref = centres[np.arange(n) % 3] + rng.normal(size=(n, 16))
+    keep = np.array([g != "stripes" for g in grounds])
+    fake = ref[keep] + 0.01 * rng.normal(size=(keep.sum(), 16))
+    pix = {"hf": 1.0, "spread": 1.0, "classes": 4, "grounds": grounds}
+    row = diag.score(ref, fake, torch.rand(len(fake), 3, 8, 8), pix)
+    assert row["recall_by_ground"]["stripes"] == 0.0
+    assert row["recall_by_ground"]["noise"] > 0.95 and row["recall_by_ground"]["gradient"] > 0.95
+    assert row["recall"] == pytest.approx(np.mean([row["recall_by_ground"][g] for g in grounds]))

@@ -266,6 +266,14 @@ def test_precision_recall_matches_bruteforce(k, batch_size):
     assert out["precision"] == pytest.approx(p, abs=1e-12)
     assert out["recall"] == pytest.approx(rc, abs=1e-12)
     assert 0 < out["precision"] < 1 or 0 < out["recall"] < 1
+    # the per-sample arrays behind the fractions, against the brute force row by row
+    rr = np.sort(scipy.spatial.distance.cdist(real, real), axis=1)[:, k]
+    fr = np.sort(scipy.spatial.distance.cdist(fake, fake), axis=1)[:, k]
+    d_fr = scipy.spatial.distance.cdist(fake, real)
+    masks = precision_recall(real, fake, k=k, batch_size=batch_size, per_sample=True)
+    np.testing.assert_array_equal(masks["fake_inside"], (d_fr <= rr[None, :]).any(1))
+    np.testing.assert_array_equal(masks["real_inside"], (d_fr <= fr[:, None]).any(0))
+    assert masks["recall"] == out["recall"] and masks["precision"] == out["precision"]
 
 
 def test_precision_recall_identical_and_disjoint():

@@ -142,10 +142,19 @@ def shape_alpha(class_index: int, x: np.ndarray, y: np.ndarray, pixel: float) ->
 
 
 # ------------------------------------------------------------------ backgrounds
+BACKGROUNDS = ("noise", "gradient", "stripes")
+
+
+def _background_head(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
+    """The first draws of every image: the background's two colours and its kind (index into
+    :data:`BACKGROUNDS`)."""
+    c0, c1 = rng.uniform(0.0, 1.0, 3), rng.uniform(0.0, 1.0, 3)
+    return c0, c1, int(rng.integers(3))
+
+
 def _background(rng: np.random.Generator, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """(R, R, 3) in [0, 1]: smooth noise, gradient or stripes between two colours."""
-    c0, c1 = rng.uniform(0.0, 1.0, 3), rng.uniform(0.0, 1.0, 3)
-    kind = rng.integers(3)
+    c0, c1, kind = _background_head(rng)
     if kind == 0:  # smooth noise: a coarse random grid, bilinearly upsampled
         g = int(rng.integers(3, 7))
         coarse = rng.uniform(0.0, 1.0, (g, g))
@@ -199,6 +208,10 @@ class ProceduralShapes:
 
     def label(self, index: int) -> int:
         return int(index) % self.num_classes
+
+    def background(self, index: int) -> str:
+        """The kind of image ``index``'s background: one of :data:`BACKGROUNDS` (without rendering it)."""
+        return BACKGROUNDS[_background_head(np.random.default_rng([self.seed, int(index)]))[2]]
 
     def render(self, index: int) -> np.ndarray:
         """(R, R, 3) float32 image in [0, 1] for ``index``."""

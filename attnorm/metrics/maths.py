@@ -322,17 +322,18 @@ def _knn_sq_radii(x: np.ndarray, k: int, batch_size: int) -> np.ndarray:
     return radii
 
 
-def _coverage(query: np.ndarray, ref: np.ndarray, ref_sq_radii: np.ndarray, batch_size: int) -> float:
-    """Fraction of query rows within the k-NN hypersphere of at least one ref row."""
+def _inside(query: np.ndarray, ref: np.ndarray, ref_sq_radii: np.ndarray, batch_size: int) -> np.ndarray:
+    """Per query row: whether it lies within the k-NN hypersphere of at least one ref row."""
     ref_sq = (ref * ref).sum(axis=1)
-    inside = 0
+    inside = np.empty(query.shape[0], dtype=bool)
     for s in range(0, query.shape[0], batch_size):
         d = _sq_dists(query[s : s + batch_size], ref, ref_sq)
-        inside += int((d <= ref_sq_radii[None, :]).any(axis=1).sum())
-    return inside / query.shape[0]
+        inside[s : s + batch_size] = (d <= ref_sq_radii[None, :]).any(axis=1)
+    return inside
 
 
-def precision_recall(real_feats: Any, fake_feats: Any, k: int = 3, batch_size: int = 256) -> Dict[str, float]:
+def precision_recall(real_feats: Any, fake_feats: Any, k: int = 3, batch_size: int = 256,
+                     per_sample: bool = False) -> Dict[str, Any]:
     """Improved precision and recall (Kynkaanniemi et al. 2019).
 
     The real manifold is the union of hyperspheres centred at each real sample
@@ -344,7 +345,9 @@ def precision_recall(real_feats: Any, fake_feats: Any, k: int = 3, batch_size: i
 
     A point is inside a sphere if its distance is ``<=`` the radius. Distances
     are computed in blocks of ``batch_size`` query rows, so peak memory is
-    ``O(batch_size * max(n_real, n_fake))``.
+    ``O(batch_size * max(n_real, n_fake))``. ``per_sample=True`` also returns the
+    boolean arrays behind the two fractions: ``"fake_inside"`` (n_fake,) and
+    ``"real_inside"`` (n_real,), e.g. to see which real samples a generator misses.
     """
     if int(k) != k or k < 1:
         raise ValueError(f"k must be a positive integer; got {k}")
@@ -356,10 +359,12 @@ def precision_recall(real_feats: Any, fake_feats: Any, k: int = 3, batch_size: i
     _same_dim(real, fake, "real_feats", "fake_feats")
     real_r = _knn_sq_radii(real, k, batch_size)
     fake_r = _knn_sq_radii(fake, k, batch_size)
-    return {
-        "precision": _coverage(fake, real, real_r, batch_size),
-        "recall": _coverage(real, fake, fake_r, batch_size),
-    }
+    fake_inside = _inside(fake, real, real_r, batch_size)
+    real_inside = _inside(real, fake, fake_r, batch_size)
+    out: Dict[str, Any] = {"precision": float(fake_inside.mean()), "recall": float(real_inside.mean())}
+    if per_sample:
+        out.update(fake_inside=fake_inside, real_inside=real_inside)
+    return out
 
 
 # ---------------------------------------------------------------------------
