@@ -93,9 +93,9 @@ class HingeGANLoss:
         lecam_decay: decay of the moving averages of D's real and fake logits it uses.
         reuse_fakes: the D phase scores the fakes of the G phase just run (same z, labels and
             images, G one update older) instead of drawing and generating its own: one G forward
-            per step fewer (the DCGAN example's way). For phases run G first, then D; a D phase
-            with no G phase before it in the step (the first of several D steps only uses
-            them) generates as usual.
+            per step fewer (the DCGAN example's way). Meant for the phase order G, then D: only
+            the D phase right after a G phase uses them (with several D steps the later ones, and
+            a real batch of another size, generate as usual).
     """
 
     def __init__(self, G: nn.Module, D: nn.Module, z_dim: int, num_classes: int, batch_size: int,
