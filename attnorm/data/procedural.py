@@ -209,13 +209,17 @@ class ProceduralShapes:
     def label(self, index: int) -> int:
         return int(index) % self.num_classes
 
+    def _rng(self, index: int) -> np.random.Generator:
+        """Image ``index``'s own random stream (its every draw, in :meth:`render`'s order)."""
+        return np.random.default_rng([self.seed, int(index)])
+
     def background(self, index: int) -> str:
         """The kind of image ``index``'s background: one of :data:`BACKGROUNDS` (without rendering it)."""
-        return BACKGROUNDS[_background_head(np.random.default_rng([self.seed, int(index)]))[2]]
+        return BACKGROUNDS[_background_head(self._rng(index))[2]]
 
     def render(self, index: int) -> np.ndarray:
         """(R, R, 3) float32 image in [0, 1] for ``index``."""
-        rng = np.random.default_rng([self.seed, int(index)])
+        rng = self._rng(index)
         label = self.label(index)
         u, v = self._u, self._v
         bg = _background(rng, u, v)
