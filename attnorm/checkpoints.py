@@ -267,18 +267,22 @@ def load_gan_discriminator(path: str | os.PathLike, device: str | torch.device =
 
 
 def export_gan_generator(checkpoint: str | os.PathLike, out: str | os.PathLike, use_ema: bool = True,
-                         meta: dict | None = None, standing_stats: int = 0, standing_batch_size: int = 16,
+                         meta: dict | None = None, standing_stats: int = 0, standing_batch_size: int | None = None,
                          standing_seed: int = 0) -> Path:
     """Write the (EMA) generator of a ``train-gan`` checkpoint as ``.safetensors`` (atomically), with the
     generator config, the class names and provenance (``meta`` + the training config and step) in its metadata.
     ``standing_stats`` > 0 first recomputes G's batch-norm statistics over that many batches
-    (:func:`attnorm.models.gan.standing_statistics`); the metadata records it."""
+    (:func:`attnorm.models.gan.standing_statistics`) of ``standing_batch_size`` samples each (None: the
+    run's training batch size, the batches whose statistics G's batch norms were trained with; 16 if
+    the checkpoint does not record it); the metadata records it."""
     ck = load_checkpoint(checkpoint)  # read once: weights, config and provenance
     check_task(ck, checkpoint, "gan")
     g = _generator_from_state(ck, Generator, "train-gan", use_ema, checkpoint)
     extra = ck.get("extra") or {}
     standing = None
     if standing_stats:
+        if standing_batch_size is None:
+            standing_batch_size = max(2, int((extra.get("config") or {}).get("batch_size") or 16))
         standing_statistics(g, batches=standing_stats, batch_size=standing_batch_size, seed=standing_seed)
         standing = {"batches": int(standing_stats), "batch_size": int(standing_batch_size), "seed": int(standing_seed)}
     state = {k: v.detach().cpu().contiguous() for k, v in g.state_dict().items()}

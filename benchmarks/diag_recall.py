@@ -16,11 +16,13 @@ its images are *too alike* (small balls: a diversity problem) or *too far* from 
    median k-NN radius of the set (how spread out it is) and the median distance from each
    generated image to its nearest real one (how far off the real images it lies), with the same
    two numbers for the second real set as the yardstick.
-3. **Two pixel measures** (every row, each over the reference's): sharpness, the images' power
+3. **Four pixel measures** (every row, each over the reference's): sharpness, the images' power
    above a quarter of the sampling frequency (fine detail: edges, grain; blur lowers it, noise
-   raises it); and within-class spread, how much images of one class differ from each other at
-   coarse scale (8x8 means: colours and layout, not grain), against within-class collapse.
-   Every set is ordered so that image ``i`` has class ``i % classes``.
+   raises it); within-class spread, how much images of one class differ from each other at
+   coarse scale (8x8 means: colours and layout, not grain), against within-class collapse;
+   contrast (the pixel values' standard deviation) and chroma (largest minus smallest channel),
+   against colours pushed to the extremes. Beside FID, its mean term ``|mu_real - mu_fake|^2``
+   (the rest is the covariance term). Every set is ordered so that image ``i`` has class ``i % classes``.
 4. **Which real images are missed** (every row): recall counted over the reference's images of
    each background kind (smooth noise, gradient, stripes) and of each class: a flaw of one kind of
    image (no stripes drawn) shows as one low column, a set that is narrow inside every class as low
@@ -106,11 +108,23 @@ def within_class_spread(x: torch.Tensor, classes: int) -> float:
     return float(torch.stack([coarse[labels == c].std(0).mean() for c in range(classes)]).mean())
 
 
+def contrast(x: torch.Tensor) -> float:
+    """Standard deviation of the pixel values over the whole set, mean over the channels: how far the
+    colours reach from mid-grey (raising every image's contrast raises it)."""
+    return float(x.double().transpose(0, 1).flatten(1).std(1).mean())
+
+
+def chroma(x: torch.Tensor) -> float:
+    """Mean over pixels of (largest - smallest channel): 0 for grey, 2 for a fully saturated primary."""
+    x = x.double()
+    return float((x.max(1).values - x.min(1).values).mean())
+
+
 def pixel_reference(x: torch.Tensor, classes: int, grounds: list[str] | None = None) -> dict:
     """What :func:`score` compares against: the reference's pixel measures, its class count and (optional)
     each reference image's background kind."""
     return {"hf": high_frequency_power(x), "spread": within_class_spread(x, classes), "classes": classes,
-            "grounds": grounds}
+            "contrast": contrast(x), "chroma": chroma(x), "grounds": grounds}
 
 
 def recall_by_group(real_inside: np.ndarray, classes: int, grounds: list[str] | None) -> dict:
@@ -126,12 +140,16 @@ def recall_by_group(real_inside: np.ndarray, classes: int, grounds: list[str] | 
 
 def score(ref: np.ndarray, feats: np.ndarray, images: torch.Tensor, pix: dict) -> dict:
     pr = precision_recall(ref, feats, k=K, per_sample=True)
-    fid = frechet_distance(*feature_statistics(ref), *feature_statistics(feats))
+    (mu_r, cov_r), (mu_f, cov_f) = feature_statistics(ref), feature_statistics(feats)
+    fid = frechet_distance(mu_r, cov_r, mu_f, cov_f)
     return {"precision": pr["precision"], "recall": pr["recall"], "fid": fid,
+            "fid_mean_term": float(((mu_r - mu_f) ** 2).sum()),
             "knn_radius": float(np.median(knn_radii(feats))),
             "to_nearest_real": float(np.median(nearest_distances(feats, ref))),
             "hf_power_vs_reference": high_frequency_power(images) / pix["hf"],
             "class_spread_vs_reference": within_class_spread(images, pix["classes"]) / pix["spread"],
+            "contrast_vs_reference": contrast(images) / pix["contrast"],
+            "chroma_vs_reference": chroma(images) / pix["chroma"],
             **recall_by_group(pr["real_inside"], pix["classes"], pix.get("grounds"))}
 
 
@@ -173,8 +191,9 @@ def checkpoint_rows(ext, ref: np.ndarray, pix: dict, ckpts: list[str], n: int) -
 
 
 def to_markdown(res: dict) -> str:
-    head = ("| images | precision | recall | FID | median k-NN radius | median distance to nearest real "
-            "| power above 1/4 of the sampling frequency / reference's | within-class spread / reference's |")
+    head = ("| images | precision | recall | FID | FID's mean term | median k-NN radius | median distance to nearest real "
+            "| power above 1/4 of the sampling frequency / reference's | within-class spread / reference's "
+            "| contrast / reference's | chroma / reference's |")
     rule = "|" + " --- |" * (head.count("|") - 1)
     lines = [f"# What recall responds to (n = {res['n']}, pose {res['pose']}, {res['classes']} classes, "
              f"classifier features, k = {K})", "",
@@ -182,8 +201,9 @@ def to_markdown(res: dict) -> str:
              "Real images (seed 1) against the reference (seed 0), as is and after one change:", "",
              head, rule]
     fmt = lambda name, r: (f"| {name} | {r['precision']:.3f} | {r['recall']:.3f} | {r['fid']:.2f} | "  # noqa: E731
-                           f"{r['knn_radius']:.3f} | {r['to_nearest_real']:.3f} | {r['hf_power_vs_reference']:.3f} | "
-                           f"{r['class_spread_vs_reference']:.3f} |")
+                           f"{r['fid_mean_term']:.2f} | {r['knn_radius']:.3f} | {r['to_nearest_real']:.3f} | "
+                           f"{r['hf_power_vs_reference']:.3f} | {r['class_spread_vs_reference']:.3f} | "
+                           f"{r['contrast_vs_reference']:.3f} | {r['chroma_vs_reference']:.3f} |")
     lines += [fmt(k, v) for k, v in res["real"].items()]
     if res["checkpoints"]:
         lines += ["", "Generated images (EMA G, the same reference):", "", head, rule]

@@ -149,8 +149,33 @@ def test_a_set_without_stripes_loses_only_the_striped_reference_images():
     ref = centres[np.arange(n) % 3] + rng.normal(size=(n, 16))
     keep = np.array([g != "stripes" for g in grounds])
     fake = ref[keep] + 0.01 * rng.normal(size=(keep.sum(), 16))
-    pix = {"hf": 1.0, "spread": 1.0, "classes": 4, "grounds": grounds}
+    pix = {"hf": 1.0, "spread": 1.0, "contrast": 1.0, "chroma": 1.0, "classes": 4, "grounds": grounds}
     row = diag.score(ref, fake, torch.rand(len(fake), 3, 8, 8), pix)
     assert row["recall_by_ground"]["stripes"] == 0.0
     assert row["recall_by_ground"]["noise"] > 0.95 and row["recall_by_ground"]["gradient"] > 0.95
     assert row["recall"] == pytest.approx(np.mean([row["recall_by_ground"][g] for g in grounds]))
+
+
+def test_contrast_and_chroma_against_numpy():
+    """contrast: per-channel std of all pixel values (numpy, ddof 1), averaged; chroma: mean of max - min
+    over channels. Scaling about zero scales both; a grey image has chroma 0."""
+    diag = load_benchmark("diag_recall")
+    rng = np.random.default_rng(5)
+    x = rng.uniform(-1, 1, (6, 3, 8, 8))
+    want = np.mean([x[:, c].std(ddof=1) for c in range(3)])
+    assert diag.contrast(torch.from_numpy(x)) == pytest.approx(want, rel=1e-12)
+    assert diag.chroma(torch.from_numpy(x)) == pytest.approx((x.max(1) - x.min(1)).mean(), rel=1e-12)
+    assert diag.contrast(torch.from_numpy(0.5 * x)) == pytest.approx(0.5 * want, rel=1e-12)
+    grey = np.repeat(x[:, :1], 3, axis=1)
+    assert diag.chroma(torch.from_numpy(grey)) == 0.0
+
+
+def test_score_reports_fid_mean_term_against_numpy():
+    diag = load_benchmark("diag_recall")
+    rng = np.random.default_rng(6)
+    ref = rng.normal(size=(200, 4))
+    fake = rng.normal(size=(150, 4)) + np.array([0.5, 0.0, -0.2, 0.0])
+    pix = {"hf": 1.0, "spread": 1.0, "contrast": 1.0, "chroma": 1.0, "classes": 2, "grounds": None}
+    row = diag.score(ref, fake, torch.rand(150, 3, 8, 8), pix)
+    assert row["fid_mean_term"] == pytest.approx(((ref.mean(0) - fake.mean(0)) ** 2).sum(), rel=1e-10)
+    assert 0 < row["fid_mean_term"] < row["fid"]

@@ -114,12 +114,13 @@ def test_demo_writes_everything(tmp_path):
     assert Image.open(out / "samples.png").size == ((2 + 8 * 34) * 4, (2 + 3 * 34) * 4)
     # 3 classes are not the shipped weights' 10: no comparison figures
     assert "pretrained" not in rep and not list(out.glob("pretrained_*"))
-    # the figures' generator: the checkpoint's EMA G with standing statistics over 200 batches of 16
+    # the figures' generator: the checkpoint's EMA G with standing statistics over 200 batches of the training
+    # batch size (4 here)
     from attnorm.checkpoints import load_gan_generator
     from attnorm.models.gan import standing_statistics
     assert rep["generator"] == "generator.safetensors" and rep["standing_batches"] == 200
     exported, _ = load_gan_generator(out / "generator.safetensors")
-    want = standing_statistics(load_gan_generator(out / "checkpoints" / "latest.pt")[0], batches=200, batch_size=16, seed=0)
+    want = standing_statistics(load_gan_generator(out / "checkpoints" / "latest.pt")[0], batches=200, batch_size=4, seed=0)
     raw = load_gan_generator(out / "checkpoints" / "latest.pt")[0]
     bufs = lambda g: {k: v for k, v in g.state_dict().items() if k.endswith(("running_mean", "running_var"))}
     assert bufs(exported) and all(torch.equal(v, bufs(want)[k]) for k, v in bufs(exported).items())

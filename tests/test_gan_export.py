@@ -1,6 +1,7 @@
 """export-gan: a train-gan checkpoint's (EMA) generator as .safetensors, loaded back bit-exactly, and the
 shipped default weights used when --ckpt is omitted."""
 
+import copy
 import json
 
 import pytest
@@ -122,11 +123,20 @@ def test_export_with_standing_statistics_records_them(gan_ckpt, tmp_path, capsys
     g_plain, extra_plain = load_gan_generator(plain)
     g_st, extra_st = load_gan_generator(tmp_path / "st.safetensors")
     assert extra_plain["meta"]["standing_stats"] is None
-    assert extra_st["meta"]["standing_stats"] == {"batches": 3, "batch_size": 16, "seed": 0}
+    # the batches are of the run's training batch size (gan_run trains at batch 4)
+    assert extra_st["meta"]["train_config"]["batch_size"] == 4
+    assert extra_st["meta"]["standing_stats"] == {"batches": 3, "batch_size": 4, "seed": 0}
     from attnorm.models.gan import standing_statistics
-    expect = standing_statistics(g_plain, batches=3, batch_size=16, seed=0).state_dict()
+    expect = standing_statistics(copy.deepcopy(g_plain), batches=3, batch_size=4, seed=0).state_dict()
     got = g_st.state_dict()
     assert all(torch.equal(got[k], expect[k]) for k in expect)
     before = load_gan_generator(plain)[0].state_dict()
     assert any(not torch.equal(got[k], before[k]) for k in got if k.endswith("running_mean"))
+    other = standing_statistics(g_plain, batches=3, batch_size=16, seed=0).state_dict()
+    assert any(not torch.equal(got[k], other[k]) for k in got if k.endswith("running_var"))
+    assert main(["export-gan", str(gan_ckpt), str(tmp_path / "b16.safetensors"), "--standing-stats", "3",
+                 "--standing-batch-size", "16"]) == 0
+    g16, extra16 = load_gan_generator(tmp_path / "b16.safetensors")
+    assert extra16["meta"]["standing_stats"]["batch_size"] == 16
+    assert all(torch.equal(g16.state_dict()[k], other[k]) for k in other)
     assert main(["export-gan", str(gan_ckpt), str(tmp_path / "x.safetensors"), "--standing-stats", "-1"]) == 2

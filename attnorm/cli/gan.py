@@ -167,8 +167,10 @@ def _an_layers(g) -> list:
 def export_gan_arguments(p: argparse.ArgumentParser) -> None:
     export_arguments(p, "train-gan")
     p.add_argument("--standing-stats", type=int_at_least(0), default=0, metavar="BATCHES",
-                   help="recompute G's batch-norm statistics over this many batches of 16 fresh samples "
+                   help="recompute G's batch-norm statistics over this many batches of fresh samples "
                         "before writing (BigGAN's standing statistics; default 0: keep the running averages)")
+    p.add_argument("--standing-batch-size", type=int_at_least(2), default=None, metavar="N",
+                   help="samples per standing-statistics batch (default: the run's training batch size)")
 
 
 def export_gan(args: argparse.Namespace) -> int:
@@ -180,7 +182,8 @@ def export_gan(args: argparse.Namespace) -> int:
     arguments), the class names and meta (source step, EMA or not, the run's training config);
     `attnorm sample/interpolate/layouts --ckpt FILE` and `attnorm evaluate gan --ckpt FILE` read it.
     `--standing-stats 200` replaces the batch norms' running averages by the average batch statistics
-    of 200 fresh batches (recorded in the metadata).
+    of 200 fresh batches of the training batch size (recorded in the metadata).
     """
     from attnorm.checkpoints import export_gan_generator
-    return run_export(args, export_gan_generator, standing_stats=args.standing_stats)
+    return run_export(args, export_gan_generator, standing_stats=args.standing_stats,
+                      standing_batch_size=args.standing_batch_size)
