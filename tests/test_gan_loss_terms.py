@@ -37,6 +37,65 @@ def test_ratio_matches_a_per_element_reference():
     assert got == pytest.approx(want, rel=1e-12)
 
 
+def test_image_norm_matches_a_per_element_reference_and_ignores_contrast():
+    rng = np.random.default_rng(1)
+    x, z = rng.normal(size=(8, 3, 5, 5)), rng.normal(size=(8, 7))
+    contrast = np.abs(x - x.mean((2, 3), keepdims=True)).mean()
+    want = np.abs(x[:4] - x[4:]).mean() / contrast / np.abs(z[:4] - z[4:]).mean()
+    got = mode_seeking_ratio(torch.tensor(x), torch.tensor(z), "image").item()
+    assert got == pytest.approx(want, rel=1e-12)
+    brighter = 2.5 * torch.tensor(x) + 0.3  # every colour pushed out (and shifted)
+    assert mode_seeking_ratio(brighter, torch.tensor(z), "image").item() == pytest.approx(want, rel=1e-12)
+    assert mode_seeking_ratio(brighter, torch.tensor(z)).item() == pytest.approx(
+        2.5 * mode_seeking_ratio(torch.tensor(x), torch.tensor(z)).item(), rel=1e-12)  # MSGAN's grows with it
+    with pytest.raises(ValueError, match="mode_seeking_norm"):
+        mode_seeking_ratio(torch.tensor(x), torch.tensor(z), "batch")
+
+
+class _ScaledG(torch.nn.Module):
+    """x = a * pattern(z, y) + b: ``a`` is the images' contrast, nothing else."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(2)
+        self.B = torch.randn(3 * 4 * 4, 6, generator=g)
+        self.E = torch.randn(3, 3 * 4 * 4, generator=g)
+        self.a = torch.nn.Parameter(torch.tensor(1.0))
+        self.b = torch.nn.Parameter(torch.tensor(0.0))
+
+    def forward(self, z, y):
+        return (self.a * torch.tanh(z @ self.B.T + self.E[y]) + self.b).view(-1, 3, 4, 4)
+
+
+class _ZeroD(torch.nn.Module):
+    def forward(self, x, y):
+        return 0.0 * x.sum((1, 2, 3))
+
+
+@pytest.mark.parametrize("norm", ["", "image"])
+def test_only_msgans_plain_term_rewards_contrast(norm):
+    """The G phase's gradient on the contrast ``a`` (D flat): MSGAN's term pulls it up (its loss
+    m / ratio falls as a grows), the image-normalised one not at all."""
+    torch.manual_seed(0)
+    G = _ScaledG()
+    loss = HingeGANLoss(G, _ZeroD(), z_dim=6, num_classes=3, batch_size=16, ortho_weight=0.0, mode_seeking=1.0,
+                        mode_seeking_norm=norm)
+    loss.run_phase("G", None)
+    if norm:
+        assert abs(G.a.grad.item()) < 1e-6 and abs(G.b.grad.item()) < 1e-6
+    else:
+        assert G.a.grad.item() < -0.1 and abs(G.b.grad.item()) < 1e-6
+
+
+def test_an_unknown_mode_seeking_norm_is_one_line(tmp_path, capsys):
+    from attnorm.cli import main
+    assert resolve_config()["mode_seeking_norm"] == ""
+    assert main(["train-gan", "--out", str(tmp_path / "r"), "--steps", "1", "mode_seeking=1.0",
+                 "mode_seeking_norm=pixels"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "mode_seeking_norm" in err[0] and "image" in err[0]
+
+
 def test_g_phase_pairs_labels_and_adds_the_term():
     torch.manual_seed(0)
     G = _LinearG()
