@@ -50,7 +50,7 @@ CHECKPOINT_FORMAT = "attnorm-train-v1"
 INPAINT_SAFETENSORS_FORMAT = "attnorm-inpaint-generator-v1"
 DEFAULT_INPAINT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "inpaint_photos.safetensors"
 GAN_SAFETENSORS_FORMAT = "attnorm-gan-generator-v1"
-DEFAULT_GAN_WEIGHTS = Path(__file__).resolve().parent / "weights" / "gan_centred32.safetensors"
+DEFAULT_GAN_WEIGHTS = Path(__file__).resolve().parent / "weights" / "gan_centred16.safetensors"
 
 
 # ---------------------------------------------------------------------------- training checkpoints

@@ -136,8 +136,10 @@ def test_demo_shows_the_shipped_weights_beside_its_own_run(tmp_path):
     assert rep["pretrained"]["files"] == {"samples": "pretrained_samples.png",
                                           "interpolation": "pretrained_interpolation.png",
                                           "layouts": "pretrained_layouts.png"}
-    # independent rendering of the shipped weights with the demo's seeds
     g, extra = load_generator(None)
+    assert rep["pretrained"]["steps"] == extra["meta"]["source_step"] > 0
+    assert f"{extra['meta']['source_step']} training steps" in (out / "report.md").read_text()
+    # independent rendering of the shipped weights with the demo's seeds
     x, _ = sample_images(g, list(range(len(extra["classes"]))), 8, seed=1)
     got = np.asarray(Image.open(out / "pretrained_samples.png").convert("RGB"))
     own = np.asarray(Image.open(out / "samples.png").convert("RGB"))

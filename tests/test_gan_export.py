@@ -58,12 +58,12 @@ def test_default_weights_are_used_without_ckpt(tmp_path, monkeypatch, gan_ckpt):
     monkeypatch.setattr(ck, "DEFAULT_GAN_WEIGHTS", tmp_path / "missing.safetensors")
     with pytest.raises(FileNotFoundError, match="shipped GAN weights"):
         load_gan_generator()
-    assert DEFAULT_GAN_WEIGHTS.name == "gan_centred32.safetensors"
+    assert DEFAULT_GAN_WEIGHTS.name == "gan_centred16.safetensors"
 
 
 def test_shipped_weights_draw_the_asked_class():
     """The shipped G, judged by the shipped procedural-shapes classifier (independent of G and D):
-    20 samples per class, accuracy well above chance (0.1) and above the previous file's 0.77."""
+    20 samples per class, accuracy well above chance (0.1) and above an earlier file's 0.77."""
     from attnorm.inference import sample_images
     from attnorm.metrics.classifier import classifier_accuracy
     g, extra = load_gan_generator()

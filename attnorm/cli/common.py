@@ -233,7 +233,7 @@ def generator_arguments(p: argparse.ArgumentParser) -> None:
     """Options of the commands that run a train-gan generator."""
     p.add_argument("--ckpt", default=None,
                    help="train-gan checkpoint (checkpoints/latest.pt) or exported .safetensors "
-                        "(default: the shipped attnorm/weights/gan_centred32.safetensors; the random-pose "
+                        "(default: the shipped attnorm/weights/gan_centred16.safetensors; the random-pose "
                         "model: attnorm/weights/gan_procedural32.safetensors)")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the latents")
     p.add_argument("--truncation", type=positive_float, default=None, help="redraw |z| entries above T (e.g. 1.0)")

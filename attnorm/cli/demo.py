@@ -46,8 +46,8 @@ def demo(args: argparse.Namespace) -> int:
     (final losses, entity usage, timings). When the run has the shipped weights' classes (the
     default procedural shapes), pretrained_samples.png, pretrained_interpolation.png and
     pretrained_layouts.png show the same figures (same z) from the shipped pretrained weights
-    (this recipe at twice the width, with bf16 on any CPU and a slower EMA, trained
-    for about 110 minutes on one CPU thread: configs/gan_centred32.json; --no-pretrained skips them).
+    (session 13's version of this recipe, trained for about 110 minutes on one CPU thread, the last
+    80 at a quarter of the learning rate: configs/gan_centred16.json; --no-pretrained skips them).
     The preset is attnorm.training.gan.DEMO_CONFIG (= configs/gan_demo.json); key=value overrides it.
     """
     from attnorm.checkpoints import DEFAULT_GAN_WEIGHTS, export_gan_generator, load_gan_generator
@@ -107,6 +107,7 @@ def demo(args: argparse.Namespace) -> int:
         if list(extra_p.get("classes") or []) == list(classes) and gp.resolution == g.resolution:
             pretrained = figures(gp, "pretrained_")
             report["pretrained"] = {"weights": DEFAULT_GAN_WEIGHTS.name,
+                                    "steps": (extra_p.get("meta") or {}).get("source_step"),
                                     "files": {k: p.name for k, p in pretrained.items()}}
     if cfg["attention"] == "an":
         # usage over more images: 8 per class
@@ -136,9 +137,8 @@ def demo(args: argparse.Namespace) -> int:
                      f"entities are the argmax for >= 2% of pixels ({8 * len(classes)} generated images)")
     lines += ["", "Files:"] + [f"- {k}: {p.name}" for k, p in paths.items()]
     if pretrained:
-        lines += [f"- the same figures from the shipped pretrained weights ({DEFAULT_GAN_WEIGHTS.name}: this recipe "
-                  f"at twice the width without the mode-seeking term, with bf16 on any CPU and a slower EMA, 19500 steps "
-                  f"on one CPU thread): "
+        lines += [f"- the same figures from the shipped pretrained weights ({DEFAULT_GAN_WEIGHTS.name}, "
+                  f"{report['pretrained']['steps']} training steps; recipe: README, \"Shipped weights\"): "
                   + ", ".join(p.name for p in pretrained.values())]
     lines += [f"- generator (EMA, batch-norm statistics over {STANDING_BATCHES} batches; it drew the figures): "
               f"{generator_file.name} (`attnorm evaluate gan --ckpt {generator_file}`, `attnorm sample --ckpt ...`)",
