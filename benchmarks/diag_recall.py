@@ -110,7 +110,7 @@ def within_class_spread(x: torch.Tensor, classes: int) -> float:
 
 def contrast(x: torch.Tensor) -> float:
     """Standard deviation of the pixel values over the whole set, mean over the channels: how far the
-    colours reach from mid-grey (raising every image's contrast raises it)."""
+    colours spread about the set's mean colour (raising every image's contrast raises it)."""
     return float(x.double().transpose(0, 1).flatten(1).std(1).mean())
 
 

@@ -63,6 +63,11 @@ def g_hinge(fake_logits: Tensor) -> Tensor:
 MODE_SEEKING_NORMS = ("", "image")
 
 
+def _check_mode_seeking_norm(norm: str) -> None:
+    if norm not in MODE_SEEKING_NORMS:
+        raise ValueError(f"mode_seeking_norm must be one of {MODE_SEEKING_NORMS}, got {norm!r}")
+
+
 def mode_seeking_ratio(fake: Tensor, z: Tensor, norm: str = "") -> Tensor:
     """MSGAN's ``mean|x1 - x2| / mean|z1 - z2|`` for a batch whose two halves are paired
     (same labels, independent z). ``norm="image"`` divides the image distance by the images'
@@ -71,11 +76,10 @@ def mode_seeking_ratio(fake: Tensor, z: Tensor, norm: str = "") -> Tensor:
     G cannot raise it by pushing every colour towards the extremes."""
     x1, x2 = fake.chunk(2)
     z1, z2 = z.chunk(2)
+    _check_mode_seeking_norm(norm)
     d = (x1 - x2).abs().mean()
     if norm == "image":
         d = d / (fake - fake.mean((2, 3), keepdim=True)).abs().mean().clamp_min(1e-6)
-    elif norm:
-        raise ValueError(f"mode_seeking_norm must be one of {MODE_SEEKING_NORMS}, got {norm!r}")
     return d / (z1 - z2).abs().mean()
 
 
@@ -119,8 +123,7 @@ class HingeGANLoss:
                  mode_seeking: float = 0.0, wrong_label: float = 0.0, amp: bool = False, r1: float = 0.0,
                  r1_every: int = 1, lecam: float = 0.0, lecam_decay: float = 0.99,
                  reuse_fakes: bool = False, mode_seeking_norm: str = "") -> None:
-        if mode_seeking_norm not in MODE_SEEKING_NORMS:
-            raise ValueError(f"mode_seeking_norm must be one of {MODE_SEEKING_NORMS}, got {mode_seeking_norm!r}")
+        _check_mode_seeking_norm(mode_seeking_norm)
         self.mode_seeking_norm = mode_seeking_norm
         if min(mode_seeking, wrong_label, r1, lecam) < 0:
             raise ValueError(f"mode_seeking, wrong_label, r1 and lecam are loss weights >= 0, got {mode_seeking}, "
