@@ -1,5 +1,6 @@
-"""Training-step time of a GAN or inpainting config with one boolean config key off and on: by
-default ``channels_last`` (the networks in channels-last vs the usual NCHW layout).
+"""Training-step time of a GAN or inpainting config with one config key set two ways: by default
+``channels_last`` off and on (the networks in channels-last vs the usual NCHW layout); any boolean
+key by name, or any key with two values as ``KEY=A,B`` (``attention=none,an``: AN's cost in a step).
 
     python benchmarks/bench_train_step.py --config configs/gan_demo.json --amp both --threads 1 \\
         --out benchmarks/results/gan_memory_format_s13/demo
@@ -7,15 +8,18 @@ default ``channels_last`` (the networks in channels-last vs the usual NCHW layou
         --amp both --threads 1 --out benchmarks/results/inpaint_memory_format_s13
     python benchmarks/bench_train_step.py --config configs/gan_demo.json --compare reuse_fakes --amp on \\
         --threads 1 --out benchmarks/results/gan_reuse_fakes_s14
+    python benchmarks/bench_train_step.py --config configs/gan_demo.json --compare attention=none,an \\
+        --amp both --threads 1 --out benchmarks/results/gan_step_preset_s16/res32
 
-(Until session 14 this script was ``bench_memory_format.py`` and compared layouts only.)
-For every (amp, key off / on) setting it builds the run ``attnorm train-gan`` (or
+(Until session 14 this script was ``bench_memory_format.py`` and compared layouts only; until
+session 16 it compared boolean keys only, with the columns ``off_ms`` / ``on_ms`` / ``speedup``.)
+For every (amp, value) setting it builds the run ``attnorm train-gan`` (or
 ``train-inpaint``) would (``attnorm.training.gan.GANTraining`` / ``attnorm.training.inpaint.InpaintTraining``:
 data, EMA, loss, optimisers; nothing written but a config file in a temporary folder) and times
-``loop.train_step()`` (one D phase and one G phase per step of the demo preset). The settings of
+``loop.train_step()`` (one D phase and one G phase per step of the demo preset). The two settings of
 one ``amp`` value are timed in alternating rounds in the same process, so a load change on the
 machine hits both; the figure is the median of ``--rounds`` rounds of ``--steps`` steps, after
-``--warmup`` untimed steps each. Writes ``OUT/results.json``
+``--warmup`` untimed steps each; the ratio is B's time over A's. Writes ``OUT/results.json``
 (every round, the machine, torch and code state) and ``OUT/results.md``.
 """
 
@@ -36,6 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _provenance import git_commit  # noqa: E402
 
+from attnorm.cli.common import parse_overrides  # noqa: E402  (the CLI's own key=value parser)
 from attnorm.training import gan, inpaint  # noqa: E402
 
 TASKS = {"gan": (gan.GANTraining, gan.resolve_config), "inpaint": (inpaint.InpaintTraining, inpaint.resolve_config)}
@@ -51,38 +56,59 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def time_settings(config: str | None, overrides: dict, amp: bool, rounds: int, steps: int,
-                  warmup: int, task: str = "gan", key: str = "channels_last") -> dict[bool, list[float]]:
-    """Seconds per training step, one entry per round, for config ``key`` False and True."""
+def time_settings(config: str | None, overrides: dict, amp: bool, rounds: int, steps: int, warmup: int,
+                  task: str = "gan", key: str = "channels_last", values: tuple = (False, True)) -> list[list[float]]:
+    """Seconds per training step, one entry per round, for config ``key`` = each of the two ``values``."""
     training, resolve_config = TASKS[task]
-    runs = {}
+    runs = []
     with tempfile.TemporaryDirectory() as tmp:
-        for on in (False, True):
-            cfg = resolve_config(config, {**overrides, "amp": amp, key: on, "log_every": 0,
+        for i, value in enumerate(values):
+            cfg = resolve_config(config, {**overrides, "amp": amp, key: value, "log_every": 0,
                                           "ckpt_every": 0, "sample_every": 0, "max_seconds": None})
-            runs[on] = training(cfg, Path(tmp) / f"{key}{int(on)}")
-        for run in runs.values():
+            runs.append(training(cfg, Path(tmp) / f"setting{i}"))
+        for run in runs:
             for _ in range(warmup):
                 run.loop.train_step()
-        times: dict[bool, list[float]] = {False: [], True: []}
+        times: list[list[float]] = [[], []]
         for r in range(rounds):
-            for on in ((False, True) if r % 2 == 0 else (True, False)):  # alternate who goes first
+            for i in ((0, 1) if r % 2 == 0 else (1, 0)):  # alternate who goes first
                 t0 = time.perf_counter()
                 for _ in range(steps):
-                    runs[on].loop.train_step()
-                times[on].append((time.perf_counter() - t0) / steps)
+                    runs[i].loop.train_step()
+                times[i].append((time.perf_counter() - t0) / steps)
     return times
+
+
+def parse_compare(spec: str, defaults: dict, task: str) -> tuple[str, tuple]:
+    """``KEY`` (a boolean key: false, true) or ``KEY=A,B`` (two values, parsed as the CLI parses
+    ``key=value``) -> (key, (A, B)); SystemExit with one line when the key or the values do not fit."""
+    key, sep, rest = spec.partition("=")
+    if key not in defaults:
+        raise SystemExit(f"error: --compare {spec}: {key!r} is not a config key of {task} training")
+    if not sep:
+        if not isinstance(defaults[key], bool) and defaults[key] is not None:
+            raise SystemExit(f"error: --compare {spec}: not a boolean config key of {task} training; name one "
+                             f"such as channels_last, or give two values as {key}=A,B")
+        return key, (False, True)
+    parts = rest.split(",")
+    if len(parts) != 2 or not all(parts):
+        raise SystemExit(f"error: --compare {spec}: give exactly two values, as {key}=A,B (e.g. attention=none,an)")
+    return key, tuple(parse_overrides([f"{key}={v}"])[key] for v in parts)
+
+
+def _label(key: str, value) -> str:
+    return f"{key}={json.dumps(value) if not isinstance(value, str) else value}"
 
 
 def to_markdown(report: dict) -> str:
     env, args = report["env"], report["args"]
-    key = args["compare"]
-    lines = [f"# {args['task']} training step: {key} off vs on ({args['config'] or 'DEFAULT_CONFIG'})", "",
+    a, b = report["labels"]
+    lines = [f"# {args['task']} training step: {a} vs {b} ({args['config'] or 'DEFAULT_CONFIG'})", "",
              f"{env['cpu']}, {args['threads']} thread(s), torch {env['torch']}, code {env['code']}, "
              f"{report['started']}; median of {args['rounds']} rounds of {args['steps']} steps", "",
-             f"| amp | {key}=false ms/step | {key}=true ms/step | speed-up |", "| --- | --- | --- | --- |"]
+             f"| amp | {a} ms/step | {b} ms/step | {b} / {a} |", "| --- | --- | --- | --- |"]
     for row in report["rows"]:
-        lines.append(f"| {row['amp']} | {row['off_ms']:.1f} | {row['on_ms']:.1f} | {row['speedup']:.2f}x |")
+        lines.append(f"| {row['amp']} | {row['a_ms']:.1f} | {row['b_ms']:.1f} | {row['b_over_a']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -90,8 +116,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--task", choices=sorted(TASKS), default="gan")
     ap.add_argument("--config", default=None, help="a train-gan / train-inpaint config file (default: the task's defaults)")
-    ap.add_argument("--compare", default="channels_last", metavar="KEY",
-                    help="the boolean config key timed off and on (default: channels_last)")
+    ap.add_argument("--compare", default="channels_last", metavar="KEY[=A,B]",
+                    help="the config key timed two ways: a boolean key off and on (default: channels_last), "
+                         "or KEY=A,B for two values (attention=none,an)")
     ap.add_argument("--amp", choices=["on", "off", "both"], default="both", help="bf16 autocast settings to time")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=7)
@@ -100,25 +127,23 @@ def main(argv=None) -> int:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (as train-gan's)")
     ap.add_argument("--out", default="bench_results/train_step")
     args = ap.parse_args(argv)
-    from attnorm.cli.common import parse_overrides  # the CLI's own key=value parser
     overrides = {**parse_overrides(args.set), "threads": args.threads}
-    default = TASKS[args.task][1](args.config, overrides).get(args.compare, "missing")
-    if not isinstance(default, bool) and default is not None:
-        raise SystemExit(f"error: --compare {args.compare}: not a boolean config key of {args.task} training; "
-                         f"name one such as channels_last")
+    key, values = parse_compare(args.compare, TASKS[args.task][1](args.config, overrides), args.task)
+    labels = [_label(key, v) for v in values]
     torch.set_num_threads(args.threads)
-    report = {"args": vars(args), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    report = {"args": vars(args), "key": key, "values": list(values), "labels": labels,
+              "started": time.strftime("%Y-%m-%d %H:%M:%S"),
               "env": {"torch": torch.__version__, "code": git_commit(), "python": platform.python_version(),
                       "cpu": cpu_model(), "cpu_count": os.cpu_count()}, "rows": []}
     for amp in {"on": [True], "off": [False], "both": [False, True]}[args.amp]:
         times = time_settings(args.config, overrides, amp, args.rounds, args.steps, args.warmup, args.task,
-                              args.compare)
-        off, on = statistics.median(times[False]), statistics.median(times[True])
-        row = {"amp": amp, "off_ms": 1000 * off, "on_ms": 1000 * on, "speedup": off / on,
-               "rounds_s": {"off": times[False], "on": times[True]}}
+                              key, values)
+        a, b = statistics.median(times[0]), statistics.median(times[1])
+        row = {"amp": amp, "a_ms": 1000 * a, "b_ms": 1000 * b, "b_over_a": b / a,
+               "rounds_s": {"a": times[0], "b": times[1]}}
         report["rows"].append(row)
-        print(f"amp={amp}: {args.compare}=false {row['off_ms']:.1f} ms/step, {args.compare}=true {row['on_ms']:.1f} "
-              f"ms/step ({row['speedup']:.2f}x)", flush=True)
+        print(f"amp={amp}: {labels[0]} {row['a_ms']:.1f} ms/step, {labels[1]} {row['b_ms']:.1f} ms/step "
+              f"(ratio {row['b_over_a']:.3f})", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -1,5 +1,5 @@
-"""benchmarks/bench_train_step.py: times a real training run with a boolean config key off and on (by default
-channels_last: both layouts) and reports them."""
+"""benchmarks/bench_train_step.py: times a real training run with a config key set two ways (a boolean key off
+and on, by default channels_last: both layouts; or KEY=A,B) and reports them."""
 
 import json
 import statistics
@@ -20,13 +20,15 @@ def test_times_both_layouts_and_reports_the_median_ratio(tmp_path):
     (row,) = rep["rows"]
     assert row["amp"] is False and rep["args"]["set"][0] == "ch=8"
     rounds = row["rounds_s"]
-    assert len(rounds["off"]) == len(rounds["on"]) == 3 and min(rounds["off"] + rounds["on"]) > 0
-    assert row["off_ms"] == pytest.approx(1000 * statistics.median(rounds["off"]))
-    assert row["on_ms"] == pytest.approx(1000 * statistics.median(rounds["on"]))
-    assert row["speedup"] == pytest.approx(row["off_ms"] / row["on_ms"])
+    assert len(rounds["a"]) == len(rounds["b"]) == 3 and min(rounds["a"] + rounds["b"]) > 0
+    assert row["a_ms"] == pytest.approx(1000 * statistics.median(rounds["a"]))
+    assert row["b_ms"] == pytest.approx(1000 * statistics.median(rounds["b"]))
+    assert row["b_over_a"] == pytest.approx(row["b_ms"] / row["a_ms"])
     assert rep["env"]["code"] and rep["env"]["torch"] and rep["args"]["compare"] == "channels_last"
+    assert rep["key"] == "channels_last" and rep["values"] == [False, True]
     md = (out / "results.md").read_text()
-    assert "channels_last=false ms/step" in md and f"| False | {row['off_ms']:.1f} | {row['on_ms']:.1f} |" in md
+    assert "channels_last=false ms/step" in md and "channels_last=true / channels_last=false" in md
+    assert f"| False | {row['a_ms']:.1f} | {row['b_ms']:.1f} | {row['b_over_a']:.3f} |" in md
 
 
 def test_the_two_runs_really_differ_in_layout(tmp_path, monkeypatch):
@@ -60,15 +62,28 @@ def test_compare_times_another_key_and_refuses_a_non_boolean_one(tmp_path, monke
     real, resolve = bench.TASKS["gan"]
 
     def build(cfg, run_dir):
-        seen.append((cfg["reuse_fakes"], cfg["channels_last"]))
-        return real(cfg, run_dir)
+        seen.append((cfg["reuse_fakes"], cfg["channels_last"], cfg["attention"]))
+        run = real(cfg, run_dir)
+        # what was built, not only what was asked: G has an AN layer exactly when attention is "an"
+        seen.append(any(type(m).__name__ == "AttentiveNorm" for m in run.G.modules()))
+        return run
     monkeypatch.setitem(bench.TASKS, "gan", (build, resolve))
     small = ["--set", "ch=8", "batch_size=4", "resolution=16", "procedural_classes=2", "procedural_length=16", "d_steps=1"]
     assert bench.main(["--compare", "reuse_fakes", "--amp", "off", "--rounds", "1", "--steps", "1", "--warmup", "0",
                        "--out", str(tmp_path / "r"), *small]) == 0
-    assert seen == [(False, True), (True, True)]  # only the compared key differs
+    assert seen == [(False, True, "an"), True, (True, True, "an"), True]  # only the compared key differs
     assert "reuse_fakes=true ms/step" in (tmp_path / "r" / "results.md").read_text()
-    for bad in ("lr_g", "no_such_key"):
+    seen.clear()
+    assert bench.main(["--compare", "attention=none,an", "--amp", "off", "--rounds", "1", "--steps", "1",
+                       "--warmup", "0", "--out", str(tmp_path / "a"), *small]) == 0
+    assert seen == [(False, True, "none"), False, (False, True, "an"), True]
+    rep = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert rep["labels"] == ["attention=none", "attention=an"]
+    assert "| attention=none ms/step | attention=an ms/step | attention=an / attention=none |" in \
+        (tmp_path / "a" / "results.md").read_text()
+    for bad, why in (("lr_g", "not a boolean config key"), ("no_such_key", "is not a config key"),
+                     ("attention=an", "give exactly two values"), ("attention=none,an,sa", "give exactly two values"),
+                     ("attention=,an", "give exactly two values")):
         with pytest.raises(SystemExit) as exc:
             bench.main(["--compare", bad, "--out", str(tmp_path / "x"), *small])
-        assert f"--compare {bad}: not a boolean config key" in str(exc.value)
+        assert f"--compare {bad}: " in str(exc.value) and why in str(exc.value)
