@@ -45,7 +45,8 @@ def _weights(path) -> dict:
 # ---------------------------------------------------------------------------- X2
 def test_x2_a_run_folder_is_never_overwritten_silently(tmp_path, capsys):
     run = tmp_path / "run"
-    _train(capsys, run, 3)
+    _train(capsys, run, 3, "keep_every=2")
+    assert _step(run / "checkpoints" / "step_0000002.pt") == 2  # keep_every through the CLI
     before = snapshot(run)
     probe(capsys, _train(capsys, run, 2, ok=False), f"run folder {run} already holds a run",
           "continue it with --resume", "start it over with --overwrite")
@@ -54,6 +55,7 @@ def test_x2_a_run_folder_is_never_overwritten_silently(tmp_path, capsys):
     # --overwrite: a fresh run whose statistics do not mix with the old one's
     _train(capsys, run, 2, "--overwrite")
     assert _step(run / "checkpoints" / "latest.pt") == 2
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest.pt"]  # the old run's kept ones too
     assert [r["step"] for r in read_stats(run / "stats.jsonl")] == [1, 2]
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_0000002.png"]
     assert json.loads((run / "config.json").read_text())["steps"] == 2

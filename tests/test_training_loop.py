@@ -89,6 +89,33 @@ def test_resume_is_exact(tmp_path):
     assert last < 0.5 * first
 
 
+def test_keep_every_keeps_each_such_steps_checkpoint_beside_latest(tmp_path):
+    # every 3rd step's state is kept (also where ckpt_every does not fall), as it was at that step
+    loop, model, _ = make_loop(tmp_path / "a", 7, ckpt_every=5, keep_every=3)
+    weights = {}
+    real_step = loop.train_step
+
+    def recording_step():
+        out = real_step()
+        weights[loop.step + 1] = model.weight.detach().clone()  # the weights that step ends with
+        return out
+    loop.train_step = recording_step
+    loop.run()
+    ck = tmp_path / "a" / "checkpoints"
+    assert sorted(p.name for p in ck.iterdir()) == ["latest.pt", "step_0000003.pt", "step_0000006.pt"]
+    for step in (3, 6):
+        state = load_checkpoint(ck / f"step_{step:07d}.pt")
+        assert state["step"] == step
+        assert torch.equal(state["modules"]["fit"]["weight"], weights[step])
+    assert not torch.equal(weights[3], weights[6])
+    assert load_checkpoint(ck / "latest.pt")["step"] == 7
+    # a kept checkpoint resumes like latest.pt: from step 3 to 7 it ends where the uninterrupted run did
+    again, model_again, _ = make_loop(tmp_path / "b", 7, ckpt_every=0)
+    again.resume(ck / "step_0000003.pt")
+    again.run()
+    assert again.step == 7 and torch.equal(model_again.weight, model.weight)
+
+
 def test_checkpoint_is_atomic_and_weights_only(tmp_path):
     loop, model, _ = make_loop(tmp_path, 4, ckpt_every=2)
     loop.run()

@@ -60,7 +60,7 @@ def check_compile_mode(mode: str | None) -> None:
 MIN_VALUES: dict[str, float] = {
     "batch_size": 1, "steps": 1, "resolution": 1, "ch": 1, "d_ch": 1, "z_dim": 1, "num_entities": 1, "d_steps": 1,
     "procedural_classes": 1, "procedural_length": 1, "data_length": 1, "samples_per_class": 1, "sample_count": 1,
-    "threads": 1, "seed": 0, "log_every": 0, "ckpt_every": 0, "sample_every": 0, "ema_start": 0, "warmup_steps": 0,
+    "threads": 1, "seed": 0, "log_every": 0, "ckpt_every": 0, "keep_every": 0, "sample_every": 0, "ema_start": 0, "warmup_steps": 0,
     "g_class_embed": 0, "lr_g": 0, "lr_d": 0, "class_lr_mult": 0, "ortho_weight": 0, "max_seconds": 0,
     "ema_decay": 0, "width": 0, "critic_width": 0, "gan_weight": 0, "hole_weight": 0, "known_weight": 0,
     "coarse_weight": 0, "gp_weight": 0, "gamma": 0,
@@ -176,12 +176,14 @@ def check_run_folder(run_dir: str | os.PathLike, resume: bool, overwrite: bool =
 
 
 def clear_run_folder(run_dir: str | os.PathLike) -> None:
-    """What a fresh run writes (checkpoint, stats.jsonl, events.jsonl, samples/step_*.png), removed
+    """What a fresh run writes (checkpoints, stats.jsonl, events.jsonl, samples/step_*.png), removed
     so that a run started over (``--overwrite``) does not mix with the old one."""
     run_dir = Path(run_dir)
     for name in ("stats.jsonl", "events.jsonl"):
         (run_dir / name).unlink(missing_ok=True)
     checkpoint_file(run_dir).unlink(missing_ok=True)
+    for kept in (run_dir / "checkpoints").glob("step_*.pt"):  # keep_every's
+        kept.unlink(missing_ok=True)
     for png in (run_dir / "samples").glob("step_*.png"):
         png.unlink(missing_ok=True)
     if (run_dir / "samples").is_dir() and not any((run_dir / "samples").iterdir()):
@@ -265,7 +267,7 @@ class TaskRun:
             phases, loss, self.data, self.run_dir, total_steps=cfg["steps"], modules={"G": self.G, "D": self.D},
             ema=ema, ckpt_every=cfg["ckpt_every"], log_every=cfg["log_every"], sample_every=cfg["sample_every"],
             sample_fn=self.save_samples, extra_state=extra_state, max_seconds=cfg["max_seconds"],
-            is_main=self.rank == 0)
+            is_main=self.rank == 0, keep_every=cfg["keep_every"])
         if isinstance(self.loop, DistributedTrainingLoop):
             self.loop.flag_device = self.device
         return self.loop

@@ -7,7 +7,8 @@ null for the procedural shapes with ``procedural_classes`` classes), optimisatio
 (Adam ``lr_g`` 1e-4 / ``lr_d`` 4e-4, ``betas`` (0, 0.999), ``d_steps`` per G step,
 ``ortho_weight``, ``ema_decay``, ``ema_start``, ``diffaugment``: a DiffAugment policy such as
 "color,translation,cutout" for every image D sees, ``mode_seeking``: MSGAN's term, ``wrong_label``: D's class margin), run control (``steps``,
-``batch_size``, ``seed``, ``device``, ``threads``, ``log_every``, ``ckpt_every``,
+``batch_size``, ``seed``, ``device``, ``threads``, ``log_every``, ``ckpt_every``, ``keep_every``
+(also keep every this-many steps' checkpoint as ``checkpoints/step_XXXXXXX.pt``),
 ``sample_every``, ``samples_per_class``, ``max_seconds``, ``amp``: bf16 autocast for G's and D's
 forward passes), distributed (``sync_bn``).
 
@@ -97,6 +98,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "threads": None,         # torch.set_num_threads (None: torch's default)
     "log_every": 10,
     "ckpt_every": 250,
+    "keep_every": 0,         # also keep the checkpoint of every this-many steps (checkpoints/step_XXXXXXX.pt); 0: none
     "sample_every": 250,
     "samples_per_class": 8,
     "max_seconds": None,     # stop (with a checkpoint) after this much training time

@@ -28,7 +28,8 @@ Config (flat JSON dict, see :data:`DEFAULT_CONFIG`; files in ``configs/inpaint_*
   ``ema_start``;
 * run control: ``steps``, ``batch_size``, ``seed``, ``device``, ``threads``, ``amp``
   (bf16 autocast; null = on for CUDA), ``channels_last`` (null = on: the CPU step too runs 1.15-1.18x faster),
-  ``log_every``, ``ckpt_every``, ``sample_every``, ``sample_count``, ``max_seconds``.
+  ``log_every``, ``ckpt_every``, ``keep_every`` (also keep every this-many steps' checkpoint as
+  ``checkpoints/step_XXXXXXX.pt``), ``sample_every``, ``sample_count``, ``max_seconds``.
 
 A run folder holds ``config.json`` (the resolved config), ``stats.jsonl``,
 ``samples/step_XXXXXXX.png`` (rows: fixed held-out images; columns: input | coarse |
@@ -107,6 +108,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "channels_last": None,    # None: on (CUDA; the CPU preset's step 1.15-1.18x faster, session 13)
     "log_every": 10,
     "ckpt_every": 250,
+    "keep_every": 0,          # also keep the checkpoint of every this-many steps; 0: none
     "sample_every": 250,
     "sample_count": 4,
     "max_seconds": None,

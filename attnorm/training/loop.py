@@ -15,7 +15,10 @@ After the phases the EMA (if any) is updated. The loop also writes:
   checkpoint, so the file reads as one uninterrupted run;
 * ``run_dir/checkpoints/latest.pt``: every ``ckpt_every`` steps and at the end,
   written to a temporary file then ``os.replace``-d (a crash never leaves a torn
-  file). It holds only tensors and plain Python types, for
+  file). With ``keep_every`` the checkpoint of every ``keep_every``-th step is also
+  kept as ``checkpoints/step_XXXXXXX.pt`` (a hard link where the file system has them):
+  a long GAN run's quality moves from checkpoint to checkpoint, and these are the
+  candidates to score and choose from. It holds only tensors and plain Python types, for
   ``torch.load(weights_only=True)``: module, optimizer, EMA and data-stream states,
   the torch/numpy/python RNG states and ``extra_state`` (e.g. model configs);
 * a progress line per log interval (losses, it/s) to this module's logger (INFO);
@@ -43,6 +46,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import signal
 import threading
 import time
@@ -308,6 +312,8 @@ class TrainingLoop:
         ema: optional :class:`EMA`, updated after every step.
         ckpt_every, log_every, sample_every: intervals in steps (0: never; checkpoints
             and samples are also written at the end).
+        keep_every: also keep the checkpoint of every this-many steps as
+            ``checkpoints/step_XXXXXXX.pt`` (0: never).
         sample_fn: ``sample_fn(step)`` hook.
         extra_state: plain data stored in every checkpoint (e.g. model configs).
         max_seconds: stop (with a checkpoint) once a step ends past this wall time.
@@ -318,12 +324,13 @@ class TrainingLoop:
                  total_steps: int, modules: dict[str, nn.Module] | None = None, ema: EMA | None = None,
                  ckpt_every: int = 1000, log_every: int = 10, sample_every: int = 0,
                  sample_fn: Callable[[int], Any] | None = None, extra_state: dict | None = None,
-                 max_seconds: float | None = None, is_main: bool = True) -> None:
+                 max_seconds: float | None = None, is_main: bool = True, keep_every: int = 0) -> None:
         self.phases, self.loss, self.data = phases, loss, data
         self.run_dir = Path(run_dir)
         self.total_steps, self.ema = total_steps, ema
         self.modules = modules if modules is not None else {p.name: p.module for p in phases}
         self.ckpt_every, self.log_every, self.sample_every = ckpt_every, log_every, sample_every
+        self.keep_every = keep_every
         self.sample_fn, self.extra_state, self.max_seconds = sample_fn, extra_state or {}, max_seconds
         self.is_main = is_main
         self.step = 0
@@ -341,6 +348,9 @@ class TrainingLoop:
     @property
     def checkpoint_path(self) -> Path:
         return self.run_dir / "checkpoints" / "latest.pt"
+
+    def kept_checkpoint_path(self, step: int) -> Path:
+        return self.run_dir / "checkpoints" / f"step_{step:07d}.pt"
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
@@ -364,6 +374,19 @@ class TrainingLoop:
             atomic_torch_save(state, self.checkpoint_path)
         self.last_checkpoint, self.last_checkpoint_step = self.checkpoint_path, self.step
         return self.checkpoint_path
+
+    def keep_checkpoint(self) -> Path:
+        """``latest.pt`` (just written) also as ``step_XXXXXXX.pt``: a hard link, or a copy where
+        links are refused; put in place with ``os.replace``, so a killed run never leaves half a file."""
+        kept = self.kept_checkpoint_path(self.step)
+        tmp = kept.with_name(kept.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(self.checkpoint_path, tmp)
+        except OSError:
+            shutil.copyfile(self.checkpoint_path, tmp)
+        os.replace(tmp, kept)
+        return kept
 
     def _check_resumable(self, state, path: Path) -> None:
         """CheckpointError (one line) unless ``state`` is a checkpoint of this loop's task and modules."""
@@ -521,8 +544,11 @@ class TrainingLoop:
                                       if k not in ("step", "time", "it_s") and not k.endswith("grad_norm"))
                     log.info("step %d/%d | %s | %.2f it/s", self.step, self.total_steps, losses, rate)
                 window, t_window, n_window = {}, now, 0
-            if self._due(self.ckpt_every) or last:
+            keep = self._due(self.keep_every)
+            if self._due(self.ckpt_every) or last or keep:
                 self.save_checkpoint()
+            if keep and self.is_main:
+                self.keep_checkpoint()
             if interrupted:
                 self.stop_reason = "interrupted"
                 break
