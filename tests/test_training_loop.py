@@ -116,6 +116,18 @@ def test_keep_every_keeps_each_such_steps_checkpoint_beside_latest(tmp_path):
     assert again.step == 7 and torch.equal(model_again.weight, model.weight)
 
 
+def test_keep_every_copies_where_hard_links_are_refused(tmp_path, monkeypatch):
+    def no_links(src, dst):
+        raise OSError("links not supported here")
+    monkeypatch.setattr("attnorm.training.loop.os.link", no_links)
+    loop, model, _ = make_loop(tmp_path, 2, ckpt_every=0, keep_every=2)
+    loop.run()
+    ck = tmp_path / "checkpoints"
+    assert sorted(p.name for p in ck.iterdir()) == ["latest.pt", "step_0000002.pt"]  # no temporary file left
+    assert (ck / "step_0000002.pt").read_bytes() == (ck / "latest.pt").read_bytes()
+    assert (ck / "step_0000002.pt").stat().st_ino != (ck / "latest.pt").stat().st_ino  # a copy, not a link
+
+
 def test_checkpoint_is_atomic_and_weights_only(tmp_path):
     loop, model, _ = make_loop(tmp_path, 4, ckpt_every=2)
     loop.run()

@@ -15,12 +15,13 @@ After the phases the EMA (if any) is updated. The loop also writes:
   checkpoint, so the file reads as one uninterrupted run;
 * ``run_dir/checkpoints/latest.pt``: every ``ckpt_every`` steps and at the end,
   written to a temporary file then ``os.replace``-d (a crash never leaves a torn
-  file). With ``keep_every`` the checkpoint of every ``keep_every``-th step is also
-  kept as ``checkpoints/step_XXXXXXX.pt`` (a hard link where the file system has them):
-  a long GAN run's quality moves from checkpoint to checkpoint, and these are the
-  candidates to score and choose from. It holds only tensors and plain Python types, for
+  file). It holds only tensors and plain Python types, for
   ``torch.load(weights_only=True)``: module, optimizer, EMA and data-stream states,
-  the torch/numpy/python RNG states and ``extra_state`` (e.g. model configs);
+  the torch/numpy/python RNG states and ``extra_state`` (e.g. model configs).
+  With ``keep_every`` the checkpoint of every ``keep_every``-th step is also kept as
+  ``checkpoints/step_XXXXXXX.pt`` (a hard link where the file system has them): a long
+  GAN run's quality moves from checkpoint to checkpoint, and these are the candidates
+  to score and choose from;
 * a progress line per log interval (losses, it/s) to this module's logger (INFO);
 * ``sample_fn(step)`` every ``sample_every`` steps and at the end.
 
@@ -377,16 +378,13 @@ class TrainingLoop:
 
     def keep_checkpoint(self) -> Path:
         """``latest.pt`` (just written) also as ``step_XXXXXXX.pt``: a hard link, or a copy where
-        links are refused; put in place with ``os.replace``, so a killed run never leaves half a file."""
-        kept = self.kept_checkpoint_path(self.step)
-        tmp = kept.with_name(kept.name + ".tmp")
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(self.checkpoint_path, tmp)
-        except OSError:
-            shutil.copyfile(self.checkpoint_path, tmp)
-        os.replace(tmp, kept)
-        return kept
+        links are refused, put in place atomically (:func:`attnorm.io.atomic_write`)."""
+        def link_or_copy(tmp: Path) -> None:
+            try:
+                os.link(self.checkpoint_path, tmp)
+            except OSError:
+                shutil.copyfile(self.checkpoint_path, tmp)
+        return atomic_write(self.kept_checkpoint_path(self.step), link_or_copy)
 
     def _check_resumable(self, state, path: Path) -> None:
         """CheckpointError (one line) unless ``state`` is a checkpoint of this loop's task and modules."""
