@@ -40,6 +40,7 @@ from _provenance import git_commit  # noqa: E402
 
 from attnorm.checkpoints import export_gan_generator, load_checkpoint  # noqa: E402
 from attnorm.evaluation.gan import evaluate_gan  # noqa: E402
+from attnorm.io import write_json  # noqa: E402
 
 METRICS = "acc,pr,fid"
 
@@ -77,9 +78,7 @@ def score(path: Path, out: Path, name: str, n: int, seed: int, floor: bool, batc
         return json.loads(cached.read_text())
     row = scores(evaluate_gan(checkpoint=path, metrics=METRICS, n=n, seed=seed, floor=floor, batch_size=batch_size))
     row.update({"file": str(path), "seed": seed, "n": n})
-    tmp = cached.with_suffix(".tmp")
-    tmp.write_text(json.dumps(row, indent=2) + "\n")
-    os.replace(tmp, cached)
+    write_json(cached, row)  # atomic: a killed selection leaves no torn cache file
     return row
 
 
