@@ -19,7 +19,8 @@ the figure. Protocol (written into the results file):
 
 Writes ``OUT/results.json`` (every score, the choice, the protocol, machine, torch, commit) and
 ``OUT/results.md`` (a table), and prints the table. Scores already in OUT (``OUT/step_XXXXXXX.json``)
-are reused, so a killed selection resumes. Copy the chosen file with ``cp OUT/step_XXXXXXX.safetensors``.
+are reused, so a killed selection resumes (an OUT holds one ``--n`` / ``--standing-stats``; other
+settings are refused there). Copy the chosen file with ``cp OUT/step_XXXXXXX.safetensors``.
 """
 
 from __future__ import annotations
@@ -90,6 +91,11 @@ def select(run: Path, out: Path, first_step: int = 0, n: int = 2000, standing_st
         raise SystemExit(f"select_gan_checkpoint: no checkpoint of {run} at or after step {first_step} "
                          "(train with keep_every=N to keep them)")
     out.mkdir(parents=True, exist_ok=True)
+    settings, saved = {"n": n, "standing_stats": standing_stats}, out / "settings.json"
+    if saved.is_file() and json.loads(saved.read_text()) != settings:
+        raise SystemExit(f"select_gan_checkpoint: {out} holds scores made with {json.loads(saved.read_text())}, not "
+                         f"{settings}; give another --out for other settings")
+    write_json(saved, settings)
     rows, floor = {}, None
     for i, (step, ck) in enumerate(found.items()):
         name = f"step_{step:07d}"

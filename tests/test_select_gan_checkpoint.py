@@ -57,6 +57,9 @@ def test_scores_every_kept_checkpoint_and_chooses_the_lowest_fid(kept_run, tmp_p
     assert sel.main([str(kept_run), "--from", "3", "--n", "12", "--standing-stats", "2", "--out", str(out)]) == 0
     assert calls[0] == ("step_0000004.safetensors", 0, True)  # the floor, on this selection's first candidate
     assert calls[1:] in ([], [(f"step_{min((4, 5), key=lambda s: rows[s]['fid']):07d}.safetensors", 1, False)])
+    with pytest.raises(SystemExit) as exc:  # cached scores of another sample size are not reused silently
+        sel.main([str(kept_run), "--n", "16", "--standing-stats", "2", "--out", str(out)])
+    assert "holds scores made with {'n': 12, 'standing_stats': 2}" in str(exc.value) and "another --out" in str(exc.value)
 
 
 def test_a_folder_without_checkpoints_is_one_line(tmp_path):
