@@ -38,6 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _provenance import git_commit  # noqa: E402
+from bench_gan_quality import measured_values  # noqa: E402
 
 from attnorm.checkpoints import export_gan_generator, load_checkpoint  # noqa: E402
 from attnorm.evaluation.gan import evaluate_gan  # noqa: E402
@@ -63,12 +64,11 @@ def candidates(run: Path, first_step: int = 0) -> dict[int, Path]:
 
 def scores(result: dict) -> dict:
     """The numbers of an ``evaluate_gan`` result: acc, precision, recall, fid (and their floors where scored)."""
-    m = result["metrics"]
-    row = {"acc": m["acc"]["value"], "precision": m["pr"]["precision"], "recall": m["pr"]["recall"],
-           "fid": m["fid"]["value"]}
-    if m["fid"].get("floor"):
-        row["floor"] = {"acc": m["acc"]["floor"]["value"], "precision": m["pr"]["floor"]["precision"],
-                        "recall": m["pr"]["floor"]["recall"], "fid": m["fid"]["floor"]["value"]}
+    values = measured_values(result)  # bench_gan_quality's reading of the result: {name: (value, floor)}
+    names = ("acc", "precision", "recall", "fid")
+    row = {k: values[k][0] for k in names}
+    if values["fid"][1] is not None:
+        row["floor"] = {k: values[k][1] for k in names}
     return row
 
 
