@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _provenance import git_commit  # noqa: E402
 
 from attnorm.cli.common import parse_overrides  # noqa: E402  (the CLI's own key=value parser)
+from attnorm.errors import UserError  # noqa: E402
 from attnorm.training import gan, inpaint  # noqa: E402
 
 TASKS = {"gan": (gan.GANTraining, gan.resolve_config), "inpaint": (inpaint.InpaintTraining, inpaint.resolve_config)}
@@ -136,8 +137,12 @@ def main(argv=None) -> int:
               "env": {"torch": torch.__version__, "code": git_commit(), "python": platform.python_version(),
                       "cpu": cpu_model(), "cpu_count": os.cpu_count()}, "rows": []}
     for amp in {"on": [True], "off": [False], "both": [False, True]}[args.amp]:
-        times = time_settings(args.config, overrides, amp, args.rounds, args.steps, args.warmup, args.task,
-                              key, values)
+        try:  # both runs are built before any timing: a value the models refuse stops it here
+            times = time_settings(args.config, overrides, amp, args.rounds, args.steps, args.warmup, args.task,
+                                  key, values)
+        except (ValueError, UserError) as exc:
+            raise SystemExit(f"error: --compare {args.compare} (with --set {' '.join(args.set) or '-'}): "
+                             f"{str(exc).strip().splitlines()[0]}") from None
         a, b = statistics.median(times[0]), statistics.median(times[1])
         row = {"amp": amp, "a_ms": 1000 * a, "b_ms": 1000 * b, "b_over_a": b / a,
                "rounds_s": {"a": times[0], "b": times[1]}}

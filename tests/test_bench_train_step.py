@@ -87,3 +87,9 @@ def test_compare_times_another_key_and_refuses_a_non_boolean_one(tmp_path, monke
         with pytest.raises(SystemExit) as exc:
             bench.main(["--compare", bad, "--out", str(tmp_path / "x"), *small])
         assert f"--compare {bad}: " in str(exc.value) and why in str(exc.value)
+    # a value the config parser takes but the models refuse: one line, before any timing
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--compare", "attention=foo,an", "--amp", "off", "--out", str(tmp_path / "y"), *small])
+    assert str(exc.value).startswith("error: --compare attention=foo,an (with --set ch=8") and \
+        "unknown attention kind 'foo'" in str(exc.value) and "\n" not in str(exc.value)
+    assert not (tmp_path / "y").exists()

@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from attnorm.layers import AttentiveNorm, ConditionalBatchNorm2d, SelfAttention2d, orthogonality_loss
-from attnorm.models.gan import Discriminator, Generator, build_gan, truncated_normal
+from attnorm.models.gan import Discriminator, GBlock, Generator, build_gan, coordinate_channels, truncated_normal
 
 
 
@@ -458,3 +458,48 @@ def test_hierarchical_z_feeds_one_chunk_per_block_and_starts_as_the_fc_only_path
         g(torch.randn(3, 9), y)
     with pytest.raises(ValueError, match="z_dim must be >= 4"):
         Generator(resolution=32, ch=8, num_classes=4, z_dim=3, hierarchical_z=True)
+
+
+def test_coordinate_channels_hold_each_pixels_x_and_y():
+    h = torch.zeros(2, 5, 4, 3)
+    c = coordinate_channels(h)
+    ys, xs = np.meshgrid(np.linspace(-1, 1, 4), np.linspace(-1, 1, 3), indexing="ij")  # (4, 3) each
+    assert c.shape == (2, 2, 4, 3)
+    for b in range(2):
+        np.testing.assert_allclose(c[b, 0].numpy(), xs, atol=1e-6)
+        np.testing.assert_allclose(c[b, 1].numpy(), ys, atol=1e-6)
+    hl = torch.zeros(2, 5, 4, 3).contiguous(memory_format=torch.channels_last)
+    cl = coordinate_channels(hl)
+    assert cl.is_contiguous(memory_format=torch.channels_last) and torch.equal(cl, c)
+    assert coordinate_channels(h.to(torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_coords_give_a_block_the_position_a_constant_input_lacks():
+    """A block fed a constant map draws a constant interior (only the zero padding at the borders
+    tells positions apart); with CoordConv's channels its interior varies with the position."""
+    torch.manual_seed(0)
+    x, y = torch.full((2, 8, 4, 4), 0.3), torch.tensor([0, 1])
+    interior = (slice(None), slice(None), slice(2, -2), slice(2, -2))
+    spreads = {}
+    for coords in (False, True):
+        block = GBlock(8, 8, num_classes=2, coords=coords).eval()
+        assert block.conv1.in_channels == 8 + (2 if coords else 0)
+        with torch.no_grad():
+            out = block(x, y)[interior]  # (2, 8, 4, 4) of the 8x8 output
+        spreads[coords] = (out - out.mean(dim=(2, 3), keepdim=True)).abs().max().item()
+    assert spreads[False] < 1e-6 and spreads[True] > 1e-3
+
+
+def test_coords_option_is_in_the_generators_config():
+    torch.manual_seed(0)
+    g = Generator(resolution=32, ch=8, num_classes=4, coords=True).eval()
+    assert all(b.coords and b.conv1.in_channels == b.cbn1.bn.num_features + 2 for b in g.blocks)
+    assert g.get_config()["coords"] is True
+    assert "coords" not in Generator(resolution=32, ch=8, num_classes=4).get_config()  # older files load
+    g2 = Generator(**g.get_config())
+    g2.load_state_dict(g.state_dict())
+    z, y = torch.randn(3, 128), torch.tensor([0, 3, 1])
+    with torch.no_grad():
+        assert torch.equal(g(z, y), g2.eval()(z, y))
+    gen, _ = build_gan(resolution=32, ch=8, num_classes=4, g_coords=True)
+    assert gen.get_config()["coords"] is True

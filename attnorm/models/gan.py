@@ -136,6 +136,19 @@ def class_rows(table: nn.Embedding, y: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------- generator
+def coordinate_channels(h: Tensor) -> Tensor:
+    """(b, 2, H, W) in ``h``'s dtype, device and memory format: channel 0 each pixel centre's x,
+    channel 1 its y, both spanning [-1, 1] (first to last pixel) across the map."""
+    b, _, height, width = h.shape
+    ys = torch.linspace(-1.0, 1.0, height, device=h.device, dtype=h.dtype)
+    xs = torch.linspace(-1.0, 1.0, width, device=h.device, dtype=h.dtype)
+    grid = torch.stack([xs.view(1, width).expand(height, width), ys.view(height, 1).expand(height, width)])
+    out = grid.unsqueeze(0).expand(b, 2, height, width)
+    if h.is_contiguous(memory_format=torch.channels_last) and not h.is_contiguous():
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out
+
+
 class GBlock(nn.Module):
     """Up block (Fig. 1 / Fig. 2 with ``attention``); ``forward(x, y, layouts=None)``.
 
@@ -145,14 +158,19 @@ class GBlock(nn.Module):
         attention: ``"an"``, ``"sa"`` or ``"none"``, placed after the first conv.
         num_entities, an_kwargs: AN options (``an_kwargs`` goes to ``AttentiveNorm``).
         latent_dim: > 0: both conditional norms also take a latent chunk (``forward``'s ``z``).
+        coords: CoordConv (Liu et al. 2018): two channels holding each pixel's x and y in [-1, 1]
+            are appended to the first convolution's input, so the block can draw what depends on
+            the position itself (a straight stripe, a linear gradient) rather than inferring
+            the position from the zero padding at the borders.
     """
 
     def __init__(self, in_ch: int, out_ch: int, num_classes: int, attention: str = "none",
                  num_entities: int = 16, an_kwargs: dict | None = None, use_sn: bool = True,
-                 latent_dim: int = 0) -> None:
+                 latent_dim: int = 0, coords: bool = False) -> None:
         super().__init__()
+        self.coords = bool(coords)
         self.cbn1 = ConditionalBatchNorm2d(in_ch, num_classes, latent_dim=latent_dim)
-        self.conv1 = sn(nn.Conv2d(in_ch, out_ch, 3, padding=1), use_sn)
+        self.conv1 = sn(nn.Conv2d(in_ch + (2 if coords else 0), out_ch, 3, padding=1), use_sn)
         self.attn = make_attention(attention, out_ch, num_entities, an_kwargs)
         self.cbn2 = ConditionalBatchNorm2d(out_ch, num_classes, latent_dim=latent_dim)
         self.conv2 = sn(nn.Conv2d(out_ch, out_ch, 3, padding=1), use_sn)
@@ -161,6 +179,8 @@ class GBlock(nn.Module):
     def forward(self, x: Tensor, y: Tensor, layouts: list | None = None, z: Tensor | None = None) -> Tensor:
         x_up = F.interpolate(x, scale_factor=2, mode="nearest")  # (b, in, 2h, 2w)
         h = F.interpolate(F.relu(self.cbn1(x, y, z)), scale_factor=2, mode="nearest")
+        if self.coords:
+            h = torch.cat([h, coordinate_channels(h)], dim=1)  # (b, in + 2, 2h, 2w)
         h = self.conv1(h)  # (b, out, 2h, 2w)
         h = _apply_attention(self.attn, h, layouts)
         h = self.conv2(F.relu(self.cbn2(h, y, z)))
@@ -191,6 +211,8 @@ class Generator(nn.Module):
             ``num_blocks + 1`` chunks (``torch.tensor_split``); the first feeds the linear layer,
             chunk ``i + 1`` the conditional norms of block ``i`` (zero-initialised linear maps added
             to their class gains and biases), so the latent acts at every scale, not only at 4x4.
+        coords: every block's first convolution also sees two coordinate channels
+            (:func:`coordinate_channels`, CoordConv; not in the listing).
 
     ``y`` is a (b,) long tensor of labels or a (b, num_classes) float tensor of
     class weights (soft path through every CBN, for class interpolation).
@@ -199,7 +221,8 @@ class Generator(nn.Module):
     def __init__(self, resolution: int = 128, ch: int = 64, num_classes: int = 1000, z_dim: int = 128,
                  attention: str = "an", num_entities: int = 16, attn_index: int | None = None,
                  channel_mults: list[int] | None = None, an_kwargs: dict | None = None,
-                 class_embed_dim: int = 0, spectral_norm: bool = True, hierarchical_z: bool = False) -> None:
+                 class_embed_dim: int = 0, spectral_norm: bool = True, hierarchical_z: bool = False,
+                 coords: bool = False) -> None:
         super().__init__()
         nb = num_blocks(resolution)
         if hierarchical_z and z_dim < nb + 1:
@@ -227,6 +250,8 @@ class Generator(nn.Module):
             self.config["spectral_norm"] = False
         if hierarchical_z:
             self.config["hierarchical_z"] = True
+        if coords:
+            self.config["coords"] = True
         # latent chunk sizes: [linear layer, block 0, block 1, ...] (one chunk: the whole z to the linear layer)
         self.z_chunks = [len(c) for c in torch.arange(z_dim).tensor_split(nb + 1)] if hierarchical_z else [z_dim]
         self.resolution, self.num_classes, self.z_dim = resolution, num_classes, z_dim
@@ -236,7 +261,7 @@ class Generator(nn.Module):
         self.blocks = nn.ModuleList(
             GBlock(chans[i], chans[i + 1], num_classes, attention if i == attn_index else "none",
                    num_entities, an_kwargs, use_sn=spectral_norm,
-                   latent_dim=self.z_chunks[i + 1] if hierarchical_z else 0)
+                   latent_dim=self.z_chunks[i + 1] if hierarchical_z else 0, coords=coords)
             for i in range(nb))
         self.bn = nn.BatchNorm2d(chans[-1])
         self.conv_out = sn(nn.Conv2d(chans[-1], 3, 3, padding=1), spectral_norm)
@@ -493,9 +518,10 @@ def build_gan(resolution: int = 32, ch: int = 16, num_classes: int = 10, z_dim: 
               d_ch: int | None = None, projection: bool = False, class_embed_dim: int = 0,
               g_spectral_norm: bool = True, mbstd_group: int = 0,
               d_channel_mults: list[int] | None = None, d_arch: str = "resblock",
-              mbstd_by_class: bool = False, hierarchical_z: bool = False) -> tuple[Generator, nn.Module]:
+              mbstd_by_class: bool = False, hierarchical_z: bool = False,
+              g_coords: bool = False) -> tuple[Generator, nn.Module]:
     """A matching (G, D) pair from one set of arguments (``d_ch`` defaults to ``ch``;
-    ``class_embed_dim``, ``g_spectral_norm`` and ``hierarchical_z`` go to the generator, ``d_channel_mults`` (default:
+    ``class_embed_dim``, ``g_spectral_norm``, ``hierarchical_z`` and ``g_coords`` (as ``coords``) go to the generator, ``d_channel_mults`` (default:
     the listing's 1, 2, 4, ...) to the discriminator). ``d_arch`` "resblock": the listing's D
     (:class:`Discriminator`); "conv": :class:`ConvDiscriminator` (``d_ch`` wide; no attention,
     always the projection term)."""
@@ -503,7 +529,8 @@ def build_gan(resolution: int = 32, ch: int = 16, num_classes: int = 10, z_dim: 
         raise ValueError(f"d_arch must be one of {', '.join(D_ARCHS)}, got {d_arch!r}")
     g = Generator(resolution=resolution, ch=ch, num_classes=num_classes, z_dim=z_dim,
                   attention=attention, num_entities=num_entities, an_kwargs=an_kwargs,
-                  class_embed_dim=class_embed_dim, spectral_norm=g_spectral_norm, hierarchical_z=hierarchical_z)
+                  class_embed_dim=class_embed_dim, spectral_norm=g_spectral_norm, hierarchical_z=hierarchical_z,
+                  coords=g_coords)
     if d_arch == "conv":
         return g, ConvDiscriminator(resolution=resolution, ch=d_ch or ch, num_classes=num_classes,
                                     mbstd_group=mbstd_group, mbstd_by_class=mbstd_by_class)

@@ -66,6 +66,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "class_lr_mult": 1.0,    # learning-rate multiplier of G's class-conditional parameters
     "g_spectral_norm": True, # spectral norm on G's layers (the listing); False: plain layers
     "g_hierarchical_z": False,  # BigGAN's hierarchical latent: z split into chunks, one per G block's norms (not in the listing)
+    "g_coords": False,       # CoordConv: x/y channels into each G block's first conv (not in the listing)
     "d_mbstd": 4,            # >0: minibatch-stddev channel in D over groups of this size (not in the listing)
     "d_mbstd_by_class": False,  # group that channel by class label (the spread within a class) instead of by position
     "attention": "an",       # "an" | "sa" | "none"
@@ -223,7 +224,8 @@ class GANTraining(TaskRun):
                                    mbstd_group=int(cfg.get("d_mbstd") or 0),
                                    d_channel_mults=cfg.get("d_channel_mults"), d_arch=cfg.get("d_arch") or "resblock",
                                    mbstd_by_class=bool(cfg.get("d_mbstd_by_class")),
-                                   hierarchical_z=bool(cfg.get("g_hierarchical_z")))
+                                   hierarchical_z=bool(cfg.get("g_hierarchical_z")),
+                                   g_coords=bool(cfg.get("g_coords")))
         sync_bn = cfg.get("sync_bn")  # .get: configs saved before the key existed
         if sync_bn is None:
             sync_bn = device.type == "cuda"
