@@ -35,7 +35,7 @@ import torch
 
 from attnorm.errors import CheckpointError, UnsafeCheckpointError, check_device
 from attnorm.io import atomic_write, read_safetensors, write_safetensors
-from attnorm.models.gan import Discriminator, Generator, standing_statistics
+from attnorm.models.gan import ConvDiscriminator, Discriminator, Generator, standing_statistics
 from attnorm.models.inpaint import InpaintGenerator
 
 __all__ = [
@@ -177,7 +177,7 @@ def generator_weights(state: dict, use_ema: bool = True) -> tuple[dict, str]:
 
 def _build(cls: type, config: dict, weights: dict, what: str) -> torch.nn.Module:
     """``cls(**config)`` with ``weights``; CheckpointError (one line) if they do not fit."""
-    kind = "discriminator" if cls is Discriminator else "generator"
+    kind = "discriminator" if cls in (Discriminator, ConvDiscriminator) else "generator"
     try:
         g = cls(**config)
     except (TypeError, ValueError) as exc:
@@ -246,18 +246,21 @@ def load_gan_generator(path: str | os.PathLike | None = None, device: str | torc
     return g.to(device), state.get("extra") or {}
 
 
-def gan_discriminator_from_state(state: Any, path: str | os.PathLike = "the checkpoint") -> Discriminator:
-    """The trained D (eval mode) of a loaded ``train-gan`` checkpoint; one-line CheckpointError
-    if it is not one."""
+def gan_discriminator_from_state(state: Any, path: str | os.PathLike = "the checkpoint") -> Discriminator | ConvDiscriminator:
+    """The trained D (eval mode) of a loaded ``train-gan`` checkpoint, of the class it was trained
+    as (the run's ``d_arch``: the listing's :class:`Discriminator` or :class:`ConvDiscriminator`);
+    one-line CheckpointError if it is not one."""
     check_task(state, path, "gan")
     try:
         config, weights = state["extra"]["discriminator"], state["modules"]["D"]
     except (KeyError, TypeError):
         raise CheckpointError(f"{path} has no discriminator; is it a train-gan checkpoint?") from None
-    return _build(Discriminator, config, weights, str(path))
+    arch = ((state["extra"].get("config") or {}).get("d_arch") or "resblock")
+    return _build(ConvDiscriminator if arch == "conv" else Discriminator, config, weights, str(path))
 
 
-def load_gan_discriminator(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Discriminator, dict]:
+def load_gan_discriminator(path: str | os.PathLike, device: str | torch.device = "cpu"
+                           ) -> tuple[Discriminator | ConvDiscriminator, dict]:
     """Rebuild the trained D of a ``train-gan`` checkpoint (exported ``.safetensors`` files hold G
     only, and :func:`load_checkpoint` refuses them); returns (D in eval mode, the checkpoint's
     ``extra``). One-line errors as :func:`load_gan_generator`."""

@@ -63,6 +63,20 @@ def test_load_gan_discriminator_rebuilds_the_trained_d(gan_ckpt, tmp_path):
         load_gan_discriminator(export_gan_generator(gan_ckpt, tmp_path / "g.safetensors"))
 
 
+def test_load_gan_discriminator_rebuilds_a_conv_d(tmp_path):
+    """A run of the demo's light D (d_arch conv) loads as that class, with its trained weights."""
+    from attnorm import cli
+    from attnorm.models.gan import ConvDiscriminator
+    out = tmp_path / "conv"
+    assert cli.main(["train-gan", "--out", str(out), "--steps", "1", "--batch-size", "4", "ch=8", "d_arch=conv",
+                     "d_ch=8", "procedural_classes=3", "procedural_length=16", "log_every=1", "samples_per_class=1"]) == 0
+    ckpt = out / "checkpoints" / "latest.pt"
+    D, extra = load_gan_discriminator(ckpt)
+    assert isinstance(D, ConvDiscriminator) and not D.training and extra["config"]["d_arch"] == "conv"
+    for k, v in load_checkpoint(ckpt)["modules"]["D"].items():
+        assert torch.equal(D.state_dict()[k], v)
+
+
 def _probe_script():
     from _scripts import load_benchmark
     return load_benchmark("gan_d_probe")
