@@ -215,7 +215,8 @@ def main(argv=None) -> int:
               "torch": __import__("torch").__version__, "commit": git_commit(),
               "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    md = (f"GAN attention ablation ({args.data}, recipe {recipe}): {args.seconds:g} s per run, one thread, {args.jobs} run(s) at once, seeds "
+    extra = f" with {' '.join(args.extra)}" if args.extra else ""
+    md = (f"GAN attention ablation ({args.data}, recipe {recipe}{extra}): {args.seconds:g} s per run, one thread, {args.jobs} run(s) at once, seeds "
           f"{args.seeds}, n={args.n}, commit {report['commit']}, {report['date']}\n\n" + table(results, fl, args) + "\n")
     (out / "results.md").write_text(md)
     print(md)
