@@ -28,6 +28,12 @@ its images are *too alike* (small balls: a diversity problem) or *too far* from 
    image (no stripes drawn) shows as one low column, a set that is narrow inside every class as low
    columns throughout.
 
+5. **Which grounds a generator draws** (``--grounds``): a small CNN trained on real images (its own
+   procedural seed) to tell the three background kinds apart calls each generated image's ground;
+   the fractions beside the reference's (as the same CNN calls them) separate a ground that is
+   dropped (drawn rarely) from one drawn badly (drawn as often, recalled less). Its held-out
+   accuracy per ground is in the results.
+
 Features: the shipped procedural classifier (``attnorm.metrics``'s ``classifier`` extractor),
 the protocol of ``attnorm evaluate gan``. Writes ``OUT/results.json`` and ``OUT/results.md``.
 """
@@ -153,11 +159,16 @@ def score(ref: np.ndarray, feats: np.ndarray, images: torch.Tensor, pix: dict) -
             **recall_by_group(pr["real_inside"], pix["classes"], pix.get("grounds"))}
 
 
+def reference_set(n: int, pose: str, classes: int = 10) -> tuple[ProceduralShapes, torch.Tensor]:
+    """The reference images (procedural seed 0, the first ``n``) and their dataset."""
+    ds = ProceduralShapes(32, classes, pose=pose, seed=0)
+    return ds, ds.get_batch(range(n))[0]
+
+
 def real_probes(ext, n: int, pose: str, classes: int = 10) -> tuple[np.ndarray, dict, dict]:
     """The reference features and pixel measures, and the scored rows of the real probes
     (procedural shapes of the first ``classes`` classes: those of the generators under test)."""
-    ref_ds = ProceduralShapes(32, classes, pose=pose, seed=0)
-    ref_x = ref_ds.get_batch(range(n))[0]
+    ref_ds, ref_x = reference_set(n, pose, classes)
     ref, pix = ext.features(ref_x), pixel_reference(ref_x, classes, [ref_ds.background(i) for i in range(n)])
     x = ProceduralShapes(32, classes, pose=pose, seed=1).get_batch(range(n))[0]
     rows = {"real (the floor)": x}
@@ -175,7 +186,57 @@ def generated(G, n: int, seed: int = 0, batch_size: int = 250) -> torch.Tensor:
     return torch.cat([x for _, x in evaluation_samples(G, n, G.num_classes, G.z_dim, seed, batch_size)])
 
 
-def checkpoint_rows(ext, ref: np.ndarray, pix: dict, ckpts: list[str], n: int) -> dict:
+GROUND_SEED, GROUND_TEST_SEED = 5, 7  # the ground CNN's training and held-out real sets (the reference is seed 0)
+
+
+def _ground_set(n: int, pose: str, classes: int, seed: int, resolution: int = 32):
+    ds = ProceduralShapes(resolution=resolution, num_classes=classes, length=n, seed=seed, pose=pose)
+    x, _ = ds.get_batch(range(n))
+    return x, torch.tensor([BACKGROUNDS.index(ds.background(i)) for i in range(n)])
+
+
+def ground_classifier(n: int = 12000, epochs: int = 15, pose: str = "centred", classes: int = 10,
+                      test_n: int = 2000, seed: int = 0) -> tuple[torch.nn.Module, dict]:
+    """A small CNN trained (Adam, batch 64) on ``n`` real images to tell their background kinds apart,
+    in eval mode, and its accuracy per kind on ``test_n`` held-out real images (``{kind: recall}``,
+    plus ``"all"``)."""
+    from torch import nn
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(3, 32, 3, 1, 1), nn.ReLU(), nn.Conv2d(32, 32, 4, 2, 1), nn.ReLU(),
+                        nn.Conv2d(32, 64, 4, 2, 1), nn.ReLU(), nn.Conv2d(64, 64, 4, 2, 1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, len(BACKGROUNDS)))
+    x, g = _ground_set(n, pose, classes, GROUND_SEED)
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=gen)
+        for i in range(0, n, 64):
+            j = perm[i:i + 64]
+            loss = F.cross_entropy(net(x[j]), g[j])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    net.eval()
+    xt, gt = _ground_set(test_n, pose, classes, GROUND_TEST_SEED)
+    called = ground_calls(net, xt)
+    acc = {k: float((called[gt == i] == i).float().mean()) for i, k in enumerate(BACKGROUNDS) if (gt == i).any()}
+    acc["all"] = float((called == gt).float().mean())
+    return net, acc
+
+
+@torch.no_grad()
+def ground_calls(net: torch.nn.Module, images: torch.Tensor, batch_size: int = 250) -> torch.Tensor:
+    """(N,) index into BACKGROUNDS of the kind ``net`` calls each image's ground."""
+    return torch.cat([net(images[i:i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
+
+
+def ground_fractions(net: torch.nn.Module, images: torch.Tensor) -> dict:
+    """{kind: fraction of ``images`` whose ground ``net`` calls that kind}."""
+    called = ground_calls(net, images)
+    return {k: float((called == i).float().mean()) for i, k in enumerate(BACKGROUNDS)}
+
+
+def checkpoint_rows(ext, ref: np.ndarray, pix: dict, ckpts: list[str], n: int, ground_net=None) -> dict:
     """Each generator's scored row; ``pix`` (:func:`pixel_reference`) also names the real sets' classes."""
     from attnorm.checkpoints import load_gan_generator
     classes = pix["classes"]
@@ -187,6 +248,8 @@ def checkpoint_rows(ext, ref: np.ndarray, pix: dict, ckpts: list[str], n: int) -
                              f"(pass --classes {G.num_classes})")
         x = generated(G, n)
         out[path] = score(ref, ext.features(x), x, pix)
+        if ground_net is not None:
+            out[path]["ground_fractions"] = ground_fractions(ground_net, x)
     return out
 
 
@@ -218,6 +281,15 @@ def to_markdown(res: dict) -> str:
         by_ground = r.get("recall_by_ground", {})
         lines.append(f"| {name} | " + " | ".join(f"{by_ground.get(g, float('nan')):.3f}" for g in grounds) + " | "
                      + " | ".join(f"{x:.2f}" for x in r["recall_by_class"]) + " |")
+    if res.get("grounds"):
+        gr = res["grounds"]
+        acc = ", ".join(f"{k} {v:.2f}" for k, v in gr["held_out_accuracy"].items())
+        lines += ["", f"Which ground each set's images have, as a CNN trained on real images calls it (held-out accuracy: {acc}):",
+                  "", "| images | " + " | ".join(BACKGROUNDS) + " |", "|" + " --- |" * (1 + len(BACKGROUNDS)),
+                  "| reference (real) | " + " | ".join(f"{gr['reference'][k]:.3f}" for k in BACKGROUNDS) + " |"]
+        for name, r in res["checkpoints"].items():
+            if "ground_fractions" in r:
+                lines.append(f"| `{name}` | " + " | ".join(f"{r['ground_fractions'][k]:.3f}" for k in BACKGROUNDS) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -228,13 +300,23 @@ def main(argv=None) -> dict:
     ap.add_argument("--classes", type=int, default=10,
                     help="procedural classes of the real sets: the generators' (default 10, as the presets)")
     ap.add_argument("--ckpt", action="append", default=[], help="a generator to place against the real sets")
+    ap.add_argument("--grounds", action="store_true",
+                    help="also train a small CNN on real images to call each image's background kind, and report "
+                         "the fraction of each kind in every generator's images (about a minute on one thread)")
     ap.add_argument("--out", default="bench_results/diag_recall")
     args = ap.parse_args(argv)
     t0 = time.time()
     ext = get_extractor("classifier")
     ref, pix, real = real_probes(ext, args.n, args.pose, args.classes)
+    grounds = net = None
+    if args.grounds:
+        net, acc = ground_classifier(pose=args.pose, classes=args.classes)
+        grounds = {"held_out_accuracy": acc,
+                   "reference": ground_fractions(net, reference_set(args.n, args.pose, args.classes)[1]),
+                   "protocol": f"CNN trained on 12000 real images (procedural seed {GROUND_SEED}), 15 epochs; held-out: "
+                               f"2000 (seed {GROUND_TEST_SEED}); reference: the seed-0 set"}
     res = {"n": args.n, "pose": args.pose, "classes": args.classes, "k": K, "real": real,
-           "checkpoints": checkpoint_rows(ext, ref, pix, args.ckpt, args.n),
+           "checkpoints": checkpoint_rows(ext, ref, pix, args.ckpt, args.n, net), "grounds": grounds,
            "torch": torch.__version__, "code": git_commit()}
     res["seconds"] = time.time() - t0
     out = Path(args.out)

@@ -179,3 +179,20 @@ def test_score_reports_fid_mean_term_against_numpy():
     row = diag.score(ref, fake, torch.rand(150, 3, 8, 8), pix)
     assert row["fid_mean_term"] == pytest.approx(((ref.mean(0) - fake.mean(0)) ** 2).sum(), rel=1e-10)
     assert 0 < row["fid_mean_term"] < row["fid"]
+
+
+def test_ground_classifier_tells_the_grounds_apart_and_counts_them():
+    """A small ground CNN (few images, short training) must still find the striped grounds of held-out real
+    images, and ground_fractions must count its calls: an all-stripes set is called mostly stripes, a set
+    without stripes rarely, and the fractions sum to 1."""
+    diag = load_benchmark("diag_recall")
+    net, acc = diag.ground_classifier(n=3000, epochs=6, test_n=300)
+    assert acc["stripes"] > 0.75 and acc["all"] > 0.5 and set(acc) == {"noise", "gradient", "stripes", "all"}
+    x, g = diag._ground_set(600, "centred", 10, seed=11)
+    calls = diag.ground_calls(net, x)
+    assert torch.equal(calls, net(x).argmax(1))
+    striped, plain = diag.ground_fractions(net, x[g == 2]), diag.ground_fractions(net, x[g != 2])
+    assert striped["stripes"] > 0.75 and plain["stripes"] < 0.2
+    for fr in (striped, plain):
+        assert sum(fr.values()) == pytest.approx(1.0)
+    assert striped["stripes"] == pytest.approx(float((calls[g == 2] == 2).float().mean()))
