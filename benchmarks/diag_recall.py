@@ -159,18 +159,18 @@ def score(ref: np.ndarray, feats: np.ndarray, images: torch.Tensor, pix: dict) -
             **recall_by_group(pr["real_inside"], pix["classes"], pix.get("grounds"))}
 
 
-def reference_set(n: int, pose: str, classes: int = 10) -> tuple[ProceduralShapes, torch.Tensor]:
-    """The reference images (procedural seed 0, the first ``n``) and their dataset."""
-    ds = ProceduralShapes(32, classes, pose=pose, seed=0)
+def real_set(n: int, pose: str, classes: int = 10, seed: int = 0) -> tuple[ProceduralShapes, torch.Tensor]:
+    """The first ``n`` real images of procedural seed ``seed`` (0: the reference) and their dataset."""
+    ds = ProceduralShapes(32, classes, pose=pose, seed=seed)
     return ds, ds.get_batch(range(n))[0]
 
 
 def real_probes(ext, n: int, pose: str, classes: int = 10) -> tuple[np.ndarray, dict, dict]:
     """The reference features and pixel measures, and the scored rows of the real probes
     (procedural shapes of the first ``classes`` classes: those of the generators under test)."""
-    ref_ds, ref_x = reference_set(n, pose, classes)
+    ref_ds, ref_x = real_set(n, pose, classes)
     ref, pix = ext.features(ref_x), pixel_reference(ref_x, classes, [ref_ds.background(i) for i in range(n)])
-    x = ProceduralShapes(32, classes, pose=pose, seed=1).get_batch(range(n))[0]
+    x = real_set(n, pose, classes, seed=1)[1]
     rows = {"real (the floor)": x}
     for s in (0.5, 0.8, 1.2):
         rows[f"blur sigma {s} px"] = gaussian_blur(x, s)
@@ -187,16 +187,17 @@ def generated(G, n: int, seed: int = 0, batch_size: int = 250) -> torch.Tensor:
 
 
 GROUND_SEED, GROUND_TEST_SEED = 5, 7  # the ground CNN's training and held-out real sets (the reference is seed 0)
+GROUND_N, GROUND_EPOCHS, GROUND_TEST_N = 12000, 15, 2000
 
 
-def _ground_set(n: int, pose: str, classes: int, seed: int, resolution: int = 32):
-    ds = ProceduralShapes(resolution=resolution, num_classes=classes, length=n, seed=seed, pose=pose)
-    x, _ = ds.get_batch(range(n))
+def _ground_set(n: int, pose: str, classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`real_set`'s images and the index into BACKGROUNDS of each one's ground."""
+    ds, x = real_set(n, pose, classes, seed)
     return x, torch.tensor([BACKGROUNDS.index(ds.background(i)) for i in range(n)])
 
 
-def ground_classifier(n: int = 12000, epochs: int = 15, pose: str = "centred", classes: int = 10,
-                      test_n: int = 2000, seed: int = 0) -> tuple[torch.nn.Module, dict]:
+def ground_classifier(n: int = GROUND_N, epochs: int = GROUND_EPOCHS, pose: str = "centred", classes: int = 10,
+                      test_n: int = GROUND_TEST_N, seed: int = 0) -> tuple[torch.nn.Module, dict]:
     """A small CNN trained (Adam, batch 64) on ``n`` real images to tell their background kinds apart,
     in eval mode, and its accuracy per kind on ``test_n`` held-out real images (``{kind: recall}``,
     plus ``"all"``)."""
@@ -312,9 +313,9 @@ def main(argv=None) -> dict:
     if args.grounds:
         net, acc = ground_classifier(pose=args.pose, classes=args.classes)
         grounds = {"held_out_accuracy": acc,
-                   "reference": ground_fractions(net, reference_set(args.n, args.pose, args.classes)[1]),
-                   "protocol": f"CNN trained on 12000 real images (procedural seed {GROUND_SEED}), 15 epochs; held-out: "
-                               f"2000 (seed {GROUND_TEST_SEED}); reference: the seed-0 set"}
+                   "reference": ground_fractions(net, real_set(args.n, args.pose, args.classes)[1]),
+                   "protocol": f"CNN trained on {GROUND_N} real images (procedural seed {GROUND_SEED}), {GROUND_EPOCHS} "
+                               f"epochs; held-out: {GROUND_TEST_N} (seed {GROUND_TEST_SEED}); reference: the seed-0 set"}
     res = {"n": args.n, "pose": args.pose, "classes": args.classes, "k": K, "real": real,
            "checkpoints": checkpoint_rows(ext, ref, pix, args.ckpt, args.n, net), "grounds": grounds,
            "torch": torch.__version__, "code": git_commit()}
