@@ -221,16 +221,19 @@ class _AttentiveNormFn(torch.autograd.Function):
         # The layout's gradient (from the output, the moments, and sum_p S and S^2), summed in
         # place: g_S = P^T (g_Y Vc) - Q^T g_Y + g_u^T Vc + 2 S (g_r^T Vc + g_a^T Vc^2 + g_s2)
         # + g_total (algorithm1); g_S = ... + g_u^T Vc + g_a^T Vc^2 + g_total (weighted).
-        g_s.baddbmm_(g_u.transpose(1, 2), vc)
         vv = torch.mul(vc, vc, out=gv) if eager else vc * vc  # Vc^2, in gv's memory
         if algorithm1:  # d/dS of the S^2 terms is 2 S (...)
-            inner = (torch.bmm(g_r.transpose(1, 2), vc, out=_workspace((b, n, hw), x3, 2)) if eager
-                     else torch.bmm(g_r.transpose(1, 2), vc))  # (b, n, hw)
+            # [g_u^T Vc; g_r^T Vc] in one product (one pass over Vc)
+            w_uv = (torch.bmm(g_m.transpose(1, 2), vc, out=_workspace((b, 2 * n, hw), x3, 2)) if eager
+                    else torch.bmm(g_m.transpose(1, 2), vc))  # (b, 2n, hw)
+            g_s.add_(w_uv[:, :n])
+            inner = w_uv[:, n:]  # (b, n, hw)
             inner.baddbmm_(g_a.transpose(1, 2), vv)
             inner.add_(g_s2.transpose(1, 2))
             g_s.add_(g_total.transpose(1, 2)).addcmul_(s, inner, value=2.0)
             s2 = ss[:, n:]
         else:
+            g_s.baddbmm_(g_u.transpose(1, 2), vc)
             g_s.baddbmm_(g_a.transpose(1, 2), vv)
             g_s.add_(g_total.transpose(1, 2))
             s2 = s
