@@ -1,5 +1,7 @@
 """Class-conditional GAN models (attnorm.models.gan) against the supplement listing."""
 
+import math
+
 import pytest
 import numpy as np
 import torch
@@ -7,7 +9,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from attnorm.layers import AttentiveNorm, ConditionalBatchNorm2d, SelfAttention2d, orthogonality_loss
-from attnorm.models.gan import Discriminator, GBlock, Generator, build_gan, coordinate_channels, truncated_normal
+from attnorm.models.gan import (Discriminator, GBlock, Generator, build_gan, coordinate_channels, fourier_channels,
+                               truncated_normal)
 
 
 
@@ -503,3 +506,57 @@ def test_coords_option_is_in_the_generators_config():
         assert torch.equal(g(z, y), g2.eval()(z, y))
     gen, _ = build_gan(resolution=32, ch=8, num_classes=4, g_coords=True)
     assert gen.get_config()["coords"] is True
+
+
+def test_fourier_channels_are_the_plane_waves_of_each_sample():
+    """Against numpy: sin(fx x + fy y + phase) over pixel centres spanning [-1, 1], per sample and wave."""
+    torch.manual_seed(0)
+    freqs, phases = torch.randn(2, 3, 2) * 5, torch.randn(2, 3)
+    h = torch.zeros(2, 4, 5, 7)
+    w = fourier_channels(h, freqs, phases)
+    ys, xs = np.meshgrid(np.linspace(-1, 1, 5), np.linspace(-1, 1, 7), indexing="ij")
+    assert w.shape == (2, 3, 5, 7)
+    for b in range(2):
+        for k in range(3):
+            fx, fy, ph = freqs[b, k, 0].item(), freqs[b, k, 1].item(), phases[b, k].item()
+            np.testing.assert_allclose(w[b, k].numpy(), np.sin(fx * xs + fy * ys + ph), atol=1e-5)
+    hl = h.contiguous(memory_format=torch.channels_last)
+    wl = fourier_channels(hl, freqs, phases)
+    assert wl.is_contiguous(memory_format=torch.channels_last) and torch.equal(wl, w)
+    assert fourier_channels(h.to(torch.bfloat16), freqs, phases).dtype == torch.bfloat16
+
+
+def test_fourier_features_follow_the_latent_and_reach_every_block():
+    """The waves are a function of (z, class): two latents give two sets of frequencies, and a G
+    block's output changes with them; the option round-trips through the config and build_gan."""
+    torch.manual_seed(0)
+    g = Generator(resolution=32, ch=8, num_classes=4, class_embed_dim=6, fourier=5).eval()
+    assert all(b.conv1.in_channels == b.cbn1.bn.num_features + 5 for b in g.blocks)
+    assert g.fourier.map.in_features == 128 + 6
+    z, y = torch.randn(3, 128), torch.tensor([0, 3, 1])
+    code = torch.cat([z, g.class_embed(y)], dim=1)
+    freqs, phases = g.fourier(code)
+    assert freqs.shape == (3, 5, 2) and phases.shape == (3, 5)
+    assert (freqs[0] - freqs[1]).abs().min() > 1e-4  # each sample its own waves
+    # the frequencies start spread over a few periods across the image (the data's stripes have 2-6)
+    many = g.fourier(torch.randn(4000, 134))[0].abs()
+    assert 1.0 < many.mean().item() / math.pi < 4.0
+    # a block's output depends on the waves it is given
+    block = g.blocks[0]
+    x = torch.randn(3, block.cbn1.bn.num_features, 4, 4)
+    with torch.no_grad():
+        a = block(x, y, waves=(freqs, phases))
+        b = block(x, y, waves=(freqs * 1.5, phases))
+    assert (a - b).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="pass waves"):
+        block(x, y)
+    assert g.get_config()["fourier"] == 5
+    assert "fourier" not in Generator(resolution=32, ch=8, num_classes=4).get_config()  # older files load
+    g2 = Generator(**g.get_config())
+    g2.load_state_dict(g.state_dict())
+    with torch.no_grad():
+        assert torch.equal(g(z, y), g2.eval()(z, y))
+    gen, _ = build_gan(resolution=32, ch=8, num_classes=4, g_fourier=3)
+    assert gen.get_config()["fourier"] == 3
+    with pytest.raises(ValueError, match="fourier must be >= 0"):
+        Generator(resolution=32, ch=8, num_classes=4, fourier=-1)

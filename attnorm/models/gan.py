@@ -149,6 +149,45 @@ def coordinate_channels(h: Tensor) -> Tensor:
     return out
 
 
+def fourier_channels(h: Tensor, freqs: Tensor, phases: Tensor) -> Tensor:
+    """(b, k, H, W) in ``h``'s dtype, device and memory format: channel j of sample i is
+    ``sin(freqs[i, j, 0] * x + freqs[i, j, 1] * y + phases[i, j])`` with x, y the pixel centres'
+    coordinates spanning [-1, 1] across the map (as in :func:`coordinate_channels`).
+
+    ``freqs`` (b, k, 2) in radians per unit of x and y; ``phases`` (b, k)."""
+    b, _, height, width = h.shape
+    ys = torch.linspace(-1.0, 1.0, height, device=h.device, dtype=freqs.dtype)
+    xs = torch.linspace(-1.0, 1.0, width, device=h.device, dtype=freqs.dtype)
+    arg = (freqs[..., 0, None, None] * xs.view(1, 1, 1, width) + freqs[..., 1, None, None] * ys.view(1, 1, height, 1)
+           + phases[..., None, None])  # (b, k, H, W)
+    out = torch.sin(arg).to(h.dtype)
+    if h.is_contiguous(memory_format=torch.channels_last) and not h.is_contiguous():
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out
+
+
+class FourierFeatures(nn.Module):
+    """Per-sample plane waves for G (not in the listing): a linear map of the latent (and the class
+    embedding) gives ``k`` frequency vectors and phases; :func:`fourier_channels` draws them at any
+    map size. A G given them can draw a straight stripe at any angle, period and phase by passing one
+    through, where a convolutional G has to build a sinusoid out of ReLUs and 3x3 kernels.
+
+    The frequencies start spread over about +-3 pi per axis (a wave of up to ~3 periods across the
+    image; the procedural data's stripes have 2-6) by the ``scale`` on the map's output."""
+
+    def __init__(self, in_dim: int, k: int, max_freq: float = 3.0 * math.pi) -> None:
+        super().__init__()
+        self.k, self.max_freq = int(k), float(max_freq)
+        self.map = nn.Linear(in_dim, 3 * self.k)
+        nn.init.normal_(self.map.weight, std=1.0 / math.sqrt(in_dim))
+        nn.init.uniform_(self.map.bias, -1.0, 1.0)
+
+    def forward(self, code: Tensor) -> tuple[Tensor, Tensor]:
+        """code (b, in_dim) -> (freqs (b, k, 2), phases (b, k)), float32."""
+        out = self.map(code.float()).view(code.shape[0], self.k, 3)
+        return out[..., :2] * self.max_freq, out[..., 2] * math.pi
+
+
 class GBlock(nn.Module):
     """Up block (Fig. 1 / Fig. 2 with ``attention``); ``forward(x, y, layouts=None)``.
 
@@ -162,25 +201,33 @@ class GBlock(nn.Module):
             are appended to the first convolution's input, so the block can draw what depends on
             the position itself (a straight stripe, a linear gradient) rather than inferring
             the position from the zero padding at the borders.
+        fourier: ``k`` > 0: ``k`` per-sample plane waves (:class:`FourierFeatures`, ``forward``'s
+            ``waves``) are appended to the first convolution's input.
     """
 
     def __init__(self, in_ch: int, out_ch: int, num_classes: int, attention: str = "none",
                  num_entities: int = 16, an_kwargs: dict | None = None, use_sn: bool = True,
-                 latent_dim: int = 0, coords: bool = False) -> None:
+                 latent_dim: int = 0, coords: bool = False, fourier: int = 0) -> None:
         super().__init__()
         self.coords = bool(coords)
+        self.fourier = int(fourier)
         self.cbn1 = ConditionalBatchNorm2d(in_ch, num_classes, latent_dim=latent_dim)
-        self.conv1 = sn(nn.Conv2d(in_ch + (2 if coords else 0), out_ch, 3, padding=1), use_sn)
+        self.conv1 = sn(nn.Conv2d(in_ch + (2 if coords else 0) + self.fourier, out_ch, 3, padding=1), use_sn)
         self.attn = make_attention(attention, out_ch, num_entities, an_kwargs)
         self.cbn2 = ConditionalBatchNorm2d(out_ch, num_classes, latent_dim=latent_dim)
         self.conv2 = sn(nn.Conv2d(out_ch, out_ch, 3, padding=1), use_sn)
         self.shortcut = sn(nn.Conv2d(in_ch, out_ch, 1), use_sn)
 
-    def forward(self, x: Tensor, y: Tensor, layouts: list | None = None, z: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, y: Tensor, layouts: list | None = None, z: Tensor | None = None,
+                waves: tuple[Tensor, Tensor] | None = None) -> Tensor:
         x_up = F.interpolate(x, scale_factor=2, mode="nearest")  # (b, in, 2h, 2w)
         h = F.interpolate(F.relu(self.cbn1(x, y, z)), scale_factor=2, mode="nearest")
         if self.coords:
             h = torch.cat([h, coordinate_channels(h)], dim=1)  # (b, in + 2, 2h, 2w)
+        if self.fourier:
+            if waves is None:
+                raise ValueError("this block was built with fourier channels: pass waves=(freqs, phases)")
+            h = torch.cat([h, fourier_channels(h, *waves)], dim=1)  # (b, ... + k, 2h, 2w)
         h = self.conv1(h)  # (b, out, 2h, 2w)
         h = _apply_attention(self.attn, h, layouts)
         h = self.conv2(F.relu(self.cbn2(h, y, z)))
@@ -213,6 +260,9 @@ class Generator(nn.Module):
             to their class gains and biases), so the latent acts at every scale, not only at 4x4.
         coords: every block's first convolution also sees two coordinate channels
             (:func:`coordinate_channels`, CoordConv; not in the listing).
+        fourier: ``k`` > 0: every block's first convolution also sees ``k`` plane waves whose
+            frequencies and phases are a linear map of the whole latent and the class embedding
+            (:class:`FourierFeatures`; not in the listing).
 
     ``y`` is a (b,) long tensor of labels or a (b, num_classes) float tensor of
     class weights (soft path through every CBN, for class interpolation).
@@ -222,9 +272,11 @@ class Generator(nn.Module):
                  attention: str = "an", num_entities: int = 16, attn_index: int | None = None,
                  channel_mults: list[int] | None = None, an_kwargs: dict | None = None,
                  class_embed_dim: int = 0, spectral_norm: bool = True, hierarchical_z: bool = False,
-                 coords: bool = False) -> None:
+                 coords: bool = False, fourier: int = 0) -> None:
         super().__init__()
         nb = num_blocks(resolution)
+        if fourier < 0:
+            raise ValueError(f"fourier must be >= 0, got {fourier}")
         if hierarchical_z and z_dim < nb + 1:
             raise ValueError(f"hierarchical_z splits z into {nb + 1} chunks: z_dim must be >= {nb + 1}, got {z_dim}")
         if class_embed_dim < 0:
@@ -252,16 +304,19 @@ class Generator(nn.Module):
             self.config["hierarchical_z"] = True
         if coords:
             self.config["coords"] = True
+        if fourier:
+            self.config["fourier"] = int(fourier)
         # latent chunk sizes: [linear layer, block 0, block 1, ...] (one chunk: the whole z to the linear layer)
         self.z_chunks = [len(c) for c in torch.arange(z_dim).tensor_split(nb + 1)] if hierarchical_z else [z_dim]
         self.resolution, self.num_classes, self.z_dim = resolution, num_classes, z_dim
         chans = [m * ch for m in channel_mults]
         self.class_embed = nn.Embedding(num_classes, class_embed_dim) if class_embed_dim else None
         self.fc = sn(nn.Linear(self.z_chunks[0] + class_embed_dim, 4 * 4 * chans[0]), spectral_norm)
+        self.fourier = FourierFeatures(z_dim + class_embed_dim, fourier) if fourier else None
         self.blocks = nn.ModuleList(
             GBlock(chans[i], chans[i + 1], num_classes, attention if i == attn_index else "none",
                    num_entities, an_kwargs, use_sn=spectral_norm,
-                   latent_dim=self.z_chunks[i + 1] if hierarchical_z else 0, coords=coords)
+                   latent_dim=self.z_chunks[i + 1] if hierarchical_z else 0, coords=coords, fourier=fourier)
             for i in range(nb))
         self.bn = nn.BatchNorm2d(chans[-1])
         self.conv_out = sn(nn.Conv2d(chans[-1], 3, 3, padding=1), spectral_norm)
@@ -276,13 +331,18 @@ class Generator(nn.Module):
         layouts: list | None = [] if return_layouts else None
         if z.dim() != 2 or z.shape[1] != self.z_dim:
             raise ValueError(f"z must be (b, {self.z_dim}), got shape {tuple(z.shape)}")
+        full_z = z
         z, *block_z = z.split(self.z_chunks, dim=1)  # hierarchical: one chunk per block after the first
+        e = None
         if self.class_embed is not None:
             e = class_rows(self.class_embed, y)
             z = torch.cat([z, e.to(z.dtype)], dim=1)  # (b, chunk + class_embed_dim)
+        waves = None
+        if self.fourier is not None:
+            waves = self.fourier(full_z if e is None else torch.cat([full_z, e.to(full_z.dtype)], dim=1))
         h = self.fc(z).view(z.shape[0], -1, 4, 4)  # (b, c0, 4, 4)
         for i, block in enumerate(self.blocks):
-            h = block(h, y, layouts, block_z[i] if block_z else None)
+            h = block(h, y, layouts, block_z[i] if block_z else None, waves)
         img = torch.tanh(self.conv_out(F.relu(self.bn(h))))  # (b, 3, res, res)
         return (img, layouts) if return_layouts else img
 
@@ -519,9 +579,9 @@ def build_gan(resolution: int = 32, ch: int = 16, num_classes: int = 10, z_dim: 
               g_spectral_norm: bool = True, mbstd_group: int = 0,
               d_channel_mults: list[int] | None = None, d_arch: str = "resblock",
               mbstd_by_class: bool = False, hierarchical_z: bool = False,
-              g_coords: bool = False) -> tuple[Generator, nn.Module]:
+              g_coords: bool = False, g_fourier: int = 0) -> tuple[Generator, nn.Module]:
     """A matching (G, D) pair from one set of arguments (``d_ch`` defaults to ``ch``;
-    ``class_embed_dim``, ``g_spectral_norm``, ``hierarchical_z`` and ``g_coords`` (as ``coords``) go to the generator, ``d_channel_mults`` (default:
+    ``class_embed_dim``, ``g_spectral_norm``, ``hierarchical_z``, ``g_coords`` (as ``coords``) and ``g_fourier`` (as ``fourier``) go to the generator, ``d_channel_mults`` (default:
     the listing's 1, 2, 4, ...) to the discriminator). ``d_arch`` "resblock": the listing's D
     (:class:`Discriminator`); "conv": :class:`ConvDiscriminator` (``d_ch`` wide; no attention,
     always the projection term)."""
@@ -530,7 +590,7 @@ def build_gan(resolution: int = 32, ch: int = 16, num_classes: int = 10, z_dim: 
     g = Generator(resolution=resolution, ch=ch, num_classes=num_classes, z_dim=z_dim,
                   attention=attention, num_entities=num_entities, an_kwargs=an_kwargs,
                   class_embed_dim=class_embed_dim, spectral_norm=g_spectral_norm, hierarchical_z=hierarchical_z,
-                  coords=g_coords)
+                  coords=g_coords, fourier=g_fourier)
     if d_arch == "conv":
         return g, ConvDiscriminator(resolution=resolution, ch=d_ch or ch, num_classes=num_classes,
                                     mbstd_group=mbstd_group, mbstd_by_class=mbstd_by_class)

@@ -61,7 +61,7 @@ MIN_VALUES: dict[str, float] = {
     "batch_size": 1, "steps": 1, "resolution": 1, "ch": 1, "d_ch": 1, "z_dim": 1, "num_entities": 1, "d_steps": 1,
     "procedural_classes": 1, "procedural_length": 1, "data_length": 1, "samples_per_class": 1, "sample_count": 1,
     "threads": 1, "seed": 0, "log_every": 0, "ckpt_every": 0, "keep_every": 0, "sample_every": 0, "ema_start": 0, "warmup_steps": 0,
-    "g_class_embed": 0, "lr_g": 0, "lr_d": 0, "class_lr_mult": 0, "ortho_weight": 0, "max_seconds": 0,
+    "g_class_embed": 0, "g_fourier": 0, "lr_g": 0, "lr_d": 0, "class_lr_mult": 0, "ortho_weight": 0, "max_seconds": 0,
     "ema_decay": 0, "width": 0, "critic_width": 0, "gan_weight": 0, "hole_weight": 0, "known_weight": 0,
     "coarse_weight": 0, "gp_weight": 0, "gamma": 0,
 }
