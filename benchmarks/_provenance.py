@@ -1,4 +1,4 @@
 """What the benchmark scripts record next to every figure about the code they measured
-(one helper, in the library: :func:`attnorm.provenance.git_commit`)."""
+(the helpers live in the library: :func:`attnorm.provenance.git_commit`, :func:`~attnorm.provenance.cpu_model`)."""
 
-from attnorm.provenance import git_commit  # noqa: F401
+from attnorm.provenance import cpu_model, git_commit  # noqa: F401

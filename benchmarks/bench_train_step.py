@@ -38,23 +38,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _provenance import git_commit  # noqa: E402
+from _provenance import cpu_model, git_commit  # noqa: E402
 
 from attnorm.cli.common import parse_overrides  # noqa: E402  (the CLI's own key=value parser)
 from attnorm.errors import UserError  # noqa: E402
 from attnorm.training import gan, inpaint  # noqa: E402
 
 TASKS = {"gan": (gan.GANTraining, gan.resolve_config), "inpaint": (inpaint.InpaintTraining, inpaint.resolve_config)}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def time_settings(config: str | None, overrides: dict, amp: bool, rounds: int, steps: int, warmup: int,
