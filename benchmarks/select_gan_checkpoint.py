@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -42,13 +43,18 @@ from bench_gan_quality import measured_values  # noqa: E402
 
 from attnorm.checkpoints import export_gan_generator, load_checkpoint  # noqa: E402
 from attnorm.evaluation.gan import evaluate_gan  # noqa: E402
-from attnorm.io import write_json  # noqa: E402
+from attnorm.io import atomic_write, write_json  # noqa: E402
 
 METRICS = "acc,pr,fid"
 
 
-def candidates(run: Path, first_step: int = 0) -> dict[int, Path]:
-    """{step: checkpoint} of the kept checkpoints and ``latest.pt``, from ``first_step`` on."""
+def candidates(run: Path, first_step: int = 0, snapshot_dir: Path | None = None) -> dict[int, Path]:
+    """{step: checkpoint} of the kept checkpoints and ``latest.pt``, from ``first_step`` on.
+
+    With ``snapshot_dir``, ``latest.pt`` is first copied there and the copy is the candidate: a run
+    still training replaces ``latest.pt`` every ``ckpt_every`` steps, and a later export of the
+    original would hold a newer step than the one it is labelled with (session 18 found a "step
+    13000" score that was step 14000's)."""
     ck = run / "checkpoints"
     found: dict[int, Path] = {}
     for path in sorted(ck.glob("step_*.pt")):
@@ -57,6 +63,9 @@ def candidates(run: Path, first_step: int = 0) -> dict[int, Path]:
             found[int(m.group(1))] = path
     latest = ck / "latest.pt"
     if latest.is_file():
+        if snapshot_dir is not None:  # the trainer replaces latest.pt by a rename: a copy is one whole checkpoint
+            snapshot_dir.mkdir(parents=True, exist_ok=True)
+            latest = atomic_write(snapshot_dir / "latest_snapshot.pt", lambda tmp: shutil.copyfile(ck / "latest.pt", tmp))
         step = int(load_checkpoint(latest)["step"])
         found.setdefault(step, latest)
     return {s: p for s, p in sorted(found.items()) if s >= first_step}
@@ -86,7 +95,7 @@ def score(path: Path, out: Path, name: str, n: int, seed: int, floor: bool, batc
 def select(run: Path, out: Path, first_step: int = 0, n: int = 2000, standing_stats: int = 200,
            confirm_seed: int = 1, batch_size: int = 100, log=print) -> dict:
     """Export and score every candidate of ``run`` (see the module doc); returns the report."""
-    found = candidates(run, first_step)
+    found = candidates(run, first_step, snapshot_dir=out)
     if not found:
         raise SystemExit(f"select_gan_checkpoint: no checkpoint of {run} at or after step {first_step} "
                          "(train with keep_every=N to keep them)")

@@ -2,6 +2,7 @@
 lowest FID chosen and re-scored on other latents; scores cached so a killed selection resumes."""
 
 import json
+import shutil
 
 import pytest
 
@@ -60,6 +61,29 @@ def test_scores_every_kept_checkpoint_and_chooses_the_lowest_fid(kept_run, tmp_p
     with pytest.raises(SystemExit) as exc:  # cached scores of another sample size are not reused silently
         sel.main([str(kept_run), "--n", "16", "--standing-stats", "2", "--out", str(out)])
     assert "holds scores made with {'n': 12, 'standing_stats': 2}" in str(exc.value) and "another --out" in str(exc.value)
+
+
+def test_a_run_still_training_is_scored_at_the_steps_its_files_hold(kept_run, tmp_path, monkeypatch):
+    """latest.pt is replaced while the selection runs (a live run writes it every ckpt_every steps):
+    every exported file must still hold the step it is labelled with."""
+    sel = load_benchmark("select_gan_checkpoint")
+    run = tmp_path / "run"
+    shutil.copytree(kept_run, run)
+    real_export, calls = sel.export_gan_generator, []
+
+    def export_while_training(ck, out, **kw):
+        if not calls:  # the trainer moves on: latest.pt now holds another step (here: step 2's checkpoint)
+            shutil.copyfile(run / "checkpoints" / "step_0000002.pt", run / "checkpoints" / "latest.pt")
+        calls.append(ck)
+        return real_export(ck, out, **kw)
+    monkeypatch.setattr(sel, "export_gan_generator", export_while_training)
+    out = tmp_path / "sel"
+    assert sel.main([str(run), "--n", "12", "--standing-stats", "2", "--out", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert sorted(int(s) for s in rows) == [2, 4, 5]
+    for step in rows:
+        assert load_gan_generator(out / f"step_{int(step):07d}.safetensors")[1]["meta"]["source_step"] == int(step)
+    assert calls[-1] == out / "latest_snapshot.pt"  # step 5 came from the copy taken before the trainer moved on
 
 
 def test_a_folder_without_checkpoints_is_one_line(tmp_path):
