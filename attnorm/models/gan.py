@@ -173,7 +173,8 @@ class FourierFeatures(nn.Module):
     through, where a convolutional G has to build a sinusoid out of ReLUs and 3x3 kernels.
 
     The frequencies start spread over about +-3 pi per axis (a wave of up to ~3 periods across the
-    image; the procedural data's stripes have 2-6) by the ``scale`` on the map's output."""
+    image; the procedural data's stripes have 2-6): the map's outputs, about N(0, 1) at initialisation,
+    are multiplied by ``max_freq`` (frequencies) and pi (phases)."""
 
     def __init__(self, in_dim: int, k: int, max_freq: float = 3.0 * math.pi) -> None:
         super().__init__()
