@@ -221,6 +221,7 @@ class _AttentiveNormFn(torch.autograd.Function):
         # The layout's gradient (from the output, the moments, and sum_p S and S^2), summed in
         # place: g_S = P^T (g_Y Vc) - Q^T g_Y + g_u^T Vc + 2 S (g_r^T Vc + g_a^T Vc^2 + g_s2)
         # + g_total (algorithm1); g_S = ... + g_u^T Vc + g_a^T Vc^2 + g_total (weighted).
+        # P^T (g_Y Vc) - Q^T g_Y (terms that nearly cancel) are summed first, g_u^T Vc after.
         vv = torch.mul(vc, vc, out=gv) if eager else vc * vc  # Vc^2, in gv's memory
         if algorithm1:  # d/dS of the S^2 terms is 2 S (...)
             # [g_u^T Vc; g_r^T Vc] in one product (one pass over Vc)
