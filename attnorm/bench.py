@@ -88,6 +88,25 @@ def build(variant: str, b: int, c: int, n: int, size: int, device: str,
     return autocast_step
 
 
+def layer_module(variant: str, c: int, n: int) -> nn.Module:
+    """The module a layer variant times (``an``, ``an_cstats``, ``an_triton``, ``sa``, ``conv_in``), on
+    the CPU, freshly initialised from torch's global RNG. AN's sigma and SA's gamma are 0.5: at their
+    initial 0 each layer would be the identity plus a branch whose gradient is still computed."""
+    if variant in ("an", "an_cstats", "an_triton"):
+        module: nn.Module = AttentiveNorm(c, num_entities=n)
+        with torch.no_grad():
+            module.sigma.fill_(0.5)
+    elif variant == "sa":
+        module = SelfAttention2d(c)
+        with torch.no_grad():
+            module.gamma.fill_(0.5)
+    elif variant == "conv_in":
+        module = nn.Sequential(nn.Conv2d(c, c, 1), nn.InstanceNorm2d(c, affine=True))
+    else:
+        raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
+    return module
+
+
 def _build(variant: str, b: int, c: int, n: int, size: int, device: str,
            compile_mode: str | None, capture_autocast: str | None = None,
            cuda_graphs: bool = False) -> Callable[[], None]:
@@ -121,19 +140,7 @@ def _build(variant: str, b: int, c: int, n: int, size: int, device: str,
             layout = torch.softmax(logits, dim=1)
             fn(v, layout, beta, alpha).backward(grad)
         return step
-    if variant in ("an", "an_cstats", "an_triton"):
-        module: nn.Module = AttentiveNorm(c, num_entities=n)
-        with torch.no_grad():
-            module.sigma.fill_(0.5)
-    elif variant == "sa":
-        module = SelfAttention2d(c)
-        with torch.no_grad():
-            module.gamma.fill_(0.5)
-    elif variant == "conv_in":
-        module = nn.Sequential(nn.Conv2d(c, c, 1), nn.InstanceNorm2d(c, affine=True))
-    else:
-        raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
-    module = maybe_compile(module.to(device).train())
+    module = maybe_compile(layer_module(variant, c, n).to(device).train())
     x = torch.randn(shape, generator=g).to(device).requires_grad_()
     if variant == "an_triton":
         from .layers import triton_stats

@@ -39,8 +39,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _provenance import cpu_model, git_commit  # noqa: E402
 
+from attnorm.bench import layer_module  # noqa: E402  (the modules attnorm bench times)
 from attnorm.io import write_json, write_text  # noqa: E402
-from attnorm.layers import AttentiveNorm, SelfAttention2d  # noqa: E402
 from attnorm.training.allocator import retain_freed_memory  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -92,7 +92,7 @@ def measure(modules: dict, size: int, batch: int, channels: int, rounds: int) ->
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, channels, size, size, generator=g).requires_grad_()
     grad = torch.randn(batch, channels, size, size, generator=g)
-    sa = SelfAttention2d(channels)
+    sa = layer_module("sa", channels, 1)
 
     def step(module):
         x.grad = None
@@ -159,12 +159,10 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         old_layers = load_layers_at(args.baseline, Path(tmp))
         torch.manual_seed(0)
-        new = AttentiveNorm(args.channels, args.entities).train()
-        with torch.no_grad():
-            new.sigma.fill_(0.5)  # as attnorm bench: sigma 0 would make the layer the identity
+        new = layer_module("an", args.channels, args.entities).train()  # sigma 0.5, as attnorm bench times it
         old = old_layers.AttentiveNorm(args.channels, args.entities).train()
         old.load_state_dict(new.state_dict())
-        conv = nn.Sequential(nn.Conv2d(args.channels, args.channels, 1), nn.InstanceNorm2d(args.channels, affine=True))
+        conv = layer_module("conv_in", args.channels, args.entities)
         modules = {"baseline": old, "working tree": new, "conv1x1+IN": conv}
         report = {"config": {"baseline": f"{args.baseline} ({revision_name(args.baseline)})", "code": git_commit(),
                              "batch": args.batch, "channels": args.channels, "entities": args.entities,
