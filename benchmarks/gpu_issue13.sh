@@ -8,7 +8,7 @@
 #   * batch 8 and 32, sizes 32/64/128: AN, AN with the Triton statistics (an_triton), SA and
 #     conv1x1+IN eager in float32, and with forward and backward captured as CUDA graphs
 #     (--cuda-graphs) in float32 and bf16 autocast;
-#   * a kernel-level profile of AN and an_triton (benchmarks/gpu_profile_an.py): under graphs
+#   * a kernel-level profile of AN, SA and conv1x1+IN (benchmarks/gpu_profile_an.py): under graphs
 #     AN's time grows with the map (session 7), so which kernels are slow; and the forward pixel
 #     sum timed as one bmm and split into chunks (b 8 at 128x128 took longer than b 32 at 64x64,
 #     the same pixels: long per-image reductions with a small output are the suspect);
@@ -19,6 +19,8 @@
 # Through the device tool (at most 8 files come back from $OUT), write elsewhere and pack:
 #     bash benchmarks/gpu_issue13.sh /tmp/r && tar czf $OUT/results.tgz -C /tmp r
 # ATTNORM_COMMIT names the code state in the log where the tree has no .git (a device copy).
+# PARTS picks what runs (default all): tests bench profile compile gan gan_compile; e.g.
+# PARTS="tests bench profile" for the layer figures and the kernel profile alone (about 4 minutes).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # a device copy of the tree has attnorm uninstalled
@@ -26,6 +28,8 @@ out="${1:-${OUT:-benchmarks/results/gpu}}"
 mkdir -p "$out"
 commit="${ATTNORM_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 log="$out/gpu_issue13.log"
+parts=" ${PARTS:-tests bench profile compile gan gan_compile} "
+part() { [[ "$parts" == *" $1 "* ]]; }
 run() {  # name, time limit in seconds, then attnorm bench arguments
   local name=$1 limit=$2; shift 2
   echo "== $name (commit $commit): attnorm bench $*" | tee -a "$log"
@@ -35,20 +39,26 @@ run() {  # name, time limit in seconds, then attnorm bench arguments
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee -a "$log"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$log"
 S="--sizes 32,64,128 --repeats 20 --warmup 3"
-python3 -m pytest -q -p no:warnings tests/test_triton_stats.py 2>&1 | tail -n 3 | tee -a "$log"  # the kernels' parity on this GPU
-for b in 8 32; do
+part tests && python3 -m pytest -q -p no:warnings tests/test_triton_stats.py 2>&1 | tail -n 3 | tee -a "$log"  # the kernels' parity on this GPU
+part bench && for b in 8 32; do
   run "gpu_b${b}_fp32" 60 --batch "$b" $S --variants an,an_triton,sa,conv_in
   run "gpu_b${b}_fp32_graphs" 50 --batch "$b" $S --variants an,an_triton,sa,conv_in --cuda-graphs --no-memory
   run "gpu_b${b}_bf16_graphs" 40 --batch "$b" $S --variants an,sa,conv_in --cuda-graphs --autocast bf16 --no-memory
 done
-echo "== an_profile (commit $commit): python benchmarks/gpu_profile_an.py --device cuda --sizes 32,64,128" | tee -a "$log"
-timeout 120 python3 benchmarks/gpu_profile_an.py --device cuda --sizes 32,64,128 --variants an,an_triton --pixel-sum-probe \
-  --json "$out/an_profile.json" 2>&1 | tee -a "$log" || echo "== an_profile failed or timed out" | tee -a "$log"
-run "gpu_b8_reduce_overhead" 90 --batch 8 --sizes 32,64,128 --repeats 20 --warmup 5 --variants an,sa,conv_in --compile reduce-overhead --no-memory
-echo "== gan_step_cuda (commit $commit): python benchmarks/bench_gan.py --device cuda --skip-ssr --res 32 64" | tee -a "$log"
-timeout 120 python3 benchmarks/bench_gan.py --device cuda --skip-ssr --res 32 64 --repeats 9 --json "$out/gan_step_cuda.json" 2>&1 \
-  | tee -a "$log" || echo "== gan_step_cuda failed or timed out" | tee -a "$log"
-for mode in default reduce-overhead; do  # the whole GAN step compiled: G and D through torch.compile
+part profile && for case in 8: 8:bf16 32:; do  # batch:autocast; kernel by kernel, with SA and conv1x1+IN beside AN
+  b=${case%%:*}; ac=${case#*:}
+  echo "== an_profile b $b ${ac:-fp32} (commit $commit): python benchmarks/gpu_profile_an.py --device cuda --batch $b --sizes 32,64,128 --variants an,sa,conv_in ${ac:+--autocast $ac}" | tee -a "$log"
+  timeout 90 python3 benchmarks/gpu_profile_an.py --device cuda --batch "$b" --sizes 32,64,128 --variants an,sa,conv_in --top 25 \
+    ${ac:+--autocast $ac} $([ "$case" = 8: ] && echo --pixel-sum-probe) --json "$out/an_profile_b${b}${ac:+_$ac}.json" 2>&1 \
+    | tee -a "$log" || echo "== an_profile failed or timed out" | tee -a "$log"
+done
+part compile && run "gpu_b8_reduce_overhead" 90 --batch 8 --sizes 32,64,128 --repeats 20 --warmup 5 --variants an,sa,conv_in --compile reduce-overhead --no-memory
+if part gan; then
+  echo "== gan_step_cuda (commit $commit): python benchmarks/bench_gan.py --device cuda --skip-ssr --res 32 64" | tee -a "$log"
+  timeout 120 python3 benchmarks/bench_gan.py --device cuda --skip-ssr --res 32 64 --repeats 9 --json "$out/gan_step_cuda.json" 2>&1 \
+    | tee -a "$log" || echo "== gan_step_cuda failed or timed out" | tee -a "$log"
+fi
+part gan_compile && for mode in default reduce-overhead; do  # the whole GAN step compiled: G and D through torch.compile
   echo "== gan_step_cuda_$mode (commit $commit): python benchmarks/bench_gan.py --device cuda --compile $mode" | tee -a "$log"
   timeout 150 python3 benchmarks/bench_gan.py --device cuda --skip-ssr --res 32 64 --repeats 9 --warmup 4 --compile "$mode" \
     --json "$out/gan_step_cuda_$mode.json" 2>&1 | tee -a "$log" || echo "== gan_step_cuda_$mode failed or timed out" | tee -a "$log"
