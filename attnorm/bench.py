@@ -32,13 +32,15 @@ import torch
 from torch import nn
 
 from .layers import (AttentiveNorm, SelfAttention2d, compiled_statistics, regional_norm, regional_norm_literal,
-                     triton_statistics_enabled)
+                     triton_pixel_sums_enabled, triton_statistics_enabled)
 from .provenance import git_commit
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("rn_fast", "rn_literal", "an", "sa", "conv_in", "an_cstats", "an_triton")
-DEFAULT_VARIANTS = VARIANTS[:-2]  # an_cstats compiles (seconds per size), an_triton needs Triton: asked for by name
+VARIANTS = ("rn_fast", "rn_literal", "an", "sa", "conv_in", "an_cstats", "an_triton", "an_tsums", "an_tall")
+# an_cstats compiles (seconds per size), the Triton variants need Triton: asked for by name
+DEFAULT_VARIANTS = VARIANTS[:5]
+TRITON_VARIANTS = ("an_triton", "an_tsums", "an_tall")
 DESCRIPTIONS = {
     "rn_fast": "regional norm, fast path (attnorm.layers.regional_norm)",
     "rn_literal": "regional norm, literal Algorithm 1 (5-D tensors)",
@@ -47,6 +49,8 @@ DESCRIPTIONS = {
     "conv_in": "conv1x1 + InstanceNorm2d (the floor AN cannot beat)",
     "an_cstats": "AttentiveNorm with its per-entity statistics compiled (attnorm.layers.compile_statistics)",
     "an_triton": "AttentiveNorm with its per-entity statistics as two Triton kernels (attnorm.layers.triton_statistics)",
+    "an_tsums": "AttentiveNorm with its pixel sums as a split-K Triton kernel (attnorm.layers.triton_pixel_sums)",
+    "an_tall": "AttentiveNorm with both Triton paths (statistics and pixel sums)",
 }
 
 
@@ -89,10 +93,10 @@ def build(variant: str, b: int, c: int, n: int, size: int, device: str,
 
 
 def layer_module(variant: str, c: int, n: int) -> nn.Module:
-    """The module a layer variant times (``an``, ``an_cstats``, ``an_triton``, ``sa``, ``conv_in``), on
+    """The module a layer variant times (``an`` and its ``an_*`` paths, ``sa``, ``conv_in``), on
     the CPU, freshly initialised from torch's global RNG. AN's sigma and SA's gamma are 0.5: at their
     initial 0 each layer would be the identity plus a branch whose gradient is still computed."""
-    if variant in ("an", "an_cstats", "an_triton"):
+    if variant in ("an", "an_cstats") + TRITON_VARIANTS:
         module: nn.Module = AttentiveNorm(c, num_entities=n)
         with torch.no_grad():
             module.sigma.fill_(0.5)
@@ -111,7 +115,7 @@ def _build(variant: str, b: int, c: int, n: int, size: int, device: str,
            compile_mode: str | None, capture_autocast: str | None = None,
            cuda_graphs: bool = False) -> Callable[[], None]:
     if cuda_graphs and (torch.device(device).type != "cuda" or variant in ("rn_fast", "rn_literal")):
-        raise ValueError(f"CUDA graphs need a CUDA device and a layer variant (an, an_triton, sa, conv_in), "
+        raise ValueError(f"CUDA graphs need a CUDA device and a layer variant (an, an_*, sa, conv_in), "
                          f"got {variant!r} on {device!r}")
     maybe_compile = (lambda f: torch.compile(f, mode=compile_mode, dynamic=False)) if compile_mode else (lambda f: f)
     # CUDA graphs (mode "reduce-overhead") replay into the same output memory: each step is marked
@@ -142,15 +146,20 @@ def _build(variant: str, b: int, c: int, n: int, size: int, device: str,
         return step
     module = maybe_compile(layer_module(variant, c, n).to(device).train())
     x = torch.randn(shape, generator=g).to(device).requires_grad_()
-    if variant == "an_triton":
+    if variant in TRITON_VARIANTS:
         from .layers import triton_stats
         if not triton_stats.applicable(torch.empty(b, c, n, device=x.device)):  # the (b, c, n) sums it takes
-            raise RuntimeError("an_triton needs the triton package and a CUDA device (or TRITON_INTERPRET=1)")
-    # the variant's statistics path, switched on around every forward+backward (or the capture)
-    switch = {"an_cstats": compiled_statistics, "an_triton": triton_statistics_enabled}.get(variant)
+            raise RuntimeError(f"{variant} needs the triton package and a CUDA device (or TRITON_INTERPRET=1)")
+    # the variant's paths, switched on around every forward+backward (or the capture)
+    switches = {"an_cstats": (compiled_statistics,), "an_triton": (triton_statistics_enabled,),
+                "an_tsums": (triton_pixel_sums_enabled,),
+                "an_tall": (triton_statistics_enabled, triton_pixel_sums_enabled)}.get(variant, ())
 
     def statistics_path():
-        return switch(True) if switch is not None else contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        for switch in switches:
+            stack.enter_context(switch(True))
+        return stack
     if cuda_graphs:
         with contextlib.ExitStack() as stack:
             stack.enter_context(statistics_path())
@@ -300,7 +309,7 @@ def run(sizes=(16, 32, 64, 128), batch=8, channels=128, entities=16, repeats=7, 
             for variant, step in steps.items():
                 times[variant] += time_variant(step, device, 0, 1)
         ops = {v: count_dispatches(step) for v, step in steps.items()
-               if compile_mode is None and not cuda_graphs and v not in ("an_cstats", "an_triton")}
+               if compile_mode is None and not cuda_graphs and v not in ("an_cstats",) + TRITON_VARIANTS}
         steps.clear()
         for variant in variants:
             row = rows[variant]

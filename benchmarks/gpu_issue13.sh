@@ -5,7 +5,8 @@
 # It writes one JSON per case (each holds device, torch version, batch, dtype, times and the
 # targets as ratios) plus a log, and never fails the whole script for one case:
 #   * the Triton statistics kernels' parity tests on the GPU;
-#   * batch 8 and 32, sizes 32/64/128: AN, AN with the Triton statistics (an_triton), SA and
+#   * batch 8 and 32, sizes 32/64/128: AN, AN with the Triton statistics (an_triton), the Triton
+#     pixel sums (an_tsums) and both (an_tall), SA and
 #     conv1x1+IN eager in float32, and with forward and backward captured as CUDA graphs
 #     (--cuda-graphs) in float32 and bf16 autocast;
 #   * a kernel-level profile of AN, SA and conv1x1+IN (benchmarks/gpu_profile_an.py): under graphs
@@ -21,6 +22,8 @@
 # ATTNORM_COMMIT names the code state in the log where the tree has no .git (a device copy).
 # PARTS picks what runs (default all): tests bench profile compile gan gan_compile; e.g.
 # PARTS="tests bench profile" for the layer figures and the kernel profile alone (about 4 minutes).
+# PROFILE_VARIANTS (default an,an_tall,sa,conv_in) and PROFILE_CASES (batch:autocast, default
+# "8: 8:bf16 32:") pick the profiled layers and cases.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # a device copy of the tree has attnorm uninstalled
@@ -41,14 +44,15 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.versio
 S="--sizes 32,64,128 --repeats 20 --warmup 3"
 part tests && python3 -m pytest -q -p no:warnings tests/test_triton_stats.py 2>&1 | tail -n 3 | tee -a "$log"  # the kernels' parity on this GPU
 part bench && for b in 8 32; do
-  run "gpu_b${b}_fp32" 60 --batch "$b" $S --variants an,an_triton,sa,conv_in
-  run "gpu_b${b}_fp32_graphs" 50 --batch "$b" $S --variants an,an_triton,sa,conv_in --cuda-graphs --no-memory
-  run "gpu_b${b}_bf16_graphs" 40 --batch "$b" $S --variants an,sa,conv_in --cuda-graphs --autocast bf16 --no-memory
+  run "gpu_b${b}_fp32" 90 --batch "$b" $S --variants an,an_triton,an_tsums,an_tall,sa,conv_in
+  run "gpu_b${b}_fp32_graphs" 70 --batch "$b" $S --variants an,an_triton,an_tsums,an_tall,sa,conv_in --cuda-graphs --no-memory
+  run "gpu_b${b}_bf16_graphs" 50 --batch "$b" $S --variants an,an_tall,sa,conv_in --cuda-graphs --autocast bf16 --no-memory
 done
-part profile && for case in 8: 8:bf16 32:; do  # batch:autocast; kernel by kernel, with SA and conv1x1+IN beside AN
+pv=${PROFILE_VARIANTS:-an,an_tall,sa,conv_in}
+part profile && for case in ${PROFILE_CASES:-8: 8:bf16 32:}; do  # batch:autocast; kernel by kernel
   b=${case%%:*}; ac=${case#*:}
-  echo "== an_profile b $b ${ac:-fp32} (commit $commit): python benchmarks/gpu_profile_an.py --device cuda --batch $b --sizes 32,64,128 --variants an,sa,conv_in ${ac:+--autocast $ac}" | tee -a "$log"
-  timeout 90 python3 benchmarks/gpu_profile_an.py --device cuda --batch "$b" --sizes 32,64,128 --variants an,sa,conv_in --top 25 \
+  echo "== an_profile b $b ${ac:-fp32} (commit $commit): python benchmarks/gpu_profile_an.py --device cuda --batch $b --sizes 32,64,128 --variants $pv ${ac:+--autocast $ac}" | tee -a "$log"
+  timeout 90 python3 benchmarks/gpu_profile_an.py --device cuda --batch "$b" --sizes 32,64,128 --variants "$pv" --top 25 \
     ${ac:+--autocast $ac} $([ "$case" = 8: ] && echo --pixel-sum-probe) --json "$out/an_profile_b${b}${ac:+_$ac}.json" 2>&1 \
     | tee -a "$log" || echo "== an_profile failed or timed out" | tee -a "$log"
 done

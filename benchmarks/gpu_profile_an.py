@@ -73,10 +73,15 @@ def pixel_sum_probe(device: str, repeats: int = 50) -> list[dict]:
     for batch, size in ((8, 32), (8, 64), (8, 128), (32, 64), (32, 128)):
         hw = size * size
         a = torch.randn(batch, 128, hw, device=device)
-        b = torch.randn(batch, 32, hw, device=device).transpose(1, 2)  # S^T, as the layer passes it
+        s = torch.randn(batch, 32, hw, device=device)
+        b = s.transpose(1, 2)  # S^T, as torch.bmm takes it
         row = {"batch": batch, "size": size}
-        for name, fn in [("bmm", lambda: torch.bmm(a, b))] + [
-                (f"split{k}", (lambda k=k: split_pixel_sum(a, b, k))) for k in (4, 16, 64) if hw % k == 0]:
+        cases = [("bmm", lambda: torch.bmm(a, b))] + [
+            (f"split{k}", (lambda k=k: split_pixel_sum(a, b, k))) for k in (4, 16, 64) if hw % k == 0]
+        from attnorm.layers import triton_sums
+        if triton_sums.applicable(a, s):  # the split-K kernel the layer uses with triton_pixel_sums
+            cases.append(("triton", lambda: triton_sums.pixel_sum(a, s)))
+        for name, fn in cases:
             for _ in range(3):
                 fn()
             if device.startswith("cuda"):
@@ -87,9 +92,14 @@ def pixel_sum_probe(device: str, repeats: int = 50) -> list[dict]:
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             row[name + "_us"] = 1e6 * (time.perf_counter() - t0) / repeats
+        if "triton_us" in row:
+            from attnorm.layers import triton_sums
+            assert torch.allclose(triton_sums.pixel_sum(a, s), torch.bmm(a, b), rtol=1e-4, atol=1e-3)
+            row["triton_config"] = triton_sums._tuned(a, s)._asdict()
         rows.append(row)
         print("  pixel sum b %d %dx%d: " % (batch, size, size)
-              + ", ".join(f"{k[:-3]} {v:.1f} us" for k, v in row.items() if k.endswith("_us")))
+              + ", ".join(f"{k[:-3]} {v:.1f} us" for k, v in row.items() if k.endswith("_us"))
+              + (f" (triton {tuple(row['triton_config'].values())})" if "triton_config" in row else ""))
     return rows
 
 

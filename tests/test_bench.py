@@ -135,14 +135,42 @@ def test_an_forward_backward_dispatches_few_ops():
     assert "aten ops per forward+backward" in bench.format_table(report)
 
 
-def test_an_triton_is_skipped_with_its_reason_where_triton_cannot_run(monkeypatch):
+def test_the_triton_variants_are_skipped_with_their_reason_where_triton_cannot_run(monkeypatch):
     from attnorm.layers import triton_stats
     monkeypatch.setattr(triton_stats, "available", lambda: False)
     report = bench.run(sizes=(8,), batch=1, channels=16, entities=2, repeats=1, warmup=0, memory=False,
-                       variants=("an", "an_triton"))
+                       variants=("an",) + bench.TRITON_VARIANTS)
     rows = {r["variant"]: r for r in report["results"]}
-    assert rows["an"]["status"] == "ok" and rows["an_triton"]["status"] == "skipped"
-    assert "needs the triton package" in rows["an_triton"]["reason"]
+    assert rows["an"]["status"] == "ok"
+    for v in bench.TRITON_VARIANTS:
+        assert rows[v]["status"] == "skipped" and f"{v} needs the triton package" in rows[v]["reason"]
+
+
+@pytest.mark.parametrize("variant,stats,sums", [("an", False, False), ("an_triton", True, False),
+                                                 ("an_tsums", False, True), ("an_tall", True, True)])
+def test_each_an_variant_switches_its_paths_on_for_its_step_only(monkeypatch, variant, stats, sums):
+    """What each variant's step runs with: the statistics and pixel-sum switches as seen from inside
+    the layer's forward and backward (the pixel sums are called in both), and off again after."""
+    import warnings
+
+    from attnorm.layers import attentive, regional, triton_stats
+    seen = []
+    real = attentive.pixel_sum
+
+    def spy(a, b):
+        seen.append((regional._TRITON["enabled"], regional._TRITON_SUMS["enabled"]))
+        return real(a, b)
+    monkeypatch.setattr(attentive, "pixel_sum", spy)
+    if variant != "an":  # build's check passes; the statistics kernels fail (the eager path runs)
+        monkeypatch.setattr(triton_stats, "applicable", lambda *a: True)
+        monkeypatch.setattr(triton_stats, "statistics_forward", lambda *a: (_ for _ in ()).throw(RuntimeError("x")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the (patched) Triton statistics fail and fall back
+        step = bench.build(variant, 2, 16, 4, 8, "cpu")
+        step()
+    regional._TRITON["failed"] = None
+    assert len(seen) == 5 and set(seen) == {(stats, sums)}, seen
+    assert not regional._TRITON["enabled"] and not regional._TRITON_SUMS["enabled"]
 
 
 def test_cuda_graphs_need_cuda_and_a_layer_variant(capsys):

@@ -25,7 +25,7 @@ def _run_cases(env: dict, selection: str) -> int:
                          env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
     summary = res.stdout.strip().splitlines()[-1]
-    assert re.fullmatch(r"\d+ passed(, \d+ deselected)? in .*", summary), summary
+    assert re.fullmatch(r"\d+ passed(, \d+ skipped)?(, \d+ deselected)? in .*", summary), summary
     return int(summary.split()[0])
 
 
@@ -33,7 +33,7 @@ def _run_cases(env: dict, selection: str) -> int:
 def test_triton_statistics_cases():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     if torch.cuda.is_available():
-        assert _run_cases(env, "") >= 24
+        assert _run_cases(env, "") >= 40
     else:  # the parity cases in the interpreter; the kernels compiled (not run) for a Hopper GPU
         assert _run_cases({**env, "TRITON_INTERPRET": "1"}, "not hopper") >= 20
-        assert _run_cases(env, "hopper") == 4
+        assert _run_cases(env, "hopper") == 6

@@ -155,3 +155,133 @@ def test_kernels_compile_for_a_hopper_gpu(algorithm1, flags):
                         constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
         compiled = triton_compile(src, target=GPUTarget("cuda", 90, 32))
         assert compiled.asm.get("cubin"), fn
+
+
+# ------------------------------------------------------------------ the pixel sums (split-K kernel)
+from attnorm.layers import triton_pixel_sums_enabled  # noqa: E402
+from attnorm.layers import triton_sums  # noqa: E402
+
+# Triton 3.6's interpreter turns a loop bound that is a kernel argument into int(1-element array),
+# which NumPy 2.3+ refuses: the interpreted pixel-sum cases need an older NumPy (compiled: any)
+_OLD_NUMPY = tuple(int(v) for v in __import__("numpy").__version__.split(".")[:2]) < (2, 3)
+pytestmark_pixel = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1" and not _OLD_NUMPY,
+                                      reason="Triton's interpreter needs NumPy < 2.3 for the kernel's loop")
+
+
+def _pixel_operands(batch, m, n, k, seed=0, strided=False):
+    """(a, b) as the layer passes them; ``strided``: views into larger buffers (batch and row
+    strides that are not the shape's), as ``Vc`` (a slice of the (n + c, hw) buffer) and ``S^2``."""
+    g = torch.Generator().manual_seed(seed)
+    if strided:
+        a = torch.randn(batch, m + 3, k, generator=g)[:, 3:]
+        b = torch.randn(batch, 2 * n, k, generator=g)[:, n:]
+    else:
+        a, b = torch.randn(batch, m, k, generator=g), torch.randn(batch, n, k, generator=g)
+    return a.to(DEVICE), b.to(DEVICE)
+
+
+@pytestmark_pixel
+@pytest.mark.parametrize("shape", [(2, 5, 4, 9), (3, 16, 16, 300), (2, 144, 128, 257), (1, 128, 32, 1024)])
+@pytest.mark.parametrize("strided", [False, True])
+def test_pixel_sum_matches_float64_products(shape, strided):
+    batch, m, n, k = shape
+    a, b = _pixel_operands(batch, m, n, k, strided=strided)
+    assert triton_sums.applicable(a, b)
+    got = triton_sums.pixel_sum(a, b)
+    want = torch.bmm(a.double(), b.double().transpose(1, 2))
+    assert got.dtype == torch.float32 and got.shape == (batch, m, n) and got.is_contiguous()
+    _close(got.double(), want, "a @ b^T", rtol=1e-5)
+
+
+@pytestmark_pixel
+@pytest.mark.parametrize("config", triton_sums.CANDIDATES)
+def test_every_candidate_launch_gives_the_same_sums(config):
+    """Each tile shape / chunk count the tuner may pick (chunks > 1 here: k = 700 > 2 * MIN_CHUNK),
+    with output tiles that overhang m and n."""
+    a, b = _pixel_operands(2, 40, 20, 700, seed=3, strided=True)
+    splits, chunk = triton_sums._splits(config, 2, 40, 20, 700)
+    assert splits * chunk >= 700 and (splits - 1) * chunk < 700
+    got = triton_sums._launch(a, b, config)
+    _close(got.double(), torch.bmm(a.double(), b.double().transpose(1, 2)), str(config), rtol=1e-5)
+
+
+def test_pixel_sum_chunks_split_the_map():
+    """The chunk arithmetic: enough programs, chunks of at least MIN_CHUNK pixels in whole steps."""
+    c = triton_sums.Config(64, 32, 32, 4, 3, 1024)
+    assert triton_sums._splits(c, 8, 128, 16, 16384) == (64, 256)  # 2 tiles x 8 samples x 64 chunks
+    assert triton_sums._splits(c, 8, 128, 16, 1024) == (8, 128)  # capped by MIN_CHUNK
+    assert triton_sums._splits(c, 64, 144, 128, 4096) == (2, 2048)  # 12 tiles x 64 samples x 2 chunks
+    assert triton_sums._splits(c, 128, 144, 128, 4096) == (1, 4096)  # enough programs without chunks
+    assert triton_sums._splits(c, 1, 128, 16, 100) == (1, 128)
+
+
+@pytestmark_pixel
+def test_the_layer_with_triton_pixel_sums_matches_its_bmm_path():
+    torch.manual_seed(0)
+    for variance in ("algorithm1", "weighted"):
+        layer = AttentiveNorm(16, num_entities=4, variance=variance).to(DEVICE)
+        with torch.no_grad():
+            layer.sigma.fill_(0.5)
+            layer.rn_weight.uniform_(0.5, 1.5)
+        x = torch.randn(2, 16, 20, 20, device=DEVICE)  # 400 pixels: more than one chunk
+        g_out = torch.randn_like(x)
+        positions = torch.tensor([1, 5, 7, 30], device=DEVICE)
+
+        def run(enabled):
+            xi = x.clone().requires_grad_()
+            layer.zero_grad()
+            with triton_pixel_sums_enabled(enabled), triton_statistics_enabled(enabled):
+                y = layer(xi, positions=positions)
+                y.backward(g_out)
+            return [y.detach(), xi.grad] + [p.grad.clone() for p in layer.parameters()]
+
+        calls = []
+        real = triton_sums.pixel_sum
+        triton_sums.pixel_sum = lambda *a: calls.append(1) or real(*a)
+        try:
+            fast = run(True)
+        finally:
+            triton_sums.pixel_sum = real
+        assert len(calls) == 5, calls  # 2 in the forward (algorithm1: [S; S^2] and S^2; weighted: S twice), 3 back
+        for i, (v, w) in enumerate(zip(fast, run(False))):
+            _close(v, w, f"{variance} output {i}", rtol=5e-5, floor=1e-3)
+
+
+def test_what_the_pixel_sum_kernel_does_not_take_goes_to_bmm():
+    a, b = _pixel_operands(2, 8, 4, 64)
+    assert not triton_sums.applicable(a.double(), b.double())
+    assert not triton_sums.applicable(a.transpose(1, 2).contiguous().transpose(1, 2), b)  # pixels not contiguous
+    calls = []
+    real = triton_sums.pixel_sum
+    triton_sums.pixel_sum = lambda *x: calls.append(1) or real(*x)
+    try:
+        with triton_pixel_sums_enabled(True):
+            out = regional.pixel_sum(a.double(), b.double())
+        assert not calls and torch.allclose(out, torch.bmm(a.double(), b.double().transpose(1, 2)))
+        with triton_pixel_sums_enabled(False):
+            regional.pixel_sum(a, b)
+        assert not calls
+    finally:
+        triton_sums.pixel_sum = real
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="the interpreter does not compile")
+@pytest.mark.parametrize("tf32", [True, False])
+def test_pixel_sum_kernel_compiles_for_a_hopper_gpu(tf32):
+    """Every candidate launch builds for sm_90 and fits a Hopper block's shared memory (227 KiB)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.compiler import compile as triton_compile
+
+    import attnorm.layers._triton_kernels as kernels
+    fn = kernels.pixel_sum_kernel
+    for config in triton_sums.CANDIDATES:
+        consts = {"BM": config.bm, "BN": config.bn, "BK": config.bk, "TF32": tf32}
+        signature = {name: ("constexpr" if name in consts else "*fp32" if name.endswith("_ptr") else "i32")
+                     for name in fn.arg_names}
+        src = ASTSource(fn=fn, signature=signature,
+                        constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
+        compiled = triton_compile(src, target=GPUTarget("cuda", 90, 32),
+                                  options={"num_warps": config.warps, "num_stages": config.stages})
+        assert compiled.asm.get("cubin"), config
+        assert compiled.metadata.shared <= 227 * 1024, (config, compiled.metadata.shared)

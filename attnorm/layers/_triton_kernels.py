@@ -1,4 +1,5 @@
-"""Triton kernels of :mod:`attnorm.layers.triton_stats` (imported only when Triton is used)."""
+"""Triton kernels of :mod:`attnorm.layers.triton_stats` and :mod:`attnorm.layers.triton_sums`
+(imported only when Triton is used)."""
 
 import triton
 import triton.language as tl
@@ -183,3 +184,33 @@ def backward_kernel(u_ptr, r_ptr, a_ptr, k_ptr, t_ptr, s2_ptr, beta_ptr, alpha_p
         tl.store(gr_ptr + out, g_r, mask=mask)
         tl.store(gs2_ptr + pid * N + n1, g_s2, mask=n1 < N)
 
+
+
+@triton.jit
+def pixel_sum_kernel(a_ptr, b_ptr, out_ptr, M, N, K, chunk,
+                     s_ab, s_am, s_ak, s_bb, s_bn, s_bk, s_ob, s_os, s_om,
+                     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, TF32: tl.constexpr):
+    """One (BM, BN) tile of ``a[b] @ b[b]^T`` over the pixels ``[split * chunk, (split + 1) * chunk)``,
+    written to ``out[b, split]`` (the splits are summed afterwards: split-K over the map)."""
+    pid_mn = tl.program_id(0)
+    split = tl.program_id(1)
+    batch = tl.program_id(2).to(tl.int64)
+    num_n = tl.cdiv(N, BN)
+    rm = (pid_mn // num_n) * BM + tl.arange(0, BM)
+    rn = (pid_mn % num_n) * BN + tl.arange(0, BN)
+    rk = tl.arange(0, BK)
+    k_start = split * chunk
+    k_end = tl.minimum(k_start + chunk, K)
+    a_rows = a_ptr + batch * s_ab + rm[:, None] * s_am
+    b_rows = b_ptr + batch * s_bb + rn[:, None] * s_bn
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k in tl.range(0, chunk, BK):
+        kk = k_start + k + rk
+        a = tl.load(a_rows + kk[None, :] * s_ak, mask=(rm[:, None] < M) & (kk[None, :] < k_end), other=0.0)
+        b = tl.load(b_rows + kk[None, :] * s_bk, mask=(rn[:, None] < N) & (kk[None, :] < k_end), other=0.0)
+        if TF32:
+            acc += tl.dot(a, tl.trans(b), input_precision="tf32")
+        else:
+            acc += tl.dot(a, tl.trans(b), input_precision="ieee")
+    out = out_ptr + batch * s_ob + split * s_os + rm[:, None] * s_om + rn[None, :]
+    tl.store(out, acc, mask=(rm[:, None] < M) & (rn[None, :] < N))

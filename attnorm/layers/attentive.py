@@ -27,7 +27,7 @@ import threading
 import torch
 from torch import Tensor, nn
 
-from .regional import (_check_variance, _compute_dtype, _full_precision_backward, statistics_backward,
+from .regional import (_check_variance, _compute_dtype, _full_precision_backward, pixel_sum, statistics_backward,
                        statistics_forward)
 
 
@@ -140,16 +140,16 @@ class _AttentiveNormFn(torch.autograd.Function):
             else:
                 s2 = s * s
                 ss = torch.cat([s, s2], dim=1)  # (b, 2n, hw)
-            m = torch.bmm(vc, ss.transpose(1, 2))  # (b, c, 2n): [sum_p Vc S | sum_p Vc S^2]
-            a = torch.bmm(vv, s2.transpose(1, 2))  # (b, c, n): sum_p Vc^2 S^2
+            m = pixel_sum(vc, ss)  # (b, c, 2n): [sum_p Vc S | sum_p Vc S^2]
+            a = pixel_sum(vv, s2)  # (b, c, n): sum_p Vc^2 S^2
             u, r = m[..., :n], m[..., n:]
             ssum = ss.sum(-1).unsqueeze(1)  # (b, 1, 2n): [sum_p S | sum_p S^2]
             total, s2_sum = ssum[..., :n], ssum[..., n:]
         else:
             s2 = ss = s
             ssum = total = s.sum(-1).unsqueeze(1)  # (b, 1, n): sum_p S
-            u = torch.bmm(vc, s.transpose(1, 2))  # (b, c, n): sum_p Vc S
-            a = torch.bmm(vv, s.transpose(1, 2))  # (b, c, n): sum_p Vc^2 S
+            u = pixel_sum(vc, s)  # (b, c, n): sum_p Vc S
+            a = pixel_sum(vv, s)  # (b, c, n): sum_p Vc^2 S
             r = s2_sum = None
         # sigma folded in: (b, c, n) each; coeff: what the statistics' backward needs
         p, q, coeff = statistics_forward(u, r, a, shift, total, s2_sum, beta, alpha, sigma, eps, hw)
@@ -188,8 +188,8 @@ class _AttentiveNormFn(torch.autograd.Function):
 
         # Y = X - Q S + Vc * (P S)
         gv = torch.mul(g_y, vc, out=_workspace((b, c, hw), x3, 1)) if eager else g_y * vc
-        g_p = torch.bmm(gv, s.transpose(1, 2))  # (b, c, n)
-        gs_t = torch.bmm(g_y, s.transpose(1, 2))  # (b, c, n): sum_p g_Y S
+        g_p = pixel_sum(gv, s)  # (b, c, n)
+        gs_t = pixel_sum(g_y, s)  # (b, c, n): sum_p g_Y S
         g_s = (torch.bmm(p.transpose(1, 2), gv, out=_workspace((b, n, hw), x3, 3)) if eager
                else torch.bmm(p.transpose(1, 2), gv))  # (b, n, hw)
         g_s.baddbmm_(q.transpose(1, 2), g_y, alpha=-1.0)
@@ -254,7 +254,7 @@ class _AttentiveNormFn(torch.autograd.Function):
         g_x3 = None
         if needs[0]:
             g_x3 = _bmm_add(g_y, weight.transpose(1, 2), g_out)  # (b, c, hw)
-        g_weight = torch.bmm(g_out, x3.transpose(1, 2))  # (b, n + c, c)
+        g_weight = pixel_sum(g_out, x3)  # (b, n + c, c)
         inv_tau = 1.0 / ctx.temperature
         g_ent = g_weight[:, :n] * inv_tau  # (b, n, c): the rows were E_b / tau
         g_entities = g_ent.sum(0) if needs[1] else None

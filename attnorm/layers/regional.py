@@ -345,6 +345,36 @@ def triton_statistics_enabled(enabled: bool = True):
     return _switched(_TRITON, triton_statistics, enabled)
 
 
+# ------------------------------------------------------------------ Triton pixel sums (opt-in)
+_TRITON_SUMS = {"enabled": False, "failed": None}
+
+
+def triton_pixel_sums(enabled: bool = True) -> None:
+    """Run AN's pixel sums (the products that contract over the map, e.g. ``Vc @ S^T``) as a
+    split-K Triton kernel (:mod:`attnorm.layers.triton_sums`) where it applies: float32 CUDA
+    tensors contiguous along the map; elsewhere, and without the ``triton`` package, ``torch.bmm``
+    runs. ``enabled=False``: back to ``torch.bmm`` (the default)."""
+    _TRITON_SUMS["enabled"] = bool(enabled)
+
+
+def triton_pixel_sums_enabled(enabled: bool = True):
+    """Context manager: :func:`triton_pixel_sums` (``enabled``) inside, the previous setting after."""
+    return _switched(_TRITON_SUMS, triton_pixel_sums, enabled)
+
+
+def pixel_sum(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b^T`` for (batch, m, hw) and (batch, n, hw): the (batch, m, n) sums over the pixels;
+    by the Triton kernel when :func:`triton_pixel_sums` is on and applies, else ``torch.bmm``."""
+    if _TRITON_SUMS["enabled"] and _TRITON_SUMS["failed"] is None and not torch.compiler.is_compiling():
+        from . import triton_sums
+        if triton_sums.applicable(a, b):
+            try:
+                return triton_sums.pixel_sum(a, b)
+            except Exception as exc:  # a kernel that does not build or run on this machine
+                _fall_back(_TRITON_SUMS, "Triton AN pixel sums", exc, stacklevel=2)
+    return torch.bmm(a, b.transpose(1, 2))
+
+
 def statistics_forward(u, r, a, k, total, s2_sum, beta, alpha, scale, eps: float, hw: int):
     """:func:`coefficients_forward`; as Triton kernels when :func:`triton_statistics` is on and
     applies, else compiled when :func:`compile_statistics` is on."""
