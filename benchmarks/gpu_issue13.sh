@@ -42,7 +42,8 @@ run() {  # name, time limit in seconds, then attnorm bench arguments
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee -a "$log"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$log"
 S="--sizes 32,64,128 --repeats 20 --warmup 3"
-part tests && python3 -m pytest -q -p no:warnings tests/test_triton_stats.py 2>&1 | tail -n 3 | tee -a "$log"  # the kernels' parity on this GPU
+# the kernels' parity on this GPU (the cases file run directly: a failure's report lands in the log)
+part tests && python3 -m pytest -o addopts= -q -p no:warnings -p no:cacheprovider -rf tests/triton_cases.py 2>&1 | tail -n 60 | tee -a "$log"
 part bench && for b in 8 32; do
   run "gpu_b${b}_fp32" 90 --batch "$b" $S --variants an,an_triton,an_tsums,an_tall,sa,conv_in
   run "gpu_b${b}_fp32_graphs" 70 --batch "$b" $S --variants an,an_triton,an_tsums,an_tall,sa,conv_in --cuda-graphs --no-memory

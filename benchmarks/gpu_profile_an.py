@@ -95,11 +95,12 @@ def pixel_sum_probe(device: str, repeats: int = 50) -> list[dict]:
         if "triton_us" in row:
             from attnorm.layers import triton_sums
             assert torch.allclose(triton_sums.pixel_sum(a, s), torch.bmm(a, b), rtol=1e-4, atol=1e-3)
-            row["triton_config"] = triton_sums._tuned(a, s)._asdict()
+            config = triton_sums._tuned(a, s)
+            row["triton_config"] = config._asdict() if config is not None else "torch.bmm"
         rows.append(row)
         print("  pixel sum b %d %dx%d: " % (batch, size, size)
               + ", ".join(f"{k[:-3]} {v:.1f} us" for k, v in row.items() if k.endswith("_us"))
-              + (f" (triton {tuple(row['triton_config'].values())})" if "triton_config" in row else ""))
+              + (f" (tuned: {row['triton_config']})" if "triton_config" in row else ""))
     return rows
 
 

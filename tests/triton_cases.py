@@ -266,8 +266,8 @@ def test_what_the_pixel_sum_kernel_does_not_take_goes_to_bmm():
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="the interpreter does not compile")
-@pytest.mark.parametrize("tf32", [True, False])
-def test_pixel_sum_kernel_compiles_for_a_hopper_gpu(tf32):
+@pytest.mark.parametrize("prec", [0, 1, 2])
+def test_pixel_sum_kernel_compiles_for_a_hopper_gpu(prec):
     """Every candidate launch builds for sm_90 and fits a Hopper block's shared memory (227 KiB)."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -276,7 +276,7 @@ def test_pixel_sum_kernel_compiles_for_a_hopper_gpu(tf32):
     import attnorm.layers._triton_kernels as kernels
     fn = kernels.pixel_sum_kernel
     for config in triton_sums.CANDIDATES:
-        consts = {"BM": config.bm, "BN": config.bn, "BK": config.bk, "TF32": tf32}
+        consts = {"BM": config.bm, "BN": config.bn, "BK": config.bk, "PREC": prec}
         signature = {name: ("constexpr" if name in consts else "*fp32" if name.endswith("_ptr") else "i32")
                      for name in fn.arg_names}
         src = ASTSource(fn=fn, signature=signature,

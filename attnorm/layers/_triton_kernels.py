@@ -189,9 +189,10 @@ def backward_kernel(u_ptr, r_ptr, a_ptr, k_ptr, t_ptr, s2_ptr, beta_ptr, alpha_p
 @triton.jit
 def pixel_sum_kernel(a_ptr, b_ptr, out_ptr, M, N, K, chunk,
                      s_ab, s_am, s_ak, s_bb, s_bn, s_bk, s_ob, s_os, s_om,
-                     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, TF32: tl.constexpr):
+                     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
     """One (BM, BN) tile of ``a[b] @ b[b]^T`` over the pixels ``[split * chunk, (split + 1) * chunk)``,
-    written to ``out[b, split]`` (the splits are summed afterwards: split-K over the map)."""
+    written to ``out[b, split]`` (the splits are summed afterwards: split-K over the map). ``PREC``: 0
+    float32 FMA ("ieee"), 1 three TF32 tensor-core products ("tf32x3", float32 accuracy), 2 TF32."""
     pid_mn = tl.program_id(0)
     split = tl.program_id(1)
     batch = tl.program_id(2).to(tl.int64)
@@ -208,8 +209,10 @@ def pixel_sum_kernel(a_ptr, b_ptr, out_ptr, M, N, K, chunk,
         kk = k_start + k + rk
         a = tl.load(a_rows + kk[None, :] * s_ak, mask=(rm[:, None] < M) & (kk[None, :] < k_end), other=0.0)
         b = tl.load(b_rows + kk[None, :] * s_bk, mask=(rn[:, None] < N) & (kk[None, :] < k_end), other=0.0)
-        if TF32:
+        if PREC == 2:
             acc += tl.dot(a, tl.trans(b), input_precision="tf32")
+        elif PREC == 1:
+            acc += tl.dot(a, tl.trans(b), input_precision="tf32x3")
         else:
             acc += tl.dot(a, tl.trans(b), input_precision="ieee")
     out = out_ptr + batch * s_ob + split * s_os + rm[:, None] * s_om + rn[None, :]

@@ -11,11 +11,13 @@ chunk once, and the chunks' partial products are summed after (deterministic: no
 Opt-in with :func:`attnorm.layers.triton_pixel_sums` (needs the ``triton`` package: it comes with
 PyTorch's CUDA builds). Used for float32 CUDA tensors whose pixel axis is contiguous (and for CPU
 tensors when Triton runs in its interpreter, ``TRITON_INTERPRET=1``, which is how the tests check
-it without a GPU); anything else takes ``torch.bmm``. Float32 products are exact float32 (IEEE
-FMA) unless ``torch.backends.cuda.matmul.allow_tf32`` is on, as for ``torch.bmm``.
+it without a GPU); anything else takes ``torch.bmm``. Products are float32-accurate unless
+``torch.backends.cuda.matmul.allow_tf32`` is on (then TF32, as ``torch.bmm`` would).
 
-On CUDA the tile shape and the number of chunks are chosen per product shape by timing a few
-candidates the first time a shape is seen outside graph capture (:func:`_tuned`); in the
+On CUDA the tile shape, the number of chunks and the arithmetic (float32 FMA or three TF32
+tensor-core products, both float32-accurate) are chosen per product shape by timing the candidates
+and ``torch.bmm`` itself the first time a shape is seen outside graph capture (:func:`_tuned`):
+where ``torch.bmm`` is faster (large batches give it enough parallel work) it runs. In the
 interpreter and while capturing, :data:`DEFAULT` is used until a tuned choice exists.
 """
 
@@ -32,21 +34,27 @@ from .triton_stats import _interpreting, available
 
 class Config(NamedTuple):
     """A launch of the kernel: output tile (bm, bn), pixels per step bk, warps, pipeline stages,
-    and ``programs``: how many programs to aim for (sets the number of chunks)."""
+    ``programs``: how many programs to aim for (sets the number of chunks), and ``tf32x3``: the
+    products as three TF32 tensor-core products (float32 accuracy) instead of float32 FMA."""
     bm: int
     bn: int
     bk: int
     warps: int
     stages: int
     programs: int
+    tf32x3: bool = False
 
 
 DEFAULT = Config(64, 32, 32, 4, 3, 1024)
 CANDIDATES = (DEFAULT, Config(128, 32, 32, 8, 3, 1024), Config(64, 64, 32, 4, 3, 1024),
               Config(64, 32, 64, 4, 2, 512), Config(32, 32, 64, 4, 3, 2048), Config(64, 32, 32, 4, 3, 4096),
-              Config(128, 64, 32, 8, 3, 512), Config(64, 16, 64, 4, 3, 1024))
+              Config(128, 64, 32, 8, 3, 512), Config(64, 16, 64, 4, 3, 1024),
+              Config(64, 32, 32, 4, 3, 1024, True), Config(128, 32, 32, 4, 3, 1024, True),
+              Config(64, 64, 32, 4, 3, 1024, True), Config(128, 64, 32, 4, 3, 512, True),
+              Config(64, 16, 32, 4, 3, 2048, True))
+BMM = None  # the tuner's choice where torch.bmm was fastest
 MIN_CHUNK = 128  # pixels a program sums at least
-_TUNED: dict[tuple, Config] = {}
+_TUNED: dict[tuple, Config | None] = {}
 
 
 def applicable(a: Tensor, b: Tensor) -> bool:
@@ -76,43 +84,54 @@ def _launch(a: Tensor, b: Tensor, config: Config) -> Tensor:
     n = b.shape[1]
     splits, chunk = _splits(config, batch, m, n, k)
     part = torch.empty(batch, splits, m, n, dtype=torch.float32, device=a.device)
-    tf32 = a.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
+    # TF32 where torch.bmm would use it too; else float32 accuracy (FMA, or three TF32 products)
+    prec = 2 if a.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32 else int(config.tf32x3)
     grid = (-(-m // config.bm) * -(-n // config.bn), splits, batch)
     pixel_sum_kernel[grid](a, b, part, m, n, k, chunk, a.stride(0), a.stride(1), a.stride(2),
                            b.stride(0), b.stride(1), b.stride(2), part.stride(0), part.stride(1), part.stride(2),
-                           BM=config.bm, BN=config.bn, BK=config.bk, TF32=tf32,
+                           BM=config.bm, BN=config.bn, BK=config.bk, PREC=prec,
                            num_warps=config.warps, num_stages=config.stages)
     return part[:, 0] if splits == 1 else part.sum(1)
 
 
-def _tuned(a: Tensor, b: Tensor) -> Config:
-    """The fastest of :data:`CANDIDATES` for this shape, timed once per shape (CUDA, not while a
-    graph is being captured); :data:`DEFAULT` before that and in the interpreter."""
+def _tuned(a: Tensor, b: Tensor) -> Config | None:
+    """The fastest of :data:`CANDIDATES` and ``torch.bmm`` (:data:`BMM`) for this shape, timed once
+    per shape (CUDA, not while a graph is being captured); :data:`DEFAULT` before that and in the
+    interpreter. Where the samples alone give a GEMM library enough parallel work (large batches)
+    its product can win, and then it is used."""
     key = (tuple(a.shape), b.shape[1], a.stride(0) == a.shape[1] * a.shape[2], str(a.device))
     if key in _TUNED:
         return _TUNED[key]
     if a.device.type != "cuda" or torch.cuda.is_current_stream_capturing() or os.environ.get("ATTNORM_NO_TUNE"):
         return DEFAULT
     times = {}
-    for config in CANDIDATES:
+    for config in (BMM,) + CANDIDATES:
         try:
-            for _ in range(2):
-                _launch(a, b, config)
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(5):
-                _launch(a, b, config)
-            end.record()
-            end.synchronize()
-            times[config] = start.elapsed_time(end)
+            times[config] = _time(lambda: _product(a, b, config))
         except Exception:  # a tile that does not fit this GPU's shared memory, say
             continue
     _TUNED[key] = min(times, key=times.get) if times else DEFAULT
     return _TUNED[key]
 
 
+def _time(fn, warmup: int = 2, repeats: int = 5) -> float:
+    for _ in range(warmup):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
+def _product(a: Tensor, b: Tensor, config: Config | None) -> Tensor:
+    return torch.bmm(a, b.transpose(1, 2)) if config is BMM else _launch(a, b, config)
+
+
 def pixel_sum(a: Tensor, b: Tensor) -> Tensor:
     """``a @ b^T`` for ``a`` (batch, m, k) and ``b`` (batch, n, k) (both contiguous along k, any
-    other strides): a new contiguous (batch, m, n) float32 tensor. The caller checks
-    :func:`applicable`."""
-    return _launch(a, b, _tuned(a, b))
+    other strides): a (batch, m, n) float32 tensor, by the kernel or (where the tuner found it
+    faster) ``torch.bmm``. The caller checks :func:`applicable`."""
+    return _product(a, b, _tuned(a, b))
