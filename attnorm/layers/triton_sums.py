@@ -11,13 +11,14 @@ chunk once, and the chunks' partial products are summed after (deterministic: no
 Opt-in with :func:`attnorm.layers.triton_pixel_sums` (needs the ``triton`` package: it comes with
 PyTorch's CUDA builds). Used for float32 CUDA tensors whose pixel axis is contiguous (and for CPU
 tensors when Triton runs in its interpreter, ``TRITON_INTERPRET=1``, which is how the tests check
-it without a GPU); anything else takes ``torch.bmm``. Products are float32-accurate unless
-``torch.backends.cuda.matmul.allow_tf32`` is on (then TF32, as ``torch.bmm`` would).
+it without a GPU); anything else takes ``torch.bmm``. With ``torch.backends.cuda.matmul.allow_tf32``
+on, the kernel uses TF32, as ``torch.bmm`` would.
 
-On CUDA the tile shape, the number of chunks and the arithmetic (float32 FMA or three TF32
-tensor-core products, both float32-accurate) are chosen per product shape by timing the candidates
-and ``torch.bmm`` itself the first time a shape is seen outside graph capture (:func:`_tuned`):
-where ``torch.bmm`` is faster (large batches give it enough parallel work) it runs. In the
+On CUDA the tile shape and the number of chunks are chosen per product shape by timing the
+candidates and ``torch.bmm`` itself the first time a shape is seen outside graph capture
+(:func:`_tuned`): where ``torch.bmm`` is faster (large batches give it enough parallel work) it
+runs. The kernel multiplies in float32 FMA; :func:`set_precision` ("tf32x3") also lets the tuner
+pick three-TF32 tensor-core products, faster but not yet checked for accuracy on a GPU. In the
 interpreter and while capturing, :data:`DEFAULT` is used until a tuned choice exists.
 """
 
@@ -48,10 +49,13 @@ class Config(NamedTuple):
 DEFAULT = Config(64, 32, 32, 4, 3, 1024)
 CANDIDATES = (DEFAULT, Config(128, 32, 32, 8, 3, 1024), Config(64, 64, 32, 4, 3, 1024),
               Config(64, 32, 64, 4, 2, 512), Config(32, 32, 64, 4, 3, 2048), Config(64, 32, 32, 4, 3, 4096),
-              Config(128, 64, 32, 8, 3, 512), Config(64, 16, 64, 4, 3, 1024),
-              Config(64, 32, 32, 4, 3, 1024, True), Config(128, 32, 32, 4, 3, 1024, True),
-              Config(64, 64, 32, 4, 3, 1024, True), Config(128, 64, 32, 4, 3, 512, True),
-              Config(64, 16, 32, 4, 3, 2048, True))
+              Config(128, 64, 32, 8, 3, 512), Config(64, 16, 64, 4, 3, 1024))
+# three TF32 products per step: 2-3x faster than float32 FMA on the H200 (session 19), but their
+# error was not measured against float64 on a GPU: tried only where :func:`set_precision` allows it
+TF32X3_CANDIDATES = (Config(64, 32, 32, 4, 3, 1024, True), Config(128, 32, 32, 4, 3, 1024, True),
+                     Config(64, 64, 32, 4, 3, 1024, True), Config(128, 64, 32, 4, 3, 512, True),
+                     Config(64, 16, 32, 4, 3, 2048, True))
+_PRECISION = {"mode": "ieee"}
 BMM = None  # the tuner's choice where torch.bmm was fastest
 MIN_CHUNK = 128  # pixels a program sums at least
 _TUNED: dict[tuple, Config | None] = {}
@@ -66,6 +70,22 @@ def applicable(a: Tensor, b: Tensor) -> bool:
     if a.device != b.device or a.stride(2) != 1 or b.stride(2) != 1:
         return False
     return a.device.type == "cuda" or (a.device.type == "cpu" and _interpreting())
+
+
+def set_precision(mode: str) -> None:
+    """``"ieee"`` (the default): the kernel multiplies in float32 FMA, the accuracy class of
+    ``torch.bmm`` in float32; ``"tf32x3"``: the tuner may also pick three-TF32 tensor-core products
+    (faster, error not yet measured on a GPU). With ``torch.backends.cuda.matmul.allow_tf32`` on,
+    every launch uses TF32, as ``torch.bmm`` then does."""
+    if mode not in ("ieee", "tf32x3"):
+        raise ValueError(f"precision {mode!r}: choose 'ieee' or 'tf32x3'")
+    _PRECISION["mode"] = mode
+    _TUNED.clear()
+
+
+def candidates() -> tuple[Config, ...]:
+    """The launches the tuner times (besides ``torch.bmm``) under the current precision."""
+    return CANDIDATES + (TF32X3_CANDIDATES if _PRECISION["mode"] == "tf32x3" else ())
 
 
 def _splits(config: Config, batch: int, m: int, n: int, k: int) -> tuple[int, int]:
@@ -95,7 +115,7 @@ def _launch(a: Tensor, b: Tensor, config: Config) -> Tensor:
 
 
 def _tuned(a: Tensor, b: Tensor) -> Config | None:
-    """The fastest of :data:`CANDIDATES` and ``torch.bmm`` (:data:`BMM`) for this shape, timed once
+    """The fastest of :func:`candidates` and ``torch.bmm`` (:data:`BMM`) for this shape, timed once
     per shape (CUDA, not while a graph is being captured); :data:`DEFAULT` before that and in the
     interpreter. Where the samples alone give a GEMM library enough parallel work (large batches)
     its product can win, and then it is used."""
@@ -105,7 +125,7 @@ def _tuned(a: Tensor, b: Tensor) -> Config | None:
     if a.device.type != "cuda" or torch.cuda.is_current_stream_capturing() or os.environ.get("ATTNORM_NO_TUNE"):
         return DEFAULT
     times = {}
-    for config in (BMM,) + CANDIDATES:
+    for config in (BMM,) + candidates():
         try:
             times[config] = _time(lambda: _product(a, b, config))
         except Exception:  # a tile that does not fit this GPU's shared memory, say
