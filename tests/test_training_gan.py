@@ -1,6 +1,8 @@
 """GAN training: hinge loss, exact resume, NaN stop, checkpoint -> generator (CPU, tiny models)."""
 
 import copy
+import json
+import logging
 import math
 
 import pytest
@@ -278,3 +280,28 @@ def test_reuse_fakes_runs_g_first_and_one_g_forward_per_step(tmp_path, reuse):
     assert len(calls) == (3 if reuse else 6)
     stats = read_stats(tmp_path / str(reuse) / "stats.jsonl")
     assert [r["step"] for r in stats] == [1, 2, 3] and all(math.isfinite(r["D/loss"]) for r in stats)
+
+
+def test_the_triton_key_switches_an_s_triton_paths_on_cuda_only(tmp_path, caplog):
+    """``triton=true``: on a CUDA device both Triton switches are on for the process; elsewhere the
+    run logs one line and keeps the PyTorch path; ``false`` turns them off again."""
+    from attnorm.layers import regional
+    from attnorm.training.config import use_triton
+    try:
+        assert use_triton(True, torch.device("cuda", 0)) is True  # only sets the switches: no GPU needed
+        assert regional._TRITON["enabled"] and regional._TRITON_SUMS["enabled"]
+        assert use_triton(False, torch.device("cuda", 0)) is False
+        assert not regional._TRITON["enabled"] and not regional._TRITON_SUMS["enabled"]
+        with caplog.at_level(logging.WARNING, logger="attnorm.training.config"):
+            assert use_triton(True, torch.device("cpu")) is False
+        assert "triton=true applies to CUDA devices only" in caplog.text
+        assert not regional._TRITON["enabled"] and not regional._TRITON_SUMS["enabled"]
+        # a CPU run with the key set trains as without it
+        assert resolve_config()["triton"] is False
+        run = GANTraining(resolve_config(overrides=dict(TINY, steps=1, triton=True)), tmp_path / "run")
+        assert not regional._TRITON_SUMS["enabled"]
+        run.run()
+        assert json.loads((tmp_path / "run" / "config.json").read_text())["triton"] is True
+    finally:
+        regional.triton_statistics(False)
+        regional.triton_pixel_sums(False)

@@ -108,6 +108,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "compile": None,         # train G and D through torch.compile with this mode ("default", "reduce-overhead", ...)
     "amp": False,            # G's and D's forward passes under bf16 autocast; None: on for a CPU with native bf16
     "channels_last": None,   # G and D (and their maps) in channels_last memory format; None: on (CPU step ~1.2x faster)
+    "triton": False,         # CUDA: AN's statistics and pixel sums as Triton kernels (attnorm.training.config.use_triton)
 }
 
 

@@ -106,6 +106,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "threads": None,
     "amp": None,              # bf16 autocast; None: on for CUDA
     "channels_last": None,    # None: on (CUDA; the CPU preset's step 1.15-1.18x faster, session 13)
+    "triton": False,          # CUDA: AN's statistics and pixel sums as Triton kernels (attnorm.training.config.use_triton)
     "log_every": 10,
     "ckpt_every": 250,
     "keep_every": 0,          # also keep the checkpoint of every this-many steps; 0: none
