@@ -1,6 +1,7 @@
 """Cases of ``tests/test_triton_stats.py``, which runs this file with pytest in a fresh process
 (on the CPU with ``TRITON_INTERPRET=1`` set before Triton is imported); not collected on its own."""
 
+import contextlib
 import itertools
 import os
 import warnings
@@ -69,35 +70,44 @@ def test_kernels_match_the_eager_statistics(algorithm1, affine, scaled, shape):
             _close(v, w, name)
 
 
-@pytest.mark.parametrize("variance", ["algorithm1", "weighted"])
-def test_the_layer_with_triton_statistics_matches_its_eager_path(variance):
+def _layer_against_its_eager_path(variance, size, switches, module, name, floor=1e-3):
+    """An SSR layer's output and every gradient with ``switches`` on against off; returns how many
+    times ``module.name`` (the Triton entry point under test) ran in the switched-on pass."""
     torch.manual_seed(0)
     layer = AttentiveNorm(16, num_entities=4, variance=variance).to(DEVICE)
     with torch.no_grad():
         layer.sigma.fill_(0.5)
         layer.rn_weight.uniform_(0.5, 1.5)
-    x = torch.randn(2, 16, 6, 6, device=DEVICE)
+    x = torch.randn(2, 16, size, size, device=DEVICE)
     g_out = torch.randn_like(x)
     positions = torch.tensor([1, 5, 7, 30], device=DEVICE)  # SSR on, fixed draws
 
     def run(enabled):
         xi = x.clone().requires_grad_()
         layer.zero_grad()
-        with triton_statistics_enabled(enabled):
+        with contextlib.ExitStack() as stack:
+            for switch in switches:
+                stack.enter_context(switch(enabled))
             y = layer(xi, positions=positions)
-        y.backward(g_out)
+            y.backward(g_out)
         return [y.detach(), xi.grad] + [p.grad.clone() for p in layer.parameters()]
 
     calls = []
-    real = ts.statistics_forward
-    ts.statistics_forward = lambda *a: calls.append(1) or real(*a)
+    real = getattr(module, name)
+    setattr(module, name, lambda *a: calls.append(1) or real(*a))
     try:
         fast = run(True)
     finally:
-        ts.statistics_forward = real
-    assert calls, "the Triton kernels did not run"
+        setattr(module, name, real)
     for i, (v, w) in enumerate(zip(fast, run(False))):
-        _close(v, w, f"output {i}", rtol=5e-5, floor=1e-3)
+        _close(v, w, f"{variance} output {i}", rtol=5e-5, floor=floor)
+    return len(calls)
+
+
+@pytest.mark.parametrize("variance", ["algorithm1", "weighted"])
+def test_the_layer_with_triton_statistics_matches_its_eager_path(variance):
+    assert _layer_against_its_eager_path(variance, 6, [triton_statistics_enabled], ts, "statistics_forward"), \
+        "the Triton kernels did not run"
 
 
 def test_what_the_kernels_do_not_take_runs_eagerly():
@@ -216,36 +226,14 @@ def test_pixel_sum_chunks_split_the_map():
 
 
 @pytestmark_pixel
-def test_the_layer_with_triton_pixel_sums_matches_its_bmm_path():
-    torch.manual_seed(0)
-    for variance in ("algorithm1", "weighted"):
-        layer = AttentiveNorm(16, num_entities=4, variance=variance).to(DEVICE)
-        with torch.no_grad():
-            layer.sigma.fill_(0.5)
-            layer.rn_weight.uniform_(0.5, 1.5)
-        x = torch.randn(2, 16, 20, 20, device=DEVICE)  # 400 pixels: more than one chunk
-        g_out = torch.randn_like(x)
-        positions = torch.tensor([1, 5, 7, 30], device=DEVICE)
-
-        def run(enabled):
-            xi = x.clone().requires_grad_()
-            layer.zero_grad()
-            with triton_pixel_sums_enabled(enabled), triton_statistics_enabled(enabled):
-                y = layer(xi, positions=positions)
-                y.backward(g_out)
-            return [y.detach(), xi.grad] + [p.grad.clone() for p in layer.parameters()]
-
-        calls = []
-        real = triton_sums.pixel_sum
-        triton_sums.pixel_sum = lambda *a: calls.append(1) or real(*a)
-        try:
-            fast = run(True)
-        finally:
-            triton_sums.pixel_sum = real
-        assert len(calls) == 5, calls  # 2 in the forward (algorithm1: [S; S^2] and S^2; weighted: S twice), 3 back
-        for i, (v, w) in enumerate(zip(fast, run(False))):
-            # floor: the query bias's gradient is zero in exact arithmetic (both paths give +-5e-8)
-            _close(v, w, f"{variance} output {i}", rtol=5e-5, floor=1e-2)
+@pytest.mark.parametrize("variance", ["algorithm1", "weighted"])
+def test_the_layer_with_triton_pixel_sums_matches_its_bmm_path(variance):
+    # 400 pixels: more than one chunk. 5 products: 2 in the forward (algorithm1: [S; S^2] and S^2;
+    # weighted: S twice), 3 in the backward. The floor: the query bias's gradient is zero in exact
+    # arithmetic (+-5e-8 from either path on an H200)
+    calls = _layer_against_its_eager_path(variance, 20, [triton_pixel_sums_enabled, triton_statistics_enabled],
+                                          triton_sums, "pixel_sum", floor=1e-2)
+    assert calls == 5, calls
 
 
 def test_the_tuner_tries_three_tf32_products_only_where_allowed():
