@@ -19,7 +19,9 @@ candidates and ``torch.bmm`` itself the first time a shape is seen outside graph
 (:func:`_tuned`): where ``torch.bmm`` is faster (large batches give it enough parallel work) it
 runs. The kernel multiplies in float32 FMA; :func:`set_precision` ("tf32x3") also lets the tuner
 pick three-TF32 tensor-core products, faster but not yet checked for accuracy on a GPU. In the
-interpreter and while capturing, :data:`DEFAULT` is used until a tuned choice exists.
+interpreter and while capturing, :data:`DEFAULT` is used until a tuned choice exists. The choice
+is made per process, so two runs may sum in different orders (float32 rounding apart);
+``ATTNORM_NO_TUNE=1`` pins every product to :data:`DEFAULT`.
 """
 
 from __future__ import annotations
