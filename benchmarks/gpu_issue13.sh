@@ -20,7 +20,7 @@
 # Through the device tool (at most 8 files come back from $OUT), write elsewhere and pack:
 #     bash benchmarks/gpu_issue13.sh /tmp/r && tar czf $OUT/results.tgz -C /tmp r
 # ATTNORM_COMMIT names the code state in the log where the tree has no .git (a device copy).
-# PARTS picks what runs (default all): tests bench profile compile gan gan_compile; e.g.
+# PARTS picks what runs (default all): tests bench profile probe compile gan gan_compile; e.g.
 # PARTS="tests bench profile" for the layer figures and the kernel profile alone (about 4 minutes).
 # PROFILE_VARIANTS (default an,an_tall,sa,conv_in) and PROFILE_CASES (batch:autocast, default
 # "8: 8:bf16 32:") pick the profiled layers and cases.
@@ -31,7 +31,7 @@ out="${1:-${OUT:-benchmarks/results/gpu}}"
 mkdir -p "$out"
 commit="${ATTNORM_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 log="$out/gpu_issue13.log"
-parts=" ${PARTS:-tests bench profile compile gan gan_compile} "
+parts=" ${PARTS:-tests bench profile probe compile gan gan_compile} "
 part() { [[ "$parts" == *" $1 "* ]]; }
 run() {  # name, time limit in seconds, then attnorm bench arguments
   local name=$1 limit=$2; shift 2
@@ -56,6 +56,13 @@ part profile && for case in ${PROFILE_CASES:-8: 8:bf16 32:}; do  # batch:autocas
   timeout 90 python3 benchmarks/gpu_profile_an.py --device cuda --batch "$b" --sizes 32,64,128 --variants "$pv" --top 25 \
     ${ac:+--autocast $ac} $([ "$case" = 8: ] && echo --pixel-sum-probe) --json "$out/an_profile_b${b}${ac:+_$ac}.json" 2>&1 \
     | tee -a "$log" || echo "== an_profile failed or timed out" | tee -a "$log"
+done
+# the pixel-sum kernel against torch.bmm and float64, in float32 FMA and in three-TF32 products (is tf32x3's error
+# small enough to make it the default? session 19 could not tell)
+part probe && for prec in ieee tf32x3; do
+  echo "== pixel_sum_probe $prec (commit $commit): python benchmarks/gpu_profile_an.py --device cuda --variants '' --pixel-sum-probe --pixel-sum-precision $prec" | tee -a "$log"
+  timeout 90 python3 benchmarks/gpu_profile_an.py --device cuda --variants "" --pixel-sum-probe --pixel-sum-precision "$prec" \
+    --json "$out/pixel_sum_probe_$prec.json" 2>&1 | tee -a "$log" || echo "== pixel_sum_probe failed or timed out" | tee -a "$log"
 done
 part compile && run "gpu_b8_reduce_overhead" 90 --batch 8 --sizes 32,64,128 --repeats 20 --warmup 5 --variants an,sa,conv_in --compile reduce-overhead --no-memory
 if part gan; then

@@ -66,11 +66,14 @@ def split_pixel_sum(a: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:
     return torch.bmm(a4, b4).view(B, k, m, n).sum(1)
 
 
-def pixel_sum_probe(device: str, repeats: int = 50) -> list[dict]:
+PROBE_SHAPES = ((8, 32), (8, 64), (8, 128), (32, 64), (32, 128))  # (batch, side)
+
+
+def pixel_sum_probe(device: str, repeats: int = 50, shapes=PROBE_SHAPES) -> list[dict]:
     """Time AN's forward pixel sum (b, c, hw) x (b, hw, 2n) as one bmm and split into chunks."""
     import time
     rows = []
-    for batch, size in ((8, 32), (8, 64), (8, 128), (32, 64), (32, 128)):
+    for batch, size in shapes:
         hw = size * size
         a = torch.randn(batch, 128, hw, device=device)
         s = torch.randn(batch, 32, hw, device=device)
@@ -99,12 +102,16 @@ def pixel_sum_probe(device: str, repeats: int = 50) -> list[dict]:
             want = torch.bmm(a.double(), b.double())
             row["triton_err"] = float((triton_sums.pixel_sum(a, s).double() - want).abs().max() / want.abs().max())
             row["bmm_err"] = float((torch.bmm(a, b).double() - want).abs().max() / want.abs().max())
+            for label, launch in (("fma", triton_sums.DEFAULT), ("tf32x3", triton_sums.TF32X3_CANDIDATES[0])):
+                got = triton_sums._launch(a, s, launch).double()  # each arithmetic, whatever the tuner picked
+                row[f"{label}_err"] = float((got - want).abs().max() / want.abs().max())
             config = triton_sums._tuned(a, s)
             row["triton_config"] = config._asdict() if config is not None else "torch.bmm"
         rows.append(row)
         print("  pixel sum b %d %dx%d: " % (batch, size, size)
               + ", ".join(f"{k[:-3]} {v:.1f} us" for k, v in row.items() if k.endswith("_us"))
-              + (f" (tuned: {row['triton_config']}; error / max: triton {row['triton_err']:.1e}, bmm {row['bmm_err']:.1e})"
+              + (f" (tuned: {row['triton_config']}; error / max: tuned {row['triton_err']:.1e}, bmm {row['bmm_err']:.1e}, "
+                    f"fma {row['fma_err']:.1e}, tf32x3 {row['tf32x3_err']:.1e})"
                  if "triton_config" in row else ""))
     return rows
 
@@ -122,6 +129,8 @@ def main(argv=None) -> int:
     p.add_argument("--glibc-default-malloc", action="store_true",
                    help="CPU: keep glibc's default of returning freed blocks to the kernel (by default freed "
                         "memory is kept, as `attnorm bench` and training on the CPU do)")
+    p.add_argument("--probe-shapes", default=",".join(f"{b}x{s}" for b, s in PROBE_SHAPES),
+                   help="the probe's BATCHxSIDE cases, comma-separated")
     p.add_argument("--pixel-sum-precision", choices=("ieee", "tf32x3"), default="ieee",
                    help="the Triton pixel sums' precision (attnorm.layers.triton_sums.set_precision)")
     p.add_argument("--json", default=None)
@@ -139,7 +148,7 @@ def main(argv=None) -> int:
               "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
               "machine": platform.machine(), "threads": torch.get_num_threads(),
               "commit": git_commit(), "profiles": []}
-    for variant in args.variants.split(","):
+    for variant in (v for v in args.variants.split(",") if v):  # --variants "": the probe alone
         for size in (int(s) for s in args.sizes.split(",")):
             r = profile_step(variant, args.batch, size, args.device, top=args.top, autocast=args.autocast)
             report["profiles"].append(r)
@@ -149,7 +158,8 @@ def main(argv=None) -> int:
                 print(f"  {row['us_per_step']:9.1f} us {100 * row['share']:5.1f}%  x{row['calls_per_step']:<4g} "
                       f"{row['name'][:60]:<60} {row['shapes']}")
     if args.pixel_sum_probe:
-        report["pixel_sum_probe"] = pixel_sum_probe(args.device)
+        shapes = [tuple(int(v) for v in case.split("x")) for case in args.probe_shapes.split(",") if case]
+        report["pixel_sum_probe"] = pixel_sum_probe(args.device, shapes=shapes)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json + ".tmp", "w") as f:
