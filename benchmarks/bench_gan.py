@@ -245,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", default=None, metavar="MODE",
                    help="(a) torch.compile G and D with this mode (default, reduce-overhead, ...); "
                         "give --warmup >= 3 so compiling and graph recording are not timed")
+    p.add_argument("--triton", action="store_true",
+                   help="(a) AN's Triton statistics and pixel sums, as train-gan triton=true (CUDA only)")
     p.add_argument("--nchw", action="store_true",
                    help="(a) G and D in the usual NCHW layout (default: channels-last, as train-gan trains)")
     p.add_argument("--num-classes", type=int, default=10, help="(a) classes (default 10)")
@@ -267,9 +269,11 @@ def main(argv=None) -> int:
         print("error: --device cuda but CUDA is not available", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
+    from attnorm.training.config import use_triton
+    triton_on = use_triton(args.triton, device)  # what a run's triton key does; on the CPU it says it does not apply
     from attnorm.training.allocator import retain_freed_memory_on
     retained = not args.glibc_default_malloc and retain_freed_memory_on(device)  # what training does on the CPU
-    report: dict = {"args": {**vars(args), "device": str(device)}, "retain_freed_memory": retained,
+    report: dict = {"args": {**vars(args), "device": str(device)}, "retain_freed_memory": retained, "triton": triton_on,
                     "env": {"torch": torch.__version__, "code": git_commit(), "python": platform.python_version(),
                             "machine": platform.machine(), "cpu_count": os.cpu_count(),
                             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},

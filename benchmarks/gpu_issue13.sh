@@ -69,6 +69,9 @@ if part gan; then
   echo "== gan_step_cuda (commit $commit): python benchmarks/bench_gan.py --device cuda --skip-ssr --res 32 64" | tee -a "$log"
   timeout 120 python3 benchmarks/bench_gan.py --device cuda --skip-ssr --res 32 64 --repeats 9 --json "$out/gan_step_cuda.json" 2>&1 \
     | tee -a "$log" || echo "== gan_step_cuda failed or timed out" | tee -a "$log"
+  echo "== gan_step_cuda_triton (commit $commit): python benchmarks/bench_gan.py --device cuda --skip-ssr --res 32 64 --triton" | tee -a "$log"
+  timeout 120 python3 benchmarks/bench_gan.py --device cuda --skip-ssr --res 32 64 --repeats 9 --triton \
+    --json "$out/gan_step_cuda_triton.json" 2>&1 | tee -a "$log" || echo "== gan_step_cuda_triton failed or timed out" | tee -a "$log"
 fi
 part gan_compile && for mode in default reduce-overhead; do  # the whole GAN step compiled: G and D through torch.compile
   echo "== gan_step_cuda_$mode (commit $commit): python benchmarks/bench_gan.py --device cuda --compile $mode" | tee -a "$log"
