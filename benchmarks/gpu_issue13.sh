@@ -62,6 +62,7 @@ done
 part probe && for prec in ieee tf32x3; do
   echo "== pixel_sum_probe $prec (commit $commit): python benchmarks/gpu_profile_an.py --device cuda --variants '' --pixel-sum-probe --pixel-sum-precision $prec" | tee -a "$log"
   timeout 90 python3 benchmarks/gpu_profile_an.py --device cuda --variants "" --pixel-sum-probe --pixel-sum-precision "$prec" \
+    $([ "$prec" = ieee ] && echo --small-mm-probe) \
     --json "$out/pixel_sum_probe_$prec.json" 2>&1 | tee -a "$log" || echo "== pixel_sum_probe failed or timed out" | tee -a "$log"
 done
 part compile && run "gpu_b8_reduce_overhead" 90 --batch 8 --sizes 32,64,128 --repeats 20 --warmup 5 --variants an,sa,conv_in --compile reduce-overhead --no-memory

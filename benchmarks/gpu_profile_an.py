@@ -116,6 +116,40 @@ def pixel_sum_probe(device: str, repeats: int = 50, shapes=PROBE_SHAPES) -> list
     return rows
 
 
+def small_mm_probe(device: str, repeats: int = 200) -> list[dict]:
+    """The layer's ``W_v mean_p(X)``, (b, c) x (c, c)^T: 53 us of device time at every map size at b 8 on the H200
+    (session 19; 10 us at b 32), a lot for 8 x 128 x 128. Times the forms the layer could use instead."""
+    import time
+    rows = []
+    for batch in (8, 32):
+        xbar = torch.randn(batch, 128, device=device)
+        w = torch.randn(128, 128, device=device)
+        row = {"batch": batch}
+        cases = {"mm": lambda: xbar @ w.t(), "mm_wt_contig": lambda: xbar @ w.t().contiguous(),
+                 "transposed": lambda: (w @ xbar.t()).t(), "linear": lambda: torch.nn.functional.linear(xbar, w),
+                 "mul_sum": lambda: (xbar.unsqueeze(1) * w).sum(-1), "bmm_b1": lambda: torch.bmm(xbar[None], w.t()[None])[0]}
+        for name, fn in cases.items():
+            for _ in range(5):
+                fn()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                fn()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            row[name + "_us"] = 1e6 * (time.perf_counter() - t0) / repeats
+        if device.startswith("cuda"):  # device time of the plain form alone, from the profiler
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(20):
+                    cases["mm"]()
+                torch.cuda.synchronize()
+            row["mm_device_us"] = sum(e.self_device_time_total for e in prof.key_averages()) / 20
+        rows.append(row)
+        print(f"  W_v mean b {batch}: " + ", ".join(f"{k[:-3]} {v:.1f} us" for k, v in row.items() if k.endswith("_us")))
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -129,6 +163,8 @@ def main(argv=None) -> int:
     p.add_argument("--glibc-default-malloc", action="store_true",
                    help="CPU: keep glibc's default of returning freed blocks to the kernel (by default freed "
                         "memory is kept, as `attnorm bench` and training on the CPU do)")
+    p.add_argument("--small-mm-probe", action="store_true",
+                   help="also time the forms of the layer's small (b, c) x (c, c) product")
     p.add_argument("--probe-shapes", default=",".join(f"{b}x{s}" for b, s in PROBE_SHAPES),
                    help="the probe's BATCHxSIDE cases, comma-separated")
     p.add_argument("--pixel-sum-precision", choices=("ieee", "tf32x3"), default="ieee",
@@ -160,6 +196,8 @@ def main(argv=None) -> int:
     if args.pixel_sum_probe:
         shapes = [tuple(int(v) for v in case.split("x")) for case in args.probe_shapes.split(",") if case]
         report["pixel_sum_probe"] = pixel_sum_probe(args.device, shapes=shapes)
+    if args.small_mm_probe:
+        report["small_mm_probe"] = small_mm_probe(args.device)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json + ".tmp", "w") as f:
