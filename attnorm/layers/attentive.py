@@ -105,16 +105,18 @@ class _AttentiveNormFn(torch.autograd.Function):
         ssr = positions is not None
         xbar = x3.mean(-1)  # (b, c)
         value_of_mean = xbar @ value.t()  # (b, c): W_v mean_p(X)
-        xs = keys_t = kq = kb = None
+        xs_t = keys_t = kqb = q_aug = None
         if ssr:
-            xs = x3[:, :, positions]  # (b, c, n): features at the sampled positions
-            keys = torch.baddbmm(key_bias.view(1, -1, 1), key.expand(b, -1, -1), xs)  # (b, c/8, n)
-            keys_t = keys.transpose(1, 2)  # (b, n, c/8)
-            # S_ss = (W_q X + b_q)^T keys = (keys^T W_q) X + keys^T b_q
-            kq = keys_t @ query  # (b, n, c)
-            kb = keys_t @ query_bias  # (b, n)
-            ent = torch.addcmul(entities, ssr_a.view(1, n, 1), kq)  # (b, n, c)
-            ent_bias = ssr_a.view(1, n) * kb  # (b, n)
+            # the features at the sampled positions, (b, n, c), and their keys W_k x + b_k, (b, n, c/8):
+            # sample-major, so that each product below is one matrix product over all b * n rows
+            xs_t = x3.transpose(1, 2)[:, positions]
+            keys_t = torch.addmm(key_bias, xs_t.reshape(b * n, c), key.t()).view(b, n, -1)
+            # S_ss = (W_q X + b_q)^T keys = (keys^T W_q) X + keys^T b_q: [keys^T W_q | keys^T b_q] in one
+            # product with [W_q | b_q]
+            q_aug = torch.cat([query, query_bias.unsqueeze(1)], dim=1)  # (c/8, c + 1)
+            kqb = (keys_t.view(b * n, -1) @ q_aug).view(b, n, c + 1)  # [kq | kb]
+            ent = torch.addcmul(entities, ssr_a.view(1, n, 1), kqb[..., :c])  # (b, n, c)
+            ent_bias = ssr_a.view(1, n) * kqb[..., c]  # (b, n)
         else:
             ent = entities.expand(b, n, c)
             ent_bias = torch.zeros(1, n, device=x3.device, dtype=x3.dtype).expand(b, n)
@@ -164,8 +166,8 @@ class _AttentiveNormFn(torch.autograd.Function):
         ctx.dims = (b, c, n, hw)
         ctx.temperature, ctx.eps, ctx.algorithm1, ctx.ssr = temperature, eps, algorithm1, ssr
         ctx.n_coeff = len(coeff)
-        ctx.save_for_backward(*coeff, x3, weight, vc, s if ss is s else None, ss, t, p, q, xs, keys_t, kq, kb,
-                              ssr_a, key, query, query_bias, positions, ssum)
+        ctx.save_for_backward(*coeff, x3, weight, vc, s if ss is s else None, ss, t, p, q, xs_t, keys_t, kqb, q_aug,
+                              ssr_a, key, positions, ssum)
         return y, s
 
     @staticmethod
@@ -174,8 +176,7 @@ class _AttentiveNormFn(torch.autograd.Function):
     def backward(ctx, g_y, g_layout):
         saved = ctx.saved_tensors
         coeff = saved[:ctx.n_coeff]
-        (x3, weight, vc, s, ss, t, p, q, xs, keys_t, kq, kb, ssr_a, key, query, query_bias,
-         positions, ssum) = saved[ctx.n_coeff:]
+        x3, weight, vc, s, ss, t, p, q, xs_t, keys_t, kqb, q_aug, ssr_a, key, positions, ssum = saved[ctx.n_coeff:]
         b, c, n, hw = ctx.dims
         if s is None:  # algorithm1: S is the first half of [S; S^2]
             s = ss[:, :n]
@@ -262,22 +263,24 @@ class _AttentiveNormFn(torch.autograd.Function):
         g_value_bias = g_k.sum(0).view(c) if needs[3] else None
         g_key = g_key_bias = g_query = g_query_bias = g_ssr_a = None
         if ctx.ssr:
-            g_ent_bias = g_logits.sum(-1) * inv_tau  # (b, n)
-            g_kq = g_ent * ssr_a.view(1, n, 1)  # (b, n, c)
-            g_kb = g_ent_bias * ssr_a.view(1, n)  # (b, n)
+            # the rows [ent | ent_bias] = [E | 0] + ssr_a * [kq | kb] (before 1/tau): their gradient
+            g_aug = torch.cat([g_ent, g_logits.sum(-1, keepdim=True).mul_(inv_tau)], dim=-1)  # (b, n, c + 1)
             if needs[8]:
-                g_ssr_a = (g_ent * kq).sum((0, 2)) + (g_ent_bias * kb).sum(0)
-            if needs[6]:
-                g_query = (keys_t.transpose(1, 2) @ g_kq).sum(0)  # (c/8, c)
-            if needs[7]:
-                g_query_bias = (g_kb.unsqueeze(-1) * keys_t).sum((0, 1))
-            g_keys = (g_kq @ query.t() + g_kb.unsqueeze(-1) * query_bias).transpose(1, 2)  # (b, c/8, n)
+                g_ssr_a = (g_aug * kqb).sum((0, 2))
+            g_aug.mul_(ssr_a.view(1, n, 1))  # [g_kq | g_kb]
+            flat = g_aug.view(b * n, c + 1)
+            keys_flat = keys_t.view(b * n, -1)  # (b n, c/8)
+            if needs[6] or needs[7]:  # [g_query | g_query_bias] = keys^T [g_kq | g_kb], summed over b and n
+                g_q_aug = keys_flat.t() @ flat  # (c/8, c + 1)
+                g_query = g_q_aug[:, :c] if needs[6] else None
+                g_query_bias = g_q_aug[:, c] if needs[7] else None
+            g_keys = flat @ q_aug.t()  # (b n, c/8): g_kq W_q^T + g_kb b_q^T
             if needs[4]:
-                g_key = (g_keys @ xs.transpose(1, 2)).sum(0)  # (c/8, c)
+                g_key = g_keys.t() @ xs_t.reshape(b * n, c)  # (c/8, c)
             if needs[5]:
-                g_key_bias = g_keys.sum((0, 2))
-            if g_x3 is not None:
-                g_x3.index_add_(2, positions, key.t() @ g_keys)  # the gather's gradient
+                g_key_bias = g_keys.sum(0)
+            if g_x3 is not None:  # the gather's gradient
+                g_x3.index_add_(2, positions, (g_keys @ key).view(b, n, c).transpose(1, 2))
         return (g_x3, g_entities, g_value, g_value_bias, g_key, g_key_bias, g_query, g_query_bias,
                 g_ssr_a, g_beta, g_alpha, g_sigma, None, None, None, None)
 
