@@ -66,12 +66,26 @@ def split_pixel_sum(a: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:
     return torch.bmm(a4, b4).view(B, k, m, n).sum(1)
 
 
+def _time_us(fn, device: str, repeats: int, warmup: int = 3) -> float:
+    """Mean wall time of ``fn`` in microseconds over ``repeats`` calls (synchronised on CUDA)."""
+    import time
+    for _ in range(warmup):
+        fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return 1e6 * (time.perf_counter() - t0) / repeats
+
+
 PROBE_SHAPES = ((8, 32), (8, 64), (8, 128), (32, 64), (32, 128))  # (batch, side)
 
 
 def pixel_sum_probe(device: str, repeats: int = 50, shapes=PROBE_SHAPES) -> list[dict]:
     """Time AN's forward pixel sum (b, c, hw) x (b, hw, 2n) as one bmm and split into chunks."""
-    import time
     rows = []
     for batch, size in shapes:
         hw = size * size
@@ -85,16 +99,7 @@ def pixel_sum_probe(device: str, repeats: int = 50, shapes=PROBE_SHAPES) -> list
         if triton_sums.applicable(a, s):  # the split-K kernel the layer uses with triton_pixel_sums
             cases.append(("triton", lambda: triton_sums.pixel_sum(a, s)))
         for name, fn in cases:
-            for _ in range(3):
-                fn()
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            for _ in range(repeats):
-                fn()
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            row[name + "_us"] = 1e6 * (time.perf_counter() - t0) / repeats
+            row[name + "_us"] = _time_us(fn, device, repeats)
         if "triton_us" in row:
             from attnorm.layers import triton_sums
             # against float64, relative to the largest sum (a near-zero sum of 16384 terms carries
@@ -119,7 +124,6 @@ def pixel_sum_probe(device: str, repeats: int = 50, shapes=PROBE_SHAPES) -> list
 def small_mm_probe(device: str, repeats: int = 200) -> list[dict]:
     """The layer's ``W_v mean_p(X)``, (b, c) x (c, c)^T: 53 us of device time at every map size at b 8 on the H200
     (session 19; 10 us at b 32), a lot for 8 x 128 x 128. Times the forms the layer could use instead."""
-    import time
     rows = []
     for batch in (8, 32):
         xbar = torch.randn(batch, 128, device=device)
@@ -129,16 +133,7 @@ def small_mm_probe(device: str, repeats: int = 200) -> list[dict]:
                  "transposed": lambda: (w @ xbar.t()).t(), "linear": lambda: torch.nn.functional.linear(xbar, w),
                  "mul_sum": lambda: (xbar.unsqueeze(1) * w).sum(-1), "bmm_b1": lambda: torch.bmm(xbar[None], w.t()[None])[0]}
         for name, fn in cases.items():
-            for _ in range(5):
-                fn()
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            for _ in range(repeats):
-                fn()
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            row[name + "_us"] = 1e6 * (time.perf_counter() - t0) / repeats
+            row[name + "_us"] = _time_us(fn, device, repeats)
         if device.startswith("cuda"):  # device time of the plain form alone, from the profiler
             with profile(activities=[ProfilerActivity.CUDA]) as prof:
                 for _ in range(20):
