@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Issue 13's GPU figures in one prepared run (about 8 minutes on an H100/H200), for a session
-# that is lent a device. From the repository root:
+# Issue 13's GPU figures, prepared for a session that is lent a device. All parts take about 12 minutes
+# on an H200, more than one device command may run (10): split them over two calls, e.g.
+# PARTS="tests probe bench" (about 5 minutes: the parity cases, the kernels' error, the layer figures)
+# and PARTS="profile compile gan gan_compile". From the repository root:
 #     bash benchmarks/gpu_issue13.sh [OUT]          # OUT default: $OUT or benchmarks/results/gpu
 # It writes one JSON per case (each holds device, torch version, batch, dtype, times and the
 # targets as ratios) plus a log, and never fails the whole script for one case:
-#   * the Triton statistics kernels' parity tests on the GPU;
+#   * the Triton kernels' parity cases on the GPU (statistics and pixel sums, tests/triton_cases.py);
+#   * probe: the pixel-sum kernel against torch.bmm and float64 in float32 FMA and in three-TF32
+#     products, and the forms of the layer's small W_v mean(X) product;
 #   * batch 8 and 32, sizes 32/64/128: AN, AN with the Triton statistics (an_triton), the Triton
 #     pixel sums (an_tsums) and both (an_tall), SA and
 #     conv1x1+IN eager in float32, and with forward and backward captured as CUDA graphs
@@ -15,7 +19,7 @@
 #     the same pixels: long per-image reductions with a small output are the suspect);
 #   * torch.compile(mode="reduce-overhead") (inductor + CUDA graphs) on AN, SA and conv1x1+IN;
 #   * the GAN training step AN / none / SA at 32 and 64 px (benchmarks/bench_gan.py, speed part),
-#     eager and with G and D compiled (default and reduce-overhead): on the H200 the eager step
+#     eager (also with AN's Triton paths, --triton) and with G and D compiled (default and reduce-overhead): on the H200 the eager step
 #     of the small GAN is launch-bound (7-10 iterations/s).
 # Through the device tool (at most 8 files come back from $OUT), write elsewhere and pack:
 #     bash benchmarks/gpu_issue13.sh /tmp/r && tar czf $OUT/results.tgz -C /tmp r
