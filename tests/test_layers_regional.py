@@ -247,3 +247,30 @@ def test_gradients_under_saved_tensor_hooks(variance, n):
     for got, plain, ref in zip(grads(regional_norm, hooks=True), grads(regional_norm, hooks=False), reference):
         assert torch.equal(got, plain)  # the hooks change nothing
         assert _rel_err(got, ref) <= 1e-9
+
+
+def test_pixel_sums_fall_back_to_bmm_with_one_warning_when_the_kernel_fails(monkeypatch):
+    """``triton_pixel_sums`` on, the kernel applicable but failing (as a GPU without a working Triton
+    would): one RuntimeWarning naming the error, ``torch.bmm``'s numbers, and no further attempts."""
+    import warnings
+
+    from attnorm.layers import regional, triton_pixel_sums_enabled, triton_sums
+    calls = []
+
+    def broken(a, b):
+        calls.append(1)
+        raise RuntimeError("no kernel image for this device\nmore detail")
+    monkeypatch.setattr(triton_sums, "applicable", lambda a, b: True)
+    monkeypatch.setattr(triton_sums, "pixel_sum", broken)
+    monkeypatch.setitem(regional._TRITON_SUMS, "failed", None)
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 5, 7, generator=g), torch.randn(2, 3, 7, generator=g)
+    with triton_pixel_sums_enabled(True), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = regional.pixel_sum(a, b)
+        second = regional.pixel_sum(a, b)
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1 and "Triton AN pixel sums failed (RuntimeError: no kernel image" in messages[0]
+    assert calls == [1]  # the second call went straight to bmm
+    want = torch.bmm(a, b.transpose(1, 2))
+    assert torch.equal(first, want) and torch.equal(second, want)
