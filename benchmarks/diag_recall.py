@@ -165,9 +165,10 @@ def real_set(n: int, pose: str, classes: int = 10, seed: int = 0) -> tuple[Proce
     return ds, ds.get_batch(range(n))[0]
 
 
-def real_probes(ext, n: int, pose: str, classes: int = 10) -> tuple[np.ndarray, dict, dict]:
-    """The reference features and pixel measures, and the scored rows of the real probes
-    (procedural shapes of the first ``classes`` classes: those of the generators under test)."""
+def real_probes(ext, n: int, pose: str, classes: int = 10) -> tuple[np.ndarray, dict, dict, torch.Tensor]:
+    """The reference features and pixel measures, the scored rows of the real probes (procedural
+    shapes of the first ``classes`` classes: those of the generators under test), and the reference
+    images themselves (rendered once: ``--grounds`` calls their grounds too)."""
     ref_ds, ref_x = real_set(n, pose, classes)
     ref, pix = ext.features(ref_x), pixel_reference(ref_x, classes, [ref_ds.background(i) for i in range(n)])
     x = real_set(n, pose, classes, seed=1)[1]
@@ -176,7 +177,7 @@ def real_probes(ext, n: int, pose: str, classes: int = 10) -> tuple[np.ndarray, 
         rows[f"blur sigma {s} px"] = gaussian_blur(x, s)
     rows["noise std 0.1"] = with_noise(x, 0.1)
     rows["colours: two tints of the luminance"] = two_tints(x)
-    return ref, pix, {name: score(ref, ext.features(v), v, pix) for name, v in rows.items()}
+    return ref, pix, {name: score(ref, ext.features(v), v, pix) for name, v in rows.items()}, ref_x
 
 
 def generated(G, n: int, seed: int = 0, batch_size: int = 250) -> torch.Tensor:
@@ -308,12 +309,12 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     t0 = time.time()
     ext = get_extractor("classifier")
-    ref, pix, real = real_probes(ext, args.n, args.pose, args.classes)
+    ref, pix, real, ref_x = real_probes(ext, args.n, args.pose, args.classes)
     grounds = net = None
     if args.grounds:
         net, acc = ground_classifier(pose=args.pose, classes=args.classes)
         grounds = {"held_out_accuracy": acc,
-                   "reference": ground_fractions(net, real_set(args.n, args.pose, args.classes)[1]),
+                   "reference": ground_fractions(net, ref_x),
                    "protocol": f"CNN trained on {GROUND_N} real images (procedural seed {GROUND_SEED}), {GROUND_EPOCHS} "
                                f"epochs; held-out: {GROUND_TEST_N} (seed {GROUND_TEST_SEED}); reference: the seed-0 set"}
     res = {"n": args.n, "pose": args.pose, "classes": args.classes, "k": K, "real": real,

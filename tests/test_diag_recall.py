@@ -117,7 +117,8 @@ def test_real_sets_take_the_generators_classes(gan_ckpt, tmp_path):
             ext_calls.append(x)
             return x.mean((2, 3)).double().numpy()
 
-    ref, _, _ = diag.real_probes(Ext(), 30, "centred", classes=3)
+    ref, _, _, ref_x = diag.real_probes(Ext(), 30, "centred", classes=3)
+    assert torch.equal(ref_x, diag.real_set(30, "centred", 3)[1])  # the reference images, for --grounds
     from attnorm.data.procedural import ProceduralShapes
     want = ProceduralShapes(32, 3, pose="centred", seed=0).get_batch(range(30))[0]
     assert torch.equal(ext_calls[0], want)
