@@ -155,14 +155,14 @@ def _build(variant: str, b: int, c: int, n: int, size: int, device: str,
                 "an_tsums": (triton_pixel_sums_enabled,),
                 "an_tall": (triton_statistics_enabled, triton_pixel_sums_enabled)}.get(variant, ())
 
-    def statistics_path():
+    def variant_paths():
         stack = contextlib.ExitStack()
         for switch in switches:
             stack.enter_context(switch(True))
         return stack
     if cuda_graphs:
         with contextlib.ExitStack() as stack:
-            stack.enter_context(statistics_path())
+            stack.enter_context(variant_paths())
             if capture_autocast:  # autocast's weight cache must be off while capturing
                 stack.enter_context(torch.autocast("cuda", dtype=AUTOCAST_DTYPES[capture_autocast],
                                                    cache_enabled=False))
@@ -174,7 +174,7 @@ def _build(variant: str, b: int, c: int, n: int, size: int, device: str,
 
     def step() -> None:
         begin(x, *module.parameters())
-        with statistics_path():
+        with variant_paths():
             module(x).backward(grad)
     return step
 

@@ -101,15 +101,16 @@ def pixel_sum_probe(device: str, repeats: int = 50, shapes=PROBE_SHAPES) -> list
         for name, fn in cases:
             row[name + "_us"] = _time_us(fn, device, repeats)
         if "triton_us" in row:
-            from attnorm.layers import triton_sums
             # against float64, relative to the largest sum (a near-zero sum of 16384 terms carries
             # float32 rounding of ~1e-3 in any order: an element-wise tolerance would flag it)
             want = torch.bmm(a.double(), b.double())
-            row["triton_err"] = float((triton_sums.pixel_sum(a, s).double() - want).abs().max() / want.abs().max())
-            row["bmm_err"] = float((torch.bmm(a, b).double() - want).abs().max() / want.abs().max())
+
+            def error(got: torch.Tensor) -> float:
+                return float((got.double() - want).abs().max() / want.abs().max())
+            row["triton_err"] = error(triton_sums.pixel_sum(a, s))
+            row["bmm_err"] = error(torch.bmm(a, b))
             for label, launch in (("fma", triton_sums.DEFAULT), ("tf32x3", triton_sums.TF32X3_CANDIDATES[0])):
-                got = triton_sums._launch(a, s, launch).double()  # each arithmetic, whatever the tuner picked
-                row[f"{label}_err"] = float((got - want).abs().max() / want.abs().max())
+                row[f"{label}_err"] = error(triton_sums._launch(a, s, launch))  # each arithmetic, whatever the tuner picked
             config = triton_sums._tuned(a, s)
             row["triton_config"] = config._asdict() if config is not None else "torch.bmm"
         rows.append(row)

@@ -185,7 +185,6 @@ def backward_kernel(u_ptr, r_ptr, a_ptr, k_ptr, t_ptr, s2_ptr, beta_ptr, alpha_p
         tl.store(gs2_ptr + pid * N + n1, g_s2, mask=n1 < N)
 
 
-
 @triton.jit
 def pixel_sum_kernel(a_ptr, b_ptr, out_ptr, M, N, K, chunk,
                      s_ab, s_am, s_ak, s_bb, s_bn, s_bk, s_ob, s_os, s_om,
