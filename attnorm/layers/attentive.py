@@ -156,9 +156,9 @@ class _AttentiveNormFn(torch.autograd.Function):
         # sigma folded in: (b, c, n) each; coeff: what the statistics' backward needs
         p, q, coeff = statistics_forward(u, r, a, shift, total, s2_sum, beta, alpha, sigma, eps, hw)
 
-        # Y = X - Q S + Vc * (P S); P S goes into Vc^2's memory (Vc^2 is recomputed in backward)
-        t = torch.bmm(p, s, out=vv) if eager else torch.bmm(p, s)  # (b, c, hw): P S
-        del vv
+        # Y = X - Q S + Vc * (P S). Vc^2 is kept for the backward: recomputing it there costs a
+        # read and a write of a (b, c, hw) map, which on the CPU take as long as a skinny product
+        t = torch.bmm(p, s)  # (b, c, hw): P S
         y = torch.addcmul(x3, vc, t)
         y.baddbmm_(q, s, alpha=-1.0)
 
@@ -166,8 +166,8 @@ class _AttentiveNormFn(torch.autograd.Function):
         ctx.dims = (b, c, n, hw)
         ctx.temperature, ctx.eps, ctx.algorithm1, ctx.ssr = temperature, eps, algorithm1, ssr
         ctx.n_coeff = len(coeff)
-        ctx.save_for_backward(*coeff, x3, weight, vc, s if ss is s else None, ss, t, p, q, xs_t, keys_t, kqb, q_aug,
-                              ssr_a, key, positions, ssum)
+        ctx.save_for_backward(*coeff, x3, weight, vc, vv, s if ss is s else None, ss, t, p, q, xs_t, keys_t, kqb,
+                              q_aug, ssr_a, key, positions, ssum)
         return y, s
 
     @staticmethod
@@ -176,7 +176,7 @@ class _AttentiveNormFn(torch.autograd.Function):
     def backward(ctx, g_y, g_layout):
         saved = ctx.saved_tensors
         coeff = saved[:ctx.n_coeff]
-        x3, weight, vc, s, ss, t, p, q, xs_t, keys_t, kqb, q_aug, ssr_a, key, positions, ssum = saved[ctx.n_coeff:]
+        x3, weight, vc, vv, s, ss, t, p, q, xs_t, keys_t, kqb, q_aug, ssr_a, key, positions, ssum = saved[ctx.n_coeff:]
         b, c, n, hw = ctx.dims
         if s is None:  # algorithm1: S is the first half of [S; S^2]
             s = ss[:, :n]
@@ -223,7 +223,6 @@ class _AttentiveNormFn(torch.autograd.Function):
         # place: g_S = P^T (g_Y Vc) - Q^T g_Y + g_u^T Vc + 2 S (g_r^T Vc + g_a^T Vc^2 + g_s2)
         # + g_total (algorithm1); g_S = ... + g_u^T Vc + g_a^T Vc^2 + g_total (weighted).
         # P^T (g_Y Vc) - Q^T g_Y (terms that nearly cancel) are summed first, g_u^T Vc after.
-        vv = torch.mul(vc, vc, out=gv) if eager else vc * vc  # Vc^2, in gv's memory
         if algorithm1:  # d/dS of the S^2 terms is 2 S (...)
             # [g_u^T Vc; g_r^T Vc] in one product (one pass over Vc)
             w_uv = (torch.bmm(g_m.transpose(1, 2), vc, out=_workspace((b, 2 * n, hw), x3, 2)) if eager
@@ -239,7 +238,7 @@ class _AttentiveNormFn(torch.autograd.Function):
             g_s.baddbmm_(g_a.transpose(1, 2), vv)
             g_s.add_(g_total.transpose(1, 2))
             s2 = s
-        g_a_s2 = torch.bmm(g_a, s2, out=vv) if eager else torch.bmm(g_a, s2)  # (b, c, hw)
+        g_a_s2 = torch.bmm(g_a, s2, out=gv) if eager else torch.bmm(g_a, s2)  # (b, c, hw), in gv's memory
         g_v.addcmul_(vc, g_a_s2, value=2.0)
         if g_layout is not None:
             g_s.add_(g_layout)
