@@ -299,6 +299,29 @@ def test_gradients_match_literal_in_every_configuration(variance, ssr, affine):
 
 
 @pytest.mark.parametrize("variance", ["algorithm1", "weighted"])
+def test_vc_squared_kept_or_recomputed_gives_the_same_gradients(monkeypatch, variance):
+    """The forward keeps Vc^2 for the backward on the CPU and recomputes it elsewhere (GPU memory):
+    both branches, run here on the CPU, give bit-identical gradients, equal to the literal's."""
+    from attnorm.layers import attentive
+
+    layer = _layer(variance=variance)
+    x = _x(3, 16, 5, 4)
+    pos = torch.tensor([0, 19, 19, 7, 2, 11])
+    g = torch.Generator().manual_seed(5)
+    weight = torch.randn(x.shape, generator=g, dtype=x.dtype)
+    layout_weight = torch.randn(3, 6, 5, 4, generator=g, dtype=x.dtype)
+    run = lambda: _grads(lambda x: layer(x, return_layout=True, positions=pos), layer, x, weight, layout_weight)
+    assert "cpu" in attentive.KEEP_VC_SQUARED_ON
+    kept = run()
+    monkeypatch.setattr(attentive, "KEEP_VC_SQUARED_ON", frozenset())
+    recomputed = run()
+    ref = _grads(lambda x: attentive_norm_literal(layer, x, pos), layer, x, weight, layout_weight)
+    for a, b, r in zip(kept, recomputed, ref):
+        assert torch.equal(a, b)
+        assert _rel(a, r) <= 1e-9
+
+
+@pytest.mark.parametrize("variance", ["algorithm1", "weighted"])
 def test_gradcheck_with_layout_output_and_all_parameters(variance):
     layer = _layer(c=8, n=3, variance=variance)
     x = _x(2, 8, 3, 2).requires_grad_()

@@ -72,6 +72,10 @@ def _bmm_add(addend: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return torch.baddbmm(addend, a, b)
 
 
+# Devices on which the forward keeps Vc^2 for the backward (see _AttentiveNormFn.forward).
+KEEP_VC_SQUARED_ON = frozenset({"cpu"})
+
+
 def clear_workspace() -> None:
     """Free this thread's backward workspace (it is re-created by the next backward)."""
     _WORKSPACE.buffers = {}
@@ -156,9 +160,14 @@ class _AttentiveNormFn(torch.autograd.Function):
         # sigma folded in: (b, c, n) each; coeff: what the statistics' backward needs
         p, q, coeff = statistics_forward(u, r, a, shift, total, s2_sum, beta, alpha, sigma, eps, hw)
 
-        # Y = X - Q S + Vc * (P S). Vc^2 is kept for the backward: recomputing it there costs a
-        # read and a write of a (b, c, hw) map, which on the CPU take as long as a skinny product
-        t = torch.bmm(p, s)  # (b, c, hw): P S
+        # Y = X - Q S + Vc * (P S). On the CPU Vc^2 is kept for the backward: recomputing it there
+        # reads and writes a (b, c, hw) map, 3.5% of the layer's time (bench_layer_versions, session 20).
+        # Elsewhere that is one elementwise kernel and memory is what is short: P S goes into Vc^2's
+        # memory and the backward recomputes Vc^2.
+        keep_vv = x3.device.type in KEEP_VC_SQUARED_ON
+        t = torch.bmm(p, s) if keep_vv or not eager else torch.bmm(p, s, out=vv)  # (b, c, hw): P S
+        if not keep_vv:
+            vv = None
         y = torch.addcmul(x3, vc, t)
         y.baddbmm_(q, s, alpha=-1.0)
 
@@ -223,6 +232,8 @@ class _AttentiveNormFn(torch.autograd.Function):
         # place: g_S = P^T (g_Y Vc) - Q^T g_Y + g_u^T Vc + 2 S (g_r^T Vc + g_a^T Vc^2 + g_s2)
         # + g_total (algorithm1); g_S = ... + g_u^T Vc + g_a^T Vc^2 + g_total (weighted).
         # P^T (g_Y Vc) - Q^T g_Y (terms that nearly cancel) are summed first, g_u^T Vc after.
+        if vv is None:  # Vc^2 (not kept by the forward), in gv's memory
+            vv = torch.mul(vc, vc, out=gv) if eager else vc * vc
         if algorithm1:  # d/dS of the S^2 terms is 2 S (...)
             # [g_u^T Vc; g_r^T Vc] in one product (one pass over Vc)
             w_uv = (torch.bmm(g_m.transpose(1, 2), vc, out=_workspace((b, 2 * n, hw), x3, 2)) if eager
