@@ -161,7 +161,7 @@ class _AttentiveNormFn(torch.autograd.Function):
         p, q, coeff = statistics_forward(u, r, a, shift, total, s2_sum, beta, alpha, sigma, eps, hw)
 
         # Y = X - Q S + Vc * (P S). On the CPU Vc^2 is kept for the backward: recomputing it there
-        # reads and writes a (b, c, hw) map, 3.5% of the layer's time (bench_layer_versions, session 20).
+        # reads and writes a (b, c, hw) map, 3-3.5% of the layer's time (bench_layer_versions, session 20).
         # Elsewhere that is one elementwise kernel and memory is what is short: P S goes into Vc^2's
         # memory and the backward recomputes Vc^2.
         keep_vv = x3.device.type in KEEP_VC_SQUARED_ON
