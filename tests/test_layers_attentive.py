@@ -321,6 +321,24 @@ def test_vc_squared_kept_or_recomputed_gives_the_same_gradients(monkeypatch, var
         assert _rel(a, r) <= 1e-9
 
 
+def test_vc_squared_is_kept_only_where_a_backward_can_follow(monkeypatch):
+    """Kept on the CPU with autograd on (training, or eval with gradients); not under no_grad, where
+    no backward comes and P S reuses its memory (inference peak as before)."""
+    from attnorm.layers import attentive
+
+    calls = []
+    apply = attentive._AttentiveNormFn.apply
+    monkeypatch.setattr(attentive._AttentiveNormFn, "apply", lambda *args: calls.append(args[-1]) or apply(*args))
+    layer = _layer(dtype=torch.float32)
+    x = _x(dtype=torch.float32)
+    with torch.no_grad():
+        y_inference = layer.eval()(x)
+    y_eval = layer(x)
+    layer.train()(x, positions=torch.tensor([0, 3, 7, 7, 20, 34]))
+    assert calls == [False, True, True]
+    assert torch.equal(y_inference, y_eval.detach())
+
+
 @pytest.mark.parametrize("variance", ["algorithm1", "weighted"])
 def test_gradcheck_with_layout_output_and_all_parameters(variance):
     layer = _layer(c=8, n=3, variance=variance)

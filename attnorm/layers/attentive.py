@@ -72,7 +72,7 @@ def _bmm_add(addend: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return torch.baddbmm(addend, a, b)
 
 
-# Devices on which the forward keeps Vc^2 for the backward (see _AttentiveNormFn.forward).
+# Devices on which a forward with autograd on keeps Vc^2 for the backward (see _AttentiveNormFn.forward).
 KEEP_VC_SQUARED_ON = frozenset({"cpu"})
 
 
@@ -85,10 +85,10 @@ class _AttentiveNormFn(torch.autograd.Function):
     """The whole AN layer on (b, c, hw) maps as one autograd node with a hand-written backward.
 
     forward(x3, entities, value, value_bias, key, key_bias, query, query_bias, ssr_a, beta,
-            alpha, sigma, positions, temperature, eps, algorithm1) -> (y, layout)
+            alpha, sigma, positions, temperature, eps, algorithm1, keep_vc_squared) -> (y, layout)
 
     ``key`` .. ``ssr_a`` and ``positions`` are None without SSR; ``beta``/``alpha`` None
-    without affine. The forward is the computation described in the module docstring; the
+    without affine; ``keep_vc_squared``: save Vc^2 for the backward instead of recomputing it. The forward is the computation described in the module docstring; the
     backward works on whole maps as few times as it can:
 
     * the gradients of the layout logits and of the centred values are written into one
@@ -103,7 +103,8 @@ class _AttentiveNormFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x3, entities, value, value_bias, key, key_bias, query, query_bias, ssr_a,
-                beta, alpha, sigma, positions, temperature: float, eps: float, algorithm1: bool):
+                beta, alpha, sigma, positions, temperature: float, eps: float, algorithm1: bool,
+                keep_vc_squared: bool = False):
         b, c, hw = x3.shape
         n = entities.shape[0]
         ssr = positions is not None
@@ -160,11 +161,12 @@ class _AttentiveNormFn(torch.autograd.Function):
         # sigma folded in: (b, c, n) each; coeff: what the statistics' backward needs
         p, q, coeff = statistics_forward(u, r, a, shift, total, s2_sum, beta, alpha, sigma, eps, hw)
 
-        # Y = X - Q S + Vc * (P S). On the CPU Vc^2 is kept for the backward: recomputing it there
-        # reads and writes a (b, c, hw) map, 3-3.5% of the layer's time (bench_layer_versions, session 20).
-        # Elsewhere that is one elementwise kernel and memory is what is short: P S goes into Vc^2's
-        # memory and the backward recomputes Vc^2.
-        keep_vv = x3.device.type in KEEP_VC_SQUARED_ON
+        # Y = X - Q S + Vc * (P S). With keep_vc_squared (training on the CPU) Vc^2 is kept for the
+        # backward: recomputing it there reads and writes a (b, c, hw) map, 3-3.5% of the layer's time
+        # (bench_layer_versions, session 20). Otherwise (a GPU, where that is one elementwise kernel and
+        # memory is what is short, or no backward to come) P S goes into Vc^2's memory and a backward
+        # recomputes Vc^2.
+        keep_vv = keep_vc_squared
         t = torch.bmm(p, s) if keep_vv or not eager else torch.bmm(p, s, out=vv)  # (b, c, hw): P S
         if not keep_vv:
             vv = None
@@ -292,7 +294,7 @@ class _AttentiveNormFn(torch.autograd.Function):
             if g_x3 is not None:  # the gather's gradient
                 g_x3.index_add_(2, positions, (g_keys @ key).view(b, n, c).transpose(1, 2))
         return (g_x3, g_entities, g_value, g_value_bias, g_key, g_key_bias, g_query, g_query_bias,
-                g_ssr_a, g_beta, g_alpha, g_sigma, None, None, None, None)
+                g_ssr_a, g_beta, g_alpha, g_sigma, None, None, None, None, None)
 
 
 class AttentiveNorm(nn.Module):
@@ -447,7 +449,8 @@ class AttentiveNorm(nn.Module):
                 x3, cast(self.entities), cast(self.value), cast(self.value_bias),
                 *(cast(t) for t in ssr_params), cast(self.rn_weight), cast(self.rn_bias),
                 cast(self.sigma), positions, self.temperature, self.eps,
-                self.variance == "algorithm1")
+                self.variance == "algorithm1",
+                torch.is_grad_enabled() and x3.device.type in KEEP_VC_SQUARED_ON)
         y = y.view(b, c, h, w).to(x.dtype)
         if channels_last:
             y = y.contiguous(memory_format=torch.channels_last)
