@@ -88,8 +88,9 @@ class _AttentiveNormFn(torch.autograd.Function):
             alpha, sigma, positions, temperature, eps, algorithm1, keep_vc_squared) -> (y, layout)
 
     ``key`` .. ``ssr_a`` and ``positions`` are None without SSR; ``beta``/``alpha`` None
-    without affine; ``keep_vc_squared``: save Vc^2 for the backward instead of recomputing it. The forward is the computation described in the module docstring; the
-    backward works on whole maps as few times as it can:
+    without affine; ``keep_vc_squared``: save Vc^2 for the backward instead of recomputing it.
+    The forward is the computation described in the module docstring; the backward works on
+    whole maps as few times as it can:
 
     * the gradients of the layout logits and of the centred values are written into one
       (b, n + c, hw) buffer, so the input gradient and the weight gradients are one batched
@@ -166,9 +167,8 @@ class _AttentiveNormFn(torch.autograd.Function):
         # (bench_layer_versions, session 20). Otherwise (a GPU, where that is one elementwise kernel and
         # memory is what is short, or no backward to come) P S goes into Vc^2's memory and a backward
         # recomputes Vc^2.
-        keep_vv = keep_vc_squared
-        t = torch.bmm(p, s) if keep_vv or not eager else torch.bmm(p, s, out=vv)  # (b, c, hw): P S
-        if not keep_vv:
+        t = torch.bmm(p, s) if keep_vc_squared or not eager else torch.bmm(p, s, out=vv)  # (b, c, hw): P S
+        if not keep_vc_squared:
             vv = None
         y = torch.addcmul(x3, vc, t)
         y.baddbmm_(q, s, alpha=-1.0)
