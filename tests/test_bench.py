@@ -25,6 +25,8 @@ def test_run_reports_every_variant_and_ratios():
         measured += 1
         ratio = num[spec.key] / den[spec.key]
         assert got["ratio"] == pytest.approx(ratio, rel=1e-12)
+        # one round each (repeats=1): the paired ratio is that round's ratio, the same number here
+        assert got["paired_ratio"] == pytest.approx(ratio, rel=1e-12)
         assert got["met"] is (ratio >= spec.goal if spec.op == ">=" else ratio <= spec.goal)
     assert measured == sum(t.size == 32 and t.key == "median_ms" for t in bench.TARGETS) > 0
 
@@ -45,6 +47,35 @@ def test_target_ratio_is_the_ratio_of_medians():
                {"variant": "sa", "size": 64, "status": "ok", "median_ms": 10.0}]
     target = [t for t in bench.targets(results) if t["target"] == "AN vs SA: speed-up at 64"][0]
     assert target["ratio"] == 5.0 and target["met"] is True
+
+
+def test_paired_ratio_is_the_median_of_the_rounds_ratios_and_decides_the_verdict():
+    # rounds 1-2 ran on a busy machine (both variants 2x slower), rounds 3-5 on a quiet one; AN took
+    # 1.9x conv1x1+IN in every round. The medians pair a slow AN round with a fast conv1x1+IN one.
+    an = [76.0, 76.0, 38.0, 38.0, 38.0 * 1.1]
+    conv = [40.0, 40.0, 20.0, 20.0, 22.0]
+    results = [{"variant": "an", "size": 32, "status": "ok", "median_ms": 38.0, "times_ms": an},
+               {"variant": "conv_in", "size": 32, "status": "ok", "median_ms": 22.0, "times_ms": conv}]
+    (t,) = [t for t in bench.targets(results) if t["target"] == "AN / conv1x1+IN time at 32"]
+    assert t["ratio"] == pytest.approx(38.0 / 22.0)
+    assert t["paired_ratio"] == pytest.approx(1.9) and t["paired_range"] == pytest.approx([1.9, 1.9])
+    assert t["met"] is True
+    an[2:] = [50.0, 50.0, 55.0]  # the three quiet rounds at 2.5x: the paired ratio says so
+    (t,) = [t for t in bench.targets(results) if t["target"] == "AN / conv1x1+IN time at 32"]
+    assert t["paired_ratio"] == pytest.approx(2.5) and t["met"] is False
+    assert "2.50  (rounds 1.90-2.50; medians" in bench.format_table({"config": {"device": "cpu", "threads": 1, "torch": "x",
+                                                             "batch": 8, "channels": 128, "entities": 16,
+                                                             "repeats": 5, "sizes": [32]},
+                                                  "results": results, "targets": bench.targets(results)})
+
+
+def test_timed_rounds_alternate_the_order_of_the_variants(monkeypatch):
+    calls = []
+    monkeypatch.setattr(bench, "build", lambda variant, *a, **k: (lambda: calls.append(variant)))
+    monkeypatch.setattr(bench, "count_dispatches", lambda step: 0)
+    bench.run(sizes=(8,), batch=1, channels=4, entities=2, repeats=3, warmup=0, memory=False,
+              variants=("an", "sa", "conv_in"))
+    assert calls == ["an", "sa", "conv_in", "conv_in", "sa", "an", "an", "sa", "conv_in"]
 
 
 def test_variants_over_the_memory_budget_are_skipped():
