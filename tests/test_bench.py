@@ -63,10 +63,10 @@ def test_paired_ratio_is_the_median_of_the_rounds_ratios_and_decides_the_verdict
     an[2:] = [50.0, 50.0, 55.0]  # the three quiet rounds at 2.5x: the paired ratio says so
     (t,) = [t for t in bench.targets(results) if t["target"] == "AN / conv1x1+IN time at 32"]
     assert t["paired_ratio"] == pytest.approx(2.5) and t["met"] is False
-    assert "2.50  (rounds 1.90-2.50; medians" in bench.format_table({"config": {"device": "cpu", "threads": 1, "torch": "x",
-                                                             "batch": 8, "channels": 128, "entities": 16,
-                                                             "repeats": 5, "sizes": [32]},
-                                                  "results": results, "targets": bench.targets(results)})
+    config = {"device": "cpu", "threads": 1, "torch": "x", "batch": 8, "channels": 128, "entities": 16, "repeats": 5,
+              "sizes": [32]}
+    table = bench.format_table({"config": config, "results": results, "targets": bench.targets(results)})
+    assert "2.50  (rounds 1.90-2.50; medians" in table
 
 
 def test_timed_rounds_alternate_the_order_of_the_variants(monkeypatch):

@@ -128,6 +128,26 @@ def test_demo_writes_everything(tmp_path):
     assert "generator.safetensors" in (out / "report.md").read_text()
 
 
+def test_the_demo_says_when_the_time_limit_gave_fewer_steps_than_its_figures_were_measured_at(tmp_path):
+    from attnorm.cli import demo as demo_cli
+    note = demo_cli.slow_machine_note(1810, 302.0)  # session 21's AMD EPYC
+    assert "trained 1810 steps in 5.0 min, fewer than the 2900-3300" in note and "`attnorm demo --minutes 9`" in note
+    # the minutes it names are the fewest that reach MEASURED_STEPS at this machine's rate
+    for steps, seconds in ((1810, 302.0), (500, 300.0), (2899, 300.0), (100, 30.0)):
+        m = int(demo_cli.slow_machine_note(steps, seconds).split("--minutes ")[1].split("`")[0])
+        rate = steps / seconds
+        assert m * 60 * rate >= demo_cli.MEASURED_STEPS > (m - 1) * 60 * rate
+    assert demo_cli.slow_machine_note(demo_cli.MEASURED_STEPS, 300.0) is None
+    assert demo_cli.slow_machine_note(3200, 300.0) is None and demo_cli.slow_machine_note(0, 300.0) is None
+    # stopped by the time limit, but with overrides (not the preset the figures describe): no note
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--out", str(out), "--minutes", "0.0001", "--threads", "1", "--no-pretrained",
+                     "ch=8", "batch_size=4", "procedural_classes=3", "procedural_length=64"]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["stop_reason"].startswith("time limit") and rep["steps"] < demo_cli.MEASURED_STEPS
+    assert "slow_machine" not in rep and "note:" not in (out / "report.md").read_text()
+
+
 def test_demo_shows_the_shipped_weights_beside_its_own_run(tmp_path):
     out = tmp_path / "demo"
     assert cli.main(["demo", "--out", str(out), "--steps", "1", "--minutes", "1", "--threads", "1", "ch=8", "batch_size=4",
