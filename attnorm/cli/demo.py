@@ -21,7 +21,7 @@ STANDING_BATCHES = 200
 # The steps at which the demo's figures in the README were measured: twelve seeds on a 2-core Intel Xeon made
 # 2924-3293 steps in 300 s (class accuracy 0.926 +- 0.013, recall 0.334 +- 0.040). Accuracy and FID grow with steps: on
 # session 21's 2-core AMD EPYC the same command made 1810-2108 steps (seeds 0-2: accuracy 0.885-0.915, recall
-# 0.208-0.240); at 2900-3072 steps its recall was 0.271 +- 0.048 (eight runs), lower at equal steps too (README,
+# 0.208-0.240); at 2900-3072 steps its recall was 0.271 +- 0.045 (nine runs), lower at equal steps too (README,
 # "On another host the demo misses its recall target").
 MEASURED_STEPS = 2900
 
