@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from typing import Callable, NamedTuple
 
 import torch
@@ -376,6 +377,19 @@ TARGETS = (
 )
 
 
+def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> tuple[float, list[float]]:
+    """The median of the per-round ratios ``numerator[i] / denominator[i]`` of two series timed in
+    the same rounds, and ``[smallest, largest]`` of those ratios. A slow stretch of the machine
+    slows both sides of a round alike, so it moves this far less than the ratio of the two medians
+    (which can take its numerator from a slow round and its denominator from a fast one). Used by
+    :func:`targets` and by ``benchmarks/bench_train_step.py``."""
+    if len(numerator) != len(denominator) or not numerator:
+        raise ValueError(f"paired_ratio needs two equally long, non-empty series (got {len(numerator)} "
+                         f"and {len(denominator)} rounds)")
+    per_round = [a / b for a, b in zip(numerator, denominator)]
+    return statistics.median(per_round), [min(per_round), max(per_round)]
+
+
 def targets(results) -> list[dict]:
     """The :data:`TARGETS` as measured ratios (None where a variant did not run at that size).
 
@@ -394,8 +408,7 @@ def targets(results) -> list[dict]:
         if t.key == "median_ms" and ratio is not None:
             ta, tb = _get(results, t.numerator, t.size, "times_ms"), _get(results, t.denominator, t.size, "times_ms")
             if ta and tb and len(ta) == len(tb):
-                per_round = [x / y for x, y in zip(ta, tb)]
-                paired, paired_range = statistics.median(per_round), [min(per_round), max(per_round)]
+                paired, paired_range = paired_ratio(ta, tb)
         judged = paired if paired is not None else ratio
         met = None if judged is None else (judged >= t.goal if t.op == ">=" else judged <= t.goal)
         out.append({"target": t.name, "ratio": ratio, "paired_ratio": paired, "paired_range": paired_range,

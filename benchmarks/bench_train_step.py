@@ -18,9 +18,12 @@ For every (amp, value) setting it builds the run ``attnorm train-gan`` (or
 data, EMA, loss, optimisers; nothing written but a config file in a temporary folder) and times
 ``loop.train_step()`` (one D phase and one G phase per step of the demo preset). The two settings of
 one ``amp`` value are timed in alternating rounds in the same process, so a load change on the
-machine hits both; the figure is the median of ``--rounds`` rounds of ``--steps`` steps, after
-``--warmup`` untimed steps each; the ratio is B's time over A's. Writes ``OUT/results.json``
-(every round, the machine, torch and code state) and ``OUT/results.md``.
+machine hits both; each time is the median of ``--rounds`` rounds of ``--steps`` steps, after
+``--warmup`` untimed steps each. The ratio reported is B's time over A's as the median of the
+per-round ratios (``attnorm.bench.paired_ratio``, as ``attnorm bench`` judges its targets; since
+session 22), with the smallest and largest round's ratio; the ratio of the two medians is kept beside
+it (``b_over_a``, the only ratio until then). Writes ``OUT/results.json`` (every round, the machine,
+torch and code state) and ``OUT/results.md``.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _provenance import cpu_model, git_commit  # noqa: E402
 
+from attnorm.bench import paired_ratio  # noqa: E402
 from attnorm.cli.common import parse_overrides  # noqa: E402  (the CLI's own key=value parser)
 from attnorm.errors import UserError  # noqa: E402
 from attnorm.training import gan, inpaint  # noqa: E402
@@ -96,10 +100,14 @@ def to_markdown(report: dict) -> str:
     a, b = report["labels"]
     lines = [f"# {args['task']} training step: {a} vs {b} ({args['config'] or 'DEFAULT_CONFIG'})", "",
              f"{env['cpu']}, {args['threads']} thread(s), torch {env['torch']}, code {env['code']}, "
-             f"{report['started']}; median of {args['rounds']} rounds of {args['steps']} steps", "",
-             f"| amp | {a} ms/step | {b} ms/step | {b} / {a} |", "| --- | --- | --- | --- |"]
+             f"{report['started']}; median of {args['rounds']} rounds of {args['steps']} steps; {b} / {a} as the "
+             "median of the rounds' ratios (their range), and as the ratio of the two medians", "",
+             f"| amp | {a} ms/step | {b} ms/step | {b} / {a} | rounds | ratio of medians |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for row in report["rows"]:
-        lines.append(f"| {row['amp']} | {row['a_ms']:.1f} | {row['b_ms']:.1f} | {row['b_over_a']:.3f} |")
+        lo, hi = row["paired_range"]
+        lines.append(f"| {row['amp']} | {row['a_ms']:.1f} | {row['b_ms']:.1f} | {row['paired_b_over_a']:.3f} | "
+                     f"{lo:.3f}-{hi:.3f} | {row['b_over_a']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -134,11 +142,13 @@ def main(argv=None) -> int:
             raise SystemExit(f"error: --compare {args.compare} (with --set {' '.join(args.set) or '-'}): "
                              f"{str(exc).strip().splitlines()[0]}") from None
         a, b = statistics.median(times[0]), statistics.median(times[1])
-        row = {"amp": amp, "a_ms": 1000 * a, "b_ms": 1000 * b, "b_over_a": b / a,
-               "rounds_s": {"a": times[0], "b": times[1]}}
+        paired, paired_range = paired_ratio(times[1], times[0])
+        row = {"amp": amp, "a_ms": 1000 * a, "b_ms": 1000 * b, "paired_b_over_a": paired,
+               "paired_range": paired_range, "b_over_a": b / a, "rounds_s": {"a": times[0], "b": times[1]}}
         report["rows"].append(row)
         print(f"amp={amp}: {labels[0]} {row['a_ms']:.1f} ms/step, {labels[1]} {row['b_ms']:.1f} ms/step "
-              f"(ratio {row['b_over_a']:.3f})", flush=True)
+              f"(ratio {paired:.3f}, rounds {paired_range[0]:.3f}-{paired_range[1]:.3f}; "
+              f"ratio of medians {row['b_over_a']:.3f})", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -69,6 +69,16 @@ def test_paired_ratio_is_the_median_of_the_rounds_ratios_and_decides_the_verdict
     assert "2.50  (rounds 1.90-2.50; medians" in table
 
 
+def test_paired_ratio_helper_and_its_refusal():
+    # per-round ratios 2.0, 1.5, 3.0, 1.8: median 1.9; the ratio of medians (22.5 / 10) would be 2.25
+    ratio, span = bench.paired_ratio([20.0, 30.0, 15.0, 27.0], [10.0, 20.0, 5.0, 15.0])
+    assert ratio == pytest.approx(1.9) and span == pytest.approx([1.5, 3.0])
+    with pytest.raises(ValueError, match="equally long"):
+        bench.paired_ratio([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="non-empty"):
+        bench.paired_ratio([], [])
+
+
 def test_timed_rounds_alternate_the_order_of_the_variants(monkeypatch):
     calls = []
     monkeypatch.setattr(bench, "build", lambda variant, *a, **k: (lambda: calls.append(variant)))

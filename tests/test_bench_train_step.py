@@ -24,11 +24,16 @@ def test_times_both_layouts_and_reports_the_median_ratio(tmp_path):
     assert row["a_ms"] == pytest.approx(1000 * statistics.median(rounds["a"]))
     assert row["b_ms"] == pytest.approx(1000 * statistics.median(rounds["b"]))
     assert row["b_over_a"] == pytest.approx(row["b_ms"] / row["a_ms"])
+    # the headline ratio pairs each round's B with the same round's A
+    per_round = sorted(b / a for a, b in zip(rounds["a"], rounds["b"]))
+    assert row["paired_b_over_a"] == pytest.approx(per_round[1])
+    assert row["paired_range"] == pytest.approx([per_round[0], per_round[2]])
     assert rep["env"]["code"] and rep["env"]["torch"] and rep["args"]["compare"] == "channels_last"
     assert rep["key"] == "channels_last" and rep["values"] == [False, True]
     md = (out / "results.md").read_text()
     assert "channels_last=false ms/step" in md and "channels_last=true / channels_last=false" in md
-    assert f"| False | {row['a_ms']:.1f} | {row['b_ms']:.1f} | {row['b_over_a']:.3f} |" in md
+    assert (f"| False | {row['a_ms']:.1f} | {row['b_ms']:.1f} | {row['paired_b_over_a']:.3f} | "
+            f"{per_round[0]:.3f}-{per_round[2]:.3f} | {row['b_over_a']:.3f} |") in md
 
 
 def test_the_two_runs_really_differ_in_layout(tmp_path, monkeypatch):
