@@ -22,7 +22,9 @@ machine hits both; each time is the median of ``--rounds`` rounds of ``--steps``
 ``--warmup`` untimed steps each. The ratio reported is B's time over A's as the median of the
 per-round ratios (``attnorm.bench.paired_ratio``, as ``attnorm bench`` judges its targets; since
 session 22), with the smallest and largest round's ratio; the ratio of the two medians is kept beside
-it (``b_over_a``, the only ratio until then). Writes ``OUT/results.json`` (every round, the machine,
+it (``b_over_a``, the only ratio until then). Unless ``--no-flops``, each setting's matrix-product and
+convolution FLOPs of one step are counted too (``flop_ratio``: what the arithmetic alone would make the
+time ratio; a time ratio far above it is overhead or memory traffic, not work). Writes ``OUT/results.json`` (every round, the machine,
 torch and code state) and ``OUT/results.md``.
 """
 
@@ -39,6 +41,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _provenance import cpu_model, git_commit  # noqa: E402
@@ -51,9 +54,21 @@ from attnorm.training import gan, inpaint  # noqa: E402
 TASKS = {"gan": (gan.GANTraining, gan.resolve_config), "inpaint": (inpaint.InpaintTraining, inpaint.resolve_config)}
 
 
+def step_flops(run) -> int:
+    """Floating-point operations of one training step of ``run`` (it trains one step): what
+    ``torch.utils.flop_counter.FlopCounterMode`` counts, i.e. the matrix products and convolutions
+    of the forwards and backwards (elementwise work, normalisations and softmax are not counted)."""
+    with FlopCounterMode(display=False) as counter:
+        run.loop.train_step()
+    return int(counter.get_total_flops())
+
+
 def time_settings(config: str | None, overrides: dict, amp: bool, rounds: int, steps: int, warmup: int,
-                  task: str = "gan", key: str = "channels_last", values: tuple = (False, True)) -> list[list[float]]:
-    """Seconds per training step, one entry per round, for config ``key`` = each of the two ``values``."""
+                  task: str = "gan", key: str = "channels_last", values: tuple = (False, True),
+                  flops: list | None = None) -> list[list[float]]:
+    """Seconds per training step, one entry per round, for config ``key`` = each of the two ``values``.
+    With a list as ``flops``, each setting's :func:`step_flops` is appended to it (one untimed step
+    each, after the warm-up)."""
     training, resolve_config = TASKS[task]
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -64,6 +79,8 @@ def time_settings(config: str | None, overrides: dict, amp: bool, rounds: int, s
         for run in runs:
             for _ in range(warmup):
                 run.loop.train_step()
+            if flops is not None:
+                flops.append(step_flops(run))
         times: list[list[float]] = [[], []]
         for r in range(rounds):
             for i in ((0, 1) if r % 2 == 0 else (1, 0)):  # alternate who goes first
@@ -102,12 +119,17 @@ def to_markdown(report: dict) -> str:
              f"{env['cpu']}, {args['threads']} thread(s), torch {env['torch']}, code {env['code']}, "
              f"{report['started']}; median of {args['rounds']} rounds of {args['steps']} steps; {b} / {a} as the "
              "median of the rounds' ratios (their range), and as the ratio of the two medians", "",
-             f"| amp | {a} ms/step | {b} ms/step | {b} / {a} | rounds | ratio of medians |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             f"| amp | {a} ms/step | {b} ms/step | {b} / {a} | rounds | ratio of medians | FLOP ratio |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for row in report["rows"]:
         lo, hi = row["paired_range"]
+        fr = f"{row['flop_ratio']:.3f}" if "flop_ratio" in row else "-"
         lines.append(f"| {row['amp']} | {row['a_ms']:.1f} | {row['b_ms']:.1f} | {row['paired_b_over_a']:.3f} | "
-                     f"{lo:.3f}-{hi:.3f} | {row['b_over_a']:.3f} |")
+                     f"{lo:.3f}-{hi:.3f} | {row['b_over_a']:.3f} | {fr} |")
+    if any("flop_ratio" in row for row in report["rows"]):
+        lines += ["", "FLOP ratio: the two settings' matrix-product and convolution FLOPs per step (one step counted "
+                  "by torch.utils.flop_counter.FlopCounterMode; elementwise work not counted): the time ratio's "
+                  "arithmetic floor."]
     return "\n".join(lines) + "\n"
 
 
@@ -124,6 +146,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=10, help="training steps per round")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (as train-gan's)")
+    ap.add_argument("--no-flops", action="store_true",
+                    help="skip counting each setting's matrix-product and convolution FLOPs per step (one untimed "
+                         "step each; the FLOP ratio is the time ratio's arithmetic floor)")
     ap.add_argument("--out", default="bench_results/train_step")
     args = ap.parse_args(argv)
     overrides = {**parse_overrides(args.set), "threads": args.threads}
@@ -136,8 +161,9 @@ def main(argv=None) -> int:
                       "cpu": cpu_model(), "cpu_count": os.cpu_count()}, "rows": []}
     for amp in {"on": [True], "off": [False], "both": [False, True]}[args.amp]:
         try:  # both runs are built before any timing: a value the models refuse stops it here
+            flops = None if args.no_flops else []
             times = time_settings(args.config, overrides, amp, args.rounds, args.steps, args.warmup, args.task,
-                                  key, values)
+                                  key, values, flops)
         except (ValueError, UserError) as exc:
             raise SystemExit(f"error: --compare {args.compare} (with --set {' '.join(args.set) or '-'}): "
                              f"{str(exc).strip().splitlines()[0]}") from None
@@ -145,6 +171,8 @@ def main(argv=None) -> int:
         paired, paired_range = paired_ratio(times[1], times[0])
         row = {"amp": amp, "a_ms": 1000 * a, "b_ms": 1000 * b, "paired_b_over_a": paired,
                "paired_range": paired_range, "b_over_a": b / a, "rounds_s": {"a": times[0], "b": times[1]}}
+        if flops:
+            row.update(flops={"a": flops[0], "b": flops[1]}, flop_ratio=flops[1] / flops[0])
         report["rows"].append(row)
         print(f"amp={amp}: {labels[0]} {row['a_ms']:.1f} ms/step, {labels[1]} {row['b_ms']:.1f} ms/step "
               f"(ratio {paired:.3f}, rounds {paired_range[0]:.3f}-{paired_range[1]:.3f}; "

@@ -32,8 +32,26 @@ def test_times_both_layouts_and_reports_the_median_ratio(tmp_path):
     assert rep["key"] == "channels_last" and rep["values"] == [False, True]
     md = (out / "results.md").read_text()
     assert "channels_last=false ms/step" in md and "channels_last=true / channels_last=false" in md
+    # channels_last changes the layout, not the arithmetic: the same FLOPs, counted for real
+    assert row["flops"]["a"] == row["flops"]["b"] > 10**6 and row["flop_ratio"] == 1.0
     assert (f"| False | {row['a_ms']:.1f} | {row['b_ms']:.1f} | {row['paired_b_over_a']:.3f} | "
-            f"{per_round[0]:.3f}-{per_round[2]:.3f} | {row['b_over_a']:.3f} |") in md
+            f"{per_round[0]:.3f}-{per_round[2]:.3f} | {row['b_over_a']:.3f} | 1.000 |") in md
+
+
+def test_step_flops_counts_exactly_one_training_step():
+    bench = load_benchmark("bench_train_step")
+    a, b = torch.randn(6, 5), torch.randn(5, 7)
+    calls = []
+
+    class Loop:
+        def train_step(self):
+            calls.append(1)
+            torch.mm(a, b)  # 2 * 6 * 5 * 7 = 420 FLOPs
+            torch.relu(a)   # elementwise: not counted
+
+    class Run:
+        loop = Loop()
+    assert bench.step_flops(Run()) == 420 and calls == [1]
 
 
 def test_the_two_runs_really_differ_in_layout(tmp_path, monkeypatch):
@@ -75,7 +93,8 @@ def test_compare_times_another_key_and_refuses_a_non_boolean_one(tmp_path, monke
     monkeypatch.setitem(bench.TASKS, "gan", (build, resolve))
     small = ["--set", "ch=8", "batch_size=4", "resolution=16", "procedural_classes=2", "procedural_length=16", "d_steps=1"]
     assert bench.main(["--compare", "reuse_fakes", "--amp", "off", "--rounds", "1", "--steps", "1", "--warmup", "0",
-                       "--out", str(tmp_path / "r"), *small]) == 0
+                       "--no-flops", "--out", str(tmp_path / "r"), *small]) == 0
+    assert "flops" not in json.loads((tmp_path / "r" / "results.json").read_text())["rows"][0]
     assert seen == [(False, True, "an"), True, (True, True, "an"), True]  # only the compared key differs
     assert "reuse_fakes=true ms/step" in (tmp_path / "r" / "results.md").read_text()
     seen.clear()
@@ -84,6 +103,8 @@ def test_compare_times_another_key_and_refuses_a_non_boolean_one(tmp_path, monke
     assert seen == [(False, True, "none"), False, (False, True, "an"), True]
     rep = json.loads((tmp_path / "a" / "results.json").read_text())
     assert rep["labels"] == ["attention=none", "attention=an"]
+    (row,) = rep["rows"]
+    assert row["flops"]["b"] > row["flops"]["a"] > 0  # AN's products add work
     assert "| attention=none ms/step | attention=an ms/step | attention=an / attention=none |" in \
         (tmp_path / "a" / "results.md").read_text()
     for bad, why in (("lr_g", "not a boolean config key"), ("no_such_key", "is not a config key"),
