@@ -24,8 +24,8 @@ per-round ratios (``attnorm.bench.paired_ratio``, as ``attnorm bench`` judges it
 session 22), with the smallest and largest round's ratio; the ratio of the two medians is kept beside
 it (``b_over_a``, the only ratio until then). Unless ``--no-flops``, each setting's matrix-product and
 convolution FLOPs of one step are counted too (``flop_ratio``: what the arithmetic alone would make the
-time ratio; a time ratio far above it is overhead or memory traffic, not work). Writes ``OUT/results.json`` (every round, the machine,
-torch and code state) and ``OUT/results.md``.
+time ratio; a time ratio far above it is overhead or memory traffic, not work). Writes
+``OUT/results.json`` (every round, the machine, torch and code state) and ``OUT/results.md``.
 """
 
 from __future__ import annotations
