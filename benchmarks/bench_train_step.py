@@ -128,8 +128,8 @@ def to_markdown(report: dict) -> str:
                      f"{lo:.3f}-{hi:.3f} | {row['b_over_a']:.3f} | {fr} |")
     if any("flop_ratio" in row for row in report["rows"]):
         lines += ["", "FLOP ratio: the two settings' matrix-product and convolution FLOPs per step (one step counted "
-                  "by torch.utils.flop_counter.FlopCounterMode; elementwise work not counted): the time ratio's "
-                  "arithmetic floor."]
+                  "by torch.utils.flop_counter.FlopCounterMode; elementwise work not counted): what the time ratio "
+                  "would be if time followed that arithmetic alone."]
     return "\n".join(lines) + "\n"
 
 
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (as train-gan's)")
     ap.add_argument("--no-flops", action="store_true",
                     help="skip counting each setting's matrix-product and convolution FLOPs per step (one untimed "
-                         "step each; the FLOP ratio is the time ratio's arithmetic floor)")
+                         "step each; the FLOP ratio is what the time ratio would be if time followed that arithmetic alone)")
     ap.add_argument("--out", default="bench_results/train_step")
     args = ap.parse_args(argv)
     overrides = {**parse_overrides(args.set), "threads": args.threads}
