@@ -302,3 +302,60 @@ def test_resume_refuses_other_checkpoints_in_one_line(tmp_path):
     (tmp_path / "stats.jsonl").write_text('{"step": 1}\n{"step": 2, "fit/lo')  # a line torn by kill -9
     make_loop(tmp_path, 2)[0].resume()
     assert [r["step"] for r in read_stats(tmp_path / "stats.jsonl")] == [1]
+
+
+class RecordingSGD(torch.optim.SGD):
+    """Plain SGD that records the learning rate each update used."""
+
+    def __init__(self, params, lr):
+        super().__init__(params, lr=lr)
+        self.used: list[float] = []
+
+    def step(self, closure=None):
+        self.used.append(self.param_groups[0]["lr"])
+        return super().step(closure)
+
+
+def schedule_loop(run_dir, steps, schedule, **kw):
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)
+    model = nn.Linear(4, 1)
+    opt = RecordingSGD(model.parameters(), lr=0.1)
+    loop = TrainingLoop([Phase("fit", model, opt)], ToyLoss(model), BatchStream(ToyData(), 8, seed=1), run_dir,
+                        total_steps=steps, log_every=1, lr_schedule=schedule, **kw)
+    return loop, model, opt
+
+
+def test_final_learning_rate_scales_the_last_fraction_of_the_steps_only(tmp_path):
+    """The two-phase recipe inside one run: the last half of 6 steps at a quarter of the rate; the
+    optimizer keeps its base rate (what a checkpoint holds), so resuming reports no changed setting."""
+    from attnorm.training.config import FinalLearningRate
+    loop, model, opt = schedule_loop(tmp_path, 6, FinalLearningRate(0.5, 0.25), ckpt_every=4)
+    w0 = model.weight.detach().clone()
+    loop.run()
+    assert opt.used == pytest.approx([0.1, 0.1, 0.1, 0.025, 0.025, 0.025])
+    assert opt.param_groups[0]["lr"] == 0.1
+    assert [r["lr_mult"] for r in read_stats(tmp_path / "stats.jsonl")] == [1, 1, 1, 0.25, 0.25, 0.25]
+    assert not torch.equal(model.weight, w0)
+    saved = load_checkpoint(tmp_path / "checkpoints" / "latest.pt")
+    assert saved["optimizers"]["fit"]["param_groups"][0]["lr"] == 0.1
+    again, _, opt2 = schedule_loop(tmp_path, 8, FinalLearningRate(0.5, 0.25))
+    assert again.resume() == 6 and again.resume_changes == {}
+    again.run()  # steps 7, 8 of 8: past the first half
+    assert opt2.used == pytest.approx([0.025, 0.025])
+
+
+def test_progress_is_the_further_of_steps_and_time(tmp_path):
+    from attnorm.training.config import FinalLearningRate
+    loop, _, _ = schedule_loop(tmp_path, 10, None, max_seconds=100)
+    loop.step, loop.elapsed = 3, 50.0
+    assert loop.progress() == 0.5
+    loop.elapsed = 10.0
+    assert loop.progress() == pytest.approx(0.3)
+    loop.elapsed = 500.0
+    assert loop.progress() == 1.0
+    sched = FinalLearningRate(0.3, 0.25)
+    assert [sched(p) for p in (0.0, 0.69, 0.7, 1.0)] == [1.0, 1.0, 0.25, 0.25]
+    assert FinalLearningRate.from_config({"lr_final_fraction": 0.0, "lr_final_mult": 0.25}) is None
+    assert FinalLearningRate.from_config({}) is None
+    with pytest.raises(ValueError, match="lr_final_fraction"):
+        FinalLearningRate(1.5, 0.25)

@@ -66,6 +66,30 @@ def use_triton(enabled: bool, device: torch.device) -> bool:
     return on
 
 
+class FinalLearningRate:
+    """A run's learning-rate schedule from its ``lr_final_fraction`` / ``lr_final_mult`` keys: the
+    base rates until the last ``fraction`` of the budget (steps or ``max_seconds``, whichever runs
+    out first), ``mult`` times them after: the two phases of the shipped GAN recipe (its second at a
+    quarter of the rate) inside one run of any length, e.g. a time-limited demo."""
+
+    def __init__(self, fraction: float, mult: float) -> None:
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"lr_final_fraction must be in [0, 1], got {fraction}")
+        self.fraction, self.mult = float(fraction), float(mult)
+
+    def __call__(self, progress: float) -> float:
+        return self.mult if progress >= 1.0 - self.fraction else 1.0
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "FinalLearningRate | None":
+        """None where the config has no final phase (fraction 0 or the keys absent, as in configs
+        saved before they existed)."""
+        fraction = float(cfg.get("lr_final_fraction") or 0.0)
+        if fraction <= 0.0:
+            return None
+        return cls(fraction, float(cfg.get("lr_final_mult", 1.0)))
+
+
 def check_compile_mode(mode: str | None) -> None:
     """A one-line ValueError for a ``compile`` value torch.compile does not know."""
     if mode is not None and mode not in COMPILE_MODES:
@@ -78,9 +102,9 @@ MIN_VALUES: dict[str, float] = {
     "threads": 1, "seed": 0, "log_every": 0, "ckpt_every": 0, "keep_every": 0, "sample_every": 0, "ema_start": 0, "warmup_steps": 0,
     "g_class_embed": 0, "g_fourier": 0, "lr_g": 0, "lr_d": 0, "class_lr_mult": 0, "ortho_weight": 0, "max_seconds": 0,
     "ema_decay": 0, "width": 0, "critic_width": 0, "gan_weight": 0, "hole_weight": 0, "known_weight": 0,
-    "coarse_weight": 0, "gp_weight": 0, "gamma": 0,
+    "coarse_weight": 0, "gp_weight": 0, "gamma": 0, "lr_final_fraction": 0, "lr_final_mult": 0,
 }
-MAX_VALUES: dict[str, float] = {"seed": 2 ** 32 - 1, "ema_decay": 1, "gamma": 1}
+MAX_VALUES: dict[str, float] = {"seed": 2 ** 32 - 1, "ema_decay": 1, "gamma": 1, "lr_final_fraction": 1}
 _TYPE_NAMES = {int: "an integer", float: "a number", _NUMBER: "a number", bool: "true or false", str: "a string",
                list: "a list", dict: "a JSON object", None: "null"}
 
@@ -283,7 +307,7 @@ class TaskRun:
             phases, loss, self.data, self.run_dir, total_steps=cfg["steps"], modules={"G": self.G, "D": self.D},
             ema=ema, ckpt_every=cfg["ckpt_every"], log_every=cfg["log_every"], sample_every=cfg["sample_every"],
             sample_fn=self.save_samples, extra_state=extra_state, max_seconds=cfg["max_seconds"],
-            is_main=self.rank == 0, keep_every=cfg["keep_every"])
+            is_main=self.rank == 0, keep_every=cfg["keep_every"], lr_schedule=FinalLearningRate.from_config(cfg))
         if isinstance(self.loop, DistributedTrainingLoop):
             self.loop.flag_device = self.device
         return self.loop

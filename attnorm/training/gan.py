@@ -83,6 +83,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "lr_g": 2e-4,
     "lr_d": 2e-4,
     "betas": [0.0, 0.9],
+    "lr_final_fraction": 0.0,  # the last this fraction of the budget (steps or max_seconds) at lr_final_mult x the rates
+    "lr_final_mult": 0.25,
     "d_steps": 3,
     "diffaugment": "",       # DiffAugment policy on every image D sees, e.g. "color,translation,cutout"
     "mode_seeking": 0.0,     # weight of MSGAN's mode-seeking term in G's loss (0: off)

@@ -90,6 +90,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "lr_g": 1e-4,
     "lr_d": 1e-4,
     "betas": [0.5, 0.9],
+    "lr_final_fraction": 0.0,  # the last this fraction of the budget (steps or max_seconds) at lr_final_mult x the rates
+    "lr_final_mult": 0.25,
     "d_steps": 5,
     "gan_weight": 1e-3,
     "hole_weight": 1.4,

@@ -319,13 +319,19 @@ class TrainingLoop:
         extra_state: plain data stored in every checkpoint (e.g. model configs).
         max_seconds: stop (with a checkpoint) once a step ends past this wall time.
         is_main: this process writes files and logs progress (False on DDP ranks > 0).
+        lr_schedule: optional ``lr_schedule(progress) -> multiplier`` of every optimizer's learning
+            rates, ``progress`` in [0, 1] being how far the run is through its budget
+            (:meth:`progress`: steps or ``max_seconds``, whichever is further along). The
+            optimizers keep their base rates (what checkpoints hold and a resumed run's config sets);
+            the multiplier applies to each update only.
     """
 
     def __init__(self, phases: list[Phase], loss: PhaseLoss, data, run_dir: str | os.PathLike,
                  total_steps: int, modules: dict[str, nn.Module] | None = None, ema: EMA | None = None,
                  ckpt_every: int = 1000, log_every: int = 10, sample_every: int = 0,
                  sample_fn: Callable[[int], Any] | None = None, extra_state: dict | None = None,
-                 max_seconds: float | None = None, is_main: bool = True, keep_every: int = 0) -> None:
+                 max_seconds: float | None = None, is_main: bool = True, keep_every: int = 0,
+                 lr_schedule: Callable[[float], float] | None = None) -> None:
         self.phases, self.loss, self.data = phases, loss, data
         self.run_dir = Path(run_dir)
         self.total_steps, self.ema = total_steps, ema
@@ -334,6 +340,7 @@ class TrainingLoop:
         self.keep_every = keep_every
         self.sample_fn, self.extra_state, self.max_seconds = sample_fn, extra_state or {}, max_seconds
         self.is_main = is_main
+        self.lr_schedule = lr_schedule
         self.step = 0
         self.elapsed = 0.0  # training seconds over all sessions of this run
         self.stats = StatsWriter(self.run_dir / "stats.jsonl")
@@ -470,8 +477,32 @@ class TrainingLoop:
                  if self.last_checkpoint is not None else "no checkpoint was written yet")
         return NonFiniteLossError(f"training stopped at step {self.step + 1}: {what} is not finite; {where}")
 
+    def progress(self) -> float:
+        """How far the run is through its budget, in [0, 1]: the larger of the steps done over
+        ``total_steps`` and the training time over ``max_seconds`` (when set)."""
+        done = self.step / max(self.total_steps, 1)
+        if self.max_seconds:
+            done = max(done, self.elapsed / self.max_seconds)
+        return min(max(done, 0.0), 1.0)
+
+    @staticmethod
+    def _optimizer_step(optimizer: torch.optim.Optimizer, lr_mult: float) -> None:
+        """``optimizer.step()`` with its learning rates scaled by ``lr_mult`` for this update only."""
+        if lr_mult == 1.0:
+            optimizer.step()
+            return
+        base = [g["lr"] for g in optimizer.param_groups]
+        for g in optimizer.param_groups:
+            g["lr"] = g["lr"] * lr_mult
+        try:
+            optimizer.step()
+        finally:
+            for g, lr in zip(optimizer.param_groups, base):
+                g["lr"] = lr
+
     def train_step(self) -> dict[str, float]:
         stats: dict[str, list[float]] = {}
+        lr_mult = 1.0 if self.lr_schedule is None else float(self.lr_schedule(self.progress()))
         for phase in self.phases:
             self._set_trainable(phase.module)
             for _ in range(phase.repeats):
@@ -484,14 +515,17 @@ class TrainingLoop:
                 for k, v in out.items():
                     if not math.isfinite(v):
                         raise self._nonfinite(f"{k} = {v} (phase {phase.name!r})")
-                phase.optimizer.step()
+                self._optimizer_step(phase.optimizer, lr_mult)
                 for k, v in out.items():
                     stats.setdefault(k, []).append(v)
         for p in self.phases:
             p.module.requires_grad_(True)
         if self.ema is not None:
             self.ema.update()
-        return {k: sum(v) / len(v) for k, v in stats.items()}
+        out = {k: sum(v) / len(v) for k, v in stats.items()}
+        if self.lr_schedule is not None:
+            out["lr_mult"] = lr_mult
+        return out
 
     # ---------------------------------------------------------------- run
     def _due(self, every: int) -> bool:
