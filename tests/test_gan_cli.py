@@ -1,6 +1,7 @@
 """train-gan / sample / interpolate / layouts commands end to end (tiny, CPU)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,7 +132,14 @@ def test_demo_writes_everything(tmp_path):
 def test_the_demo_says_when_the_time_limit_gave_fewer_steps_than_its_figures_were_measured_at(tmp_path):
     from attnorm.cli import demo as demo_cli
     note = demo_cli.slow_machine_note(1810, 302.0)  # session 21's AMD EPYC
-    assert "trained 1810 steps in 5.0 min, fewer than the 2900-3300" in note and "`attnorm demo --minutes 9`" in note
+    assert "trained 1810 steps in 5.0 min, fewer than the 2924-3293" in note and "`attnorm demo --minutes 9`" in note
+    assert "a 2-core AMD EPYC at 1993-2076 steps: accuracy 0.902-0.911, recall 0.242-0.274" in note
+    # every figure it quotes is the README's (they are edited together)
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for host in (demo_cli.FAST_HOST, demo_cli.SLOW_HOST):
+        for value in host.values():
+            for figure in (value if isinstance(value, tuple) else (value,)):
+                assert figure in readme, figure
     # the minutes it names are the fewest that reach MEASURED_STEPS at this machine's rate
     for steps, seconds in ((1810, 302.0), (500, 300.0), (2899, 300.0), (100, 30.0)):
         m = int(demo_cli.slow_machine_note(steps, seconds).split("--minutes ")[1].split("`")[0])
