@@ -72,7 +72,9 @@ def _worker(rank: int, port: int, tmp: str) -> None:
         if rank == 1:  # rank 1 alone would pass the time limit after its first step
             loop_mod.time = types.SimpleNamespace(perf_counter=lambda: 50.0 * real_time.perf_counter())
         try:  # last scenario: a collective timeout here fails only its own test
-            out["timed"] = train("timed", steps=100000, max_seconds=TIME_LIMIT, ckpt_every=0, log_every=0)
+            # with a learning-rate schedule on the same clock: the second half of the time at a quarter
+            out["timed"] = train("timed", steps=100000, max_seconds=TIME_LIMIT, ckpt_every=0, log_every=1,
+                                 lr_final_fraction=0.5, lr_final_mult=0.25)
         except Exception:
             out["timed"] = {"error": traceback.format_exc()}
         finally:
@@ -180,6 +182,12 @@ def test_time_limit_stops_every_rank_at_the_same_step(ddp):
     assert s0["stop"] == s1["stop"] == f"time limit of {TIME_LIMIT:.0f} s reached"
     assert load_checkpoint(tmp / "timed" / "checkpoints" / "latest.pt")["step"] == s0["step"]
     assert s0["step"] > 1  # rank 0's clock decided, not rank 1's fast one
+    # the learning-rate schedule followed rank 0's clock on both ranks: identical replicas, the rate
+    # lowered part-way (rank 1's own clock would have lowered it from its second step)
+    for net in ("G", "D"):
+        assert _same(s0[net], s1[net], _param_keys(s0[net])) == [], f"{net} weights diverged"
+    mults = [r["lr_mult"] for r in read_stats(tmp / "timed" / "stats.jsonl")]
+    assert mults[:2] == [1.0, 1.0] and mults[-1] == 0.25 and mults == sorted(mults, reverse=True)
 
 
 def test_torchrun_cli_two_processes(tmp_path):

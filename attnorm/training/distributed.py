@@ -66,7 +66,9 @@ class DistributedTrainingLoop(TrainingLoop):
 
     Each rank measures its own elapsed time, so near ``max_seconds`` one rank could stop
     (and enter the checkpoint's collective) while another starts the next step's
-    all-reduce: a hang. Here rank 0 decides after every step and broadcasts the decision.
+    all-reduce: a hang. Here rank 0 decides after every step and broadcasts the decision, with
+    its share of the time budget, which :meth:`progress` (a learning-rate schedule's clock) uses on
+    every rank, so that all ranks apply the same learning rates.
     """
 
     def __init__(self, *args, max_seconds: float | None = None, **kwargs) -> None:
@@ -74,9 +76,16 @@ class DistributedTrainingLoop(TrainingLoop):
         self.time_limit = max_seconds
         self.flag_device = torch.device("cpu")
         self._clock0 = (0.0, 0.0)
+        self._time_progress = 0.0  # rank 0's training time over time_limit, as of the last step
+
+    def progress(self) -> float:
+        done = self.step / max(self.total_steps, 1)
+        return min(max(done, self._time_progress), 1.0)
 
     def run(self) -> TrainingLoop:
         self._clock0 = (self.elapsed, time.perf_counter())
+        if self.time_limit:
+            self._time_progress = self.elapsed / self.time_limit
         try:
             super().run()
         finally:
@@ -90,9 +99,11 @@ class DistributedTrainingLoop(TrainingLoop):
         if self.time_limit is not None:
             import torch.distributed as dist
             elapsed0, t0 = self._clock0
-            out = float(elapsed0 + time.perf_counter() - t0 >= self.time_limit)
-            flag = torch.tensor([out], device=self.flag_device)  # nccl needs a CUDA tensor
+            elapsed = elapsed0 + time.perf_counter() - t0
+            out = float(elapsed >= self.time_limit)
+            flag = torch.tensor([out, elapsed / max(self.time_limit, 1e-9)], device=self.flag_device)  # nccl: CUDA
             dist.broadcast(flag, src=0)
             # the base loop stops when elapsed >= max_seconds: 0 stops now, None never
-            self.max_seconds = 0.0 if flag.item() > 0 else None
+            self.max_seconds = 0.0 if flag[0].item() > 0 else None
+            self._time_progress = float(flag[1].item())
         return stats
