@@ -78,9 +78,8 @@ class DistributedTrainingLoop(TrainingLoop):
         self._clock0 = (0.0, 0.0)
         self._time_progress = 0.0  # rank 0's training time over time_limit, as of the last step
 
-    def progress(self) -> float:
-        done = self.step / max(self.total_steps, 1)
-        return min(max(done, self._time_progress), 1.0)
+    def _time_fraction(self) -> float:
+        return self._time_progress  # rank 0's, broadcast after each step: the same on every rank
 
     def run(self) -> TrainingLoop:
         self._clock0 = (self.elapsed, time.perf_counter())

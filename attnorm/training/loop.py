@@ -480,10 +480,11 @@ class TrainingLoop:
     def progress(self) -> float:
         """How far the run is through its budget, in [0, 1]: the larger of the steps done over
         ``total_steps`` and the training time over ``max_seconds`` (when set)."""
-        done = self.step / max(self.total_steps, 1)
-        if self.max_seconds:
-            done = max(done, self.elapsed / self.max_seconds)
-        return min(max(done, 0.0), 1.0)
+        return min(max(self.step / max(self.total_steps, 1), self._time_fraction(), 0.0), 1.0)
+
+    def _time_fraction(self) -> float:
+        """The training time over ``max_seconds`` (0 without a time limit)."""
+        return self.elapsed / self.max_seconds if self.max_seconds else 0.0
 
     @staticmethod
     def _optimizer_step(optimizer: torch.optim.Optimizer, lr_mult: float) -> None:
