@@ -238,15 +238,16 @@ def test_the_layer_with_triton_pixel_sums_matches_its_bmm_path(variance):
 
 def test_the_tuner_tries_three_tf32_products_only_where_allowed():
     try:
-        assert triton_sums.candidates() == triton_sums.CANDIDATES  # the default: float32 FMA
-        assert not any(c.tf32x3 for c in triton_sums.candidates())
-        triton_sums.set_precision("tf32x3")
+        # the default: float32-FMA and three-TF32 tiles
         assert triton_sums.candidates() == triton_sums.CANDIDATES + triton_sums.TF32X3_CANDIDATES
+        triton_sums.set_precision("ieee")
+        assert triton_sums.candidates() == triton_sums.CANDIDATES
+        assert not any(c.tf32x3 for c in triton_sums.candidates())
         with pytest.raises(ValueError, match="choose 'ieee' or 'tf32x3'"):
             triton_sums.set_precision("fp16")
     finally:
-        triton_sums.set_precision("ieee")
-    assert triton_sums.candidates() == triton_sums.CANDIDATES
+        triton_sums.set_precision("tf32x3")
+    assert triton_sums.candidates() == triton_sums.CANDIDATES + triton_sums.TF32X3_CANDIDATES
 
 
 def test_what_the_pixel_sum_kernel_does_not_take_goes_to_bmm():
