@@ -163,16 +163,16 @@ def main(argv=None) -> int:
                    help="also time the forms of the layer's small (b, c) x (c, c) product")
     p.add_argument("--probe-shapes", default=",".join(f"{b}x{s}" for b, s in PROBE_SHAPES),
                    help="the probe's BATCHxSIDE cases, comma-separated")
-    p.add_argument("--pixel-sum-precision", choices=("ieee", "tf32x3"), default="ieee",
-                   help="the Triton pixel sums' precision (attnorm.layers.triton_sums.set_precision)")
+    p.add_argument("--pixel-sum-precision", choices=("ieee", "tf32x3"), default="tf32x3",
+                   help="the Triton pixel sums' precision (attnorm.layers.triton_sums.set_precision; default "
+                        "tf32x3, the library's)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("gpu_profile_an: --device cuda but no CUDA device; use --device cpu", file=sys.stderr)
         return 2
-    if args.pixel_sum_precision != "ieee":
-        from attnorm.layers import triton_sums
-        triton_sums.set_precision(args.pixel_sum_precision)
+    from attnorm.layers import triton_sums
+    triton_sums.set_precision(args.pixel_sum_precision)
     from attnorm.training.allocator import retain_freed_memory_on
     # on the CPU: what `attnorm bench` times
     retained = not args.glibc_default_malloc and retain_freed_memory_on(args.device)
