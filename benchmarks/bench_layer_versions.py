@@ -30,6 +30,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from contextlib import nullcontext
 from io import BytesIO
 from pathlib import Path
 
@@ -71,6 +72,11 @@ def revision_name(revision: str) -> str:
     return out.stdout.strip() or revision
 
 
+def autocast_for(x: torch.Tensor):
+    """bf16 autocast for a bf16 input (as training runs it), else nothing."""
+    return torch.autocast(x.device.type, dtype=torch.bfloat16) if x.dtype == torch.bfloat16 else nullcontext()
+
+
 def parity(new: nn.Module, old: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> dict:
     """Largest differences of output, input gradient and parameter gradients (relative to each
     gradient's largest entry) between the two versions on the same SSR positions."""
@@ -79,7 +85,8 @@ def parity(new: nn.Module, old: nn.Module, x: torch.Tensor, grad: torch.Tensor) 
         xi = x.detach().clone().requires_grad_()
         module.zero_grad(set_to_none=True)
         torch.manual_seed(1)
-        y = module(xi)
+        with autocast_for(x):
+            y = module(xi)
         y.backward(grad)
         results.append((y.detach(), xi.grad, {k: p.grad for k, p in module.named_parameters()}))
     (y1, gx1, gp1), (y2, gx2, gp2) = results
@@ -88,15 +95,21 @@ def parity(new: nn.Module, old: nn.Module, x: torch.Tensor, grad: torch.Tensor) 
             "param_grad_max_rel": param}
 
 
-def measure(modules: dict, size: int, batch: int, channels: int, rounds: int) -> dict:
+def measure(modules: dict, size: int, batch: int, channels: int, rounds: int, channels_last: bool = False,
+            dtype: torch.dtype = torch.float32) -> dict:
+    """Parity and timings on one input; ``channels_last`` / ``dtype``: the input's (and its gradient's)
+    memory format and dtype (a channels-last bf16 map is what AN gets inside the GAN presets' training)."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, channels, size, size, generator=g).requires_grad_()
-    grad = torch.randn(batch, channels, size, size, generator=g)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(batch, channels, size, size, generator=g).to(dtype).contiguous(memory_format=fmt).requires_grad_()
+    grad = torch.randn(batch, channels, size, size, generator=g).to(dtype).contiguous(memory_format=fmt)
     sa = layer_module("sa", channels, 1)
 
     def step(module):
         x.grad = None
-        module(x).backward(grad)
+        with autocast_for(x):
+            y = module(x)
+        y.backward(grad)
 
     out = {"parity": parity(modules["working tree"], modules["baseline"], x, grad)}
     for mode in ("cold", "warm"):
@@ -121,7 +134,8 @@ def format_md(report: dict) -> str:
     c = report["config"]
     lines = [f"# AN layer: working tree ({c['code']}) against {c['baseline']}", "",
              f"{c['machine']}, {c['threads']} thread(s), torch {c['torch']}, b {c['batch']}, c {c['channels']}, "
-             f"n {c['entities']}, {c['rounds']} rounds (first 2 dropped), {c['started']}", ""]
+             f"n {c['entities']}, input {c.get('input', 'float32 NCHW')}, {c['rounds']} rounds (first 2 dropped), "
+             f"{c['started']}", ""]
     for size, res in report["sizes"].items():
         p = res["parity"]
         lines += [f"## {size}x{size}", "",
@@ -145,8 +159,12 @@ def main(argv=None) -> int:
     ap.add_argument("--entities", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=21, help="timed rounds per way of timing (the first two are dropped)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--channels-last", action="store_true", help="the input and its gradient in channels-last memory")
+    ap.add_argument("--bf16", action="store_true", help="the input and its gradient in bfloat16 (as under autocast)")
     ap.add_argument("--out", required=True, help="folder for results.json and results.md")
     args = ap.parse_args(argv)
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    layout = f"{'bfloat16' if args.bf16 else 'float32'} {'channels-last' if args.channels_last else 'NCHW'}"
     try:
         sizes = [int(s) for s in args.sizes.split(",")]
     except ValueError:
@@ -166,11 +184,12 @@ def main(argv=None) -> int:
         modules = {"baseline": old, "working tree": new, "conv1x1+IN": conv}
         report = {"config": {"baseline": f"{args.baseline} ({revision_name(args.baseline)})", "code": git_commit(),
                              "batch": args.batch, "channels": args.channels, "entities": args.entities,
-                             "rounds": args.rounds, "threads": torch.get_num_threads(), "torch": torch.__version__,
+                             "input": layout, "rounds": args.rounds, "threads": torch.get_num_threads(), "torch": torch.__version__,
                              "machine": cpu_model(), "started": started},
                   "sizes": {}}
         for size in sizes:
-            report["sizes"][str(size)] = measure(modules, size, args.batch, args.channels, args.rounds)
+            report["sizes"][str(size)] = measure(modules, size, args.batch, args.channels, args.rounds,
+                                                   args.channels_last, dtype)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", report)

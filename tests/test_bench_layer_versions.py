@@ -60,3 +60,16 @@ def test_an_unknown_revision_is_one_line(tmp_path):
         lv.main(["--baseline", "no-such-rev", "--sizes", "4", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="--rounds must be >= 3"):
         lv.main(["--rounds", "2", "--out", str(tmp_path / "x")])
+
+
+def test_times_a_channels_last_bf16_input_under_autocast(tmp_path):
+    # what AN gets inside the GAN presets' training; the yardstick (a float32 conv) runs under autocast too
+    lv = load_benchmark("bench_layer_versions")
+    out = tmp_path / "res"
+    assert lv.main(["--baseline", "HEAD", "--sizes", "4", "--channels", "16", "--entities", "4", "--rounds", "3",
+                    "--channels-last", "--bf16", "--out", str(out)]) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert report["config"]["input"] == "bfloat16 channels-last"
+    parity = report["sizes"]["4"]["parity"]
+    assert parity["output_max_abs"] < 0.05 and parity["input_grad_max_abs"] < 0.05  # bf16 rounding at most
+    assert "input bfloat16 channels-last" in (out / "results.md").read_text()

@@ -295,6 +295,14 @@ def test_minibatch_std_groups_consecutive_samples_and_never_mixes_real_and_fake(
     same = h[:1].repeat(8, 1, 1, 1)  # a collapsed batch has std ~0
     assert float(minibatch_std(same, 4).max()) < 1e-3
     assert minibatch_std(h[:6], 4).shape == (6, 1, 3, 3)  # 6 samples: groups of 3
+    # and its gradient, on a channels-last map as D has it, is that of the per-group variance
+    hl = h.double().contiguous(memory_format=torch.channels_last).requires_grad_()
+    href = h.double().requires_grad_()
+    w = torch.randn(8, 1, 3, 3, generator=g, dtype=torch.float64)
+    (minibatch_std(hl, 4) * w).sum().backward()
+    ref = torch.cat([href[k:k + 4].var(0, unbiased=False).add(1e-8).sqrt().mean().expand(4, 1, 3, 3) for k in (0, 4)])
+    (ref * w).sum().backward()
+    torch.testing.assert_close(hl.grad, href.grad, rtol=1e-5, atol=1e-7)  # computed in float32
     d = Discriminator(resolution=32, ch=8, num_classes=3, mbstd_group=4)
     assert d.config["mbstd_group"] == 4 and "mbstd_group" not in Discriminator(32, 8, 3).config
     x = torch.randn(8, 3, 32, 32, generator=g)

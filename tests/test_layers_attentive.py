@@ -165,6 +165,29 @@ def test_channels_last_input():
     assert y_cl.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_channels_last_training_step_matches_the_nchw_one(dtype):
+    # the layer copies a channels-last input (and its output's gradient) to contiguous maps: the
+    # forward and every gradient are those of the same input in NCHW, to rounding; a bf16 map is
+    # what it gets inside the GAN presets' training (channels-last, bf16 autocast)
+    results = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        layer = _layer(dtype=torch.float64 if dtype == torch.float64 else torch.float32).train()
+        x = _x(dtype=dtype).contiguous(memory_format=fmt).requires_grad_()
+        g = _x(seed=3, dtype=dtype).contiguous(memory_format=fmt)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            y = layer(x, positions=torch.tensor([0, 3, 9, 34, 12, 3]))
+        y.backward(g)
+        assert y.dtype == dtype and y.is_contiguous(memory_format=fmt)
+        results.append((y.detach().double(), x.grad.double(), {k: p.grad.double() for k, p in layer.named_parameters()}))
+    (y1, gx1, gp1), (y2, gx2, gp2) = results
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert _rel(y2, y1) < max(tol, 1e-2 if dtype == torch.bfloat16 else 0)  # bf16 output: rounding of the cast
+    assert _rel(gx2, gx1) < max(tol, 1e-2 if dtype == torch.bfloat16 else 0)
+    for k in gp1:
+        assert _rel(gp2[k], gp1[k]) < (1e-10 if dtype == torch.float64 else 1e-4), k
+
+
 def test_no_state_mutated_in_forward():
     layer = _layer(dtype=torch.float32).train()
     before = {k: v.clone() for k, v in layer.state_dict().items()}
