@@ -437,8 +437,9 @@ class AttentiveNorm(nn.Module):
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         with torch.autocast(device_type=x.device.type, enabled=False):
             # (b, c, hw) with the pixels contiguous: a channels-last input is copied once (in the cast
-            # to the compute dtype where there is one), since the products and elementwise passes below
-            # on maps of mixed layouts took about twice as long on the CPU (session 24)
+            # to the compute dtype where there is one) rather than mixing layouts in every product and
+            # elementwise pass below (3-10% of the layer's time on the CPU with channels-last float32
+            # inputs, session 24, benchmarks/results/an_cpu_s24)
             x3 = x.to(dtype=dt, memory_format=torch.contiguous_format).view(b, c, h * w)
             cast = lambda t: None if t is None else t.to(dt)
             ssr = self.ssr_active() or positions is not None
