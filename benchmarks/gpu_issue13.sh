@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 13's GPU figures, prepared for a session that is lent a device. All parts take about 12 minutes
 # on an H200, more than one device command may run (10): split them over two calls, e.g.
-# PARTS="tests probe bench" (about 5 minutes: the parity cases, the kernels' error, the layer figures)
+# PARTS="tests probe bench" (the parity cases, the kernels' error, the layer figures: 237 s on the H200 in
+# session 24, of which the tests 76 s; with the machine's start it held 273 s of the 900 a session gets)
 # and PARTS="profile compile gan gan_compile". From the repository root:
 #     bash benchmarks/gpu_issue13.sh [OUT]          # OUT default: $OUT or benchmarks/results/gpu
 # It writes one JSON per case (each holds device, torch version, batch, dtype, times and the
