@@ -18,6 +18,8 @@
 #     AN's time grows with the map (session 7), so which kernels are slow; and the forward pixel
 #     sum timed as one bmm and split into chunks (b 8 at 128x128 took longer than b 32 at 64x64,
 #     the same pixels: long per-image reductions with a small output are the suspect);
+#   * triton_cost: the Triton paths' first calls in fresh processes, with an empty and a filled kernel
+#     cache, against the eager layer (benchmarks/gpu_triton_cost.py): whether they can be on by default;
 #   * torch.compile(mode="reduce-overhead") (inductor + CUDA graphs) on AN, SA and conv1x1+IN;
 #   * the GAN training step AN / none / SA at 32 and 64 px (benchmarks/bench_gan.py, speed part),
 #     eager (also with AN's Triton paths, --triton) and with G and D compiled (default and reduce-overhead): on the H200 the eager step
@@ -25,7 +27,7 @@
 # Through the device tool (at most 8 files come back from $OUT), write elsewhere and pack:
 #     bash benchmarks/gpu_issue13.sh /tmp/r && tar czf $OUT/results.tgz -C /tmp r
 # ATTNORM_COMMIT names the code state in the log where the tree has no .git (a device copy).
-# PARTS picks what runs (default all): tests bench profile probe compile gan gan_compile; e.g.
+# PARTS picks what runs (default all): tests bench profile probe triton_cost compile gan gan_compile; e.g.
 # PARTS="tests bench profile" for the layer figures and the kernel profile alone (about 4 minutes).
 # PROFILE_VARIANTS (default an,an_tall,sa,conv_in) and PROFILE_CASES (batch:autocast, default
 # "8: 8:bf16 32:") pick the profiled layers and cases.
@@ -36,7 +38,7 @@ out="${1:-${OUT:-benchmarks/results/gpu}}"
 mkdir -p "$out"
 commit="${ATTNORM_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 log="$out/gpu_issue13.log"
-parts=" ${PARTS:-tests bench profile probe compile gan gan_compile} "
+parts=" ${PARTS:-tests bench profile probe triton_cost compile gan gan_compile} "
 part() { [[ "$parts" == *" $1 "* ]]; }
 run() {  # name, time limit in seconds, then attnorm bench arguments
   local name=$1 limit=$2; shift 2
@@ -70,6 +72,13 @@ part probe && for prec in ieee tf32x3; do
     $([ "$prec" = ieee ] && echo --small-mm-probe) \
     --json "$out/pixel_sum_probe_$prec.json" 2>&1 | tee -a "$log" || echo "== pixel_sum_probe failed or timed out" | tee -a "$log"
 done
+# the Triton paths' one-off cost in a fresh process (kernel compiles with an empty and a filled cache, the pixel
+# sums' tuning): what keeps them opt-in (session 24)
+if part triton_cost; then
+  echo "== triton_cost (commit $commit): python benchmarks/gpu_triton_cost.py --device cuda --sizes 32,64" | tee -a "$log"
+  timeout 240 python3 benchmarks/gpu_triton_cost.py --device cuda --sizes 32,64 --json "$out/triton_cost.json" 2>&1 \
+    | tee -a "$log" || echo "== triton_cost failed or timed out" | tee -a "$log"
+fi
 part compile && run "gpu_b8_reduce_overhead" 90 --batch 8 --sizes 32,64,128 --repeats 20 --warmup 5 --variants an,sa,conv_in --compile reduce-overhead --no-memory
 if part gan; then
   echo "== gan_step_cuda (commit $commit): python benchmarks/bench_gan.py --device cuda --skip-ssr --res 32 64" | tee -a "$log"
