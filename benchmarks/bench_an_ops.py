@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _provenance import cpu_model, git_commit  # noqa: E402
 
+from attnorm.bench import time_variant  # noqa: E402
 from attnorm.io import write_json, write_text  # noqa: E402
 from attnorm.layers import AttentiveNorm  # noqa: E402
 from attnorm.layers.regional import statistics_forward  # noqa: E402
@@ -37,15 +38,7 @@ from attnorm.training.allocator import retain_freed_memory  # noqa: E402
 
 
 def median_us(fn, repeats: int) -> float:
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2] * 1e6
+    return statistics.median(time_variant(fn, "cpu", 5, repeats)) * 1e6
 
 
 def forward_ops(b: int, c: int, side: int, n: int, repeats: int) -> tuple[dict[str, float], float]:

@@ -32,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _provenance import git_commit  # noqa: E402
 
+from attnorm.bench import time_variant  # noqa: E402
 from attnorm.io import write_json  # noqa: E402
 
 CALLS = 12
@@ -46,16 +47,7 @@ def child(device: str, batch: int, size: int, use_triton: bool) -> dict:
     layer = AttentiveNorm(128, 16).to(device).train()
     x = torch.randn(batch, 128, size, size, device=device, requires_grad=True)
     g = torch.randn_like(x)
-    times = []
-    for _ in range(CALLS):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        layer(x).backward(g)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return {"times_s": times}
+    return {"times_s": time_variant(lambda: layer(x).backward(g), device, 0, CALLS)}
 
 
 def summarise(times: list[float]) -> dict:

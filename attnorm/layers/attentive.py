@@ -195,10 +195,8 @@ class _AttentiveNormFn(torch.autograd.Function):
         algorithm1 = ctx.algorithm1
         needs = ctx.needs_input_grad
         eager = not torch.compiler.is_compiling()  # compilers refuse some out= forms used here
-        if g_y is None:
-            g_y = torch.zeros_like(t)
-        elif not g_y.is_contiguous():  # e.g. from a channels-last output: one copy, as the input's
-            g_y = g_y.contiguous()
+        # contiguous() copies only a strided gradient (e.g. from a channels-last output), as the forward its input
+        g_y = torch.zeros_like(t) if g_y is None else g_y.contiguous()
 
         # Y = X - Q S + Vc * (P S)
         gv = torch.mul(g_y, vc, out=_workspace((b, c, hw), x3, 1)) if eager else g_y * vc
