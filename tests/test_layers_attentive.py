@@ -321,6 +321,38 @@ def test_gradients_match_literal_in_every_configuration(variance, ssr, affine):
         assert _rel(a, b) <= 1e-9
 
 
+@pytest.mark.parametrize("frozen", ["all", "value", "entities_and_value", "ssr"])
+@pytest.mark.parametrize("ssr", [True, False])
+def test_gradients_with_frozen_parameters_match_literal(frozen, ssr):
+    """The backward skips the weight gradients nobody asked for (D's layer in G's phase has all of
+    them frozen): the input gradient and the remaining parameters' gradients are the literal's,
+    SSR's share of the input gradient (through the sampled positions) included."""
+    layer = _layer(self_sampling=ssr)
+    names = {"all": [n for n, _ in layer.named_parameters()], "value": ["value", "value_bias"],
+             "entities_and_value": ["entities", "value"],
+             "ssr": ["query", "query_bias", "key", "key_bias", "ssr_alpha"]}[frozen]
+    for name, p in layer.named_parameters():
+        p.requires_grad_(name not in names)
+    x = _x(3, 16, 5, 4)
+    pos = torch.tensor([0, 19, 19, 7, 2, 11]) if ssr else None
+    weight = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=x.dtype)
+
+    def grads(fn):
+        layer.zero_grad(set_to_none=True)
+        xr = x.clone().requires_grad_()
+        (fn(xr)[0] * weight).sum().backward()
+        return [xr.grad] + [p.grad for p in layer.parameters()]
+
+    fast = grads(lambda x: layer(x, return_layout=True, positions=pos))
+    ref = grads(lambda x: attentive_norm_literal(layer, x, pos))
+    for (name, p), a, b in zip([("x", None)] + list(layer.named_parameters()), fast, ref):
+        if b is None:
+            assert a is None, name
+        else:
+            assert _rel(a, b) <= 1e-9, name
+    assert fast[0].abs().max() > 0
+
+
 @pytest.mark.parametrize("variance", ["algorithm1", "weighted"])
 def test_vc_squared_kept_or_recomputed_gives_the_same_gradients(monkeypatch, variance):
     """The forward keeps Vc^2 for the backward on the CPU and recomputes it elsewhere (GPU memory):

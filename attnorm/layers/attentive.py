@@ -267,14 +267,21 @@ class _AttentiveNormFn(torch.autograd.Function):
         g_x3 = None
         if needs[0]:
             g_x3 = _bmm_add(g_y, weight.transpose(1, 2), g_out)  # (b, c, hw)
-        g_weight = pixel_sum(g_out, x3)  # (b, n + c, c)
+        g_entities = g_value = g_key = g_key_bias = g_query = g_query_bias = g_ssr_a = None
+        # SSR's rows need the entity rows' gradient for their parameters and for the gather's share
+        # of the input gradient
+        need_ssr = ctx.ssr and (needs[0] or any(needs[4:9]))
         inv_tau = 1.0 / ctx.temperature
-        g_ent = g_weight[:, :n] * inv_tau  # (b, n, c): the rows were E_b / tau
-        g_entities = g_ent.sum(0) if needs[1] else None
-        g_value = g_weight[:, n:].sum(0) if needs[2] else None
+        # The rows' weight gradients, one pass over the map; only the entity rows where the value
+        # projection's are not wanted (e.g. D's layer in the generator's phase, parameters frozen)
+        g_weight = (pixel_sum(g_out, x3) if needs[2]
+                    else pixel_sum(g_logits, x3) if needs[1] or need_ssr else None)  # (b, n + c or n, c)
+        if g_weight is not None:
+            g_ent = g_weight[:, :n] * inv_tau  # (b, n, c): the rows were E_b / tau
+            g_entities = g_ent.sum(0) if needs[1] else None
+            g_value = g_weight[:, n:].sum(0) if needs[2] else None
         g_value_bias = g_k.sum(0).view(c) if needs[3] else None
-        g_key = g_key_bias = g_query = g_query_bias = g_ssr_a = None
-        if ctx.ssr:
+        if need_ssr:
             # the rows [ent | ent_bias] = [E | 0] + ssr_a * [kq | kb] (before 1/tau): their gradient
             g_aug = torch.cat([g_ent, g_logits.sum(-1, keepdim=True).mul_(inv_tau)], dim=-1)  # (b, n, c + 1)
             if needs[8]:
