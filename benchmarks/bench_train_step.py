@@ -24,8 +24,14 @@ per-round ratios (``attnorm.bench.paired_ratio``, as ``attnorm bench`` judges it
 session 22), with the smallest and largest round's ratio; the ratio of the two medians is kept beside
 it (``b_over_a``, the only ratio until then). Unless ``--no-flops``, each setting's matrix-product and
 convolution FLOPs of one step are counted too (``flop_ratio``: what the arithmetic alone would make the
-time ratio; a time ratio far above it is overhead or memory traffic, not work). Writes
-``OUT/results.json`` (every round, the machine, torch and code state) and ``OUT/results.md``.
+time ratio; a time ratio far above it is overhead or memory traffic, not work). With ``--profile N``,
+each setting's N steps after the timing are run under ``torch.profiler`` and the per-op self CPU time per step
+is written beside the times, with the ops that make up the difference between the two settings (session 25:
+where AN's share of a step goes). Writes ``OUT/results.json`` (every round, the machine, torch and code state)
+and ``OUT/results.md``.
+
+    python benchmarks/bench_train_step.py --config configs/gan_cpu_small.json --compare attention=none,an \
+        --amp off --threads 1 --set resolution=64 --profile 5 --out benchmarks/results/an_cpu_s25/small_res64
 """
 
 from __future__ import annotations
@@ -63,12 +69,40 @@ def step_flops(run) -> int:
     return int(counter.get_total_flops())
 
 
+def step_op_profile(run, steps: int) -> dict[str, dict[str, float]]:
+    """``{op: {"ms": self CPU ms per step, "calls": calls per step}}`` over ``steps`` training steps of
+    ``run`` under ``torch.profiler`` (CPU activity; an op's self time leaves out the ops it calls, so the
+    values add up to the profiled time)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            run.loop.train_step()
+    return {e.key: {"ms": e.self_cpu_time_total / 1000 / steps, "calls": e.count / steps}
+            for e in prof.key_averages()}
+
+
+def profile_difference(a: dict, b: dict, top: int = 15) -> list[dict]:
+    """The ops whose self time per step differs most between two :func:`step_op_profile` results, largest
+    difference first: ``top`` ops where B takes longer, then up to ``top`` where A does."""
+    rows = []
+    for op in set(a) | set(b):
+        pa, pb = a.get(op, {"ms": 0.0, "calls": 0.0}), b.get(op, {"ms": 0.0, "calls": 0.0})
+        rows.append({"op": op, "a_ms": pa["ms"], "b_ms": pb["ms"], "diff_ms": pb["ms"] - pa["ms"],
+                     "a_calls": pa["calls"], "b_calls": pb["calls"]})
+    rows.sort(key=lambda r: -r["diff_ms"])
+    more = [r for r in rows if r["diff_ms"] > 0][:top]
+    less = [r for r in reversed(rows) if r["diff_ms"] < 0][:top]
+    return more + less
+
+
 def time_settings(config: str | None, overrides: dict, amp: bool, rounds: int, steps: int, warmup: int,
                   task: str = "gan", key: str = "channels_last", values: tuple = (False, True),
-                  flops: list | None = None) -> list[list[float]]:
+                  flops: list | None = None, profile_steps: int = 0,
+                  profiles: list | None = None) -> list[list[float]]:
     """Seconds per training step, one entry per round, for config ``key`` = each of the two ``values``.
     With a list as ``flops``, each setting's :func:`step_flops` is appended to it (one untimed step
-    each, after the warm-up)."""
+    each, after the warm-up); with ``profile_steps`` and a list as ``profiles``, each setting's
+    :func:`step_op_profile` of that many steps after the timing."""
     training, resolve_config = TASKS[task]
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,6 +122,8 @@ def time_settings(config: str | None, overrides: dict, amp: bool, rounds: int, s
                 for _ in range(steps):
                     runs[i].loop.train_step()
                 times[i].append((time.perf_counter() - t0) / steps)
+        if profile_steps and profiles is not None:
+            profiles.extend(step_op_profile(run, profile_steps) for run in runs)
     return times
 
 
@@ -126,6 +162,17 @@ def to_markdown(report: dict) -> str:
         fr = f"{row['flop_ratio']:.3f}" if "flop_ratio" in row else "-"
         lines.append(f"| {row['amp']} | {row['a_ms']:.1f} | {row['b_ms']:.1f} | {row['paired_b_over_a']:.3f} | "
                      f"{lo:.3f}-{hi:.3f} | {row['b_over_a']:.3f} | {fr} |")
+    for row in report["rows"]:
+        if "op_difference" not in row:
+            continue
+        pa, pb = (sum(v["ms"] for v in row["op_profile"][k].values()) for k in ("a", "b"))
+        lines += ["", f"Profile, amp {row['amp']} ({report['args']['profile']} steps of each under torch.profiler; "
+                  f"self CPU ms per step, all ops: {a} {pa:.1f}, {b} {pb:.1f}, difference {pb - pa:.1f}): the ops "
+                  "that differ most", "",
+                  f"| op | {a} ms | {b} ms | difference | calls per step ({a} / {b}) |", "| --- | --- | --- | --- | --- |"]
+        for r in row["op_difference"]:
+            lines.append(f"| `{r['op']}` | {r['a_ms']:.2f} | {r['b_ms']:.2f} | {r['diff_ms']:+.2f} | "
+                         f"{r['a_calls']:.0f} / {r['b_calls']:.0f} |")
     if any("flop_ratio" in row for row in report["rows"]):
         lines += ["", "FLOP ratio: the two settings' matrix-product and convolution FLOPs per step (one step counted "
                   "by torch.utils.flop_counter.FlopCounterMode; elementwise work not counted): what the time ratio "
@@ -149,6 +196,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-flops", action="store_true",
                     help="skip counting each setting's matrix-product and convolution FLOPs per step (one untimed "
                          "step each; the FLOP ratio is what the time ratio would be if time followed that arithmetic alone)")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="also profile N steps of each setting (torch.profiler, after the timing) and report the ops "
+                         "whose self CPU time differs most between the two")
     ap.add_argument("--out", default="bench_results/train_step")
     args = ap.parse_args(argv)
     overrides = {**parse_overrides(args.set), "threads": args.threads}
@@ -162,8 +212,9 @@ def main(argv=None) -> int:
     for amp in {"on": [True], "off": [False], "both": [False, True]}[args.amp]:
         try:  # both runs are built before any timing: a value the models refuse stops it here
             flops = None if args.no_flops else []
+            profiles: list = []
             times = time_settings(args.config, overrides, amp, args.rounds, args.steps, args.warmup, args.task,
-                                  key, values, flops)
+                                  key, values, flops, args.profile, profiles)
         except (ValueError, UserError) as exc:
             raise SystemExit(f"error: --compare {args.compare} (with --set {' '.join(args.set) or '-'}): "
                              f"{str(exc).strip().splitlines()[0]}") from None
@@ -173,6 +224,9 @@ def main(argv=None) -> int:
                "paired_range": paired_range, "b_over_a": b / a, "rounds_s": {"a": times[0], "b": times[1]}}
         if flops:
             row.update(flops={"a": flops[0], "b": flops[1]}, flop_ratio=flops[1] / flops[0])
+        if profiles:
+            row.update(op_profile={"a": profiles[0], "b": profiles[1]},
+                       op_difference=profile_difference(profiles[0], profiles[1]))
         report["rows"].append(row)
         print(f"amp={amp}: {labels[0]} {row['a_ms']:.1f} ms/step, {labels[1]} {row['b_ms']:.1f} ms/step "
               f"(ratio {paired:.3f}, rounds {paired_range[0]:.3f}-{paired_range[1]:.3f}; "

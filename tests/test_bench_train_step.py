@@ -119,3 +119,35 @@ def test_compare_times_another_key_and_refuses_a_non_boolean_one(tmp_path, monke
     assert str(exc.value).startswith("error: --compare attention=foo,an (with --set ch=8") and \
         "unknown attention kind 'foo'" in str(exc.value) and "\n" not in str(exc.value)
     assert not (tmp_path / "y").exists()
+
+
+def test_profile_reports_the_ops_that_make_up_the_difference(tmp_path):
+    """--profile: each setting's op profile covers the profiled steps, and the difference table names the AN layer's
+    own autograd node and its batched products as what attention=an adds over attention=none."""
+    bench = load_benchmark("bench_train_step")
+    small = ["--set", "ch=8", "batch_size=4", "resolution=16", "procedural_classes=2", "procedural_length=16", "d_steps=1"]
+    assert bench.main(["--compare", "attention=none,an", "--amp", "off", "--rounds", "1", "--steps", "1", "--warmup", "1",
+                       "--no-flops", "--profile", "2", "--out", str(tmp_path / "p"), *small]) == 0
+    (row,) = json.loads((tmp_path / "p" / "results.json").read_text())["rows"]
+    a, b = row["op_profile"]["a"], row["op_profile"]["b"]
+    assert "_AttentiveNormFn" in b and "_AttentiveNormFn" not in a
+    # per step (d_steps 1): G's layer drawing the D phase's fakes, D's on reals and fakes in one batch, then G's
+    # and D's again in the G phase
+    assert b["_AttentiveNormFn"]["calls"] == pytest.approx(4.0)
+    assert a.get("aten::bmm", {"ms": 0.0})["ms"] < b["aten::bmm"]["ms"]  # AN's products
+    diff = {r["op"]: r for r in row["op_difference"]}
+    assert diff["aten::bmm"]["diff_ms"] == pytest.approx(b["aten::bmm"]["ms"] - a.get("aten::bmm", {"ms": 0.0})["ms"])
+    more = [r["diff_ms"] for r in row["op_difference"] if r["diff_ms"] > 0]
+    assert more == sorted(more, reverse=True) and "aten::bmm" in [r["op"] for r in row["op_difference"][:15]]
+    md = (tmp_path / "p" / "results.md").read_text()
+    assert "Profile, amp False (2 steps of each under torch.profiler" in md and "| `aten::bmm` |" in md
+
+
+def test_profile_difference_orders_both_ways():
+    bench = load_benchmark("bench_train_step")
+    a = {"x": {"ms": 1.0, "calls": 1}, "y": {"ms": 5.0, "calls": 2}, "z": {"ms": 2.0, "calls": 1}}
+    b = {"x": {"ms": 4.0, "calls": 3}, "y": {"ms": 1.0, "calls": 2}, "w": {"ms": 0.5, "calls": 1}}
+    rows = bench.profile_difference(a, b, top=5)
+    assert [(r["op"], r["diff_ms"]) for r in rows] == [("x", 3.0), ("w", 0.5), ("y", -4.0), ("z", -2.0)]
+    assert rows[1]["a_calls"] == 0.0 and rows[3]["b_ms"] == 0.0
+    assert [r["op"] for r in bench.profile_difference(a, b, top=1)] == ["x", "y"]
