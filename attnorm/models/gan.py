@@ -189,6 +189,21 @@ class FourierFeatures(nn.Module):
         return out[..., :2] * self.max_freq, out[..., 2] * math.pi
 
 
+UPSAMPLE_MODES = ("nearest", "bilinear")
+
+
+def _check_upsample(mode: str) -> None:
+    if mode not in UPSAMPLE_MODES:
+        raise ValueError(f"upsample must be one of {', '.join(UPSAMPLE_MODES)}, got {mode!r}")
+
+
+def _up(x: Tensor, mode: str) -> Tensor:
+    """The map at twice the size: nearest-neighbour copies, or bilinear interpolation (half-pixel centres)."""
+    if mode == "bilinear":
+        return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    return F.interpolate(x, scale_factor=2, mode="nearest")
+
+
 class GBlock(nn.Module):
     """Up block (Fig. 1 / Fig. 2 with ``attention``); ``forward(x, y, layouts=None)``.
 
@@ -204,12 +219,15 @@ class GBlock(nn.Module):
             the position from the zero padding at the borders.
         fourier: ``k`` > 0: ``k`` per-sample plane waves (:class:`FourierFeatures`, ``forward``'s
             ``waves``) are appended to the first convolution's input.
+        upsample: ``"nearest"`` (the listing) or ``"bilinear"``: how both paths double the map.
     """
 
     def __init__(self, in_ch: int, out_ch: int, num_classes: int, attention: str = "none",
                  num_entities: int = 16, an_kwargs: dict | None = None, use_sn: bool = True,
-                 latent_dim: int = 0, coords: bool = False, fourier: int = 0) -> None:
+                 latent_dim: int = 0, coords: bool = False, fourier: int = 0, upsample: str = "nearest") -> None:
         super().__init__()
+        _check_upsample(upsample)
+        self.upsample = upsample
         self.coords = bool(coords)
         self.fourier = int(fourier)
         self.cbn1 = ConditionalBatchNorm2d(in_ch, num_classes, latent_dim=latent_dim)
@@ -221,8 +239,8 @@ class GBlock(nn.Module):
 
     def forward(self, x: Tensor, y: Tensor, layouts: list | None = None, z: Tensor | None = None,
                 waves: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        x_up = F.interpolate(x, scale_factor=2, mode="nearest")  # (b, in, 2h, 2w)
-        h = F.interpolate(F.relu(self.cbn1(x, y, z)), scale_factor=2, mode="nearest")
+        x_up = _up(x, self.upsample)  # (b, in, 2h, 2w)
+        h = _up(F.relu(self.cbn1(x, y, z)), self.upsample)
         if self.coords:
             h = torch.cat([h, coordinate_channels(h)], dim=1)  # (b, in + 2, 2h, 2w)
         if self.fourier:
@@ -264,6 +282,8 @@ class Generator(nn.Module):
         fourier: ``k`` > 0: every block's first convolution also sees ``k`` plane waves whose
             frequencies and phases are a linear map of the whole latent and the class embedding
             (:class:`FourierFeatures`; not in the listing).
+        upsample: ``"nearest"`` (the listing, default) or ``"bilinear"``: how every block doubles
+            its map (not in the listing).
 
     ``y`` is a (b,) long tensor of labels or a (b, num_classes) float tensor of
     class weights (soft path through every CBN, for class interpolation).
@@ -273,9 +293,10 @@ class Generator(nn.Module):
                  attention: str = "an", num_entities: int = 16, attn_index: int | None = None,
                  channel_mults: list[int] | None = None, an_kwargs: dict | None = None,
                  class_embed_dim: int = 0, spectral_norm: bool = True, hierarchical_z: bool = False,
-                 coords: bool = False, fourier: int = 0) -> None:
+                 coords: bool = False, fourier: int = 0, upsample: str = "nearest") -> None:
         super().__init__()
         nb = num_blocks(resolution)
+        _check_upsample(upsample)
         if fourier < 0:
             raise ValueError(f"fourier must be >= 0, got {fourier}")
         if hierarchical_z and z_dim < nb + 1:
@@ -307,6 +328,8 @@ class Generator(nn.Module):
             self.config["coords"] = True
         if fourier:
             self.config["fourier"] = int(fourier)
+        if upsample != "nearest":
+            self.config["upsample"] = upsample
         # latent chunk sizes: [linear layer, block 0, block 1, ...] (one chunk: the whole z to the linear layer)
         self.z_chunks = [len(c) for c in torch.arange(z_dim).tensor_split(nb + 1)] if hierarchical_z else [z_dim]
         self.resolution, self.num_classes, self.z_dim = resolution, num_classes, z_dim
@@ -317,7 +340,8 @@ class Generator(nn.Module):
         self.blocks = nn.ModuleList(
             GBlock(chans[i], chans[i + 1], num_classes, attention if i == attn_index else "none",
                    num_entities, an_kwargs, use_sn=spectral_norm,
-                   latent_dim=self.z_chunks[i + 1] if hierarchical_z else 0, coords=coords, fourier=fourier)
+                   latent_dim=self.z_chunks[i + 1] if hierarchical_z else 0, coords=coords, fourier=fourier,
+                   upsample=upsample)
             for i in range(nb))
         self.bn = nn.BatchNorm2d(chans[-1])
         self.conv_out = sn(nn.Conv2d(chans[-1], 3, 3, padding=1), spectral_norm)
@@ -583,9 +607,9 @@ def build_gan(resolution: int = 32, ch: int = 16, num_classes: int = 10, z_dim: 
               g_spectral_norm: bool = True, mbstd_group: int = 0,
               d_channel_mults: list[int] | None = None, d_arch: str = "resblock",
               mbstd_by_class: bool = False, hierarchical_z: bool = False,
-              g_coords: bool = False, g_fourier: int = 0) -> tuple[Generator, nn.Module]:
+              g_coords: bool = False, g_fourier: int = 0, g_upsample: str = "nearest") -> tuple[Generator, nn.Module]:
     """A matching (G, D) pair from one set of arguments (``d_ch`` defaults to ``ch``;
-    ``class_embed_dim``, ``g_spectral_norm``, ``hierarchical_z``, ``g_coords`` (as ``coords``) and ``g_fourier`` (as ``fourier``) go to the generator, ``d_channel_mults`` (default:
+    ``class_embed_dim``, ``g_spectral_norm``, ``hierarchical_z``, ``g_coords`` (as ``coords``), ``g_fourier`` (as ``fourier``) and ``g_upsample`` (as ``upsample``) go to the generator, ``d_channel_mults`` (default:
     the listing's 1, 2, 4, ...) to the discriminator). ``d_arch`` "resblock": the listing's D
     (:class:`Discriminator`); "conv": :class:`ConvDiscriminator` (``d_ch`` wide; no attention,
     always the projection term)."""
@@ -594,7 +618,7 @@ def build_gan(resolution: int = 32, ch: int = 16, num_classes: int = 10, z_dim: 
     g = Generator(resolution=resolution, ch=ch, num_classes=num_classes, z_dim=z_dim,
                   attention=attention, num_entities=num_entities, an_kwargs=an_kwargs,
                   class_embed_dim=class_embed_dim, spectral_norm=g_spectral_norm, hierarchical_z=hierarchical_z,
-                  coords=g_coords, fourier=g_fourier)
+                  coords=g_coords, fourier=g_fourier, upsample=g_upsample)
     if d_arch == "conv":
         return g, ConvDiscriminator(resolution=resolution, ch=d_ch or ch, num_classes=num_classes,
                                     mbstd_group=mbstd_group, mbstd_by_class=mbstd_by_class)
