@@ -31,7 +31,7 @@ where AN's share of a step goes). Writes ``OUT/results.json`` (every round, the 
 and ``OUT/results.md``.
 
     python benchmarks/bench_train_step.py --config configs/gan_cpu_small.json --compare attention=none,an \
-        --amp off --threads 1 --set resolution=64 --profile 5 --out benchmarks/results/an_cpu_s25/small_res64
+        --amp off --threads 1 --set resolution=64 --profile 5 --out benchmarks/results/an_cpu_s25/small_res64_profile
 """
 
 from __future__ import annotations

@@ -591,3 +591,5 @@ def test_bilinear_upsampling_is_what_the_blocks_compute_and_round_trips():
     assert "upsample" not in build_gan(resolution=16, ch=8, num_classes=3)[0].get_config()  # old configs unchanged
     with pytest.raises(ValueError, match="upsample must be one of nearest, bilinear, got 'bicubic'"):
         Generator(resolution=16, ch=8, num_classes=3, upsample="bicubic")
+    with pytest.raises(ValueError, match="^g_upsample must be one of nearest, bilinear, got 'cubic'"):
+        build_gan(resolution=16, ch=8, num_classes=3, g_upsample="cubic")

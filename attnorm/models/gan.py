@@ -615,6 +615,8 @@ def build_gan(resolution: int = 32, ch: int = 16, num_classes: int = 10, z_dim: 
     always the projection term)."""
     if d_arch not in D_ARCHS:
         raise ValueError(f"d_arch must be one of {', '.join(D_ARCHS)}, got {d_arch!r}")
+    if g_upsample not in UPSAMPLE_MODES:  # named as the training config names it
+        raise ValueError(f"g_upsample must be one of {', '.join(UPSAMPLE_MODES)}, got {g_upsample!r}")
     g = Generator(resolution=resolution, ch=ch, num_classes=num_classes, z_dim=z_dim,
                   attention=attention, num_entities=num_entities, an_kwargs=an_kwargs,
                   class_embed_dim=class_embed_dim, spectral_norm=g_spectral_norm, hierarchical_z=hierarchical_z,
