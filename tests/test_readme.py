@@ -6,8 +6,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _blocks(lang):
-    return re.findall(rf"```{lang}\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+def _blocks(lang, name="README.md"):
+    return re.findall(rf"```{lang}\n(.*?)```", (ROOT / name).read_text(), flags=re.S)
 
 
 def test_readme_python_snippet_runs():
@@ -27,9 +27,8 @@ def _readme_commands(files=("README.md",)):
     import shlex
     lines = []
     for name in files:
-        text = (ROOT / name).read_text()
-        lines += [ln for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S) for ln in block.splitlines()]
-        lines += re.findall(r"`([^`\n]*(?:attnorm |-m attnorm)[^`\n]*)`", text)
+        lines += [ln for block in _blocks("bash", name) for ln in block.splitlines()]
+        lines += re.findall(r"`([^`\n]*(?:attnorm |-m attnorm)[^`\n]*)`", (ROOT / name).read_text())
     out = []
     for line in lines:
         for part in line.split("&&"):
@@ -50,8 +49,7 @@ def test_every_readme_command_parses():
     from attnorm import cli
     commands = _readme_commands()
     assert len(commands) >= 25
-    _check_commands_parse(cli, commands)
-    seen = {argv[0] for argv in commands if argv and not argv[0].startswith("<")}
+    seen = _check_commands_parse(cli, commands)
     assert {"train-gan", "sample", "interpolate", "layouts", "inpaint", "train-inpaint", "export-inpaint", "masks",
             "evaluate", "bench", "demo", "train-classifier"} <= seen
 
@@ -69,8 +67,10 @@ def test_every_command_in_the_docs_parses():
         assert (ROOT / target).exists(), target
 
 
-def _check_commands_parse(cli, commands):
-    """Each command exists and its options parse (argparse exits on an unknown option)."""
+def _check_commands_parse(cli, commands) -> set:
+    """Each command exists and its options parse (argparse exits on an unknown option); returns the
+    commands that were parsed with their arguments (not mere mentions of a name)."""
+    seen = set()
     for argv in commands:
         if not argv or argv[0].startswith("<"):  # `python -m attnorm.cli`, `attnorm <command>`: placeholders
             continue
@@ -79,3 +79,5 @@ def _check_commands_parse(cli, commands):
             continue  # a mention of the command's name
         parser, _run = cli.command_parser(argv[0])
         assert parser.parse_args([a for a in argv[1:] if a != "..."]) is not None
+        seen.add(argv[0])
+    return seen

@@ -192,9 +192,10 @@ class FourierFeatures(nn.Module):
 UPSAMPLE_MODES = ("nearest", "bilinear")
 
 
-def _check_upsample(mode: str) -> None:
+def _check_upsample(mode: str, name: str = "upsample") -> None:
+    """``name``: the argument or config key as the caller knows it."""
     if mode not in UPSAMPLE_MODES:
-        raise ValueError(f"upsample must be one of {', '.join(UPSAMPLE_MODES)}, got {mode!r}")
+        raise ValueError(f"{name} must be one of {', '.join(UPSAMPLE_MODES)}, got {mode!r}")
 
 
 def _up(x: Tensor, mode: str) -> Tensor:
@@ -296,7 +297,6 @@ class Generator(nn.Module):
                  coords: bool = False, fourier: int = 0, upsample: str = "nearest") -> None:
         super().__init__()
         nb = num_blocks(resolution)
-        _check_upsample(upsample)
         if fourier < 0:
             raise ValueError(f"fourier must be >= 0, got {fourier}")
         if hierarchical_z and z_dim < nb + 1:
@@ -615,8 +615,7 @@ def build_gan(resolution: int = 32, ch: int = 16, num_classes: int = 10, z_dim: 
     always the projection term)."""
     if d_arch not in D_ARCHS:
         raise ValueError(f"d_arch must be one of {', '.join(D_ARCHS)}, got {d_arch!r}")
-    if g_upsample not in UPSAMPLE_MODES:  # named as the training config names it
-        raise ValueError(f"g_upsample must be one of {', '.join(UPSAMPLE_MODES)}, got {g_upsample!r}")
+    _check_upsample(g_upsample, "g_upsample")  # named as the training config names it
     g = Generator(resolution=resolution, ch=ch, num_classes=num_classes, z_dim=z_dim,
                   attention=attention, num_entities=num_entities, an_kwargs=an_kwargs,
                   class_embed_dim=class_embed_dim, spectral_norm=g_spectral_norm, hierarchical_z=hierarchical_z,
