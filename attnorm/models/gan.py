@@ -285,6 +285,12 @@ class Generator(nn.Module):
             (:class:`FourierFeatures`; not in the listing).
         upsample: ``"nearest"`` (the listing, default) or ``"bilinear"``: how every block doubles
             its map (not in the listing).
+        skip: StyleGAN2's skip generator (Karras et al. 2020; not in the listing): every block but
+            the last also draws an RGB image at its own size (``SN-Conv1x1(ReLU(h))``); these
+            images are summed coarse to fine, each doubled by bilinear interpolation before the
+            next is added, and the sum is added to the last layer's output before the tanh. The
+            blocks still double their features as ``upsample`` says: smooth, low-frequency colour
+            (a linear gradient) comes from the coarse images, sharp detail from the fine features.
 
     ``y`` is a (b,) long tensor of labels or a (b, num_classes) float tensor of
     class weights (soft path through every CBN, for class interpolation).
@@ -294,7 +300,7 @@ class Generator(nn.Module):
                  attention: str = "an", num_entities: int = 16, attn_index: int | None = None,
                  channel_mults: list[int] | None = None, an_kwargs: dict | None = None,
                  class_embed_dim: int = 0, spectral_norm: bool = True, hierarchical_z: bool = False,
-                 coords: bool = False, fourier: int = 0, upsample: str = "nearest") -> None:
+                 coords: bool = False, fourier: int = 0, upsample: str = "nearest", skip: bool = False) -> None:
         super().__init__()
         nb = num_blocks(resolution)
         if fourier < 0:
@@ -330,6 +336,8 @@ class Generator(nn.Module):
             self.config["fourier"] = int(fourier)
         if upsample != "nearest":
             self.config["upsample"] = upsample
+        if skip:
+            self.config["skip"] = True
         # latent chunk sizes: [linear layer, block 0, block 1, ...] (one chunk: the whole z to the linear layer)
         self.z_chunks = [len(c) for c in torch.arange(z_dim).tensor_split(nb + 1)] if hierarchical_z else [z_dim]
         self.resolution, self.num_classes, self.z_dim = resolution, num_classes, z_dim
@@ -345,6 +353,9 @@ class Generator(nn.Module):
             for i in range(nb))
         self.bn = nn.BatchNorm2d(chans[-1])
         self.conv_out = sn(nn.Conv2d(chans[-1], 3, 3, padding=1), spectral_norm)
+        # skip: an RGB image from every block's output but the last's (which conv_out draws)
+        self.to_rgb = (nn.ModuleList(sn(nn.Conv2d(chans[i + 1], 3, 1), spectral_norm) for i in range(nb - 1))
+                       if skip else None)
 
     def get_config(self) -> dict[str, Any]:
         return copy.deepcopy(self.config)
@@ -366,9 +377,16 @@ class Generator(nn.Module):
         if self.fourier is not None:
             waves = self.fourier(full_z if e is None else torch.cat([full_z, e.to(full_z.dtype)], dim=1))
         h = self.fc(z).view(z.shape[0], -1, 4, 4)  # (b, c0, 4, 4)
+        rgb = None  # skip: the coarse images' sum so far, at the current block's size
         for i, block in enumerate(self.blocks):
             h = block(h, y, layouts, block_z[i] if block_z else None, waves)
-        img = torch.tanh(self.conv_out(F.relu(self.bn(h))))  # (b, 3, res, res)
+            if self.to_rgb is not None:
+                if rgb is not None:
+                    rgb = _up(rgb, "bilinear")
+                if i < len(self.to_rgb):
+                    rgb = self.to_rgb[i](F.relu(h)) if rgb is None else rgb + self.to_rgb[i](F.relu(h))
+        out = self.conv_out(F.relu(self.bn(h)))
+        img = torch.tanh(out if rgb is None else out + rgb)  # (b, 3, res, res)
         return (img, layouts) if return_layouts else img
 
 
@@ -607,9 +625,10 @@ def build_gan(resolution: int = 32, ch: int = 16, num_classes: int = 10, z_dim: 
               g_spectral_norm: bool = True, mbstd_group: int = 0,
               d_channel_mults: list[int] | None = None, d_arch: str = "resblock",
               mbstd_by_class: bool = False, hierarchical_z: bool = False,
-              g_coords: bool = False, g_fourier: int = 0, g_upsample: str = "nearest") -> tuple[Generator, nn.Module]:
+              g_coords: bool = False, g_fourier: int = 0, g_upsample: str = "nearest",
+              g_skip: bool = False) -> tuple[Generator, nn.Module]:
     """A matching (G, D) pair from one set of arguments (``d_ch`` defaults to ``ch``;
-    ``class_embed_dim``, ``g_spectral_norm``, ``hierarchical_z``, ``g_coords`` (as ``coords``), ``g_fourier`` (as ``fourier``) and ``g_upsample`` (as ``upsample``) go to the generator, ``d_channel_mults`` (default:
+    ``class_embed_dim``, ``g_spectral_norm``, ``hierarchical_z``, ``g_coords`` (as ``coords``), ``g_fourier`` (as ``fourier``), ``g_upsample`` (as ``upsample``) and ``g_skip`` (as ``skip``) go to the generator, ``d_channel_mults`` (default:
     the listing's 1, 2, 4, ...) to the discriminator). ``d_arch`` "resblock": the listing's D
     (:class:`Discriminator`); "conv": :class:`ConvDiscriminator` (``d_ch`` wide; no attention,
     always the projection term)."""
@@ -619,7 +638,7 @@ def build_gan(resolution: int = 32, ch: int = 16, num_classes: int = 10, z_dim: 
     g = Generator(resolution=resolution, ch=ch, num_classes=num_classes, z_dim=z_dim,
                   attention=attention, num_entities=num_entities, an_kwargs=an_kwargs,
                   class_embed_dim=class_embed_dim, spectral_norm=g_spectral_norm, hierarchical_z=hierarchical_z,
-                  coords=g_coords, fourier=g_fourier, upsample=g_upsample)
+                  coords=g_coords, fourier=g_fourier, upsample=g_upsample, skip=g_skip)
     if d_arch == "conv":
         return g, ConvDiscriminator(resolution=resolution, ch=d_ch or ch, num_classes=num_classes,
                                     mbstd_group=mbstd_group, mbstd_by_class=mbstd_by_class)
