@@ -369,3 +369,63 @@ def test_without_reuse_every_d_phase_generates_and_a_size_mismatch_regenerates()
     reuse.run_phase("G", None)
     reuse.run_phase("D", (torch.randn(6, 3, 4, 4), torch.randint(3, (6,))))  # a real batch of another size
     assert len(G.calls) == 4 and G.calls[-1][0].shape[0] == 6 and D.seen[-1][0].shape[0] == 12
+
+
+class _PoolD(torch.nn.Module):
+    """Pooled features = the channel means of the image; logit = a linear map of them (D.linear)."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 1)
+
+    def forward(self, x, y):
+        return self.linear(x.mean((2, 3))).squeeze(1)
+
+
+def _fm_loss(weight, seed=0):
+    torch.manual_seed(5)
+    G, D = _LinearG(), _PoolD()
+    real = torch.randn(6, 3, 4, 4) * torch.tensor([1.0, 2.0, 0.5]).view(1, 3, 1, 1) + 0.7
+    loss = HingeGANLoss(G, D, z_dim=6, num_classes=3, batch_size=4, feature_matching=weight)
+    loss.run_phase("D", (real, torch.tensor([0, 1, 2, 0, 1, 2])))
+    G.calls.clear()
+    torch.manual_seed(seed)
+    stats = loss.run_phase("G", None)
+    return G, real, stats, loss
+
+
+def test_feature_matching_is_the_relative_distance_of_the_batch_means_of_ds_pooled_features():
+    G, real, stats, _ = _fm_loss(0.5)
+    z, y = G.calls[0]
+    with torch.no_grad():
+        fake = G(z, y).numpy()
+    r = real.numpy().mean((2, 3))  # (6, 3) pooled features of the real batch
+    f = fake.mean((2, 3))
+    want = ((f.mean(0) - r.mean(0)) ** 2).sum() / ((r - r.mean(0)) ** 2).sum(1).mean()
+    assert stats["G/fm"].item() == pytest.approx(want, rel=1e-5)
+    G0, _, stats0, _ = _fm_loss(0.0)
+    assert "G/fm" not in stats0
+    assert stats["G/loss"].item() - stats0["G/loss"].item() == pytest.approx(0.5 * want, rel=1e-4)
+    # its gradient moves G's mean image towards the real batch's: the class rows E shift by
+    # -w * 2 (mean_f - mean_r) / spread / (b * hw) per pixel of each channel (3 x 4 x 4 per row, summed over its rows)
+    diff = G.E.grad - G0.E.grad  # (3 classes, 48)
+    per_pixel = 0.5 * 2 * (f.mean(0) - r.mean(0)) / (((r - r.mean(0)) ** 2).sum(1).mean()) / (4 * 16)
+    counts = np.bincount(y.numpy(), minlength=3)
+    want_grad = counts[:, None, None] * np.repeat(per_pixel[None, :, None], 16, axis=2)  # (3, 3, 16)
+    assert np.allclose(diff.view(3, 3, 16).numpy(), want_grad, atol=1e-6)
+
+
+def test_feature_matching_waits_for_a_real_batch_resumes_and_is_checked():
+    G, D = _LinearG(), _PoolD()
+    loss = HingeGANLoss(G, D, z_dim=6, num_classes=3, batch_size=4, feature_matching=1.0)
+    assert "G/fm" not in loss.run_phase("G", None)  # no D phase yet: no real features to match
+    _, _, _, trained = _fm_loss(1.0)
+    fresh = HingeGANLoss(_LinearG(), _PoolD(), z_dim=6, num_classes=3, batch_size=4, feature_matching=1.0)
+    fresh.load_state_dict(trained.state_dict())
+    for a, b in zip(fresh._real_features, trained._real_features):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="feature_matching reads D's pooled features"):
+        HingeGANLoss(_LinearG(), _MeanD(), z_dim=6, num_classes=3, batch_size=4, feature_matching=1.0)
+    with pytest.raises(ValueError, match="loss weights >= 0"):
+        HingeGANLoss(_LinearG(), _PoolD(), z_dim=6, num_classes=3, batch_size=4, feature_matching=-1.0)
+    assert resolve_config()["feature_matching"] == 0.0

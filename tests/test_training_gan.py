@@ -71,9 +71,9 @@ def _stat_losses(run_dir):
 
 
 @pytest.mark.parametrize("extra", [{}, {"lecam": 0.5, "r1": 0.2, "r1_every": 2, "d_arch": "conv", "g_hierarchical_z": True,
-                                    "g_coords": True},
+                                    "g_coords": True, "feature_matching": 0.5},
                                    {"reuse_fakes": True, "mode_seeking": 0.5, "g_fourier": 3, "g_skip": True}],
-                         ids=["plain", "lecam_lazy_r1_hier_z_coords", "reuse_fakes_fourier_skip"])  # the loss's own state (averages, phase count) resumes too
+                         ids=["plain", "lecam_lazy_r1_hier_z_coords_fm", "reuse_fakes_fourier_skip"])  # the loss's own state (averages, phase count) resumes too
 def test_train_kill_resume_equals_uninterrupted(tmp_path, extra):
     cfg = resolve_config(overrides=dict(TINY, steps=6, **extra))
     full = GANTraining(cfg, tmp_path / "full")

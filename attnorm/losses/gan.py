@@ -40,6 +40,15 @@ latents of one class apart in image space, against within-class mode collapse. T
 distance also grows with contrast, and at weight 0.6-2.0 the demo's images came out over-bright
 and over-saturated (pixel std 1.15-1.3x the data's); ``mode_seeking_norm="image"`` measures the
 distance relative to the images' own contrast instead (:func:`mode_seeking_ratio`).
+
+The optional G term ``f * ||mean_b phi(G(z, y_f)) - mean_b phi(x)||^2 / mean_b ||phi(x) - mean_b phi(x)||^2``,
+``f = feature_matching``, is feature matching (Salimans et al., NeurIPS 2016) as an extra term:
+``phi`` is D's pooled feature vector (the input of its last linear layer), ``x`` the real batch of
+the D phase just run (D one update older; its batch mean is an unbiased estimate, so the term's
+gradient is too), and the divisor (the real features' spread, held constant) makes the weight
+independent of D's feature scale. Per-image losses do not see how often G draws each kind of
+image; a batch mean does (a generator drawing one kind of background for most of its images
+moves the mean of every feature that tells the kinds apart).
 """
 
 from __future__ import annotations
@@ -88,6 +97,23 @@ def _inner(m: nn.Module) -> nn.Module:
     return m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
 
 
+class _capture_input:
+    """``with _capture_input(module) as got:`` appends ``module``'s first input to ``got`` on every
+    forward inside the block (``module`` None: captures nothing)."""
+
+    def __init__(self, module: nn.Module | None) -> None:
+        self.module, self.got, self.handle = module, [], None
+
+    def __enter__(self) -> list:
+        if self.module is not None:
+            self.handle = self.module.register_forward_hook(lambda m, args, out: self.got.append(args[0]))
+        return self.got
+
+    def __exit__(self, *exc) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+
+
 class HingeGANLoss:
     """Args:
         G, D: generator ``G(z, y)`` and discriminator ``D(x, y)`` (labels (b,) long), plain or
@@ -116,18 +142,22 @@ class HingeGANLoss:
             per step fewer (the DCGAN example's way). Meant for the phase order G, then D: only
             the D phase right after a G phase uses them (with several D steps the later ones, and
             a real batch of another size, generate as usual).
+        feature_matching: weight of the feature-matching term in the G phase (0: off; see above).
     """
 
     def __init__(self, G: nn.Module, D: nn.Module, z_dim: int, num_classes: int, batch_size: int,
                  ortho_weight: float = 1e-3, device: str | torch.device = "cpu", augment: str | None = None,
                  mode_seeking: float = 0.0, wrong_label: float = 0.0, amp: bool = False, r1: float = 0.0,
                  r1_every: int = 1, lecam: float = 0.0, lecam_decay: float = 0.99,
-                 reuse_fakes: bool = False, mode_seeking_norm: str = "") -> None:
+                 reuse_fakes: bool = False, mode_seeking_norm: str = "", feature_matching: float = 0.0) -> None:
         _check_mode_seeking_norm(mode_seeking_norm)
         self.mode_seeking_norm = mode_seeking_norm
-        if min(mode_seeking, wrong_label, r1, lecam) < 0:
-            raise ValueError(f"mode_seeking, wrong_label, r1 and lecam are loss weights >= 0, got {mode_seeking}, "
-                             f"{wrong_label}, {r1} and {lecam}")
+        if min(mode_seeking, wrong_label, r1, lecam, feature_matching) < 0:
+            raise ValueError(f"mode_seeking, wrong_label, r1, lecam and feature_matching are loss weights >= 0, got "
+                             f"{mode_seeking}, {wrong_label}, {r1}, {lecam} and {feature_matching}")
+        if feature_matching and not isinstance(getattr(_inner(D), "linear", None), nn.Linear):
+            raise ValueError("feature_matching reads D's pooled features at the input of its last linear layer "
+                             "(D.linear); this discriminator has none")
         if not 0 <= lecam_decay < 1:
             raise ValueError(f"lecam_decay must be in [0, 1), got {lecam_decay}")
         if int(r1_every) < 1:
@@ -154,17 +184,28 @@ class HingeGANLoss:
         self.lecam_ema: Tensor | None = None
         self.reuse_fakes = bool(reuse_fakes)
         self._fakes: tuple[Tensor, Tensor] | None = None  # (images, labels) of the last G phase, for the next D phase
+        self.feature_matching = float(feature_matching)
+        # (mean (c,), spread ()) of D's pooled features of the last D phase's real batch (feature matching)
+        self._real_features: tuple[Tensor, Tensor] | None = None
 
     def state_dict(self) -> dict:
         """What a resumed run needs to continue exactly: the D-phase count (lazy R1) and LeCam's averages."""
         ema = None if self.lecam_ema is None else [float(a) for a in self.lecam_ema.tolist()]
-        return {"d_phases": self._d_phases, "lecam_ema": ema}
+        feats = None if self._real_features is None else [t.detach().cpu() for t in self._real_features]
+        return {"d_phases": self._d_phases, "lecam_ema": ema, "real_features": feats}
 
     def load_state_dict(self, state: dict) -> None:
         self._fakes = None
         self._d_phases = int(state.get("d_phases", 0))
         ema = state.get("lecam_ema")
         self.lecam_ema = None if ema is None else torch.tensor([float(a) for a in ema], device=self.device)
+        feats = state.get("real_features")
+        self._real_features = None if feats is None else tuple(t.to(self.device) for t in feats)
+
+    def _pooled_features(self):
+        """Context manager yielding a list that receives D's pooled features (the input of
+        ``D.linear``) on each forward inside it; nothing is hooked without feature matching."""
+        return _capture_input(_inner(self.D).linear if self.feature_matching else None)
 
     def _autocast(self):
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp)
@@ -198,8 +239,12 @@ class HingeGANLoss:
             seen = diff_augment(torch.cat(images), self.augment)
             if with_r1:  # the gradient is taken w.r.t. the images as D sees them
                 seen = seen.detach().requires_grad_(True)
-            with self._autocast():
+            with self._autocast(), self._pooled_features() as pooled:
                 logits = self.D(seen, torch.cat(labels), **kw)  # (2b | 3b,)
+            if pooled:  # feature matching: the real chunk's mean and spread, for the next G phase
+                real = pooled[0][: x.shape[0]].detach().float()
+                mean = real.mean(0)
+                self._real_features = (mean, (real - mean).pow(2).sum(1).mean())
             logits = logits.float()
             real_logits, fake_logits, *wrong = logits.split(x.shape[0])
             adv = d_hinge(real_logits, fake_logits)
@@ -233,7 +278,7 @@ class HingeGANLoss:
             z, y_fake = self.sample_latents(self.batch_size)
             if self.mode_seeking:
                 y_fake = y_fake[: self.batch_size // 2].repeat(2)  # halves share labels
-            with self._autocast():
+            with self._autocast(), self._pooled_features() as pooled:
                 fake = self.G(z, y_fake)
                 logits = _inner(self.D)(diff_augment(fake, self.augment), y_fake)
             adv = g_hinge(logits.float())
@@ -244,6 +289,11 @@ class HingeGANLoss:
                 ratio = mode_seeking_ratio(fake.float(), z, self.mode_seeking_norm)
                 loss = loss + self.mode_seeking / (ratio + 1e-5)
                 stats["G/ms_ratio"] = ratio.detach()
+            if pooled and self._real_features is not None:
+                mean, spread = self._real_features
+                fm = (pooled[0].float().mean(0) - mean).pow(2).sum() / spread.clamp_min(1e-8)
+                loss = loss + self.feature_matching * fm
+                stats["G/fm"] = fm.detach()
             loss.backward()
             if self.reuse_fakes:  # a copy: a compiled G's output buffers may be reused by its next call
                 self._fakes = (fake.detach().clone(), y_fake)
