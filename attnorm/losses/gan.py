@@ -97,8 +97,8 @@ def _inner(m: nn.Module) -> nn.Module:
     return m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
 
 
-class _capture_input:
-    """``with _capture_input(module) as got:`` appends ``module``'s first input to ``got`` on every
+class _InputCapture:
+    """``with _InputCapture(module) as got:`` appends ``module``'s first input to ``got`` on every
     forward inside the block (``module`` None: captures nothing)."""
 
     def __init__(self, module: nn.Module | None) -> None:
@@ -189,7 +189,8 @@ class HingeGANLoss:
         self._real_features: tuple[Tensor, Tensor] | None = None
 
     def state_dict(self) -> dict:
-        """What a resumed run needs to continue exactly: the D-phase count (lazy R1) and LeCam's averages."""
+        """What a resumed run needs to continue exactly: the D-phase count (lazy R1), LeCam's averages and the
+        real features feature matching compares the next G phase with."""
         ema = None if self.lecam_ema is None else [float(a) for a in self.lecam_ema.tolist()]
         feats = None if self._real_features is None else [t.detach().cpu() for t in self._real_features]
         return {"d_phases": self._d_phases, "lecam_ema": ema, "real_features": feats}
@@ -205,7 +206,7 @@ class HingeGANLoss:
     def _pooled_features(self):
         """Context manager yielding a list that receives D's pooled features (the input of
         ``D.linear``) on each forward inside it; nothing is hooked without feature matching."""
-        return _capture_input(_inner(self.D).linear if self.feature_matching else None)
+        return _InputCapture(_inner(self.D).linear if self.feature_matching else None)
 
     def _autocast(self):
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp)
