@@ -381,10 +381,10 @@ class Generator(nn.Module):
         for i, block in enumerate(self.blocks):
             h = block(h, y, layouts, block_z[i] if block_z else None, waves)
             if self.to_rgb is not None:
-                if rgb is not None:
-                    rgb = _up(rgb, "bilinear")
+                rgb = None if rgb is None else _up(rgb, "bilinear")
                 if i < len(self.to_rgb):
-                    rgb = self.to_rgb[i](F.relu(h)) if rgb is None else rgb + self.to_rgb[i](F.relu(h))
+                    block_rgb = self.to_rgb[i](F.relu(h))
+                    rgb = block_rgb if rgb is None else rgb + block_rgb
         out = self.conv_out(F.relu(self.bn(h)))
         img = torch.tanh(out if rgb is None else out + rgb)  # (b, 3, res, res)
         return (img, layouts) if return_layouts else img
