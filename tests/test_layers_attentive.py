@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from attnorm.layers import AttentiveNorm, attentive_norm_literal, orthogonality_loss
+from attnorm.layers import AttentiveNorm, attentive, attentive_norm_literal, orthogonality_loss
 from attnorm.viz.grid import entity_usage
 
 
@@ -167,7 +167,7 @@ def test_channels_last_input():
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 def test_channels_last_training_step_matches_the_nchw_one(dtype):
-    # the layer copies a channels-last input (and its output's gradient) to contiguous maps: the
+    # the layer keeps a channels-last input (and its output's gradient) in that layout: the
     # forward and every gradient are those of the same input in NCHW, to rounding; a bf16 map is
     # what it gets inside the GAN presets' training (channels-last, bf16 autocast)
     results = []
@@ -186,6 +186,67 @@ def test_channels_last_training_step_matches_the_nchw_one(dtype):
     assert _rel(gx2, gx1) < max(tol, 1e-2 if dtype == torch.bfloat16 else 0)
     for k in gp1:
         assert _rel(gp2[k], gp1[k]) < (1e-10 if dtype == torch.float64 else 1e-4), k
+
+
+@pytest.mark.parametrize("variance", ["algorithm1", "weighted"])
+@pytest.mark.parametrize("ssr", [True, False])
+@pytest.mark.parametrize("min_channels", [1, 10 ** 6])
+def test_channels_last_path_against_the_literal_layer(variance, ssr, min_channels, monkeypatch):
+    # a channels-last input runs every product in its own (pixel-major) layout (min_channels 1), or
+    # is copied to NCHW maps (a huge minimum): either way the output, the layout and every gradient
+    # are the literal computation's (autograd through plain convolutions)
+    monkeypatch.setattr(attentive, "PIXEL_MAJOR_MIN_CHANNELS", min_channels)
+    layer = _layer(variance=variance, self_sampling=ssr, affine=variance == "algorithm1").train()
+    pos = torch.tensor([0, 3, 9, 34, 12, 3]) if ssr else None
+    x = _x(b=3).contiguous(memory_format=torch.channels_last)
+    weight = _x(b=3, seed=5)
+    grads = []
+    for fast in (True, False):
+        layer.zero_grad()
+        xr = x.clone().requires_grad_()
+        if fast:
+            y, layout = layer(xr, return_layout=True, positions=pos)
+            assert y.is_contiguous(memory_format=torch.channels_last)
+            y_fast, layout_fast = y.detach(), layout.detach()
+        else:
+            y, layout = attentive_norm_literal(layer, xr, pos)
+            assert _rel(y_fast, y.detach()) <= 1e-10
+            assert (layout_fast - layout.detach()).abs().max() <= 1e-12
+        ((y * weight).sum() + (layout * weight[:, :6]).sum()).backward()
+        grads.append([xr.grad] + [p.grad.clone() for p in layer.parameters()])
+    assert grads[0][0].is_contiguous(memory_format=torch.channels_last)
+    for fast, ref in zip(*grads):
+        assert _rel(fast, ref) <= 1e-9
+
+
+@pytest.mark.parametrize("c", [32, 48])
+def test_a_channels_last_float32_map_is_never_copied_to_another_layout(c):
+    # in the layout the GAN presets train in (channels-last float32), from PIXEL_MAJOR_MIN_CHANNELS
+    # channels up, neither the forward nor the backward copies a map between layouts: no clone /
+    # to-copy / copy_ of an input-sized map
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Copies(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if name in ("clone", "_to_copy", "copy_", "contiguous") and isinstance(args[0], torch.Tensor):
+                self.seen.append((name, tuple(args[0].shape)))
+            return func(*args, **(kwargs or {}))
+
+    assert c >= attentive.PIXEL_MAJOR_MIN_CHANNELS
+    layer = _layer(c=c, n=6, dtype=torch.float32).train()
+    x = _x(b=4, c=c, h=8, w=8, dtype=torch.float32).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    g = _x(b=4, c=c, h=8, w=8, dtype=torch.float32, seed=4).contiguous(memory_format=torch.channels_last)
+    with Copies() as mode:
+        layer(x, positions=torch.tensor([0, 3, 9, 34, 12, 3])).backward(g)
+    maps = [op for op in mode.seen if op[1] in ((4, c, 8, 8), (4, c, 64), (4, 64, c))]
+    assert maps == []
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_no_state_mutated_in_forward():

@@ -72,8 +72,77 @@ def _bmm_add(addend: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return torch.baddbmm(addend, a, b)
 
 
+# ------------------------------------------------------------------ map layouts
+# The layer's maps are (b, k, hw) tensors. From an NCHW input they are stored that way (pixels
+# contiguous); from a channels-last input they are stored pixel-major, as (b, hw, k) memory seen
+# through a transposed view (``t.mT``), so that the input and the output need no layout copy and
+# every product below writes its result straight into that layout. Elementwise ops keep their
+# operands' layout by themselves; the products and the fresh maps go through these helpers.
+
+def _map_empty(shape: tuple, like: Tensor, pixel_major: bool, slot: int | None = None) -> Tensor:
+    """An uninitialised (b, k, hw) map in the given layout (``slot``: from the backward workspace)."""
+    b, k, hw = shape
+    if not pixel_major:
+        return _workspace(shape, like, slot) if slot is not None else like.new_empty(shape)
+    flat = (b, hw, k)
+    return (_workspace(flat, like, slot) if slot is not None else like.new_empty(flat)).mT
+
+
+def _map_mm(a: Tensor, m: Tensor, pixel_major: bool, out: Tensor | None = None) -> Tensor:
+    """``a @ m`` for a small (b, r, k) matrix and a (b, k, hw) map: a (b, r, hw) map in the layout
+    (written into ``out``, a map of that layout, when given)."""
+    if pixel_major:
+        if out is None:
+            return torch.bmm(m.mT, a.mT).mT
+        torch.bmm(m.mT, a.mT, out=out.mT)
+        return out
+    return torch.bmm(a, m) if out is None else torch.bmm(a, m, out=out)
+
+
+def _map_addmm_(y: Tensor, a: Tensor, m: Tensor, pixel_major: bool, alpha: float = 1.0) -> Tensor:
+    """``y += alpha * a @ m`` in place, for a (b, r, hw) map ``y`` of the layout."""
+    if pixel_major:
+        y.mT.baddbmm_(m.mT, a.mT, alpha=alpha)
+    else:
+        y.baddbmm_(a, m, alpha=alpha)
+    return y
+
+
+def _map_mm_add(addend: Tensor, a: Tensor, m: Tensor, pixel_major: bool) -> Tensor:
+    """``addend + a @ m`` as a new (b, r, hw) map of the layout (``addend`` broadcastable to it)."""
+    if pixel_major:
+        return torch.bmm(m.mT, a.mT).mT.add_(addend)
+    return _bmm_add(addend, a, m)
+
+
+def _softmax_entities(logits: Tensor, pixel_major: bool) -> Tensor:
+    """Softmax over the entity axis (dim 1) of (b, n, hw) logits, returned in the layout."""
+    if pixel_major:
+        return torch.softmax(logits.mT, dim=-1).mT  # the entities are the last axis of the memory
+    return torch.softmax(logits, dim=1)
+
+
+def _in_layout(t: Tensor, pixel_major: bool) -> Tensor:
+    """``t`` (b, k, hw) stored in the layout (a copy only when it is not)."""
+    return t.mT.contiguous().mT if pixel_major else t.contiguous()
+
+
+def is_pixel_major(t: Tensor) -> bool:
+    """Whether a (b, k, hw) map is stored as (b, hw, k) with dense rows (a channels-last map's view)."""
+    b, k, hw = t.shape
+    return k > 1 and hw > 1 and t.stride(1) == 1 and t.stride(2) == k and t.stride(0) == k * hw
+
+
 # Devices on which a forward with autograd on keeps Vc^2 for the backward (see _AttentiveNormFn.forward).
 KEEP_VC_SQUARED_ON = frozenset({"cpu"})
+
+# A channels-last input of at least this many channels runs in its own (pixel-major) layout; a
+# narrower one is copied to NCHW maps. In pixel-major memory every map's row is one pixel's c (or n)
+# values, and with c = 16 the elementwise passes and sums over the map run 16-float inner loops
+# (and the [S; S^2] halves 16-float strided rows): one thread, fwd + bwd, against the copy to NCHW,
+# b 32 c 16 64x64 1.05-1.10x the time, b 16 c 32 32x32 0.79x, b 8 c 128 0.80-0.81x (session 27,
+# benchmarks/results/an_cpu_s27).
+PIXEL_MAJOR_MIN_CHANNELS = 32
 
 
 def clear_workspace() -> None:
@@ -108,6 +177,7 @@ class _AttentiveNormFn(torch.autograd.Function):
                 keep_vc_squared: bool = False):
         b, c, hw = x3.shape
         n = entities.shape[0]
+        pm = is_pixel_major(x3)  # a channels-last input: every map in that layout
         ssr = positions is not None
         xbar = x3.mean(-1)  # (b, c)
         value_of_mean = xbar @ value.t()  # (b, c): W_v mean_p(X)
@@ -132,22 +202,22 @@ class _AttentiveNormFn(torch.autograd.Function):
         inv_tau = 1.0 / temperature
         weight = torch.cat([ent * inv_tau, value.expand(b, c, c)], dim=1)  # (b, n + c, c)
         bias = torch.cat([ent_bias * inv_tau, -value_of_mean], dim=1)  # (b, n + c)
-        out = _bmm_add(bias.unsqueeze(-1), weight, x3)  # (b, n + c, hw)
+        out = _map_mm_add(bias.unsqueeze(-1), weight, x3, pm)  # (b, n + c, hw)
         logits, vc = out[:, :n], out[:, n:]
         shift = (value_of_mean + value_bias).unsqueeze(-1)  # (b, c, 1)
-        s = torch.softmax(logits, dim=1)  # (b, n, hw)
+        s = _softmax_entities(logits, pm)  # (b, n, hw)
         eager = not torch.compiler.is_compiling()  # compilers refuse some out= forms used here
 
         # The pixel sums of Algorithm 1 (see regional._Moments).
         vv = vc * vc  # (b, c, hw)
         if algorithm1:
             if eager:  # [S; S^2] in one buffer, S and S^2 views of it (one map less to keep)
-                ss = torch.empty(b, 2 * n, hw, dtype=s.dtype, device=s.device)
+                ss = _map_empty((b, 2 * n, hw), s, pm)
                 s = ss[:, :n].copy_(s)
                 s2 = torch.mul(s, s, out=ss[:, n:])  # (b, n, hw)
             else:
                 s2 = s * s
-                ss = torch.cat([s, s2], dim=1)  # (b, 2n, hw)
+                ss = _in_layout(torch.cat([s, s2], dim=1), pm)  # (b, 2n, hw)
             m = pixel_sum(vc, ss)  # (b, c, 2n): [sum_p Vc S | sum_p Vc S^2]
             a = pixel_sum(vv, s2)  # (b, c, n): sum_p Vc^2 S^2
             u, r = m[..., :n], m[..., n:]
@@ -167,14 +237,15 @@ class _AttentiveNormFn(torch.autograd.Function):
         # (bench_layer_versions, session 20). Otherwise (a GPU, where that is one elementwise kernel and
         # memory is what is short, or no backward to come) P S goes into Vc^2's memory and a backward
         # recomputes Vc^2.
-        t = torch.bmm(p, s) if keep_vc_squared or not eager else torch.bmm(p, s, out=vv)  # (b, c, hw): P S
+        t = _map_mm(p, s, pm) if keep_vc_squared or not eager else _map_mm(p, s, pm, out=vv)  # (b, c, hw): P S
         if not keep_vc_squared:
             vv = None
         y = torch.addcmul(x3, vc, t)
-        y.baddbmm_(q, s, alpha=-1.0)
+        _map_addmm_(y, q, s, pm, alpha=-1.0)
 
         ctx.set_materialize_grads(False)
         ctx.dims = (b, c, n, hw)
+        ctx.pixel_major = pm
         ctx.temperature, ctx.eps, ctx.algorithm1, ctx.ssr = temperature, eps, algorithm1, ssr
         ctx.n_coeff = len(coeff)
         ctx.save_for_backward(*coeff, x3, weight, vc, vv, s if ss is s else None, ss, t, p, q, xs_t, keys_t, kqb,
@@ -189,6 +260,7 @@ class _AttentiveNormFn(torch.autograd.Function):
         coeff = saved[:ctx.n_coeff]
         x3, weight, vc, vv, s, ss, t, p, q, xs_t, keys_t, kqb, q_aug, ssr_a, key, positions, ssum = saved[ctx.n_coeff:]
         b, c, n, hw = ctx.dims
+        pm = ctx.pixel_major
         if s is None:  # algorithm1: S is the first half of [S; S^2]
             s = ss[:, :n]
         u, r = coeff[0], coeff[1]
@@ -196,15 +268,14 @@ class _AttentiveNormFn(torch.autograd.Function):
         needs = ctx.needs_input_grad
         eager = not torch.compiler.is_compiling()  # compilers refuse some out= forms used here
         # contiguous() copies only a strided gradient (e.g. from a channels-last output), as the forward its input
-        g_y = torch.zeros_like(t) if g_y is None else g_y.contiguous()
+        g_y = torch.zeros_like(t) if g_y is None else _in_layout(g_y, pm)
 
         # Y = X - Q S + Vc * (P S)
-        gv = torch.mul(g_y, vc, out=_workspace((b, c, hw), x3, 1)) if eager else g_y * vc
+        gv = torch.mul(g_y, vc, out=_map_empty((b, c, hw), x3, pm, 1)) if eager else g_y * vc
         g_p = pixel_sum(gv, s)  # (b, c, n)
         gs_t = pixel_sum(g_y, s)  # (b, c, n): sum_p g_Y S
-        g_s = (torch.bmm(p.transpose(1, 2), gv, out=_workspace((b, n, hw), x3, 3)) if eager
-               else torch.bmm(p.transpose(1, 2), gv))  # (b, n, hw)
-        g_s.baddbmm_(q.transpose(1, 2), g_y, alpha=-1.0)
+        g_s = _map_mm(p.mT, gv, pm, out=_map_empty((b, n, hw), x3, pm, 3) if eager else None)  # (b, n, hw)
+        _map_addmm_(g_s, q.mT, g_y, pm, alpha=-1.0)
 
         g_u, g_r, g_a, g_k, g_total, g_s2, g_beta, g_alpha, g_sigma = statistics_backward(
             coeff, ctx.eps, hw, algorithm1, g_p, -gs_t)
@@ -223,12 +294,12 @@ class _AttentiveNormFn(torch.autograd.Function):
         # Eagerly both gradients are written in place into one buffer; a compiler (which
         # refuses strided ``out=``) gets the plain form and fuses the concatenation itself.
         if eager:
-            g_out = _workspace((b, n + c, hw), x3, 0)
+            g_out = _map_empty((b, n + c, hw), x3, pm, 0)
             g_logits, g_v = g_out[:, :n], g_out[:, n:]
             torch.addcmul(delta, g_y, t, out=g_v)
         else:
             g_v = torch.addcmul(delta, g_y, t)
-        g_v.baddbmm_(g_m, ss)
+        _map_addmm_(g_v, g_m, ss, pm)
 
         # The layout's gradient (from the output, the moments, and sum_p S and S^2), summed in
         # place: g_S = P^T (g_Y Vc) - Q^T g_Y + g_u^T Vc + 2 S (g_r^T Vc + g_a^T Vc^2 + g_s2)
@@ -238,20 +309,19 @@ class _AttentiveNormFn(torch.autograd.Function):
             vv = torch.mul(vc, vc, out=gv) if eager else vc * vc
         if algorithm1:  # d/dS of the S^2 terms is 2 S (...)
             # [g_u^T Vc; g_r^T Vc] in one product (one pass over Vc)
-            w_uv = (torch.bmm(g_m.transpose(1, 2), vc, out=_workspace((b, 2 * n, hw), x3, 2)) if eager
-                    else torch.bmm(g_m.transpose(1, 2), vc))  # (b, 2n, hw)
+            w_uv = _map_mm(g_m.mT, vc, pm, out=_map_empty((b, 2 * n, hw), x3, pm, 2) if eager else None)  # (b, 2n, hw)
             g_s.add_(w_uv[:, :n])
             inner = w_uv[:, n:]  # (b, n, hw)
-            inner.baddbmm_(g_a.transpose(1, 2), vv)
+            _map_addmm_(inner, g_a.mT, vv, pm)
             inner.add_(g_s2.transpose(1, 2))
             g_s.add_(g_total.transpose(1, 2)).addcmul_(s, inner, value=2.0)
             s2 = ss[:, n:]
         else:
-            g_s.baddbmm_(g_u.transpose(1, 2), vc)
-            g_s.baddbmm_(g_a.transpose(1, 2), vv)
+            _map_addmm_(g_s, g_u.mT, vc, pm)
+            _map_addmm_(g_s, g_a.mT, vv, pm)
             g_s.add_(g_total.transpose(1, 2))
             s2 = s
-        g_a_s2 = torch.bmm(g_a, s2, out=gv) if eager else torch.bmm(g_a, s2)  # (b, c, hw), in gv's memory
+        g_a_s2 = _map_mm(g_a, s2, pm, out=gv if eager else None)  # (b, c, hw), in gv's memory
         g_v.addcmul_(vc, g_a_s2, value=2.0)
         if g_layout is not None:
             g_s.add_(g_layout)
@@ -262,11 +332,11 @@ class _AttentiveNormFn(torch.autograd.Function):
             g_logits = s * g_s
         g_logits.addcmul_(s, g_logits.sum(1, keepdim=True), value=-1.0)
         if not eager:
-            g_out = torch.cat([g_logits, g_v], dim=1)
+            g_out = _in_layout(torch.cat([g_logits, g_v], dim=1), pm)
 
         g_x3 = None
         if needs[0]:
-            g_x3 = _bmm_add(g_y, weight.transpose(1, 2), g_out)  # (b, c, hw)
+            g_x3 = _map_mm_add(g_y, weight.mT, g_out, pm)  # (b, c, hw)
         g_entities = g_value = g_key = g_key_bias = g_query = g_query_bias = g_ssr_a = None
         # SSR's rows need the entity rows' gradient for their parameters and for the gather's share
         # of the input gradient
@@ -441,11 +511,13 @@ class AttentiveNorm(nn.Module):
         dt = _compute_dtype(x)
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         with torch.autocast(device_type=x.device.type, enabled=False):
-            # (b, c, hw) with the pixels contiguous: a channels-last input is copied once (in the cast
-            # to the compute dtype where there is one) rather than mixing layouts in every product and
-            # elementwise pass below (3-10% of the layer's time on the CPU with channels-last float32
-            # inputs, session 24, benchmarks/results/an_cpu_s24)
-            x3 = x.to(dtype=dt, memory_format=torch.contiguous_format).view(b, c, h * w)
+            # (b, c, hw) maps: an NCHW input's pixels contiguous; a channels-last input with at least
+            # PIXEL_MAJOR_MIN_CHANNELS channels kept in its own layout (pixel-major, see _map_mm), so
+            # neither the input nor the output nor their gradients are copied to another layout (a
+            # dtype cast, where there is one, keeps it); a narrower one copied to NCHW maps once
+            pixel_major = channels_last and c >= PIXEL_MAJOR_MIN_CHANNELS
+            fmt = torch.channels_last if pixel_major else torch.contiguous_format
+            x3 = x.to(dtype=dt, memory_format=fmt).view(b, c, h * w)
             cast = lambda t: None if t is None else t.to(dt)
             ssr = self.ssr_active() or positions is not None
             if ssr:
