@@ -166,8 +166,10 @@ def test_channels_last_input():
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
-def test_channels_last_training_step_matches_the_nchw_one(dtype):
-    # the layer keeps a channels-last input (and its output's gradient) in that layout: the
+@pytest.mark.parametrize("min_channels", [1, 10 ** 6])  # pixel-major, or copied to NCHW maps
+def test_channels_last_training_step_matches_the_nchw_one(dtype, min_channels, monkeypatch):
+    monkeypatch.setattr(attentive, "PIXEL_MAJOR_MIN_CHANNELS", min_channels)
+    # a channels-last input (and its output's gradient), in its own layout or copied: the
     # forward and every gradient are those of the same input in NCHW, to rounding; a bf16 map is
     # what it gets inside the GAN presets' training (channels-last, bf16 autocast)
     results = []
@@ -496,12 +498,16 @@ def test_backward_twice_with_retain_graph_and_interleaved_layers():
     pytest.param("inductor", marks=pytest.mark.skipif(
         shutil.which("g++") is None and shutil.which("c++") is None, reason="inductor on CPU needs a C++ compiler")),
 ])
-def test_compiled_backward_matches_eager(backend):
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_compiled_backward_matches_eager(backend, channels_last, monkeypatch):
     """Under a compiler the backward takes its out=-free branch; it must give the same gradients,
-    also when inductor generates the kernels (C++ on the CPU)."""
+    also when inductor generates the kernels (C++ on the CPU), and in the pixel-major layout."""
     torch._dynamo.reset()
+    monkeypatch.setattr(attentive, "PIXEL_MAJOR_MIN_CHANNELS", 1)
     layer = _layer(dtype=torch.float32)
     x = _x(dtype=torch.float32)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     pos = torch.tensor([0, 3, 7, 7, 20, 34])
     weight = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
     compiled = torch.compile(layer, fullgraph=True, backend=backend)
