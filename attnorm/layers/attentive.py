@@ -127,7 +127,7 @@ def _in_layout(t: Tensor, pixel_major: bool) -> Tensor:
     return t.mT.contiguous().mT if pixel_major else t.contiguous()
 
 
-def is_pixel_major(t: Tensor) -> bool:
+def _is_pixel_major(t: Tensor) -> bool:
     """Whether a (b, k, hw) map is stored as (b, hw, k) with dense rows (a channels-last map's view)."""
     b, k, hw = t.shape
     return k > 1 and hw > 1 and t.stride(1) == 1 and t.stride(2) == k and t.stride(0) == k * hw
@@ -177,7 +177,7 @@ class _AttentiveNormFn(torch.autograd.Function):
                 keep_vc_squared: bool = False):
         b, c, hw = x3.shape
         n = entities.shape[0]
-        pm = is_pixel_major(x3)  # a channels-last input: every map in that layout
+        pm = _is_pixel_major(x3)  # a channels-last input: every map in that layout
         ssr = positions is not None
         xbar = x3.mean(-1)  # (b, c)
         value_of_mean = xbar @ value.t()  # (b, c): W_v mean_p(X)
@@ -267,7 +267,7 @@ class _AttentiveNormFn(torch.autograd.Function):
         algorithm1 = ctx.algorithm1
         needs = ctx.needs_input_grad
         eager = not torch.compiler.is_compiling()  # compilers refuse some out= forms used here
-        # contiguous() copies only a strided gradient (e.g. from a channels-last output), as the forward its input
+        # copies only a gradient not in the maps' layout (e.g. NCHW maps, channels-last gradient), as the forward its input
         g_y = torch.zeros_like(t) if g_y is None else _in_layout(g_y, pm)
 
         # Y = X - Q S + Vc * (P S)
