@@ -70,7 +70,7 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 def build(variant: str, b: int, c: int, n: int, size: int, device: str,
           compile_mode: str | None = None, autocast: str | None = None,
-          cuda_graphs: bool = False) -> Callable[[], None]:
+          cuda_graphs: bool = False, channels_last: bool = False) -> Callable[[], None]:
     """Return a closure running one forward+backward of ``variant``.
 
     ``compile_mode``: wrap the function/module in ``torch.compile(mode=...)`` (all
@@ -78,11 +78,14 @@ def build(variant: str, b: int, c: int, n: int, size: int, device: str,
     forward under ``torch.autocast`` with that dtype (parameters and inputs stay float32).
     ``cuda_graphs``: capture the module's forward and backward as two CUDA graphs with
     ``torch.cuda.make_graphed_callables`` (layer variants, CUDA only): each step replays them,
-    so the time is the kernels' and not their launches'.
+    so the time is the kernels' and not their launches'. ``channels_last``: the inputs, the output's
+    gradient and the module's 4-D weights in channels-last memory (as the GAN and inpainting presets
+    train), instead of NCHW.
     """
     if autocast and autocast not in AUTOCAST_DTYPES:
         raise ValueError(f"unknown autocast dtype {autocast!r}; choose from {sorted(AUTOCAST_DTYPES)}")
-    step = _build(variant, b, c, n, size, device, compile_mode, autocast if cuda_graphs else None, cuda_graphs)
+    step = _build(variant, b, c, n, size, device, compile_mode, autocast if cuda_graphs else None, cuda_graphs,
+                  channels_last)
     if not autocast or cuda_graphs:  # a graph captured under autocast replays its casts by itself
         return step
     dtype, device_type = AUTOCAST_DTYPES[autocast], torch.device(device).type
@@ -114,7 +117,7 @@ def layer_module(variant: str, c: int, n: int) -> nn.Module:
 
 def _build(variant: str, b: int, c: int, n: int, size: int, device: str,
            compile_mode: str | None, capture_autocast: str | None = None,
-           cuda_graphs: bool = False) -> Callable[[], None]:
+           cuda_graphs: bool = False, channels_last: bool = False) -> Callable[[], None]:
     if cuda_graphs and (torch.device(device).type != "cuda" or variant in ("rn_fast", "rn_literal")):
         raise ValueError(f"CUDA graphs need a CUDA device and a layer variant (an, an_*, sa, conv_in), "
                          f"got {variant!r} on {device!r}")
@@ -132,10 +135,11 @@ def _build(variant: str, b: int, c: int, n: int, size: int, device: str,
                 t.grad = None
     g = torch.Generator().manual_seed(0)
     shape = (b, c, size, size)
-    grad = torch.randn(shape, generator=g).to(device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    grad = torch.randn(shape, generator=g).to(device).contiguous(memory_format=fmt)
     if variant in ("rn_fast", "rn_literal"):
-        v = torch.randn(shape, generator=g).to(device).requires_grad_()
-        logits = torch.randn(b, n, size, size, generator=g).to(device).requires_grad_()
+        v = torch.randn(shape, generator=g).to(device).contiguous(memory_format=fmt).requires_grad_()
+        logits = torch.randn(b, n, size, size, generator=g).to(device).contiguous(memory_format=fmt).requires_grad_()
         beta = torch.ones(c, device=device, requires_grad=True)
         alpha = torch.zeros(c, device=device, requires_grad=True)
         fn = maybe_compile(regional_norm if variant == "rn_fast" else regional_norm_literal)
@@ -145,8 +149,8 @@ def _build(variant: str, b: int, c: int, n: int, size: int, device: str,
             layout = torch.softmax(logits, dim=1)
             fn(v, layout, beta, alpha).backward(grad)
         return step
-    module = maybe_compile(layer_module(variant, c, n).to(device).train())
-    x = torch.randn(shape, generator=g).to(device).requires_grad_()
+    module = maybe_compile(layer_module(variant, c, n).to(device, memory_format=fmt).train())
+    x = torch.randn(shape, generator=g).to(device).contiguous(memory_format=fmt).requires_grad_()
     if variant in TRITON_VARIANTS:
         from .layers import triton_stats
         if not triton_stats.applicable(torch.empty(b, c, n, device=x.device)):  # the (b, c, n) sums it takes
@@ -232,9 +236,10 @@ def status_bytes(field: str) -> int:
     raise RuntimeError(f"{field} not found in /proc/self/status")
 
 
-def _peak_child(variant: str, b: int, c: int, n: int, size: int, compile_mode=None, autocast=None) -> None:
+def _peak_child(variant: str, b: int, c: int, n: int, size: int, compile_mode=None, autocast=None,
+                channels_last: bool = False) -> None:
     """Entry point of the memory subprocess: prints the peak bytes of one step."""
-    step = build(variant, b, c, n, size, "cpu", compile_mode, autocast)
+    step = build(variant, b, c, n, size, "cpu", compile_mode, autocast, channels_last=channels_last)
     step()  # warm-up: pages in library code and one-time buffers, which are not the step's memory
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak resident set (VmHWM) to the current one
@@ -245,9 +250,9 @@ def _peak_child(variant: str, b: int, c: int, n: int, size: int, compile_mode=No
 
 def peak_memory(variant: str, b: int, c: int, n: int, size: int, device: str,
                 compile_mode: str | None = None, autocast: str | None = None,
-                cuda_graphs: bool = False) -> int | None:
+                cuda_graphs: bool = False, channels_last: bool = False) -> int | None:
     if device.startswith("cuda"):
-        step = build(variant, b, c, n, size, device, compile_mode, autocast, cuda_graphs)
+        step = build(variant, b, c, n, size, device, compile_mode, autocast, cuda_graphs, channels_last)
         step()  # warm-up (and compilation)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -258,7 +263,7 @@ def peak_memory(variant: str, b: int, c: int, n: int, size: int, device: str,
     if not os.path.exists("/proc/self/clear_refs"):
         return None
     code = ("import sys; from attnorm.bench import _peak_child; "
-            f"_peak_child({variant!r}, {b}, {c}, {n}, {size}, {compile_mode!r}, {autocast!r})")
+            f"_peak_child({variant!r}, {b}, {c}, {n}, {size}, {compile_mode!r}, {autocast!r}, {channels_last!r})")
     # A fixed mmap threshold makes glibc return every large block to the OS on free,
     # so the warm-up's memory is not silently reused by the measured step.
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
@@ -282,7 +287,7 @@ def default_memory_budget_gb() -> float:
 
 def run(sizes=(16, 32, 64, 128), batch=8, channels=128, entities=16, repeats=7, warmup=2,
         device="cpu", max_mem_gb=8.0, memory=True, variants=DEFAULT_VARIANTS, compile_mode=None,
-        autocast: str | None = None, cuda_graphs: bool = False) -> dict:
+        autocast: str | None = None, cuda_graphs: bool = False, channels_last: bool = False) -> dict:
     """Measure every variant at every size; timed runs are interleaved round-robin
     across the variants of a size, so machine noise hits all of them alike. One line
     per measured case goes to this module's logger."""
@@ -300,7 +305,7 @@ def run(sizes=(16, 32, 64, 128), batch=8, channels=128, entities=16, repeats=7, 
                 continue
             try:
                 steps[variant] = build(variant, batch, channels, entities, size, device, compile_mode, autocast,
-                                       cuda_graphs)
+                                       cuda_graphs, channels_last)
                 time_variant(steps[variant], device, warmup, 0)
             except (RuntimeError, MemoryError) as exc:  # out of memory
                 steps.pop(variant, None)
@@ -322,7 +327,7 @@ def run(sizes=(16, 32, 64, 128), batch=8, channels=128, entities=16, repeats=7, 
                 if memory:
                     try:
                         mem = peak_memory(variant, batch, channels, entities, size, device,
-                                          compile_mode, autocast, cuda_graphs)
+                                          compile_mode, autocast, cuda_graphs, channels_last)
                     except (RuntimeError, MemoryError):
                         mem = None
                 row.update(status="ok", median_ms=1e3 * statistics.median(times[variant]),
@@ -337,6 +342,7 @@ def run(sizes=(16, 32, 64, 128), batch=8, channels=128, entities=16, repeats=7, 
         "config": {"sizes": list(sizes), "batch": batch, "channels": channels, "entities": entities,
                    "repeats": repeats, "warmup": warmup, "device": device,
                    "compile": compile_mode, "autocast": autocast, "cuda_graphs": cuda_graphs,
+                   "channels_last": channels_last,
                    "threads": torch.get_num_threads(), "torch": torch.__version__, "code": git_commit(),
                    "machine": platform.processor() or platform.machine(),
                    "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
@@ -419,7 +425,8 @@ def targets(results) -> list[dict]:
 def format_table(report: dict) -> str:
     cfg = report["config"]
     lines = [f"device={cfg['device']} compile={cfg.get('compile')} autocast={cfg.get('autocast')} "
-             f"cuda_graphs={cfg.get('cuda_graphs', False)} code={cfg.get('code')} threads={cfg['threads']} torch={cfg['torch']} "
+             f"cuda_graphs={cfg.get('cuda_graphs', False)} channels_last={cfg.get('channels_last', False)} "
+             f"code={cfg.get('code')} threads={cfg['threads']} torch={cfg['torch']} "
              f"b={cfg['batch']} c={cfg['channels']} n={cfg['entities']} repeats={cfg['repeats']}",
              f"{'variant':<11}" + "".join(f"{s:>22}" for s in cfg["sizes"]),
              f"{'':<11}" + "".join(f"{'ms':>11}{'MiB':>11}" for _ in cfg["sizes"])]

@@ -139,6 +139,44 @@ def test_autocast_runs_the_forward_in_the_asked_dtype():
     assert "autocast=bf16" in bench.format_table(report)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_channels_last_gives_every_layer_its_input_and_weights_in_that_layout(channels_last):
+    import torch
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    seen = []
+
+    other = torch.contiguous_format if channels_last else torch.channels_last
+
+    def record(m, inputs, output):
+        # the layer's input (only in the asked layout: a (b, c, h, w) map with h, w > 1 is not both),
+        # and every convolution's weight; the layers' inner maps are their own business
+        if isinstance(m, (bench.AttentiveNorm, bench.SelfAttention2d, torch.nn.Sequential)):
+            x = inputs[0]
+            seen.append((type(m).__name__, x.is_contiguous(memory_format=fmt), not x.is_contiguous(memory_format=other)))
+        if isinstance(m, torch.nn.Conv2d):
+            seen.append(("Conv2d weight", m.weight.is_contiguous(memory_format=fmt)))
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        for variant in ("an", "sa", "conv_in"):
+            bench.build(variant, 2, 16, 4, 8, "cpu", channels_last=channels_last)()
+    finally:
+        handle.remove()
+    names = [s[0] for s in seen]
+    assert {"AttentiveNorm", "SelfAttention2d", "Sequential", "Conv2d weight"} <= set(names)
+    assert all(all(flags) for _, *flags in seen), [s for s in seen if not all(s[1:])]
+    report = bench.run(sizes=(8,), batch=1, channels=16, entities=2, repeats=1, warmup=0, memory=False,
+                       variants=("an", "conv_in"), channels_last=channels_last)
+    assert report["config"]["channels_last"] is channels_last
+    assert f"channels_last={channels_last}" in bench.format_table(report)
+
+
+def test_cli_channels_last_flag_reaches_the_report(tmp_path):
+    out = tmp_path / "b.json"
+    cli.main(["bench", "--sizes", "4", "--batch", "1", "--channels", "16", "--entities", "2", "--variants", "an",
+              "--repeats", "1", "--warmup", "0", "--no-memory", "--channels-last", "--json", str(out)])
+    assert json.loads(out.read_text())["config"]["channels_last"] is True
+
+
 def test_cuda_graph_steps_start_from_fresh_gradients(monkeypatch):
     """Under --compile reduce-overhead each step's gradients start from None (a replay must not
     accumulate into the previous replay's outputs); eager steps accumulate as before."""

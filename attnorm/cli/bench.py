@@ -37,6 +37,9 @@ def bench_arguments(p: argparse.ArgumentParser) -> None:
                         "(torch.cuda.make_graphed_callables) and time their replay")
     p.add_argument("--autocast", choices=tuple(AUTOCAST_DTYPES), default=None,
                    help="run every forward under torch.autocast with this dtype (default: float32)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="the inputs, their gradients and the layers' weights in channels-last memory (the layout "
+                        "the GAN and inpainting presets train in) instead of NCHW")
     p.add_argument("--json", default="bench_results/layers.json", help="where to write the JSON report")
 
 
@@ -75,7 +78,7 @@ def bench(args: argparse.Namespace) -> int:
                  repeats=max(args.repeats, 1), warmup=args.warmup, device=args.device,
                  max_mem_gb=args.max_mem_gb or default_memory_budget_gb(), memory=not args.no_memory,
                  variants=variants, compile_mode=args.compile, autocast=args.autocast,
-                 cuda_graphs=args.cuda_graphs)
+                 cuda_graphs=args.cuda_graphs, channels_last=args.channels_last)
     report["config"]["retain_freed_memory"] = retained
     print(format_table(report))
     if args.json:
