@@ -14,6 +14,7 @@
 #     pixel sums (an_tsums) and both (an_tall), SA and
 #     conv1x1+IN eager in float32, and with forward and backward captured as CUDA graphs
 #     (--cuda-graphs) in float32 and bf16 autocast;
+#   * cl: the pixel-major path's CUDA parity test and AN, SA, conv1x1+IN on channels-last inputs (b 8, 32);
 #   * a kernel-level profile of AN, SA and conv1x1+IN (benchmarks/gpu_profile_an.py): under graphs
 #     AN's time grows with the map (session 7), so which kernels are slow; and the forward pixel
 #     sum timed as one bmm and split into chunks (b 8 at 128x128 took longer than b 32 at 64x64,
@@ -27,7 +28,7 @@
 # Through the device tool (at most 8 files come back from $OUT), write elsewhere and pack:
 #     bash benchmarks/gpu_issue13.sh /tmp/r && tar czf $OUT/results.tgz -C /tmp r
 # ATTNORM_COMMIT names the code state in the log where the tree has no .git (a device copy).
-# PARTS picks what runs (default all): tests bench profile probe triton_cost compile gan gan_compile; e.g.
+# PARTS picks what runs (default all): tests bench cl profile probe triton_cost compile gan gan_compile; e.g.
 # PARTS="tests bench profile" for the layer figures and the kernel profile alone (about 4 minutes).
 # PROFILE_VARIANTS (default an,an_tall,sa,conv_in) and PROFILE_CASES (batch:autocast, default
 # "8: 8:bf16 32:") pick the profiled layers and cases.
@@ -38,7 +39,7 @@ out="${1:-${OUT:-benchmarks/results/gpu}}"
 mkdir -p "$out"
 commit="${ATTNORM_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 log="$out/gpu_issue13.log"
-parts=" ${PARTS:-tests bench profile probe triton_cost compile gan gan_compile} "
+parts=" ${PARTS:-tests bench cl profile probe triton_cost compile gan gan_compile} "
 part() { [[ "$parts" == *" $1 "* ]]; }
 run() {  # name, time limit in seconds, then attnorm bench arguments
   local name=$1 limit=$2; shift 2
@@ -56,6 +57,15 @@ part bench && for b in 8 32; do
   run "gpu_b${b}_fp32_graphs" 70 --batch "$b" $S --variants an,an_triton,an_tsums,an_tall,sa,conv_in --cuda-graphs --no-memory
   run "gpu_b${b}_bf16_graphs" 50 --batch "$b" $S --variants an,an_tall,sa,conv_in --cuda-graphs --autocast bf16 --no-memory
 done
+# channels-last inputs (session 27: the layer computes them pixel-major from 32 channels, never yet run on a GPU):
+# its CUDA parity test, then the layer figures in that layout
+if part cl; then
+  python3 -m pytest -o addopts= -q -p no:warnings -p no:cacheprovider -rf tests/test_layers_attentive.py \
+    -k "cuda" 2>&1 | tail -n 30 | tee -a "$log"
+  for b in 8 32; do
+    run "gpu_b${b}_fp32_channels_last" 90 --batch "$b" $S --variants an,sa,conv_in --channels-last
+  done
+fi
 pv=${PROFILE_VARIANTS:-an,an_tall,sa,conv_in}
 part profile && for case in ${PROFILE_CASES:-8: 8:bf16 32:}; do  # batch:autocast; kernel by kernel
   b=${case%%:*}; ac=${case#*:}

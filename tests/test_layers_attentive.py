@@ -342,6 +342,26 @@ def test_cuda_and_bf16_autocast():
     assert all(torch.isfinite(p.grad).all() for p in layer32.parameters())
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_channels_last_pixel_major_matches_the_literal_layer():
+    # the pixel-major path (a channels-last input of >= PIXEL_MAJOR_MIN_CHANNELS channels) on a GPU, in
+    # float64 there: output and every gradient against the literal layer on the CPU
+    c = max(32, attentive.PIXEL_MAJOR_MIN_CHANNELS)
+    layer = _layer(c=c)
+    x = _x(3, c, 9, 7)
+    pos = torch.tensor([0, 3, 9, 34, 12, 3])
+    weight = _x(3, c, 9, 7, seed=6)
+    ref = _grads(lambda t: attentive_norm_literal(layer, t, pos), layer, x, weight)
+    y_ref, _ = attentive_norm_literal(layer, x, pos)
+    gpu = copy.deepcopy(layer).cuda()
+    xg = x.cuda().contiguous(memory_format=torch.channels_last)
+    got = _grads(lambda t: (gpu(t, positions=pos.cuda()), None), gpu, xg, weight.cuda())
+    assert got[0].is_contiguous(memory_format=torch.channels_last)
+    assert _rel(gpu(xg, positions=pos.cuda()).detach().cpu(), y_ref.detach()) <= 1e-10
+    for a, b in zip(got, ref):
+        assert _rel(a.cpu(), b) <= 1e-9
+
+
 def test_bf16_autocast_forward_and_backward_on_cpu():
     layer = _layer(dtype=torch.float32)
     x = _x(2, 16, 6, 6, dtype=torch.float32)
