@@ -136,10 +136,13 @@ def _build(variant: str, b: int, c: int, n: int, size: int, device: str,
     g = torch.Generator().manual_seed(0)
     shape = (b, c, size, size)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    grad = torch.randn(shape, generator=g).to(device).contiguous(memory_format=fmt)
+
+    def randn(*dims: int) -> torch.Tensor:  # a standard-normal map on the device, in the asked memory format
+        return torch.randn(dims, generator=g).to(device).contiguous(memory_format=fmt)
+    grad = randn(*shape)
     if variant in ("rn_fast", "rn_literal"):
-        v = torch.randn(shape, generator=g).to(device).contiguous(memory_format=fmt).requires_grad_()
-        logits = torch.randn(b, n, size, size, generator=g).to(device).contiguous(memory_format=fmt).requires_grad_()
+        v = randn(*shape).requires_grad_()
+        logits = randn(b, n, size, size).requires_grad_()
         beta = torch.ones(c, device=device, requires_grad=True)
         alpha = torch.zeros(c, device=device, requires_grad=True)
         fn = maybe_compile(regional_norm if variant == "rn_fast" else regional_norm_literal)
@@ -150,7 +153,7 @@ def _build(variant: str, b: int, c: int, n: int, size: int, device: str,
             fn(v, layout, beta, alpha).backward(grad)
         return step
     module = maybe_compile(layer_module(variant, c, n).to(device, memory_format=fmt).train())
-    x = torch.randn(shape, generator=g).to(device).contiguous(memory_format=fmt).requires_grad_()
+    x = randn(*shape).requires_grad_()
     if variant in TRITON_VARIANTS:
         from .layers import triton_stats
         if not triton_stats.applicable(torch.empty(b, c, n, device=x.device)):  # the (b, c, n) sums it takes

@@ -109,10 +109,9 @@ def _map_addmm_(y: Tensor, a: Tensor, m: Tensor, pixel_major: bool, alpha: float
 
 
 def _map_mm_add(addend: Tensor, a: Tensor, m: Tensor, pixel_major: bool) -> Tensor:
-    """``addend + a @ m`` as a new (b, r, hw) map of the layout (``addend`` broadcastable to it)."""
-    if pixel_major:
-        return torch.bmm(m.mT, a.mT).mT.add_(addend)
-    return _bmm_add(addend, a, m)
+    """``addend + a @ m`` as a new (b, r, hw) map of the layout (``addend`` broadcastable to it), by
+    :func:`_bmm_add` (its per-device form) on the transposed operands where the layout is pixel-major."""
+    return _bmm_add(addend.mT, m.mT, a.mT).mT if pixel_major else _bmm_add(addend, a, m)
 
 
 def _softmax_entities(logits: Tensor, pixel_major: bool) -> Tensor:
