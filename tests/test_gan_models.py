@@ -589,10 +589,44 @@ def test_bilinear_upsampling_is_what_the_blocks_compute_and_round_trips():
     assert g.get_config()["upsample"] == "bilinear" and all(b.upsample == "bilinear" for b in g.blocks)
     assert Generator(**g.get_config()).blocks[0].upsample == "bilinear"
     assert "upsample" not in build_gan(resolution=16, ch=8, num_classes=3)[0].get_config()  # old configs unchanged
-    with pytest.raises(ValueError, match="upsample must be one of nearest, bilinear, got 'bicubic'"):
+    with pytest.raises(ValueError, match="upsample must be one of nearest, bilinear or a comma-separated list of "
+                       r"them \(one per block\), got 'bicubic'"):
         Generator(resolution=16, ch=8, num_classes=3, upsample="bicubic")
-    with pytest.raises(ValueError, match="^g_upsample must be one of nearest, bilinear, got 'cubic'"):
+    with pytest.raises(ValueError, match="^g_upsample must be one of nearest, bilinear or .*got 'cubic'"):
         build_gan(resolution=16, ch=8, num_classes=3, g_upsample="cubic")
+
+
+def test_upsampling_per_block():
+    """A comma-separated ``upsample`` names each block's doubling, first block first: a 32 px G with
+    ``"bilinear,bilinear,nearest"`` computes what a G whose blocks are set one by one computes (the same
+    weights), its last block copies nearest-neighbour (checked against the block written out), the list
+    round-trips through the config, and a list of the wrong length or with a wrong name is refused."""
+    import torch.nn.functional as F
+    from attnorm.models.gan import Generator, build_gan
+    torch.manual_seed(0)
+    g, _ = build_gan(resolution=32, ch=8, num_classes=3, z_dim=16, g_upsample="bilinear, bilinear,nearest")
+    assert [b.upsample for b in g.blocks] == ["bilinear", "bilinear", "nearest"]
+    assert g.get_config()["upsample"] == "bilinear, bilinear,nearest"
+    g.eval()
+    twin = Generator(**g.get_config()).eval()
+    twin.load_state_dict(g.state_dict())
+    z, y = torch.randn(4, 16), torch.tensor([0, 1, 2, 0])
+    with torch.no_grad():
+        assert torch.equal(g(z, y), twin(z, y))
+        # against the same weights with every block bilinear: only the last block's doubling differs
+        allbil = Generator(**{**g.get_config(), "upsample": "bilinear"}).eval()
+        allbil.load_state_dict(g.state_dict())
+        assert not torch.allclose(g(z, y), allbil(z, y), atol=1e-3)
+        last = g.blocks[2]
+        x16, yy = torch.randn(2, 16, 16, 16), torch.tensor([1, 2])
+        up = lambda t: F.interpolate(t, scale_factor=2, mode="nearest")
+        h = last.conv2(F.relu(last.cbn2(last.conv1(up(F.relu(last.cbn1(x16, yy)))), yy)))
+        assert torch.allclose(last(x16, yy), h + last.shortcut(up(x16)), atol=1e-6)
+    with pytest.raises(ValueError, match="^g_upsample='bilinear,nearest' names 2 modes but the generator has 3 "
+                                         "blocks: name one mode, or one per block$"):
+        build_gan(resolution=32, ch=8, num_classes=3, g_upsample="bilinear,nearest")
+    with pytest.raises(ValueError, match="got 'bilinear,cubic,nearest'"):
+        Generator(resolution=32, ch=8, num_classes=3, upsample="bilinear,cubic,nearest")
 
 
 def test_skip_generator_sums_bilinearly_doubled_rgb_images():

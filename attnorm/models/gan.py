@@ -192,10 +192,21 @@ class FourierFeatures(nn.Module):
 UPSAMPLE_MODES = ("nearest", "bilinear")
 
 
-def _check_upsample(mode: str, name: str = "upsample") -> None:
-    """``name``: the argument or config key as the caller knows it."""
-    if mode not in UPSAMPLE_MODES:
-        raise ValueError(f"{name} must be one of {', '.join(UPSAMPLE_MODES)}, got {mode!r}")
+def _check_upsample(mode: str, name: str = "upsample", blocks: int | None = None) -> list[str]:
+    """The per-block modes of ``mode``: one of :data:`UPSAMPLE_MODES` for every block, or a comma-separated
+    list of them, first block first (``blocks``: how many the list must name when given).
+    ``name``: the argument or config key as the caller knows it."""
+    modes = [m.strip() for m in str(mode).split(",")]
+    bad = [m for m in modes if m not in UPSAMPLE_MODES]
+    if bad:
+        raise ValueError(f"{name} must be one of {', '.join(UPSAMPLE_MODES)} or a comma-separated list of them "
+                         f"(one per block), got {mode!r}")
+    if len(modes) == 1:
+        return modes * (blocks or 1)
+    if blocks is not None and len(modes) != blocks:
+        raise ValueError(f"{name}={mode!r} names {len(modes)} modes but the generator has {blocks} blocks: "
+                         f"name one mode, or one per block")
+    return modes
 
 
 def _up(x: Tensor, mode: str) -> Tensor:
@@ -227,7 +238,7 @@ class GBlock(nn.Module):
                  num_entities: int = 16, an_kwargs: dict | None = None, use_sn: bool = True,
                  latent_dim: int = 0, coords: bool = False, fourier: int = 0, upsample: str = "nearest") -> None:
         super().__init__()
-        _check_upsample(upsample)
+        _check_upsample(upsample, blocks=1)
         self.upsample = upsample
         self.coords = bool(coords)
         self.fourier = int(fourier)
@@ -284,7 +295,9 @@ class Generator(nn.Module):
             frequencies and phases are a linear map of the whole latent and the class embedding
             (:class:`FourierFeatures`; not in the listing).
         upsample: ``"nearest"`` (the listing, default) or ``"bilinear"``: how every block doubles
-            its map (not in the listing).
+            its map (not in the listing); or a comma-separated list, one mode per block, first
+            block first (e.g. ``"bilinear,bilinear,nearest"`` at 32 px: smooth coarse maps, the
+            last doubling sharp).
         skip: StyleGAN2's skip generator (Karras et al. 2020; not in the listing): every block but
             the last also draws an RGB image at its own size (``SN-Conv1x1(ReLU(h))``); these
             images are summed coarse to fine, each doubled by bilinear interpolation before the
@@ -303,6 +316,7 @@ class Generator(nn.Module):
                  coords: bool = False, fourier: int = 0, upsample: str = "nearest", skip: bool = False) -> None:
         super().__init__()
         nb = num_blocks(resolution)
+        up_modes = _check_upsample(upsample, blocks=nb)
         if fourier < 0:
             raise ValueError(f"fourier must be >= 0, got {fourier}")
         if hierarchical_z and z_dim < nb + 1:
@@ -349,7 +363,7 @@ class Generator(nn.Module):
             GBlock(chans[i], chans[i + 1], num_classes, attention if i == attn_index else "none",
                    num_entities, an_kwargs, use_sn=spectral_norm,
                    latent_dim=self.z_chunks[i + 1] if hierarchical_z else 0, coords=coords, fourier=fourier,
-                   upsample=upsample)
+                   upsample=up_modes[i])
             for i in range(nb))
         self.bn = nn.BatchNorm2d(chans[-1])
         self.conv_out = sn(nn.Conv2d(chans[-1], 3, 3, padding=1), spectral_norm)
@@ -634,7 +648,7 @@ def build_gan(resolution: int = 32, ch: int = 16, num_classes: int = 10, z_dim: 
     always the projection term)."""
     if d_arch not in D_ARCHS:
         raise ValueError(f"d_arch must be one of {', '.join(D_ARCHS)}, got {d_arch!r}")
-    _check_upsample(g_upsample, "g_upsample")  # named as the training config names it
+    _check_upsample(g_upsample, "g_upsample", num_blocks(resolution))  # named as the training config names it
     g = Generator(resolution=resolution, ch=ch, num_classes=num_classes, z_dim=z_dim,
                   attention=attention, num_entities=num_entities, an_kwargs=an_kwargs,
                   class_embed_dim=class_embed_dim, spectral_norm=g_spectral_norm, hierarchical_z=hierarchical_z,

@@ -67,7 +67,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "g_spectral_norm": True, # spectral norm on G's layers (the listing); False: plain layers
     "g_hierarchical_z": False,  # BigGAN's hierarchical latent: z split into chunks, one per G block's norms (not in the listing)
     "g_coords": False,       # CoordConv: x/y channels into each G block's first conv (not in the listing)
-    "g_upsample": "nearest",  # how G's blocks double the map: "nearest" (the listing) or "bilinear"
+    "g_upsample": "nearest",  # how G's blocks double the map: "nearest" (the listing), "bilinear", or one per block ("bilinear,bilinear,nearest")
     "g_skip": False,         # StyleGAN2's skip generator: every block adds an RGB image, bilinearly doubled (not in the listing)
     "g_fourier": 0,          # >0: this many per-sample plane waves (from z and the class) into each G block's first conv
     "d_mbstd": 4,            # >0: minibatch-stddev channel in D over groups of this size (not in the listing)
