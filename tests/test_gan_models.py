@@ -622,6 +622,9 @@ def test_upsampling_per_block():
         up = lambda t: F.interpolate(t, scale_factor=2, mode="nearest")
         h = last.conv2(F.relu(last.cbn2(last.conv1(up(F.relu(last.cbn1(x16, yy)))), yy)))
         assert torch.allclose(last(x16, yy), h + last.shortcut(up(x16)), atol=1e-6)
+    as_list = Generator(resolution=32, ch=8, num_classes=3, z_dim=16, upsample=["bilinear", "bilinear", "nearest"])
+    assert [b.upsample for b in as_list.blocks] == ["bilinear", "bilinear", "nearest"]
+    assert as_list.get_config()["upsample"] == ["bilinear", "bilinear", "nearest"]
     with pytest.raises(ValueError, match="^g_upsample='bilinear,nearest' names 2 modes but the generator has 3 "
                                          "blocks: name one mode, or one per block$"):
         build_gan(resolution=32, ch=8, num_classes=3, g_upsample="bilinear,nearest")

@@ -192,11 +192,11 @@ class FourierFeatures(nn.Module):
 UPSAMPLE_MODES = ("nearest", "bilinear")
 
 
-def _check_upsample(mode: str, name: str = "upsample", blocks: int | None = None) -> list[str]:
-    """The per-block modes of ``mode``: one of :data:`UPSAMPLE_MODES` for every block, or a comma-separated
-    list of them, first block first (``blocks``: how many the list must name when given).
-    ``name``: the argument or config key as the caller knows it."""
-    modes = [m.strip() for m in str(mode).split(",")]
+def _check_upsample(mode: str | list[str], name: str = "upsample", blocks: int | None = None) -> list[str]:
+    """The per-block modes of ``mode``: one of :data:`UPSAMPLE_MODES` for every block, or a list of them
+    (comma-separated or a Python / JSON list), first block first (``blocks``: how many the list must name
+    when given). ``name``: the argument or config key as the caller knows it."""
+    modes = [str(m).strip() for m in (mode if isinstance(mode, (list, tuple)) else str(mode).split(","))]
     bad = [m for m in modes if m not in UPSAMPLE_MODES]
     if bad:
         raise ValueError(f"{name} must be one of {', '.join(UPSAMPLE_MODES)} or a comma-separated list of them "
@@ -348,8 +348,8 @@ class Generator(nn.Module):
             self.config["coords"] = True
         if fourier:
             self.config["fourier"] = int(fourier)
-        if upsample != "nearest":
-            self.config["upsample"] = upsample
+        if up_modes != ["nearest"] * nb:
+            self.config["upsample"] = upsample if isinstance(upsample, str) else list(upsample)
         if skip:
             self.config["skip"] = True
         # latent chunk sizes: [linear layer, block 0, block 1, ...] (one chunk: the whole z to the linear layer)

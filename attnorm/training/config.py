@@ -33,7 +33,7 @@ KEY_TYPES: dict[str, tuple] = {
     "d_ch": (int, None), "data": (str, None), "threads": (int, None), "max_seconds": (_NUMBER, None),
     "sync_bn": (bool, None), "mask_kind": (str, None), "augment": (dict, None), "photos": (str, list),
     "amp": (bool, None), "channels_last": (bool, None), "ema_decay": (_NUMBER, None), "gamma": (_NUMBER, None),
-    "hole_fill": (str, None), "compile": (str, None),
+    "hole_fill": (str, None), "compile": (str, None), "g_upsample": (str, list),
 }
 #: torch.compile modes a run's ``compile`` key may name.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
