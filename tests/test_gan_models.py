@@ -598,9 +598,10 @@ def test_bilinear_upsampling_is_what_the_blocks_compute_and_round_trips():
 
 def test_upsampling_per_block():
     """A comma-separated ``upsample`` names each block's doubling, first block first: a 32 px G with
-    ``"bilinear,bilinear,nearest"`` computes what a G whose blocks are set one by one computes (the same
-    weights), its last block copies nearest-neighbour (checked against the block written out), the list
-    round-trips through the config, and a list of the wrong length or with a wrong name is refused."""
+    ``"bilinear, bilinear,nearest"`` gives its blocks those modes (spaces stripped), differs from the
+    all-bilinear G with the same weights, its last block copies nearest-neighbour (checked against the
+    block written out), the choice round-trips through the config (a G rebuilt from it computes the same),
+    a list works as the string does, and a list of the wrong length or with a wrong name is refused."""
     import torch.nn.functional as F
     from attnorm.models.gan import Generator, build_gan
     torch.manual_seed(0)
@@ -624,9 +625,13 @@ def test_upsampling_per_block():
         assert torch.allclose(last(x16, yy), h + last.shortcut(up(x16)), atol=1e-6)
     as_list = Generator(resolution=32, ch=8, num_classes=3, z_dim=16, upsample=["bilinear", "bilinear", "nearest"])
     assert [b.upsample for b in as_list.blocks] == ["bilinear", "bilinear", "nearest"]
+    from attnorm.models.gan import GBlock
+    assert GBlock(8, 4, num_classes=3, upsample=" bilinear").upsample == "bilinear"
+    with pytest.raises(ValueError, match="names 2 modes for 1 block: name one mode"):
+        GBlock(8, 4, num_classes=3, upsample="bilinear,nearest")
     assert as_list.get_config()["upsample"] == ["bilinear", "bilinear", "nearest"]
-    with pytest.raises(ValueError, match="^g_upsample='bilinear,nearest' names 2 modes but the generator has 3 "
-                                         "blocks: name one mode, or one per block$"):
+    with pytest.raises(ValueError, match="^g_upsample='bilinear,nearest' names 2 modes for 3 blocks: "
+                                         "name one mode, or one per block$"):
         build_gan(resolution=32, ch=8, num_classes=3, g_upsample="bilinear,nearest")
     with pytest.raises(ValueError, match="got 'bilinear,cubic,nearest'"):
         Generator(resolution=32, ch=8, num_classes=3, upsample="bilinear,cubic,nearest")

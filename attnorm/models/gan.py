@@ -204,7 +204,7 @@ def _check_upsample(mode: str | list[str], name: str = "upsample", blocks: int |
     if len(modes) == 1:
         return modes * (blocks or 1)
     if blocks is not None and len(modes) != blocks:
-        raise ValueError(f"{name}={mode!r} names {len(modes)} modes but the generator has {blocks} blocks: "
+        raise ValueError(f"{name}={mode!r} names {len(modes)} modes for {blocks} block{'s' if blocks != 1 else ''}: "
                          f"name one mode, or one per block")
     return modes
 
@@ -238,8 +238,7 @@ class GBlock(nn.Module):
                  num_entities: int = 16, an_kwargs: dict | None = None, use_sn: bool = True,
                  latent_dim: int = 0, coords: bool = False, fourier: int = 0, upsample: str = "nearest") -> None:
         super().__init__()
-        _check_upsample(upsample, blocks=1)
-        self.upsample = upsample
+        self.upsample = _check_upsample(upsample, blocks=1)[0]  # one mode, as _up compares it
         self.coords = bool(coords)
         self.fourier = int(fourier)
         self.cbn1 = ConditionalBatchNorm2d(in_ch, num_classes, latent_dim=latent_dim)
