@@ -538,12 +538,13 @@ def test_compiled_backward_matches_eager(backend, channels_last, monkeypatch):
 
 
 def test_backward_workspace_is_one_buffer_per_slot_sized_by_the_largest_layer():
-    from attnorm.layers import attentive
+    from attnorm.layers import attentive, cpu_fused
 
     attentive.clear_workspace()
-    for c, n, h in ((16, 6, 9), (8, 3, 4)):  # larger first, then smaller: the buffer is reused
-        layer = _layer(c=c, n=n, dtype=torch.float32)
-        layer(_x(2, c, h, h, dtype=torch.float32).requires_grad_()).sum().backward()
+    with cpu_fused.cpu_kernels_enabled(False):  # the PyTorch path's workspace (the kernels keep their own)
+        for c, n, h in ((16, 6, 9), (8, 3, 4)):  # larger first, then smaller: the buffer is reused
+            layer = _layer(c=c, n=n, dtype=torch.float32)
+            layer(_x(2, c, h, h, dtype=torch.float32).requires_grad_()).sum().backward()
     buffers = attentive._WORKSPACE.buffers
     assert sorted(buffers) == [(k, torch.float32) for k in range(4)]
     assert buffers[(0, torch.float32)].numel() == 2 * (6 + 16) * 81

@@ -27,6 +27,7 @@ import threading
 import torch
 from torch import Tensor, nn
 
+from . import cpu_fused
 from .regional import (_check_variance, _compute_dtype, _full_precision_backward, pixel_sum, statistics_backward,
                        statistics_forward)
 
@@ -201,9 +202,25 @@ class _AttentiveNormFn(torch.autograd.Function):
         inv_tau = 1.0 / temperature
         weight = torch.cat([ent * inv_tau, value.expand(b, c, c)], dim=1)  # (b, n + c, c)
         bias = torch.cat([ent_bias * inv_tau, -value_of_mean], dim=1)  # (b, n + c)
+        shift = (value_of_mean + value_bias).unsqueeze(-1)  # (b, c, 1)
+        ctx.fused = cpu_fused.usable(x3.device, x3.dtype, algorithm1, c)
+        if ctx.fused:  # the same maths in fused CPU kernels (attnorm.layers.cpu_fused)
+            vc, s, m, a, ssum = cpu_fused.forward_sums(x3, weight, bias)
+            u, r = m[..., :n], m[..., n:]
+            ssum = ssum.unsqueeze(1)  # (b, 1, 2n)
+            p, q, coeff = statistics_forward(u, r, a, shift, ssum[..., :n], ssum[..., n:], beta, alpha, sigma,
+                                             eps, hw)
+            y = cpu_fused.forward_output(x3, vc, s, p, q)
+            ctx.set_materialize_grads(False)
+            ctx.dims = (b, c, n, hw)
+            ctx.pixel_major = pm
+            ctx.temperature, ctx.eps, ctx.algorithm1, ctx.ssr = temperature, eps, algorithm1, ssr
+            ctx.n_coeff = len(coeff)
+            ctx.save_for_backward(*coeff, x3, weight, vc, None, s, None, None, p, q, xs_t, keys_t, kqb, q_aug, ssr_a,
+                                  key, positions, ssum)
+            return y, s
         out = _map_mm_add(bias.unsqueeze(-1), weight, x3, pm)  # (b, n + c, hw)
         logits, vc = out[:, :n], out[:, n:]
-        shift = (value_of_mean + value_bias).unsqueeze(-1)  # (b, c, 1)
         s = _softmax_entities(logits, pm)  # (b, n, hw)
         eager = not torch.compiler.is_compiling()  # compilers refuse some out= forms used here
 
@@ -266,6 +283,8 @@ class _AttentiveNormFn(torch.autograd.Function):
         algorithm1 = ctx.algorithm1
         needs = ctx.needs_input_grad
         eager = not torch.compiler.is_compiling()  # compilers refuse some out= forms used here
+        if ctx.fused:
+            return _AttentiveNormFn._fused_backward(ctx, saved, g_y, g_layout)
         # copies only a gradient not in the maps' layout (e.g. NCHW maps, channels-last gradient), as the forward its input
         g_y = torch.zeros_like(t) if g_y is None else _in_layout(g_y, pm)
 
@@ -336,15 +355,62 @@ class _AttentiveNormFn(torch.autograd.Function):
         g_x3 = None
         if needs[0]:
             g_x3 = _map_mm_add(g_y, weight.mT, g_out, pm)  # (b, c, hw)
+        # The rows' weight gradients, one pass over the map; only the entity rows where the value
+        # projection's are not wanted (e.g. D's layer in the generator's phase, parameters frozen)
+        rows = _AttentiveNormFn._weight_rows(ctx)
+        g_weight = pixel_sum(g_out if rows > n else g_logits, x3) if rows else None  # (b, rows, c)
+        return _AttentiveNormFn._parameter_grads(ctx, saved, g_x3, g_weight, lambda: g_logits.sum(-1, keepdim=True),
+                                                 g_k, g_beta, g_alpha, g_sigma)
+
+    @staticmethod
+    def _weight_rows(ctx) -> int:
+        """How many rows of [E_b / tau; W_v]'s gradient the backward needs: all n + c where the value
+        projection's weight wants a gradient, the n entity rows where only the entities (or SSR's
+        parameters, or the input through SSR's gather) do, else none."""
+        b, c, n, hw = ctx.dims
+        needs = ctx.needs_input_grad
+        need_ssr = ctx.ssr and (needs[0] or any(needs[4:9]))
+        return n + c if needs[2] else n if needs[1] or need_ssr else 0
+
+    @staticmethod
+    def _fused_backward(ctx, saved, g_y, g_layout):
+        """The backward of the fused CPU forward (:mod:`attnorm.layers.cpu_fused`): the same
+        gradients as the PyTorch path below, the passes over the map done by two kernels."""
+        coeff = saved[:ctx.n_coeff]
+        x3, weight, vc, _, s, _, _, p, q = saved[ctx.n_coeff:ctx.n_coeff + 9]
+        ssum = saved[-1]
+        b, c, n, hw = ctx.dims
+        needs = ctx.needs_input_grad
+        u, r = coeff[0], coeff[1]
+        if g_y is None:
+            g_y = torch.zeros_like(vc)
+        gs, g_p, gs_t = cpu_fused.backward_sums(g_y, vc, s, p, q)
+        g_u, g_r, g_a, g_k, g_total, g_s2, g_beta, g_alpha, g_sigma = statistics_backward(
+            coeff, ctx.eps, hw, True, g_p, -gs_t)
+        g_m = torch.cat([g_u, g_r], dim=-1)  # (b, c, 2n)
+        # delta = (g_k - sum_p g_Vc) / hw, as in the PyTorch path
+        sum_gvc = torch.baddbmm(torch.mul(p, gs_t).addcmul_(g_a, r, value=2.0).sum(-1, keepdim=True),
+                                g_m, ssum.transpose(1, 2))  # (b, c, 1)
+        delta = torch.sub(g_k, sum_gvc).div_(hw)
+        g_x3, g_weight, g_lsum = cpu_fused.backward_maps(
+            g_y, x3, vc, s, p, gs, g_layout, g_m, g_a, g_s2, g_total, delta, weight, needs[0],
+            _AttentiveNormFn._weight_rows(ctx))
+        return _AttentiveNormFn._parameter_grads(ctx, saved, g_x3, g_weight, lambda: g_lsum.unsqueeze(-1),
+                                                 g_k, g_beta, g_alpha, g_sigma)
+
+    @staticmethod
+    def _parameter_grads(ctx, saved, g_x3, g_weight, logits_sum, g_k, g_beta, g_alpha, g_sigma):
+        """The parameters' gradients (and SSR's share of the input's) from the rows' weight
+        gradient ``g_weight`` (b, rows, c) and ``logits_sum()``, the pixel sums of the layout logits'
+        gradient (b, n, 1); returns backward's whole tuple."""
+        xs_t, keys_t, kqb, q_aug, ssr_a, key, positions = saved[-8:-1]
+        b, c, n, hw = ctx.dims
+        needs = ctx.needs_input_grad
         g_entities = g_value = g_key = g_key_bias = g_query = g_query_bias = g_ssr_a = None
         # SSR's rows need the entity rows' gradient for their parameters and for the gather's share
         # of the input gradient
         need_ssr = ctx.ssr and (needs[0] or any(needs[4:9]))
         inv_tau = 1.0 / ctx.temperature
-        # The rows' weight gradients, one pass over the map; only the entity rows where the value
-        # projection's are not wanted (e.g. D's layer in the generator's phase, parameters frozen)
-        g_weight = (pixel_sum(g_out, x3) if needs[2]
-                    else pixel_sum(g_logits, x3) if needs[1] or need_ssr else None)  # (b, n + c or n, c)
         if g_weight is not None:
             g_ent = g_weight[:, :n] * inv_tau  # (b, n, c): the rows were E_b / tau
             g_entities = g_ent.sum(0) if needs[1] else None
@@ -352,7 +418,7 @@ class _AttentiveNormFn(torch.autograd.Function):
         g_value_bias = g_k.sum(0).view(c) if needs[3] else None
         if need_ssr:
             # the rows [ent | ent_bias] = [E | 0] + ssr_a * [kq | kb] (before 1/tau): their gradient
-            g_aug = torch.cat([g_ent, g_logits.sum(-1, keepdim=True).mul_(inv_tau)], dim=-1)  # (b, n, c + 1)
+            g_aug = torch.cat([g_ent, logits_sum().mul(inv_tau)], dim=-1)  # (b, n, c + 1)
             if needs[8]:
                 g_ssr_a = (g_aug * kqb).sum((0, 2))
             g_aug.mul_(ssr_a.view(1, n, 1))  # [g_kq | g_kb]
@@ -513,8 +579,10 @@ class AttentiveNorm(nn.Module):
             # (b, c, hw) maps: an NCHW input's pixels contiguous; a channels-last input with at least
             # PIXEL_MAJOR_MIN_CHANNELS channels kept in its own layout (pixel-major, see _map_mm), so
             # neither the input nor the output nor their gradients are copied to another layout (a
-            # dtype cast, where there is one, keeps it); a narrower one copied to NCHW maps once
-            pixel_major = channels_last and c >= PIXEL_MAJOR_MIN_CHANNELS
+            # dtype cast, where there is one, keeps it); a narrower one copied to NCHW maps once, unless
+            # the fused CPU kernels run the layer (they read and write either layout)
+            pixel_major = channels_last and (c >= PIXEL_MAJOR_MIN_CHANNELS or cpu_fused.usable(
+                x.device, dt, self.variance == "algorithm1", c))
             fmt = torch.channels_last if pixel_major else torch.contiguous_format
             x3 = x.to(dtype=dt, memory_format=fmt).view(b, c, h * w)
             cast = lambda t: None if t is None else t.to(dt)

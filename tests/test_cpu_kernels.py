@@ -1,0 +1,232 @@
+"""The fused CPU kernels of AN (attnorm.layers.cpu_fused) against the PyTorch path and the literal layer."""
+
+import os
+
+import pytest
+import torch
+
+from attnorm.layers import AttentiveNorm, attentive_norm_literal, cpu_fused
+
+needs_kernels = pytest.mark.skipif(cpu_fused._load() is None,
+                                   reason=f"fused CPU kernels unavailable: {cpu_fused.status()['failed']}")
+
+
+def _layer(c=16, n=6, seed=0, **kw):
+    torch.manual_seed(seed)
+    layer = AttentiveNorm(c, num_entities=n, **kw)
+    with torch.no_grad():  # away from the identity init, so that every term matters
+        layer.sigma.fill_(0.8)
+        if layer.affine:
+            layer.rn_weight.uniform_(0.5, 1.5)
+            layer.rn_bias.normal_()
+        if layer.self_sampling:
+            layer.ssr_alpha.uniform_(0.2, 0.9)
+            layer.query.mul_(3)
+            layer.key.mul_(3)
+    return layer
+
+
+def _inputs(b, c, h, w, channels_last, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, c, h, w, generator=g) * 2 + 0.5
+    gy = torch.randn(b, c, h, w, generator=g)
+    if channels_last:
+        x, gy = x.to(memory_format=torch.channels_last), gy.to(memory_format=torch.channels_last)
+    return x, gy
+
+
+def _run(layer, x, gy, kernels, positions=None, layout_grad=None, x_grad=True, threads=None):
+    """Forward and backward of ``layer`` (in training mode SSR at fixed positions); returns y, the
+    layout, x's gradient and the parameters'."""
+    if positions is None and layer.ssr_active():
+        hw = x.shape[2] * x.shape[3]
+        positions = torch.randint(hw, (layer.num_entities,), generator=torch.Generator().manual_seed(7))
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        with cpu_fused.cpu_kernels_enabled(kernels):
+            layer.zero_grad(set_to_none=True)
+            xx = x.detach().clone(memory_format=torch.preserve_format).requires_grad_(x_grad)
+            y, s = layer(xx, return_layout=True, positions=positions)
+            loss = (y * gy).sum()
+            if layout_grad is not None:
+                loss = loss + (s * layout_grad).sum()
+            loss.backward()
+    finally:
+        torch.set_num_threads(previous)
+    grads = {k: v.grad.clone() for k, v in layer.named_parameters() if v.grad is not None}
+    return y.detach(), s.detach(), (xx.grad if x_grad else None), grads
+
+
+def _close(a, b, tol):
+    scale = b.abs().max().clamp_min(1e-30)
+    return ((a - b).abs().max() / scale).item() <= tol
+
+
+def _count_calls(monkeypatch):
+    calls = []
+    for name in ("forward_sums", "backward_maps"):
+        fn = getattr(cpu_fused, name)
+        monkeypatch.setattr(cpu_fused, name, lambda *a, _fn=fn, _n=name, **k: (calls.append(_n), _fn(*a, **k))[1])
+    return calls
+
+
+@needs_kernels
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape", [(3, 16, 5, 7), (2, 16, 23, 23), (2, 8, 32, 32), (1, 24, 2, 3), (4, 16, 4, 4)])
+@pytest.mark.parametrize("ssr, affine", [(True, True), (False, False)])
+def test_kernels_match_the_pytorch_path_and_the_literal_layer(channels_last, shape, ssr, affine, monkeypatch):
+    """Outputs and every gradient: against the PyTorch path (float32) and the literal layer (float64).
+    23x23 and 32x32 maps span several chunks with a tail that is not a whole vector."""
+    b, c, h, w = shape
+    layer = _layer(c=c, self_sampling=ssr and c >= 8, affine=affine)
+    x, gy = _inputs(b, c, h, w, channels_last)
+    layout_grad = torch.randn(b, layer.num_entities, h, w, generator=torch.Generator().manual_seed(3))
+    positions = torch.randint(h * w, (layer.num_entities,), generator=torch.Generator().manual_seed(4)) if ssr else None
+    calls = _count_calls(monkeypatch)
+    fused = _run(layer, x, gy, True, positions, layout_grad)
+    assert calls == ["forward_sums", "backward_maps"]  # the kernels ran ...
+    if channels_last and h * w > 1:  # ... in the input's layout, and gave y and x's gradient in it
+        assert fused[0].is_contiguous(memory_format=torch.channels_last)
+        assert fused[2].is_contiguous(memory_format=torch.channels_last)
+    torch_path = _run(layer, x, gy, False, positions, layout_grad)
+    assert len(calls) == 2
+    for a, ref in zip(fused[:3], torch_path[:3]):
+        assert _close(a, ref, 2e-5)
+    assert fused[3].keys() == torch_path[3].keys()
+    for k in fused[3]:
+        assert _close(fused[3][k], torch_path[3][k], 5e-5), k
+    # against the literal layer in float64: the forward, and the gradients by autograd through it
+    ref_layer = _layer(c=c, self_sampling=ssr and c >= 8, affine=affine).double()
+    xd = x.double().requires_grad_()
+    y_ref, s_ref = attentive_norm_literal(ref_layer, xd, positions)
+    ((y_ref * gy.double()).sum() + (s_ref * layout_grad.double()).sum()).backward()
+    assert _close(fused[0].double(), y_ref, 1e-5)
+    assert (fused[1].double() - s_ref).abs().max() <= 1e-6
+    assert _close(fused[2].double(), xd.grad, 1e-4)
+    for k, v in ref_layer.named_parameters():
+        if v.grad is not None:
+            assert _close(fused[3][k].double(), v.grad, 2e-4), k
+
+
+@needs_kernels
+@pytest.mark.parametrize("frozen", ["all", "value", "entities_and_value", "ssr"])
+def test_kernels_with_frozen_parameters_or_an_input_without_gradient(frozen):
+    """Only the gradients that are asked for, each equal to the PyTorch path's (the kernels skip the
+    weight sums, or the input's gradient, that nothing needs)."""
+    layer = _layer(c=16)
+    names = {"all": [n for n, _ in layer.named_parameters()], "value": ["value", "value_bias"],
+             "entities_and_value": ["entities", "value", "value_bias"],
+             "ssr": ["query", "query_bias", "key", "key_bias", "ssr_alpha"]}[frozen]
+    for name in names:
+        getattr(layer, name).requires_grad_(False)
+    x, gy = _inputs(2, 16, 9, 11, True)
+    positions = torch.randint(99, (layer.num_entities,), generator=torch.Generator().manual_seed(4))
+    for x_grad in (True, False):
+        if frozen == "all" and not x_grad:
+            continue  # nothing to differentiate
+        fused = _run(layer, x, gy, True, positions, x_grad=x_grad)
+        torch_path = _run(layer, x, gy, False, positions, x_grad=x_grad)
+        assert fused[3].keys() == torch_path[3].keys()
+        assert not set(names) & set(fused[3])
+        if x_grad:
+            assert _close(fused[2], torch_path[2], 2e-5)
+        for k in fused[3]:
+            assert _close(fused[3][k], torch_path[3][k], 5e-5), k
+
+
+@needs_kernels
+def test_kernels_give_the_same_bits_on_one_or_two_threads():
+    """Samples are split across threads and each sample's sums run in one fixed order."""
+    layer = _layer(c=16, n=16)
+    x, gy = _inputs(5, 16, 17, 19, True)
+    one = _run(layer, x, gy, True, threads=1)
+    two = _run(layer, x, gy, True, threads=2)
+    for a, b in zip(one[:3], two[:3]):
+        assert torch.equal(a, b)
+    for k in one[3]:
+        assert torch.equal(one[3][k], two[3][k])
+
+
+@needs_kernels
+def test_kernels_under_bf16_autocast_and_in_eval_mode():
+    layer = _layer(c=16, n=16)
+    x, gy = _inputs(2, 16, 12, 12, True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = _run(layer, x.bfloat16(), gy, True)
+        torch_path = _run(layer, x.bfloat16(), gy, False)
+    assert fused[0].dtype == torch.bfloat16
+    assert (fused[0].float() - torch_path[0].float()).abs().max() <= 0.02 * torch_path[0].abs().max()
+    layer.eval()
+    with torch.no_grad(), cpu_fused.cpu_kernels_enabled(True):
+        y = layer(x)
+    with torch.no_grad(), cpu_fused.cpu_kernels_enabled(False):
+        y_ref = layer(x)
+    assert _close(y, y_ref, 2e-5)
+
+
+def test_kernels_apply_to_narrow_float32_cpu_layers_with_algorithm1_only():
+    if cpu_fused._load() is None:
+        pytest.skip("no kernels")
+    cpu = torch.device("cpu")
+    assert cpu_fused.usable(cpu, torch.float32, True, 16)
+    assert cpu_fused.usable(cpu, torch.float32, True, cpu_fused.MAX_CHANNELS)
+    assert not cpu_fused.usable(cpu, torch.float32, True, cpu_fused.MAX_CHANNELS + 1)
+    assert not cpu_fused.usable(cpu, torch.float64, True, 16)
+    assert not cpu_fused.usable(cpu, torch.float32, False, 16)  # the "weighted" variance
+    with cpu_fused.cpu_kernels_enabled(False):
+        assert not cpu_fused.usable(cpu, torch.float32, True, 16)
+    assert cpu_fused.usable(cpu, torch.float32, True, 16)
+
+
+@pytest.fixture
+def fresh_build(monkeypatch, tmp_path):
+    """A process state in which the kernels are built (or not) again, into ``tmp_path``."""
+    saved = dict(cpu_fused._STATE)
+    monkeypatch.setenv("ATTNORM_CACHE_DIR", str(tmp_path))
+    cpu_fused._forget()
+    yield tmp_path
+    cpu_fused._STATE.update(saved)
+
+
+def test_without_a_compiler_the_layer_runs_its_pytorch_path(fresh_build, monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-compiler-attnorm")
+    layer = _layer(c=16)
+    x, gy = _inputs(2, 16, 6, 6, True)
+    assert not cpu_fused.usable(torch.device("cpu"), torch.float32, True, 16)
+    assert "no C++ compiler" in cpu_fused.status()["failed"]
+    assert not cpu_fused.status()["loaded"]
+    got = _run(layer, x, gy, True)
+    cpu_fused._STATE["enabled"] = False
+    ref = _run(layer, x, gy, False)
+    for a, b in zip(got[:3], ref[:3]):
+        assert torch.equal(a, b)  # the very same path
+    assert not list(fresh_build.rglob("*.so"))
+
+
+def test_a_failing_build_is_reported_and_leaves_nothing_behind(fresh_build, monkeypatch):
+    if shutil_which("c++") is None:
+        pytest.skip("no compiler")
+    monkeypatch.setattr(cpu_fused, "FLAGS", cpu_fused.FLAGS + ("-DATTNORM_NO_SUCH_FLAG", "-fno-such-option-attnorm"))
+    assert cpu_fused._load() is None
+    assert cpu_fused.status()["failed"].startswith("RuntimeError")
+    assert not [p for p in fresh_build.rglob("*") if p.is_file()]  # no half-written library
+
+
+def test_the_build_is_cached_per_machine_and_source(fresh_build):
+    if shutil_which("c++") is None:
+        pytest.skip("no compiler")
+    assert cpu_fused._load() is not None
+    built = list((fresh_build / "kernels").glob("an_cpu_*.so"))
+    assert len(built) == 1 and cpu_fused.status()["path"] == str(built[0])
+    stamp = os.stat(built[0]).st_mtime_ns
+    cpu_fused._forget()
+    assert cpu_fused._load() is not None  # loaded from the cache, not built again
+    assert os.stat(built[0]).st_mtime_ns == stamp
+    assert list((fresh_build / "kernels").glob("an_cpu_*.so")) == built
+
+
+def shutil_which(name):
+    import shutil
+    return shutil.which(os.environ.get("CXX", name))
