@@ -32,14 +32,14 @@ from typing import Callable, NamedTuple
 import torch
 from torch import nn
 
-from .layers import (AttentiveNorm, SelfAttention2d, compiled_statistics, regional_norm, regional_norm_literal,
-                     triton_pixel_sums_enabled, triton_statistics_enabled)
+from .layers import (AttentiveNorm, SelfAttention2d, compiled_statistics, cpu_kernels_enabled, regional_norm,
+                     regional_norm_literal, triton_pixel_sums_enabled, triton_statistics_enabled)
 from .provenance import git_commit
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("rn_fast", "rn_literal", "an", "sa", "conv_in", "an_cstats", "an_triton", "an_tsums", "an_tall")
-# an_cstats compiles (seconds per size), the Triton variants need Triton: asked for by name
+VARIANTS = ("rn_fast", "rn_literal", "an", "sa", "conv_in", "an_cstats", "an_triton", "an_tsums", "an_tall", "an_torch")
+# an_cstats compiles (seconds per size), the Triton variants need Triton, an_torch is a comparison: asked for by name
 DEFAULT_VARIANTS = VARIANTS[:5]
 TRITON_VARIANTS = ("an_triton", "an_tsums", "an_tall")
 DESCRIPTIONS = {
@@ -52,6 +52,7 @@ DESCRIPTIONS = {
     "an_triton": "AttentiveNorm with its per-entity statistics as two Triton kernels (attnorm.layers.triton_statistics)",
     "an_tsums": "AttentiveNorm with its pixel sums as a split-K Triton kernel (attnorm.layers.triton_pixel_sums)",
     "an_tall": "AttentiveNorm with both Triton paths (statistics and pixel sums)",
+    "an_torch": "AttentiveNorm on its PyTorch path: the fused CPU kernels (attnorm.layers.cpu_fused) off",
 }
 
 
@@ -100,7 +101,7 @@ def layer_module(variant: str, c: int, n: int) -> nn.Module:
     """The module a layer variant times (``an`` and its ``an_*`` paths, ``sa``, ``conv_in``), on
     the CPU, freshly initialised from torch's global RNG. AN's sigma and SA's gamma are 0.5: at their
     initial 0 each layer would be the identity plus a branch whose gradient is still computed."""
-    if variant in ("an", "an_cstats") + TRITON_VARIANTS:
+    if variant in ("an", "an_cstats", "an_torch") + TRITON_VARIANTS:
         module: nn.Module = AttentiveNorm(c, num_entities=n)
         with torch.no_grad():
             module.sigma.fill_(0.5)
@@ -161,7 +162,8 @@ def _build(variant: str, b: int, c: int, n: int, size: int, device: str,
     # the variant's paths, switched on around every forward+backward (or the capture)
     switches = {"an_cstats": (compiled_statistics,), "an_triton": (triton_statistics_enabled,),
                 "an_tsums": (triton_pixel_sums_enabled,),
-                "an_tall": (triton_statistics_enabled, triton_pixel_sums_enabled)}.get(variant, ())
+                "an_tall": (triton_statistics_enabled, triton_pixel_sums_enabled),
+                "an_torch": (lambda on: cpu_kernels_enabled(not on),)}.get(variant, ())
 
     def variant_paths():
         stack = contextlib.ExitStack()

@@ -243,7 +243,8 @@ def test_each_an_variant_switches_its_paths_on_for_its_step_only(monkeypatch, va
     if variant != "an":  # build's check passes; the statistics kernels fail (the eager path runs)
         monkeypatch.setattr(triton_stats, "applicable", lambda *a: True)
         monkeypatch.setattr(triton_stats, "statistics_forward", lambda *a: (_ for _ in ()).throw(RuntimeError("x")))
-    with warnings.catch_warnings():
+    from attnorm.layers import cpu_fused
+    with warnings.catch_warnings(), cpu_fused.cpu_kernels_enabled(False):  # the PyTorch path, which these switch
         warnings.simplefilter("ignore")  # the (patched) Triton statistics fail and fall back
         step = bench.build(variant, 2, 16, 4, 8, "cpu")
         step()

@@ -182,6 +182,11 @@ def _ptr(t: Tensor | None):
 def _run(fn, b: int, *args) -> None:
     """``fn(b0, b1, *args)`` over [0, b), split across ``torch.get_num_threads()`` threads (ctypes
     releases the GIL during each call)."""
+    with torch.profiler.record_function(f"attnorm::{fn.__name__}"):  # named in a profile
+        _split(fn, b, *args)
+
+
+def _split(fn, b: int, *args) -> None:
     threads = max(1, min(torch.get_num_threads(), b))
     if threads == 1:
         fn(0, b, *args)
