@@ -12,12 +12,13 @@
 //         m = Vc [S; S2]^T, a = Vv S2^T, ssum = rowsums of [S; S2]
 //   fwd2: T = P S, Y = X - Q S + Vc * T
 //   bwd1: gv = gY * Vc, g_p = gv S^T, gs_t = gY S^T, gS = P^T gv - Q^T gY
-//   bwd2: gV = delta + gY * T + g_m [S; S2] + 2 Vc * (g_a S2),
-//         gS += g_u^T Vc + g_total + 2 S * (g_r^T Vc + g_a^T Vv + g_s2) (+ g_layout),
+//   bwd2: gV = delta + gY * T + g_m [S; S2] + 2 Vc * (g_a S2)                      (gv_rows),
+//         gS += g_u^T Vc + g_total + 2 S * (g_r^T Vc + g_a^T Vv + g_s2) (+ g_layout)  (gs_rows),
 //         gZ = S * gS - S * sum_n(S * gS), gX = gY + W^T [gZ; gV], gW = [gZ; gV] X^T
 // Compiled at first use by the system's C++ compiler (GCC or Clang vector extensions; one
 // 16-float vector type, lowered to whatever SIMD the machine has) and called through ctypes.
 
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -128,6 +129,105 @@ static void expand(long M, long K, long P, const float* A, long lda, const float
     for (; r < M; ++r)
         expand_rows<1>(K, P, A + r * lda, lda, X, ldx, Y + r * ldy, ldy, add ? add + r * ldadd : nullptr, ldadd,
                        bias ? bias + r : nullptr, acc);
+}
+
+// gv_rows (bwd2's value gradient, rows i < M = c, k < K = n), in one pass over the chunk:
+//   GV[i] = delta[i] + G[i] * (sum_k Pm[i][k] S[k]) + sum_k (GM[i][k] S[k] + GM[i][n + k] S2[k])
+//           + 2 VC[i] * (sum_k GA[i][k] S2[k])
+template <int MR>
+static inline void gv_rows(long K, long P, long n, const float* Pm, long ldp, const float* GM, long ldm, const float* GA,
+                           long lda, const float* S, long lds, const float* S2, long lds2, const float* G, long ldg,
+                           const float* VC, long ldv, const float* delta, float* GV, long ldgv) {
+    long p = 0;
+    for (; p + 2 * LANES <= P; p += 2 * LANES) {
+        vf t[MR][2], m[MR][2], a[MR][2];
+        for (int i = 0; i < MR; ++i)
+            for (int v = 0; v < 2; ++v) t[i][v] = m[i][v] = a[i][v] = vf{};
+        for (long k = 0; k < K; ++k) {
+            vf s0 = ld(S + k * lds + p), s1 = ld(S + k * lds + p + LANES);
+            vf q0 = ld(S2 + k * lds2 + p), q1 = ld(S2 + k * lds2 + p + LANES);
+            keep(s0);
+            keep(s1);
+            keep(q0);
+            keep(q1);
+            for (int i = 0; i < MR; ++i) {
+                vf wp = bc(Pm[i * ldp + k]), w1 = bc(GM[i * ldm + k]), w2 = bc(GM[i * ldm + n + k]);
+                vf wa = bc(GA[i * lda + k]);
+                t[i][0] += wp * s0;
+                t[i][1] += wp * s1;
+                m[i][0] += w1 * s0 + w2 * q0;
+                m[i][1] += w1 * s1 + w2 * q1;
+                a[i][0] += wa * q0;
+                a[i][1] += wa * q1;
+            }
+        }
+        for (int i = 0; i < MR; ++i)
+            for (int v = 0; v < 2; ++v) {
+                const long o = p + v * LANES;
+                st(GV + i * ldgv + o, delta[i] + ld(G + i * ldg + o) * t[i][v] + m[i][v]
+                                          + 2.f * ld(VC + i * ldv + o) * a[i][v]);
+            }
+    }
+    for (; p < P; ++p)
+        for (int i = 0; i < MR; ++i) {
+            float t = 0.f, m = 0.f, a = 0.f;
+            for (long k = 0; k < K; ++k) {
+                const float sv = S[k * lds + p], qv = S2[k * lds2 + p];
+                t += Pm[i * ldp + k] * sv;
+                m += GM[i * ldm + k] * sv + GM[i * ldm + n + k] * qv;
+                a += GA[i * lda + k] * qv;
+            }
+            GV[i * ldgv + p] = delta[i] + G[i * ldg + p] * t + m + 2.f * VC[i * ldv + p] * a;
+        }
+}
+
+// gs_rows (bwd2's layout gradient before the softmax, rows j < M = n, k < K = c), in one pass:
+//   g[j] = GS[j] + sum_k GU[j][k] VC[k] + gt[j] + 2 S[j] * (gs2[j] + sum_k (GR[j][k] VC[k] + GA[j][k] VC[k]^2))
+//          (+ GL[j] when given)
+template <int MR>
+static inline void gs_rows(long K, long P, const float* GU, const float* GR, const float* GA, long ldw,
+                           const float* VC, long ldv, const float* GS, long ldgs, const float* S, long lds,
+                           const float* gt, const float* gs2, const float* GL, long ldgl, float* g, long ldo) {
+    long p = 0;
+    for (; p + 2 * LANES <= P; p += 2 * LANES) {
+        vf u[MR][2], r[MR][2];
+        for (int j = 0; j < MR; ++j)
+            for (int v = 0; v < 2; ++v) u[j][v] = r[j][v] = vf{};
+        for (long k = 0; k < K; ++k) {
+            vf v0 = ld(VC + k * ldv + p), v1 = ld(VC + k * ldv + p + LANES);
+            vf w0 = v0 * v0, w1 = v1 * v1;
+            keep(v0);
+            keep(v1);
+            keep(w0);
+            keep(w1);
+            for (int j = 0; j < MR; ++j) {
+                vf cu = bc(GU[j * ldw + k]), cr = bc(GR[j * ldw + k]), ca = bc(GA[j * ldw + k]);
+                u[j][0] += cu * v0;
+                u[j][1] += cu * v1;
+                r[j][0] += cr * v0 + ca * w0;
+                r[j][1] += cr * v1 + ca * w1;
+            }
+        }
+        for (int j = 0; j < MR; ++j)
+            for (int v = 0; v < 2; ++v) {
+                const long o = p + v * LANES;
+                vf x = ld(GS + j * ldgs + o) + u[j][v] + gt[j] + 2.f * ld(S + j * lds + o) * (r[j][v] + gs2[j]);
+                if (GL) x += ld(GL + j * ldgl + o);
+                st(g + j * ldo + o, x);
+            }
+    }
+    for (; p < P; ++p)
+        for (int j = 0; j < MR; ++j) {
+            float u = 0.f, r = 0.f;
+            for (long k = 0; k < K; ++k) {
+                const float vv = VC[k * ldv + p];
+                u += GU[j * ldw + k] * vv;
+                r += GR[j * ldw + k] * vv + GA[j * ldw + k] * vv * vv;
+            }
+            float x = GS[j * ldgs + p] + u + gt[j] + 2.f * S[j * lds + p] * (r + gs2[j]);
+            if (GL) x += GL[j * ldgl + p];
+            g[j * ldo + p] = x;
+        }
 }
 
 // reduce: Z[i][j] += sum_{p < P} X[i][p] Y[j][p] for i < M, j < N, where each Z[i][j] is a vector of
@@ -373,13 +473,10 @@ static inline void mul_rows(long M, long P, float* y, long ldy, const float* a, 
 // and P S are recomputed per chunk where needed (a multiply or a small product costs less than
 // writing a map to memory and reading it back: at c = 16 these passes are bound by memory).
 
-extern "C" {
-
-int an_abi_version() { return 2; }
 
 // Forward, first pass. Per sample: W (R, c) and bias (R) with R = n + c (the layout rows first).
 // Written: vc (c, hw), s (n, hw), m (c, 2n) = Vc [S; S^2]^T, a (c, n) = Vc^2 (S^2)^T, ssum (2n).
-int an_fwd1(long b0, long b1, long c, long n, long hw, const float* x, long xsb, long xsk, long xsp,
+static int an_fwd1(long b0, long b1, long c, long n, long hw, const float* x, long xsb, long xsk, long xsp,
             const float* W, const float* bias, float* vc, float* s, float* m, float* a, float* ssum) {
     const long R = n + c, P0 = chunk_pixels(2 * R + 2 * c);
     Map X{x, xsb, xsk, xsp};
@@ -417,7 +514,7 @@ int an_fwd1(long b0, long b1, long c, long n, long hw, const float* x, long xsb,
 
 // Forward, second pass: y = x - Q S + Vc * (P S). p and qneg (= -Q) are (c, n) per sample; y is
 // written in its own layout (strides ysb, ysk, ysp).
-int an_fwd2(long b0, long b1, long c, long n, long hw, const float* x, long xsb, long xsk, long xsp,
+static int an_fwd2(long b0, long b1, long c, long n, long hw, const float* x, long xsb, long xsk, long xsp,
             const float* vc, const float* s, const float* p, const float* qneg,
             float* y, long ysb, long ysk, long ysp) {
     const long P0 = chunk_pixels(4 * c + n);
@@ -446,7 +543,7 @@ int an_fwd2(long b0, long b1, long c, long n, long hw, const float* x, long xsb,
 
 // Backward, first pass: gs (n, hw) = P^T (gy * vc) - Q^T gy; gp (c, n) = sum_p (gy * vc) S^T,
 // gst (c, n) = sum_p gy S^T. pT and qnT (= -Q^T) are (n, c) per sample.
-int an_bwd1(long b0, long b1, long c, long n, long hw, const float* gy, long gsb, long gsk, long gsp,
+static int an_bwd1(long b0, long b1, long c, long n, long hw, const float* gy, long gsb, long gsk, long gsp,
             const float* vc, const float* s, const float* pT, const float* qnT, float* gs, float* gp, float* gst) {
     const long P0 = chunk_pixels(4 * c + 2 * n);
     Map G{gy, gsb, gsk, gsp};
@@ -478,19 +575,18 @@ int an_bwd1(long b0, long b1, long c, long n, long hw, const float* gy, long gsb
 // = [g_u | g_r], ga (c, n), gmT (2n, c) = gm^T, gaT (n, c), gs2 and gtotal (n), delta (c), WT (c, R)
 // = W^T; gs (n, hw) from bwd1, glayout (n, hw) or null. Written: gx (in its own layout, when
 // given), gw (mw, c) = [gZ; gV][:mw] X^T (when mw > 0), glsum (n) = sum_p gZ.
-int an_bwd2(long b0, long b1, long c, long n, long hw, const float* gy, long gsb, long gsk, long gsp,
+static int an_bwd2(long b0, long b1, long c, long n, long hw, const float* gy, long gsb, long gsk, long gsp,
             const float* x, long xsb, long xsk, long xsp, const float* vc, const float* s, const float* p,
             const float* gs, const float* glayout, const float* gm, const float* ga, const float* gmT,
             const float* gaT, const float* gs2, const float* gtotal, const float* delta, const float* WT,
             float* gx, long xgsb, long xgsk, long xgsp, long mw, float* gw, float* glsum) {
-    const long R = n + c, P0 = chunk_pixels(6 * c + 6 * n);
+    const long R = n + c, P0 = chunk_pixels(5 * c + 5 * n);
     Map G{gy, gsb, gsk, gsp}, X{x, xsb, xsk, xsp};
-    float* gbuf = scratch((3 * c + R + 3 * n) * P0);
+    float* gbuf = scratch((3 * c + R + 2 * n) * P0);
     float* xbuf = gbuf + c * P0;
-    float* tmp = xbuf + c * P0;
+    float* tmp = xbuf + c * P0;  // the input's gradient of a channels-last map, before its transpose
     float* go = tmp + c * P0;  // (R, P): [gZ; gV]
-    float* inner = go + R * P0;
-    float* s2 = inner + n * P0;
+    float* s2 = go + R * P0;
     float* gsc = s2 + n * P0;
     for (long b = b0; b < b1; ++b) {
         vf* dw = accumulators(mw * c + n);
@@ -508,28 +604,40 @@ int an_bwd2(long b0, long b1, long c, long n, long hw, const float* gy, long gsb
             float* GV = go + n * P;
             mul_rows(n, P, s2, P, S + p0, hw, S + p0, hw, 1.f, false);
             // gV = delta + gY * (P S) + g_m [S; S2] + 2 Vc * (g_a S2)
-            expand(c, n, P, p + b * c * n, n, S + p0, hw, tmp, P);
-            mul_rows(c, P, GV, P, Gc, ldg, tmp, P, 1.f, false, delta + b * c);
-            expand(c, n, P, gmb, 2 * n, S + p0, hw, GV, P, nullptr, 0, nullptr, true);
-            expand(c, n, P, gmb + n, 2 * n, s2, P, GV, P, nullptr, 0, nullptr, true);
-            expand(c, n, P, ga + b * c * n, n, s2, P, tmp, P);
-            mul_rows(c, P, GV, P, VC + p0, hw, tmp, P, 2.f, true);
-            // gS = (bwd1's) + g_u^T Vc; inner = g_r^T Vc + g_a^T Vc^2 + g_s2
-            expand(n, c, P, gmTb, c, VC + p0, hw, gsc, P, GS + p0, hw);
-            expand(n, c, P, gmTb + n * c, c, VC + p0, hw, inner, P, nullptr, 0, gs2 + b * n);
-            mul_rows(c, P, tmp, P, VC + p0, hw, VC + p0, hw, 1.f, false);
-            expand(n, c, P, gaT + b * n * c, c, tmp, P, inner, P, nullptr, 0, nullptr, true);
-            // gS += g_total + 2 S inner (+ g_layout); gZ = S gS - S sum_n (S gS)
-            const float* gt = gtotal + b * n;
+            {
+                const float* pb = p + b * c * n;
+                const float* gab = ga + b * c * n;
+                const float* db = delta + b * c;
+                long i = 0;
+                for (; i + 4 <= c; i += 4)
+                    gv_rows<4>(n, P, n, pb + i * n, n, gmb + i * 2 * n, 2 * n, gab + i * n, n, S + p0, hw, s2, P,
+                               Gc + i * ldg, ldg, VC + p0 + i * hw, hw, db + i, GV + i * P, P);
+                for (; i < c; ++i)
+                    gv_rows<1>(n, P, n, pb + i * n, n, gmb + i * 2 * n, 2 * n, gab + i * n, n, S + p0, hw, s2, P,
+                               Gc + i * ldg, ldg, VC + p0 + i * hw, hw, db + i, GV + i * P, P);
+            }
+            // gS = (bwd1's) + g_u^T Vc + g_total + 2 S (g_r^T Vc + g_a^T Vc^2 + g_s2) (+ g_layout)
             const float* gl = glayout ? glayout + b * n * hw + p0 : nullptr;
+            {
+                const float* gaTb = gaT + b * n * c;
+                const float* gtb = gtotal + b * n;
+                const float* gs2b = gs2 + b * n;
+                long j = 0;
+                for (; j + 4 <= n; j += 4)
+                    gs_rows<4>(c, P, gmTb + j * c, gmTb + (n + j) * c, gaTb + j * c, c, VC + p0, hw, GS + p0 + j * hw,
+                               hw, S + p0 + j * hw, hw, gtb + j, gs2b + j, gl ? gl + j * hw : nullptr, hw,
+                               gsc + j * P, P);
+                for (; j < n; ++j)
+                    gs_rows<1>(c, P, gmTb + j * c, gmTb + (n + j) * c, gaTb + j * c, c, VC + p0, hw, GS + p0 + j * hw,
+                               hw, S + p0 + j * hw, hw, gtb + j, gs2b + j, gl ? gl + j * hw : nullptr, hw,
+                               gsc + j * P, P);
+            }
+            // gZ = S gS - S sum_n (S gS)
             long q = 0;
             for (; q + LANES <= P; q += LANES) {
                 vf dot = vf{};
                 for (long j = 0; j < n; ++j) {
-                    vf sv = ld(S + j * hw + p0 + q);
-                    vf g = ld(gsc + j * P + q) + gt[j] + 2.f * sv * ld(inner + j * P + q);
-                    if (gl) g += ld(gl + j * hw + q);
-                    vf z = sv * g;
+                    vf z = ld(S + j * hw + p0 + q) * ld(gsc + j * P + q);
                     st(GZ + j * P + q, z);
                     dot += z;
                 }
@@ -538,10 +646,7 @@ int an_bwd2(long b0, long b1, long c, long n, long hw, const float* gy, long gsb
             for (; q < P; ++q) {
                 float dot = 0.f;
                 for (long j = 0; j < n; ++j) {
-                    float sv = S[j * hw + p0 + q];
-                    float g = gsc[j * P + q] + gt[j] + 2.f * sv * inner[j * P + q];
-                    if (gl) g += gl[j * hw + q];
-                    float z = sv * g;
+                    float z = S[j * hw + p0 + q] * gsc[j * P + q];
                     GZ[j * P + q] = z;
                     dot += z;
                 }
@@ -563,6 +668,201 @@ int an_bwd2(long b0, long b1, long c, long n, long hw, const float* gy, long gsb
         }
         finish(mw * c, dw, gw + b * mw * c);
         finish(n, dl, glsum + b * n);
+    }
+    return 0;
+}
+
+
+// ------------------------------------------------------------------------------ statistics
+// Algorithm 1's per-entity coefficients from the pixel sums, as attnorm.layers.regional's
+// coefficients_forward / _coefficients_backward compute them (variance "algorithm1"), per sample:
+// m (c, 2n) = [u | r], a (c, n), ssum (2n) = [total | s2_sum], k (c) the shift of V.
+struct Stat {
+    float count, sv, mean_c, t_r, t_s, spread, d, offset, var, std_, inv, ib, qu;
+};
+
+static inline Stat stat_at(long c_i, long j, long n, float hw, float eps, const float* m, const float* a,
+                           const float* ssum, const float* k, const float* beta, const float* alpha) {
+    (void)c_i;
+    Stat t;
+    const float u = m[c_i * 2 * n + j], r = m[c_i * 2 * n + n + j], av = a[c_i * n + j], kk = k[c_i];
+    const float T = ssum[j], S2 = ssum[n + j];
+    t.count = T + eps;
+    t.sv = u + kk * T;
+    t.mean_c = (u - kk * eps) / t.count;
+    t.t_r = r - T * u / hw;
+    t.t_s = S2 - T * T / hw;
+    t.spread = av - u * u / hw + 2.f * kk * t.t_r + kk * kk * t.t_s;
+    t.d = (t.count - hw) / (t.count * hw);
+    t.offset = t.sv * t.d;
+    const float sum_sq = (t.spread > 0.f ? t.spread : 0.f) + hw * t.offset * t.offset;
+    t.var = sum_sq / t.count;
+    t.std_ = std::sqrt(t.var > FLT_MIN ? t.var : FLT_MIN);
+    t.inv = 1.f / (t.std_ + eps);
+    t.ib = beta ? t.inv * beta[c_i] : t.inv;
+    t.qu = t.mean_c * t.ib - (alpha ? alpha[c_i] : 0.f);
+    return t;
+}
+
+// P = scale * ib, Q = scale * qu, each (c, n)
+static void stats_forward(long c, long n, long hw, float eps, const float* m, const float* a, const float* ssum,
+                          const float* k, const float* beta, const float* alpha, const float* scale, float* P, float* Q) {
+    for (long i = 0; i < c; ++i)
+        for (long j = 0; j < n; ++j) {
+            const Stat t = stat_at(i, j, n, (float)hw, eps, m, a, ssum, k, beta, alpha);
+            P[i * n + j] = scale ? t.ib * scale[0] : t.ib;
+            Q[i * n + j] = scale ? t.qu * scale[0] : t.qu;
+        }
+}
+
+// The gradients of (u, r, a, k, total, s2_sum, beta, alpha, scale) from those of (P, Q): gm (c, 2n) =
+// [g_u | g_r], ga (c, n), gk (c), gtotal and gs2 (n), and this sample's share of g_beta, g_alpha (c)
+// and g_scale (1) where those are given.
+static void stats_backward(long c, long n, long hw_, float eps, const float* m, const float* a, const float* ssum,
+                           const float* k, const float* beta, const float* alpha, const float* scale, const float* gP,
+                           const float* gQ, float* gm, float* ga, float* gk, float* gtotal, float* gs2,
+                           float* gbeta, float* galpha, float* gscale) {
+    const float hw = (float)hw_;
+    for (long j = 0; j < n; ++j) gtotal[j] = gs2[j] = 0.f;
+    float gsc = 0.f;
+    for (long i = 0; i < c; ++i) {
+        float gki = 0.f, gbi = 0.f, gai = 0.f;
+        for (long j = 0; j < n; ++j) {
+            const Stat t = stat_at(i, j, n, hw, eps, m, a, ssum, k, beta, alpha);
+            const float kk = k[i], T = ssum[j];
+            float gp = gP[i * n + j], gq = gQ[i * n + j];
+            if (scale) {
+                gsc += gp * t.ib + gq * t.qu;
+                gp *= scale[0];
+                gq *= scale[0];
+            }
+            gai -= gq;
+            const float g_ib = gp + gq * t.mean_c;
+            gbi += g_ib * t.inv;
+            const float g_inv = beta ? g_ib * beta[i] : g_ib;
+            const float g_var = t.var <= FLT_MIN ? 0.f : g_inv * t.inv * t.inv / t.std_ * -0.5f;
+            const float g_sum_sq = g_var / t.count;
+            const float g_spread = t.spread <= 0.f ? 0.f : g_sum_sq;
+            float gu = gq * t.ib / t.count;
+            float g_count_neg = g_sum_sq * t.var + gu * t.mean_c;
+            float g_k_terms = gu * -eps;
+            float g_sv = g_sum_sq * t.offset * (2.f * hw);
+            g_count_neg -= g_sv * t.sv / (t.count * t.count);
+            g_sv *= t.d;
+            gu += g_spread * t.sv * (-2.f / hw);
+            const float gr = g_spread * kk * 2.f;
+            g_k_terms += 2.f * g_spread * (t.t_r + kk * t.t_s);
+            gtotal[j] += g_sv * kk - gr * t.sv / hw - g_count_neg;
+            gs2[j] += 0.5f * gr * kk;
+            gu += g_sv;
+            gki += g_k_terms + g_sv * T;
+            gm[i * 2 * n + j] = gu;
+            gm[i * 2 * n + n + j] = gr;
+            ga[i * n + j] = g_spread;
+        }
+        gk[i] = gki;
+        if (gbeta) gbeta[i] = gbi;
+        if (galpha) galpha[i] = gai;
+    }
+    if (gscale) gscale[0] = gsc;
+}
+
+static void transpose_into(long rows, long cols, const float* src, float* dst, float sign = 1.f) {
+    for (long i = 0; i < rows; ++i)
+        for (long j = 0; j < cols; ++j) dst[j * rows + i] = sign * src[i * cols + j];
+}
+
+extern "C" {
+
+int an_abi_version() { return 3; }
+
+// The layer's forward (see the top of the file), per sample: the spatial mean of x and the value
+// rows' bias -W_v mean(x) (written into bias, whose n layout rows the caller fills), the shift
+// k = W_v mean(x) + b_v, the two passes with the coefficients P, Q between them. Written: vc, s, m,
+// a, ssum, shift (c), p and q (c, n), qneg (work, c x n), y in its own layout.
+int an_forward(long b0, long b1, long c, long n, long hw, const float* x, long xsb, long xsk, long xsp,
+               const float* W, float* bias, const float* value_bias, const float* beta, const float* alpha,
+               const float* scale, float eps, float* vc, float* s, float* m, float* a, float* ssum, float* shift,
+               float* p, float* q, float* qneg, float* y, long ysb, long ysk, long ysp) {
+    const long R = n + c;
+    std::vector<double> xbar(c);
+    for (long b = b0; b < b1; ++b) {
+        const float* xb = x + b * xsb;
+        for (long i = 0; i < c; ++i) xbar[i] = 0.0;
+        if (xsp == 1) {
+            for (long i = 0; i < c; ++i) {
+                const float* row = xb + i * xsk;
+                vf acc = vf{};
+                long q0 = 0;
+                for (; q0 + LANES <= hw; q0 += LANES) acc += ld(row + q0);
+                double t = 0.0;
+                for (int l = 0; l < 16; ++l) t += acc[l];
+                for (; q0 < hw; ++q0) t += row[q0];
+                xbar[i] = t / hw;
+            }
+        } else {
+            std::vector<float> acc(c, 0.f);
+            for (long q0 = 0; q0 < hw; ++q0)
+                for (long i = 0; i < c; ++i) acc[i] += xb[q0 * xsp + i * xsk];
+            for (long i = 0; i < c; ++i) xbar[i] = (double)acc[i] / hw;
+        }
+        const float* Wv = W + b * R * c + n * c;
+        for (long i = 0; i < c; ++i) {
+            double t = 0.0;
+            for (long kk = 0; kk < c; ++kk) t += (double)Wv[i * c + kk] * xbar[kk];
+            bias[b * R + n + i] = (float)-t;
+            shift[b * c + i] = (float)t + value_bias[i];
+        }
+        an_fwd1(b, b + 1, c, n, hw, x, xsb, xsk, xsp, W, bias, vc, s, m, a, ssum);
+        stats_forward(c, n, hw, eps, m + b * c * 2 * n, a + b * c * n, ssum + b * 2 * n, shift + b * c, beta, alpha,
+                      scale, p + b * c * n, q + b * c * n);
+        for (long i = 0; i < c * n; ++i) qneg[b * c * n + i] = -q[b * c * n + i];
+        an_fwd2(b, b + 1, c, n, hw, x, xsb, xsk, xsp, vc, s, p, qneg, y, ysb, ysk, ysp);
+    }
+    return 0;
+}
+
+// The layer's backward, per sample: the first pass, the statistics' backward, the second pass.
+// Work tensors (the caller's, per sample): gs (n, hw), pT and qnT (n, c), gp and gst (c, n), gm
+// (c, 2n), ga (c, n), gmT (2n, c), gaT (n, c), gs2 and gtotal (n), delta (c), WT (c, R). Written:
+// gk (c) (the shift's gradient), gbeta, galpha (c) and gscale (1) (this sample's shares, where
+// given), gx (in its own layout, where given), gw (mw, c), glsum (n).
+int an_backward(long b0, long b1, long c, long n, long hw, const float* gy, long gsb, long gsk, long gsp,
+                const float* x, long xsb, long xsk, long xsp, const float* vc, const float* s, const float* m,
+                const float* a, const float* ssum, const float* shift, const float* p, const float* q,
+                const float* W, const float* beta, const float* alpha, const float* scale, float eps,
+                const float* glayout, float* gs, float* pT, float* qnT, float* gp, float* gst, float* gm, float* ga,
+                float* gmT, float* gaT, float* gs2, float* gtotal, float* delta, float* WT, float* gk, float* gbeta,
+                float* galpha, float* gscale, float* gx, long xgsb, long xgsk, long xgsp, long mw, float* gw,
+                float* glsum) {
+    const long R = n + c;
+    std::vector<float> gq(c * n);
+    for (long b = b0; b < b1; ++b) {
+        const long cn = c * n;
+        transpose_into(c, n, p + b * cn, pT + b * cn);
+        transpose_into(c, n, q + b * cn, qnT + b * cn, -1.f);
+        an_bwd1(b, b + 1, c, n, hw, gy, gsb, gsk, gsp, vc, s, pT, qnT, gs, gp, gst);
+        for (long i = 0; i < cn; ++i) gq[i] = -gst[b * cn + i];
+        const float* mb = m + b * c * 2 * n;
+        const float* sb = ssum + b * 2 * n;
+        stats_backward(c, n, hw, eps, mb, a + b * cn, sb, shift + b * c, beta, alpha, scale, gp + b * cn, gq.data(),
+                       gm + b * c * 2 * n, ga + b * cn, gk + b * c, gtotal + b * n, gs2 + b * n,
+                       gbeta ? gbeta + b * c : nullptr, galpha ? galpha + b * c : nullptr,
+                       gscale ? gscale + b : nullptr);
+        // delta = (g_k - sum_p g_Vc) / hw, sum_p g_Vc = sum_n [P gs_t + 2 g_a r] + g_m ssum
+        for (long i = 0; i < c; ++i) {
+            double t = 0.0;
+            for (long j = 0; j < n; ++j)
+                t += (double)p[b * cn + i * n + j] * gst[b * cn + i * n + j]
+                     + 2.0 * ga[b * cn + i * n + j] * mb[i * 2 * n + n + j];
+            for (long j = 0; j < 2 * n; ++j) t += (double)gm[b * c * 2 * n + i * 2 * n + j] * sb[j];
+            delta[b * c + i] = (float)((gk[b * c + i] - t) / hw);
+        }
+        transpose_into(c, 2 * n, gm + b * c * 2 * n, gmT + b * c * 2 * n);
+        transpose_into(c, n, ga + b * cn, gaT + b * cn);
+        transpose_into(R, c, W + b * R * c, WT + b * R * c);
+        an_bwd2(b, b + 1, c, n, hw, gy, gsb, gsk, gsp, x, xsb, xsk, xsp, vc, s, p, gs, glayout, gm, ga, gmT, gaT,
+                gs2, gtotal, delta, WT, gx, xgsb, xgsk, xgsp, mw, gw, glsum);
     }
     return 0;
 }

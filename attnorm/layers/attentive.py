@@ -179,8 +179,6 @@ class _AttentiveNormFn(torch.autograd.Function):
         n = entities.shape[0]
         pm = _is_pixel_major(x3)  # a channels-last input: every map in that layout
         ssr = positions is not None
-        xbar = x3.mean(-1)  # (b, c)
-        value_of_mean = xbar @ value.t()  # (b, c): W_v mean_p(X)
         xs_t = keys_t = kqb = q_aug = None
         if ssr:
             # the features at the sampled positions, (b, n, c), and their keys W_k x + b_k, (b, n, c/8):
@@ -201,24 +199,20 @@ class _AttentiveNormFn(torch.autograd.Function):
         # values centred by their spatial mean
         inv_tau = 1.0 / temperature
         weight = torch.cat([ent * inv_tau, value.expand(b, c, c)], dim=1)  # (b, n + c, c)
+        ctx.set_materialize_grads(False)
+        ctx.dims = (b, c, n, hw)
+        ctx.pixel_major = pm
+        ctx.temperature, ctx.eps, ctx.algorithm1, ctx.ssr = temperature, eps, algorithm1, ssr
+        ctx.fused = cpu_fused.usable(x3.device, x3.dtype, algorithm1, c)
+        if ctx.fused:  # the same maths as below in fused CPU kernels (attnorm.layers.cpu_fused)
+            y, state = cpu_fused.forward(x3, weight, ent_bias * inv_tau, value_bias, beta, alpha, sigma, eps)
+            ctx.save_for_backward(x3, weight, beta, alpha, sigma, *state, xs_t, keys_t, kqb, q_aug, ssr_a, key,
+                                  positions, None)
+            return y, state[1]
+        xbar = x3.mean(-1)  # (b, c)
+        value_of_mean = xbar @ value.t()  # (b, c): W_v mean_p(X)
         bias = torch.cat([ent_bias * inv_tau, -value_of_mean], dim=1)  # (b, n + c)
         shift = (value_of_mean + value_bias).unsqueeze(-1)  # (b, c, 1)
-        ctx.fused = cpu_fused.usable(x3.device, x3.dtype, algorithm1, c)
-        if ctx.fused:  # the same maths in fused CPU kernels (attnorm.layers.cpu_fused)
-            vc, s, m, a, ssum = cpu_fused.forward_sums(x3, weight, bias)
-            u, r = m[..., :n], m[..., n:]
-            ssum = ssum.unsqueeze(1)  # (b, 1, 2n)
-            p, q, coeff = statistics_forward(u, r, a, shift, ssum[..., :n], ssum[..., n:], beta, alpha, sigma,
-                                             eps, hw)
-            y = cpu_fused.forward_output(x3, vc, s, p, q)
-            ctx.set_materialize_grads(False)
-            ctx.dims = (b, c, n, hw)
-            ctx.pixel_major = pm
-            ctx.temperature, ctx.eps, ctx.algorithm1, ctx.ssr = temperature, eps, algorithm1, ssr
-            ctx.n_coeff = len(coeff)
-            ctx.save_for_backward(*coeff, x3, weight, vc, None, s, None, None, p, q, xs_t, keys_t, kqb, q_aug, ssr_a,
-                                  key, positions, ssum)
-            return y, s
         out = _map_mm_add(bias.unsqueeze(-1), weight, x3, pm)  # (b, n + c, hw)
         logits, vc = out[:, :n], out[:, n:]
         s = _softmax_entities(logits, pm)  # (b, n, hw)
@@ -259,10 +253,6 @@ class _AttentiveNormFn(torch.autograd.Function):
         y = torch.addcmul(x3, vc, t)
         _map_addmm_(y, q, s, pm, alpha=-1.0)
 
-        ctx.set_materialize_grads(False)
-        ctx.dims = (b, c, n, hw)
-        ctx.pixel_major = pm
-        ctx.temperature, ctx.eps, ctx.algorithm1, ctx.ssr = temperature, eps, algorithm1, ssr
         ctx.n_coeff = len(coeff)
         ctx.save_for_backward(*coeff, x3, weight, vc, vv, s if ss is s else None, ss, t, p, q, xs_t, keys_t, kqb,
                               q_aug, ssr_a, key, positions, ssum)
@@ -273,6 +263,8 @@ class _AttentiveNormFn(torch.autograd.Function):
     @_full_precision_backward
     def backward(ctx, g_y, g_layout):
         saved = ctx.saved_tensors
+        if ctx.fused:
+            return _AttentiveNormFn._fused_backward(ctx, saved, g_y, g_layout)
         coeff = saved[:ctx.n_coeff]
         x3, weight, vc, vv, s, ss, t, p, q, xs_t, keys_t, kqb, q_aug, ssr_a, key, positions, ssum = saved[ctx.n_coeff:]
         b, c, n, hw = ctx.dims
@@ -283,8 +275,6 @@ class _AttentiveNormFn(torch.autograd.Function):
         algorithm1 = ctx.algorithm1
         needs = ctx.needs_input_grad
         eager = not torch.compiler.is_compiling()  # compilers refuse some out= forms used here
-        if ctx.fused:
-            return _AttentiveNormFn._fused_backward(ctx, saved, g_y, g_layout)
         # copies only a gradient not in the maps' layout (e.g. NCHW maps, channels-last gradient), as the forward its input
         g_y = torch.zeros_like(t) if g_y is None else _in_layout(g_y, pm)
 
@@ -375,28 +365,16 @@ class _AttentiveNormFn(torch.autograd.Function):
     @staticmethod
     def _fused_backward(ctx, saved, g_y, g_layout):
         """The backward of the fused CPU forward (:mod:`attnorm.layers.cpu_fused`): the same
-        gradients as the PyTorch path below, the passes over the map done by two kernels."""
-        coeff = saved[:ctx.n_coeff]
-        x3, weight, vc, _, s, _, _, p, q = saved[ctx.n_coeff:ctx.n_coeff + 9]
-        ssum = saved[-1]
-        b, c, n, hw = ctx.dims
-        needs = ctx.needs_input_grad
-        u, r = coeff[0], coeff[1]
+        gradients as the PyTorch path below, computed by one kernel call."""
+        x3, weight, beta, alpha, sigma = saved[:5]
+        state = saved[5:13]
         if g_y is None:
-            g_y = torch.zeros_like(vc)
-        gs, g_p, gs_t = cpu_fused.backward_sums(g_y, vc, s, p, q)
-        g_u, g_r, g_a, g_k, g_total, g_s2, g_beta, g_alpha, g_sigma = statistics_backward(
-            coeff, ctx.eps, hw, True, g_p, -gs_t)
-        g_m = torch.cat([g_u, g_r], dim=-1)  # (b, c, 2n)
-        # delta = (g_k - sum_p g_Vc) / hw, as in the PyTorch path
-        sum_gvc = torch.baddbmm(torch.mul(p, gs_t).addcmul_(g_a, r, value=2.0).sum(-1, keepdim=True),
-                                g_m, ssum.transpose(1, 2))  # (b, c, 1)
-        delta = torch.sub(g_k, sum_gvc).div_(hw)
-        g_x3, g_weight, g_lsum = cpu_fused.backward_maps(
-            g_y, x3, vc, s, p, gs, g_layout, g_m, g_a, g_s2, g_total, delta, weight, needs[0],
+            g_y = torch.zeros_like(state[0])
+        g_x3, g_weight, g_lsum, g_k, g_beta, g_alpha, g_sigma = cpu_fused.backward(
+            g_y, x3, state, weight, beta, alpha, sigma, ctx.eps, g_layout, ctx.needs_input_grad[0],
             _AttentiveNormFn._weight_rows(ctx))
         return _AttentiveNormFn._parameter_grads(ctx, saved, g_x3, g_weight, lambda: g_lsum.unsqueeze(-1),
-                                                 g_k, g_beta, g_alpha, g_sigma)
+                                                 g_k.unsqueeze(-1), g_beta, g_alpha, g_sigma)
 
     @staticmethod
     def _parameter_grads(ctx, saved, g_x3, g_weight, logits_sum, g_k, g_beta, g_alpha, g_sigma):

@@ -36,7 +36,7 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("_cpu_kernels.cpp")
-ABI_VERSION = 2
+ABI_VERSION = 3
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=gnu++17")
 
 _STATE = {"enabled": os.environ.get("ATTNORM_CPU_KERNELS", "1").strip().lower() not in ("0", "false", "off", "no"),
@@ -111,12 +111,12 @@ def _build(compiler: str) -> Path:
 
 
 _LONG, _PTR = ctypes.c_long, ctypes.c_void_p
+_FLOAT = ctypes.c_float
+_MAP = [_PTR, _LONG, _LONG, _LONG]  # a map's pointer and its (sample, row, pixel) strides
 _SIGNATURES = {
-    "an_fwd1": [_LONG] * 5 + [_PTR, _LONG, _LONG, _LONG] + [_PTR] * 7,
-    "an_fwd2": [_LONG] * 5 + [_PTR, _LONG, _LONG, _LONG] + [_PTR] * 5 + [_LONG] * 3,
-    "an_bwd1": [_LONG] * 5 + [_PTR, _LONG, _LONG, _LONG] + [_PTR] * 7,
-    "an_bwd2": ([_LONG] * 5 + [_PTR, _LONG, _LONG, _LONG] * 2 + [_PTR] * 13 + [_PTR, _LONG, _LONG, _LONG]
-                + [_LONG, _PTR, _PTR]),
+    "an_forward": [_LONG] * 5 + _MAP + [_PTR] * 6 + [_FLOAT] + [_PTR] * 10 + [_LONG] * 3,
+    "an_backward": ([_LONG] * 5 + _MAP * 2 + [_PTR] * 12 + [_FLOAT] + [_PTR] * 18 + _MAP
+                    + [_LONG, _PTR, _PTR]),
 }
 
 
@@ -209,75 +209,67 @@ def in_kernel_layout(t: Tensor) -> tuple[Tensor, tuple[int, int, int]]:
     return t, strides
 
 
-def forward_sums(x3: Tensor, weight: Tensor, bias: Tensor):
-    """First forward pass. x3 (b, c, hw) float32 (NCHW or pixel-major); weight (b, n + c, c), the
-    layout rows first; bias (b, n + c). Returns vc (b, c, hw), the layout s (b, n, hw),
-    m (b, c, 2n) = Vc [S; S^2]^T, a (b, c, n) = Vc^2 (S^2)^T and ssum (b, 2n), the pixel sums of
-    [S; S^2]."""
+def forward(x3: Tensor, weight: Tensor, layout_bias: Tensor, value_bias: Tensor, beta: Tensor | None,
+            alpha: Tensor | None, scale: Tensor | None, eps: float):
+    """The layer's forward on x3 (b, c, hw) float32 (NCHW or pixel-major) with the rows
+    [E_b / tau; W_v] (b, n + c, c) and the layout rows' bias (b, n). Returns y (in x3's layout) and
+    what the backward needs: vc (b, c, hw), the layout s (b, n, hw), m (b, c, 2n) = Vc [S; S^2]^T,
+    a (b, c, n) = Vc^2 (S^2)^T, ssum (b, 2n) (the pixel sums of [S; S^2]), the shift k (b, c) and
+    the coefficients p, q (b, c, n)."""
     lib = _load()
     b, c, hw = x3.shape
     n = weight.shape[1] - c
     x3, xs = in_kernel_layout(x3)
-    weight, bias = weight.contiguous(), bias.contiguous()
-    vc, s = x3.new_empty((b, c, hw)), x3.new_empty((b, n, hw))
-    m, a, ssum = x3.new_empty((b, c, 2 * n)), x3.new_empty((b, c, n)), x3.new_empty((b, 2 * n))
-    _run(lib.an_fwd1, b, c, n, hw, x3.data_ptr(), *xs, weight.data_ptr(), bias.data_ptr(), vc.data_ptr(),
-         s.data_ptr(), m.data_ptr(), a.data_ptr(), ssum.data_ptr())
-    return vc, s, m, a, ssum
-
-
-def forward_output(x3: Tensor, vc: Tensor, s: Tensor, p: Tensor, q: Tensor) -> Tensor:
-    """Second forward pass: ``y = x - Q S + Vc * (P S)`` in x3's layout. p, q (b, c, n)."""
-    lib = _load()
-    b, c, hw = x3.shape
-    n = p.shape[-1]
-    x3, xs = in_kernel_layout(x3)
+    weight = weight.contiguous()
+    bias = x3.new_empty((b, n + c))
+    bias[:, :n] = layout_bias
+    new = x3.new_empty
+    vc, s, m, a, ssum = new((b, c, hw)), new((b, n, hw)), new((b, c, 2 * n)), new((b, c, n)), new((b, 2 * n))
+    shift, p, q, qneg = new((b, c)), new((b, c, n)), new((b, c, n)), new((b, c, n))
     y = torch.empty_like(x3)  # same strides as a dense x3
-    p, qneg = p.contiguous(), q.neg().contiguous()
-    _run(lib.an_fwd2, b, c, n, hw, x3.data_ptr(), *xs, vc.data_ptr(), s.data_ptr(), p.data_ptr(), qneg.data_ptr(),
-         y.data_ptr(), *map_strides(y))
-    return y
+    _run(lib.an_forward, b, c, n, hw, x3.data_ptr(), *xs, weight.data_ptr(), bias.data_ptr(),
+         value_bias.contiguous().data_ptr(), _ptr(_contiguous(beta)), _ptr(_contiguous(alpha)),
+         _ptr(_contiguous(scale)), eps, vc.data_ptr(), s.data_ptr(), m.data_ptr(), a.data_ptr(), ssum.data_ptr(),
+         shift.data_ptr(), p.data_ptr(), q.data_ptr(), qneg.data_ptr(), y.data_ptr(), *map_strides(y))
+    return y, (vc, s, m, a, ssum, shift, p, q)
 
 
-def backward_sums(g_y: Tensor, vc: Tensor, s: Tensor, p: Tensor, q: Tensor):
-    """First backward pass: ``gs = P^T (gY Vc) - Q^T gY`` (b, n, hw), ``g_p = (gY Vc) S^T`` and
-    ``gs_t = gY S^T`` (b, c, n)."""
+def backward(g_y: Tensor, x3: Tensor, saved: tuple, weight: Tensor, beta: Tensor | None, alpha: Tensor | None,
+             scale: Tensor | None, eps: float, g_layout: Tensor | None, need_x: bool, weight_rows: int):
+    """The layer's backward from what :func:`forward` returned (``saved``). Returns g_x (in x3's
+    layout, or None unless ``need_x``), g_w (b, weight_rows, c) = the first ``weight_rows`` rows of
+    [E_b / tau; W_v]'s gradient (None when 0), the pixel sums of the layout logits' gradient
+    (b, n), the shift's gradient g_k (b, c), and the gradients of beta, alpha (c) and scale (where
+    given)."""
     lib = _load()
+    vc, s, m, a, ssum, shift, p, q = saved
     b, c, hw = vc.shape
-    n = p.shape[-1]
-    g_y, gys = in_kernel_layout(g_y)
-    pt, qnt = p.mT.contiguous(), q.neg().mT.contiguous()
-    gs = vc.new_empty((b, n, hw))
-    g_p, gs_t = vc.new_empty((b, c, n)), vc.new_empty((b, c, n))
-    _run(lib.an_bwd1, b, c, n, hw, g_y.data_ptr(), *gys, vc.data_ptr(), s.data_ptr(), pt.data_ptr(), qnt.data_ptr(),
-         gs.data_ptr(), g_p.data_ptr(), gs_t.data_ptr())
-    return gs, g_p, gs_t
-
-
-def backward_maps(g_y: Tensor, x3: Tensor, vc: Tensor, s: Tensor, p: Tensor, gs: Tensor, g_layout: Tensor | None,
-                  g_m: Tensor, g_a: Tensor, g_s2: Tensor, g_total: Tensor, delta: Tensor, weight: Tensor,
-                  need_x: bool, weight_rows: int):
-    """Second backward pass, from ``gs`` of :func:`backward_sums`. g_m (b, c, 2n), g_a (b, c, n),
-    g_s2 and g_total (b, n), delta (b, c). Returns g_x (in x3's layout, or None unless
-    ``need_x``), g_w (b, weight_rows, c) = [gZ; gV][:weight_rows] X^T (None when 0) and the pixel
-    sums of the layout logits' gradient gZ (b, n)."""
-    lib = _load()
-    b, c, hw = vc.shape
-    n = g_a.shape[-1]
+    n = s.shape[1]
     g_y, gys = in_kernel_layout(g_y)
     x3, xs = in_kernel_layout(x3)
-    p, g_m, g_a = p.contiguous(), g_m.contiguous(), g_a.contiguous()
-    g_mt, g_at = g_m.mT.contiguous(), g_a.mT.contiguous()
-    g_s2, g_total, delta = (t_.reshape(b, -1).contiguous() for t_ in (g_s2, g_total, delta))
-    wt = weight.mT.contiguous()  # (b, c, n + c)
     if g_layout is not None:
         g_layout = g_layout.contiguous()
+    new = vc.new_empty
+    work = [new((b, n, hw)), new((b, n, c)), new((b, n, c)), new((b, c, n)), new((b, c, n)), new((b, c, 2 * n)),
+            new((b, c, n)), new((b, 2 * n, c)), new((b, n, c)), new((b, n)), new((b, n)), new((b, c)),
+            new((b, c, n + c))]
+    g_k = new((b, c))
+    g_beta = new((b, c)) if beta is not None else None
+    g_alpha = new((b, c)) if alpha is not None else None
+    g_scale = new((b,)) if scale is not None else None
     g_x = torch.empty_like(x3) if need_x else None
     gxs = map_strides(g_x) if need_x else (0, 0, 0)
-    g_w = vc.new_empty((b, weight_rows, c)) if weight_rows else None
-    g_lsum = vc.new_empty((b, n))
-    _run(lib.an_bwd2, b, c, n, hw, g_y.data_ptr(), *gys, x3.data_ptr(), *xs, vc.data_ptr(), s.data_ptr(),
-         p.data_ptr(), gs.data_ptr(), _ptr(g_layout), g_m.data_ptr(), g_a.data_ptr(), g_mt.data_ptr(),
-         g_at.data_ptr(), g_s2.data_ptr(), g_total.data_ptr(), delta.data_ptr(), wt.data_ptr(), _ptr(g_x), *gxs,
-         weight_rows, _ptr(g_w), g_lsum.data_ptr())
-    return g_x, g_w, g_lsum
+    g_w = new((b, weight_rows, c)) if weight_rows else None
+    g_lsum = new((b, n))
+    _run(lib.an_backward, b, c, n, hw, g_y.data_ptr(), *gys, x3.data_ptr(), *xs, vc.data_ptr(), s.data_ptr(),
+         m.data_ptr(), a.data_ptr(), ssum.data_ptr(), shift.data_ptr(), p.data_ptr(), q.data_ptr(),
+         weight.contiguous().data_ptr(), _ptr(_contiguous(beta)), _ptr(_contiguous(alpha)), _ptr(_contiguous(scale)),
+         eps, _ptr(g_layout), *(t.data_ptr() for t in work), g_k.data_ptr(), _ptr(g_beta), _ptr(g_alpha),
+         _ptr(g_scale), _ptr(g_x), *gxs, weight_rows, _ptr(g_w), g_lsum.data_ptr())
+    sums = lambda t: None if t is None else t.sum(0)
+    g_scale = None if scale is None else g_scale.sum().reshape(scale.shape)
+    return g_x, g_w, g_lsum, g_k, sums(g_beta), sums(g_alpha), g_scale
+
+
+def _contiguous(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.contiguous()
