@@ -191,9 +191,10 @@ def _split(fn, b: int, *args) -> None:
     if threads == 1:
         fn(0, b, *args)
         return
-    pool = _POOL.get(threads)
+    key = (threads, os.getpid())  # a forked child cannot use its parent's worker threads
+    pool = _POOL.get(key)
     if pool is None:
-        pool = _POOL[threads] = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="attnorm-an")
+        pool = _POOL[key] = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="attnorm-an")
     bounds = [b * i // threads for i in range(threads + 1)]
     futures = [pool.submit(fn, bounds[i], bounds[i + 1], *args) for i in range(threads)]
     for f in futures:
