@@ -5,7 +5,7 @@
 // sgemm rate and every step is a separate pass over memory, plus a copy to and from NCHW for a
 // channels-last input. Here each sample's map is walked in chunks of pixels that stay in cache:
 // every product of one chunk is done by two register-blocked micro-kernels ("expand": a small matrix
-// times a chunk of map rows; "reduce": sums over the chunk's pixels, in 16 lanes summed in double at the end), the
+// times a chunk of map rows; "reduce": sums over the chunk's pixels in 16 lanes, added in double), the
 // elementwise steps run on the chunk in between, and a channels-last map is read and written in its
 // own layout. The maths is the layer's (attentive._AttentiveNormFn, variance "algorithm1"):
 //   fwd1: [logits; Vc] = W X + bias, S = softmax_n(logits), S2 = S^2, Vv = Vc^2,
@@ -32,6 +32,27 @@ static const long LANES = 16;
 static inline vf ld(const float* p) { return *(const vfu*)p; }
 static inline void st(float* p, vf v) { *(vfu*)p = v; }
 static inline vf bc(float s) { return vf{} + s; }
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)
+#define HAVE_SHUFFLE 1
+#endif
+#endif
+
+// The sum of a vector's 16 lanes, in double (a tree of shuffles where the compiler has them).
+static inline double hsum(vf v) {
+#ifdef HAVE_SHUFFLE
+    typedef float v8 __attribute__((vector_size(32)));
+    typedef float v4 __attribute__((vector_size(16)));
+    v8 h = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+    v4 q = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
+    return ((double)q[0] + q[1]) + ((double)q[2] + q[3]);
+#else
+    double t = 0.0;
+    for (int l = 0; l < 16; ++l) t += v[l];
+    return t;
+#endif
+}
+
 // Holds a loaded vector in a register: without it GCC re-reads it from memory as an operand of
 // every multiply-add that uses it (one load per FMA), which measured load-bound.
 #if defined(__GNUC__) && defined(__AVX512F__)
@@ -230,10 +251,10 @@ static inline void gs_rows(long K, long P, const float* GU, const float* GR, con
         }
 }
 
-// reduce: Z[i][j] += sum_{p < P} X[i][p] Y[j][p] for i < M, j < N, where each Z[i][j] is a vector of
-// 16 partial sums (summed across its lanes, in double, by finish() once per sample).
+// reduce: Z[i][j] += sum_{p < P} X[i][p] Y[j][p] for i < M, j < N (Z in double: each chunk's sums are
+// summed across their 16 lanes and added in double).
 template <int MI, int NJ>
-static inline void reduce_block(long P, const float* X, long ldx, const float* Y, long ldy, vf* Z, long ldz) {
+static inline void reduce_block(long P, const float* X, long ldx, const float* Y, long ldy, double* Z, long ldz) {
     vf s[MI][NJ];
     for (int i = 0; i < MI; ++i)
         for (int j = 0; j < NJ; ++j) s[i][j] = vf{};
@@ -253,15 +274,13 @@ static inline void reduce_block(long P, const float* X, long ldx, const float* Y
     }
     for (int i = 0; i < MI; ++i)
         for (int j = 0; j < NJ; ++j) {
-            vf acc = s[i][j];
-            float t = 0.f;
-            for (long q = p; q < P; ++q) t += X[i * ldx + q] * Y[j * ldy + q];
-            acc[0] += t;
-            Z[i * ldz + j] += acc;
+            double t = hsum(s[i][j]);
+            for (long q = p; q < P; ++q) t += (double)X[i * ldx + q] * Y[j * ldy + q];
+            Z[i * ldz + j] += t;
         }
 }
 
-static void reduce(long M, long N, long P, const float* X, long ldx, const float* Y, long ldy, vf* Z, long ldz) {
+static void reduce(long M, long N, long P, const float* X, long ldx, const float* Y, long ldy, double* Z, long ldz) {
     long i = 0;
     for (; i + 4 <= M; i += 4) {
         long j = 0;
@@ -275,24 +294,21 @@ static void reduce(long M, long N, long P, const float* X, long ldx, const float
     }
 }
 
-static void rowsums(long M, long P, const float* X, long ldx, vf* z) {
+static void rowsums(long M, long P, const float* X, long ldx, double* z) {
     for (long i = 0; i < M; ++i) {
         const float* x = X + i * ldx;
         vf s = vf{};
         long p = 0;
         for (; p + LANES <= P; p += LANES) s += ld(x + p);
-        for (; p < P; ++p) s[0] += x[p];
-        z[i] += s;
+        double t = hsum(s);
+        for (; p < P; ++p) t += x[p];
+        z[i] += t;
     }
 }
 
-// out[i] = the sum of z[i]'s lanes (in double), i < count
-static void finish(long count, const vf* z, float* out) {
-    for (long i = 0; i < count; ++i) {
-        double t = 0.0;
-        for (int l = 0; l < 16; ++l) t += z[i][l];
-        out[i] = (float)t;
-    }
+// out[i] = z[i] in float, i < count
+static void finish(long count, const double* z, float* out) {
+    for (long i = 0; i < count; ++i) out[i] = (float)z[i];
 }
 
 // ------------------------------------------------------------------------------ chunk I/O
@@ -302,12 +318,6 @@ struct Map {
     const float* base;
     long sb, sk, sp;
 };
-
-#if defined(__has_builtin)
-#if __has_builtin(__builtin_shufflevector)
-#define HAVE_SHUFFLE 1
-#endif
-#endif
 
 #ifdef HAVE_SHUFFLE
 // In-register transpose of a 16 x 16 block: r[i] lane j -> r[j] lane i. Stage d swaps bit d of
@@ -397,16 +407,16 @@ static long chunk_pixels(long rows) {
 }
 
 static thread_local std::vector<float> tl_buf;
-static thread_local std::vector<vf> tl_acc;
+static thread_local std::vector<double> tl_acc;
 
 static float* scratch(long n) {
     if ((long)tl_buf.size() < n) tl_buf.resize(n);
     return tl_buf.data();
 }
 
-static vf* accumulators(long n) {
+static double* accumulators(long n) {
     if ((long)tl_acc.size() < n) tl_acc.resize(n);
-    std::memset((void*)tl_acc.data(), 0, n * sizeof(vf));
+    std::memset((void*)tl_acc.data(), 0, n * sizeof(double));
     return tl_acc.data();
 }
 
@@ -484,9 +494,9 @@ static int an_fwd1(long b0, long b1, long c, long n, long hw, const float* x, lo
     float* vvbuf = xbuf + c * P0;
     float* s2buf = vvbuf + c * P0;
     for (long b = b0; b < b1; ++b) {
-        vf* dm = accumulators(c * 2 * n + c * n + 2 * n);
-        vf* da = dm + c * 2 * n;
-        vf* ds = da + c * n;
+        double* dm = accumulators(c * 2 * n + c * n + 2 * n);
+        double* da = dm + c * 2 * n;
+        double* ds = da + c * n;
         const float* Wb = W + b * R * c;
         const float* bb = bias + b * R;
         float* S = s + b * n * hw;
@@ -550,8 +560,8 @@ static int an_bwd1(long b0, long b1, long c, long n, long hw, const float* gy, l
     float* gbuf = scratch(2 * c * P0);
     float* gv = gbuf + c * P0;
     for (long b = b0; b < b1; ++b) {
-        vf* dp = accumulators(2 * c * n);
-        vf* dt = dp + c * n;
+        double* dp = accumulators(2 * c * n);
+        double* dt = dp + c * n;
         const float* S = s + b * n * hw;
         const float* VC = vc + b * c * hw;
         float* GS = gs + b * n * hw;
@@ -589,8 +599,8 @@ static int an_bwd2(long b0, long b1, long c, long n, long hw, const float* gy, l
     float* s2 = go + R * P0;
     float* gsc = s2 + n * P0;
     for (long b = b0; b < b1; ++b) {
-        vf* dw = accumulators(mw * c + n);
-        vf* dl = dw + mw * c;
+        double* dw = accumulators(mw * c + n);
+        double* dl = dw + mw * c;
         const float* S = s + b * n * hw;
         const float* VC = vc + b * c * hw;
         const float* GS = gs + b * n * hw;
