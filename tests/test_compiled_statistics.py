@@ -15,9 +15,13 @@ needs_cxx = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++
 
 @pytest.fixture
 def compiled():
+    """Compiled statistics on, and the fused CPU kernels off: they would run these float32 CPU layers,
+    statistics included, and the compiled path would never be reached."""
+    from attnorm.layers import cpu_fused
     saved = dict(regional._COMPILED)
     compile_statistics(True)
-    yield
+    with cpu_fused.cpu_kernels_enabled(False):
+        yield
     regional._COMPILED.update(saved)
 
 
