@@ -208,10 +208,25 @@ def test_without_a_compiler_the_layer_runs_its_pytorch_path(fresh_build, monkeyp
 def test_a_failing_build_is_reported_and_leaves_nothing_behind(fresh_build, monkeypatch):
     if shutil_which("c++") is None:
         pytest.skip("no compiler")
-    monkeypatch.setattr(cpu_fused, "FLAGS", cpu_fused.FLAGS + ("-DATTNORM_NO_SUCH_FLAG", "-fno-such-option-attnorm"))
+    monkeypatch.setattr(cpu_fused, "FLAGS", cpu_fused.FLAGS + ("-fno-such-option-attnorm",))
+    monkeypatch.setattr(cpu_fused, "PORTABLE_FLAGS", cpu_fused.PORTABLE_FLAGS + ("-fno-such-option-attnorm",))
     assert cpu_fused._load() is None
     assert cpu_fused.status()["failed"].startswith("RuntimeError")
     assert not [p for p in fresh_build.rglob("*") if p.is_file()]  # no half-written library
+
+
+def test_a_compiler_that_refuses_the_native_flags_gets_a_portable_build(fresh_build, monkeypatch):
+    """-march=native is refused by some compilers (Apple's clang on arm64): the kernels are then built
+    without it, and run."""
+    if shutil_which("c++") is None:
+        pytest.skip("no compiler")
+    monkeypatch.setattr(cpu_fused, "FLAGS", cpu_fused.FLAGS + ("-fno-such-option-attnorm",))
+    assert cpu_fused._load() is not None and cpu_fused.status()["failed"] is None
+    layer = _layer(c=16)
+    x, gy = _inputs(2, 16, 6, 6, True)
+    fused, torch_path = _run(layer, x, gy, True), _run(layer, x, gy, False)
+    assert _close(fused[2], torch_path[2], 2e-5)
+    assert len(list((fresh_build / "kernels").glob("an_cpu_*.so"))) == 1
 
 
 def test_the_build_is_cached_per_machine_and_source(fresh_build):

@@ -1,17 +1,17 @@
 """AN's passes over the map as fused CPU kernels (``_cpu_kernels.cpp``), compiled at first use.
 
 On the CPU the layer's products pair a small matrix (``c`` or ``n`` wide, 16 in the CPU presets)
-with a whole map; as batched BLAS calls they run at a fifth of the core's sgemm rate, each is its
-own pass over memory, and a narrow channels-last input is copied to NCHW and back. The kernels walk
+with a whole map; as batched BLAS calls they ran at a sixth to a half of the core's sgemm rate, each
+its own pass over memory, and a narrow channels-last input was copied to NCHW and back. The kernels walk
 each sample's map in chunks of pixels that stay in cache, do every product of a chunk with
 register-blocked micro-kernels and read and write a channels-last map in its own layout. They
 compute what :class:`attnorm.layers.attentive._AttentiveNormFn` computes (variance
-``"algorithm1"``, float32), with sums over the pixels accumulated in double; the tests check them
-against the PyTorch path and the literal reference.
+``"algorithm1"``, float32; each chunk's sums over the pixels are added up in double); the tests check
+them against the PyTorch path and the literal reference.
 
 The source is compiled once per machine by the system's C++ compiler (``$CXX`` or ``c++``, with
-``-O3 -march=native``) into ``$ATTNORM_CACHE_DIR`` (default ``~/.cache/attnorm``) and loaded with
-ctypes. Without a compiler, or if building fails, the layer keeps its PyTorch path (the reason is in
+``-O3 -march=native``, or without ``-march=native`` where the compiler refuses it) into
+``$ATTNORM_CACHE_DIR/kernels`` (default ``~/.cache/attnorm/kernels``) and loaded with ctypes. Without a compiler, or if building fails, the layer keeps its PyTorch path (the reason is in
 :func:`status`). ``ATTNORM_CPU_KERNELS=0`` or :func:`cpu_kernels` (``False``) switches them off.
 Samples are split across ``torch.get_num_threads()`` threads.
 """
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("_cpu_kernels.cpp")
 ABI_VERSION = 3
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=gnu++17")
+PORTABLE_FLAGS = tuple(f for f in FLAGS if f != "-march=native")  # where -march=native is refused
 
 _STATE = {"enabled": os.environ.get("ATTNORM_CPU_KERNELS", "1").strip().lower() not in ("0", "false", "off", "no"),
           "lib": None, "failed": None, "path": None}
@@ -88,26 +89,32 @@ def _machine_id() -> str:
 
 
 def _build(compiler: str) -> Path:
+    """The shared library for this source, compiler and machine: from the cache, else built (with
+    ``FLAGS``, or ``PORTABLE_FLAGS`` if the compiler refuses those) and put there atomically."""
     source = SOURCE.read_bytes()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
-    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), version.encode(),
-                                     _machine_id().encode()])).hexdigest()[:16]
     directory = _cache_dir() / "kernels"
-    target = directory / f"an_cpu_{key}.so"
-    if target.exists():
-        return target
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
-    os.close(fd)
-    try:
-        done = subprocess.run([compiler, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=300)
-        if done.returncode != 0:
-            raise RuntimeError(f"{compiler} failed: {(done.stderr.strip().splitlines() or [''])[0][:200]}")
-        os.replace(tmp, target)  # atomic: a concurrent build writes the same bytes
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+    errors = []
+    for flags in (FLAGS, PORTABLE_FLAGS):
+        key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), version.encode(),
+                                         _machine_id().encode()])).hexdigest()[:16]
+        target = directory / f"an_cpu_{key}.so"
+        if target.exists():
+            return target
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
+        os.close(fd)
+        try:
+            done = subprocess.run([compiler, *flags, "-o", tmp, str(SOURCE)], capture_output=True, text=True,
+                                  timeout=300)
+            if done.returncode == 0:
+                os.replace(tmp, target)  # atomic: a concurrent build writes the same bytes
+                return target
+            errors.append((done.stderr.strip().splitlines() or [""])[0][:200])
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    raise RuntimeError(f"{compiler} failed: {errors[0]}")
 
 
 _LONG, _PTR = ctypes.c_long, ctypes.c_void_p
@@ -151,8 +158,8 @@ def _load():
 
 # The kernels run layers up to this width; from about 96 channels on the PyTorch path's BLAS calls are
 # as fast. One thread, fwd + bwd, channels-last float32, the kernels' time over the PyTorch path's
-# (session 29, benchmarks/results/an_cpu_s29): c 16 0.56-0.63 (b 32, 64x64 and 32x32), c 32 0.82 (b 16
-# and 32, 32x32), c 48 0.89, c 64 0.93 (b 8, 32x32; 0.80 NCHW 64x64), c 96 0.99, c 128 0.99 (1.04 NCHW).
+# (session 29, benchmarks/results/an_cpu_s29, at 32x32 / 64x64): b 32, c 16 0.63 / 0.52; b 16, c 32
+# 0.76 / 0.60; b 8, c 64 0.84 / 0.71; ad hoc, b 8 at 32x32: c 96 0.99, c 128 0.99-1.04.
 MAX_CHANNELS = 64
 
 
