@@ -347,7 +347,7 @@ def run(sizes=(16, 32, 64, 128), batch=8, channels=128, entities=16, repeats=7, 
         "config": {"sizes": list(sizes), "batch": batch, "channels": channels, "entities": entities,
                    "repeats": repeats, "warmup": warmup, "device": device,
                    "compile": compile_mode, "autocast": autocast, "cuda_graphs": cuda_graphs,
-                   "channels_last": channels_last,
+                   "channels_last": channels_last, "cpu_kernels": cpu_kernels_label(),
                    "threads": torch.get_num_threads(), "torch": torch.__version__, "code": git_commit(),
                    "machine": platform.processor() or platform.machine(),
                    "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
@@ -356,6 +356,16 @@ def run(sizes=(16, 32, 64, 128), batch=8, channels=128, entities=16, repeats=7, 
         "results": results,
         "targets": targets(results),
     }
+
+
+def cpu_kernels_label() -> str:
+    """Whether AN's fused CPU kernels ran (``on``), are switched off, or could not be built (and why)."""
+    from .layers import cpu_fused
+    if not cpu_fused.status()["enabled"]:
+        return "off"
+    cpu_fused._load()
+    st = cpu_fused.status()
+    return "on" if st["loaded"] else f"unavailable ({st['failed']})"
 
 
 def _get(results, variant, size, key):
@@ -431,7 +441,7 @@ def format_table(report: dict) -> str:
     cfg = report["config"]
     lines = [f"device={cfg['device']} compile={cfg.get('compile')} autocast={cfg.get('autocast')} "
              f"cuda_graphs={cfg.get('cuda_graphs', False)} channels_last={cfg.get('channels_last', False)} "
-             f"code={cfg.get('code')} threads={cfg['threads']} torch={cfg['torch']} "
+             f"cpu_kernels={cfg.get('cpu_kernels')} code={cfg.get('code')} threads={cfg['threads']} torch={cfg['torch']} "
              f"b={cfg['batch']} c={cfg['channels']} n={cfg['entities']} repeats={cfg['repeats']}",
              f"{'variant':<11}" + "".join(f"{s:>22}" for s in cfg["sizes"]),
              f"{'':<11}" + "".join(f"{'ms':>11}{'MiB':>11}" for _ in cfg["sizes"])]

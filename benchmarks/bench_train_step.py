@@ -52,7 +52,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _provenance import cpu_model, git_commit  # noqa: E402
 
-from attnorm.bench import paired_ratio  # noqa: E402
+from attnorm.bench import cpu_kernels_label, paired_ratio  # noqa: E402
 from attnorm.cli.common import parse_overrides  # noqa: E402  (the CLI's own key=value parser)
 from attnorm.errors import UserError  # noqa: E402
 from attnorm.training import gan, inpaint  # noqa: E402
@@ -153,6 +153,7 @@ def to_markdown(report: dict) -> str:
     a, b = report["labels"]
     lines = [f"# {args['task']} training step: {a} vs {b} ({args['config'] or 'DEFAULT_CONFIG'})", "",
              f"{env['cpu']}, {args['threads']} thread(s), torch {env['torch']}, code {env['code']}, "
+             f"AN's CPU kernels {env.get('an_cpu_kernels', 'not recorded')}, "
              f"{report['started']}; median of {args['rounds']} rounds of {args['steps']} steps; {b} / {a} as the "
              "median of the rounds' ratios (their range), and as the ratio of the two medians", "",
              f"| amp | {a} ms/step | {b} ms/step | {b} / {a} | rounds | ratio of medians | FLOP ratio |",
@@ -208,7 +209,8 @@ def main(argv=None) -> int:
     report = {"args": vars(args), "key": key, "values": list(values), "labels": labels,
               "started": time.strftime("%Y-%m-%d %H:%M:%S"),
               "env": {"torch": torch.__version__, "code": git_commit(), "python": platform.python_version(),
-                      "cpu": cpu_model(), "cpu_count": os.cpu_count()}, "rows": []}
+                      "cpu": cpu_model(), "cpu_count": os.cpu_count(), "an_cpu_kernels": cpu_kernels_label()},
+              "rows": []}
     for amp in {"on": [True], "off": [False], "both": [False, True]}[args.amp]:
         try:  # both runs are built before any timing: a value the models refuse stops it here
             flops = None if args.no_flops else []

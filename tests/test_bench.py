@@ -332,3 +332,13 @@ def test_profile_script_keeps_freed_memory_on_the_cpu_like_attnorm_bench(monkeyp
         report = json.loads(out.read_text())
         assert len(calls) == want_calls and report["retain_freed_memory"] is (want_calls == 2)
         assert report["profiles"][0]["size"] == 4 and len(report["profiles"][0]["top"]) == 3
+
+
+def test_the_report_says_whether_the_cpu_kernels_ran():
+    from attnorm.layers import cpu_fused
+    kw = dict(sizes=(8,), batch=1, channels=8, entities=2, repeats=1, warmup=0, memory=False, variants=("an",))
+    with cpu_fused.cpu_kernels_enabled(False):
+        off = bench.run(**kw)
+    assert off["config"]["cpu_kernels"] == "off" and "cpu_kernels=off" in bench.format_table(off)
+    on = bench.run(**kw)["config"]["cpu_kernels"]
+    assert on == ("on" if cpu_fused._load() is not None else f"unavailable ({cpu_fused.status()['failed']})")
