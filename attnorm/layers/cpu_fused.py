@@ -156,11 +156,13 @@ def _load():
         return lib
 
 
-# The kernels run layers up to this width; from about 96 channels on the PyTorch path's BLAS calls are
-# as fast. One thread, fwd + bwd, channels-last float32, the kernels' time over the PyTorch path's
-# (session 29, benchmarks/results/an_cpu_s29, at 32x32 / 64x64): b 32, c 16 0.63 / 0.52; b 16, c 32
-# 0.76 / 0.60; b 8, c 64 0.84 / 0.71; ad hoc, b 8 at 32x32: c 96 0.99, c 128 0.99-1.04.
-MAX_CHANNELS = 64
+# The kernels run layers up to this width; at 512 channels the PyTorch path's BLAS calls are faster.
+# One thread, fwd + bwd, channels-last float32, the kernels' time over the PyTorch path's (session 29,
+# benchmarks/results/an_cpu_s29, at 32x32 / 64x64): b 32, c 16 0.63 / 0.52; b 16, c 32 0.76 / 0.60;
+# b 8, c 64 0.84 / 0.71; ad hoc (the same loop in one process, after the last chunk-size change): b 8,
+# c 128 0.82 / 0.71 (0.78 NCHW at 32x32), b 8, c 256 0.98 at 16x16 and 0.84 at 32x32, b 4, c 512
+# 1.18 at 16x16.
+MAX_CHANNELS = 256
 
 
 def usable(device: torch.device, dtype: torch.dtype, algorithm1: bool, channels: int) -> bool:
