@@ -404,12 +404,12 @@ static inline void chunk_out(float* base, long sb, long sk, long sp, long b, lon
         for (long k = 0; k < K; ++k) dst[p * sp + k * sk] = buf[k * P + p];
 }
 
-// Pixels per chunk for a pass that touches `rows` map rows: about 2 MB of them (L2 and up), at most
-// 1024 pixels. Each chunk's sums are summed across lanes once, a cost per chunk that longer chunks
-// spread: at c 128 chunks of 960 pixels ran the layer 10-15% faster than chunks of 192 (session 29).
+// Pixels per chunk for a pass that touches `rows` map rows: about 512 KB of them, so that they stay in
+// L2, but at least 512 pixels (each chunk's sums are summed across lanes once, a cost per chunk that
+// longer chunks spread: it mattered at 128 channels) and at most 1024.
 static long chunk_pixels(long rows) {
-    long p = (524288 / (rows > 1 ? rows : 1)) / 64 * 64;
-    return p < 64 ? 64 : (p > 1024 ? 1024 : p);
+    long p = (131072 / (rows > 1 ? rows : 1)) / 64 * 64;
+    return p < 512 ? 512 : (p > 1024 ? 1024 : p);
 }
 
 static thread_local std::vector<float> tl_buf;
