@@ -11,7 +11,8 @@ them against the PyTorch path and the literal reference.
 
 The source is compiled once per machine by the system's C++ compiler (``$CXX`` or ``c++``, with
 ``-O3 -march=native``, or without ``-march=native`` where the compiler refuses it) into
-``$ATTNORM_CACHE_DIR/kernels`` (default ``~/.cache/attnorm/kernels``) and loaded with ctypes. Without a compiler, or if building fails, the layer keeps its PyTorch path (the reason is in
+``$ATTNORM_CACHE_DIR/kernels`` (default ``~/.cache/attnorm/kernels``) and loaded with ctypes.
+Without a compiler, or if building fails, the layer keeps its PyTorch path (the reason is in
 :func:`status`). ``ATTNORM_CPU_KERNELS=0`` or :func:`cpu_kernels` (``False``) switches them off.
 Samples are split across ``torch.get_num_threads()`` threads.
 """
@@ -237,10 +238,11 @@ def forward(x3: Tensor, weight: Tensor, layout_bias: Tensor, value_bias: Tensor,
     vc, s, m, a, ssum = new((b, c, hw)), new((b, n, hw)), new((b, c, 2 * n)), new((b, c, n)), new((b, 2 * n))
     shift, p, q, qneg = new((b, c)), new((b, c, n)), new((b, c, n)), new((b, c, n))
     y = torch.empty_like(x3)  # same strides as a dense x3
+    # every tensor whose pointer the kernel gets is held by a name until it returns
+    value_bias, beta, alpha, scale = (_contiguous(t) for t in (value_bias, beta, alpha, scale))
     _run(lib.an_forward, b, c, n, hw, x3.data_ptr(), *xs, weight.data_ptr(), bias.data_ptr(),
-         value_bias.contiguous().data_ptr(), _ptr(_contiguous(beta)), _ptr(_contiguous(alpha)),
-         _ptr(_contiguous(scale)), eps, vc.data_ptr(), s.data_ptr(), m.data_ptr(), a.data_ptr(), ssum.data_ptr(),
-         shift.data_ptr(), p.data_ptr(), q.data_ptr(), qneg.data_ptr(), y.data_ptr(), *map_strides(y))
+         value_bias.data_ptr(), _ptr(beta), _ptr(alpha), _ptr(scale), eps,
+         *(t.data_ptr() for t in (vc, s, m, a, ssum, shift, p, q, qneg, y)), *map_strides(y))
     return y, (vc, s, m, a, ssum, shift, p, q)
 
 
@@ -257,8 +259,8 @@ def backward(g_y: Tensor, x3: Tensor, saved: tuple, weight: Tensor, beta: Tensor
     n = s.shape[1]
     g_y, gys = in_kernel_layout(g_y)
     x3, xs = in_kernel_layout(x3)
-    if g_layout is not None:
-        g_layout = g_layout.contiguous()
+    # every tensor whose pointer the kernel gets is held by a name until it returns
+    g_layout, weight, beta, alpha, scale = (_contiguous(t) for t in (g_layout, weight, beta, alpha, scale))
     new = vc.new_empty
     work = [new((b, n, hw)), new((b, n, c)), new((b, n, c)), new((b, c, n)), new((b, c, n)), new((b, c, 2 * n)),
             new((b, c, n)), new((b, 2 * n, c)), new((b, n, c)), new((b, n)), new((b, n)), new((b, c)),
@@ -271,11 +273,10 @@ def backward(g_y: Tensor, x3: Tensor, saved: tuple, weight: Tensor, beta: Tensor
     gxs = map_strides(g_x) if need_x else (0, 0, 0)
     g_w = new((b, weight_rows, c)) if weight_rows else None
     g_lsum = new((b, n))
-    _run(lib.an_backward, b, c, n, hw, g_y.data_ptr(), *gys, x3.data_ptr(), *xs, vc.data_ptr(), s.data_ptr(),
-         m.data_ptr(), a.data_ptr(), ssum.data_ptr(), shift.data_ptr(), p.data_ptr(), q.data_ptr(),
-         weight.contiguous().data_ptr(), _ptr(_contiguous(beta)), _ptr(_contiguous(alpha)), _ptr(_contiguous(scale)),
-         eps, _ptr(g_layout), *(t.data_ptr() for t in work), g_k.data_ptr(), _ptr(g_beta), _ptr(g_alpha),
-         _ptr(g_scale), _ptr(g_x), *gxs, weight_rows, _ptr(g_w), g_lsum.data_ptr())
+    _run(lib.an_backward, b, c, n, hw, g_y.data_ptr(), *gys, x3.data_ptr(), *xs,
+         *(t.data_ptr() for t in (vc, s, m, a, ssum, shift, p, q, weight)), _ptr(beta), _ptr(alpha), _ptr(scale), eps,
+         _ptr(g_layout), *(t.data_ptr() for t in work), g_k.data_ptr(), _ptr(g_beta), _ptr(g_alpha), _ptr(g_scale),
+         _ptr(g_x), *gxs, weight_rows, _ptr(g_w), g_lsum.data_ptr())
     sums = lambda t: None if t is None else t.sum(0)
     g_scale = None if scale is None else g_scale.sum().reshape(scale.shape)
     return g_x, g_w, g_lsum, g_k, sums(g_beta), sums(g_alpha), g_scale
