@@ -492,110 +492,101 @@ static inline void mul_rows(long M, long P, float* y, long ldy, const float* a, 
 
 // Forward, first pass. Per sample: W (R, c) and bias (R) with R = n + c (the layout rows first).
 // Written: vc (c, hw), s (n, hw), m (c, 2n) = Vc [S; S^2]^T, a (c, n) = Vc^2 (S^2)^T, ssum (2n).
-static int an_fwd1(long b0, long b1, long c, long n, long hw, const float* x, long xsb, long xsk, long xsp,
-            const float* W, const float* bias, float* vc, float* s, float* m, float* a, float* ssum) {
+static void fwd1_pass(long b, long c, long n, long hw, const float* x, long xsb, long xsk, long xsp,
+                       const float* W, const float* bias, float* vc, float* s, float* m, float* a, float* ssum) {
     const long R = n + c, P0 = chunk_pixels(2 * R + 2 * c);
     Map X{x, xsb, xsk, xsp};
     float* xbuf = scratch((2 * c + n) * P0);
     float* vvbuf = xbuf + c * P0;
     float* s2buf = vvbuf + c * P0;
-    for (long b = b0; b < b1; ++b) {
-        double* dm = accumulators(c * 2 * n + c * n + 2 * n);
-        double* da = dm + c * 2 * n;
-        double* ds = da + c * n;
-        const float* Wb = W + b * R * c;
-        const float* bb = bias + b * R;
-        float* S = s + b * n * hw;
-        float* VC = vc + b * c * hw;
-        for (long p0 = 0; p0 < hw; p0 += P0) {
-            const long P = hw - p0 < P0 ? hw - p0 : P0;
-            long ldx;
-            const float* Xc = chunk_in(X, b, c, p0, P, xbuf, ldx);
-            expand(n, c, P, Wb, c, Xc, ldx, S + p0, hw, nullptr, 0, bb);
-            expand(c, c, P, Wb + n * c, c, Xc, ldx, VC + p0, hw, nullptr, 0, bb + n);
-            softmax_columns(n, P, S + p0, hw, s2buf, P);
-            mul_rows(c, P, vvbuf, P, VC + p0, hw, VC + p0, hw, 1.f, false);
-            reduce(c, n, P, VC + p0, hw, S + p0, hw, dm, 2 * n);
-            reduce(c, n, P, VC + p0, hw, s2buf, P, dm + n, 2 * n);
-            reduce(c, n, P, vvbuf, P, s2buf, P, da, n);
-            rowsums(n, P, S + p0, hw, ds);
-            rowsums(n, P, s2buf, P, ds + n);
-        }
-        finish(c * 2 * n, dm, m + b * c * 2 * n);
-        finish(c * n, da, a + b * c * n);
-        finish(2 * n, ds, ssum + b * 2 * n);
+    double* dm = accumulators(c * 2 * n + c * n + 2 * n);
+    double* da = dm + c * 2 * n;
+    double* ds = da + c * n;
+    const float* Wb = W + b * R * c;
+    const float* bb = bias + b * R;
+    float* S = s + b * n * hw;
+    float* VC = vc + b * c * hw;
+    for (long p0 = 0; p0 < hw; p0 += P0) {
+        const long P = hw - p0 < P0 ? hw - p0 : P0;
+        long ldx;
+        const float* Xc = chunk_in(X, b, c, p0, P, xbuf, ldx);
+        expand(n, c, P, Wb, c, Xc, ldx, S + p0, hw, nullptr, 0, bb);
+        expand(c, c, P, Wb + n * c, c, Xc, ldx, VC + p0, hw, nullptr, 0, bb + n);
+        softmax_columns(n, P, S + p0, hw, s2buf, P);
+        mul_rows(c, P, vvbuf, P, VC + p0, hw, VC + p0, hw, 1.f, false);
+        reduce(c, n, P, VC + p0, hw, S + p0, hw, dm, 2 * n);
+        reduce(c, n, P, VC + p0, hw, s2buf, P, dm + n, 2 * n);
+        reduce(c, n, P, vvbuf, P, s2buf, P, da, n);
+        rowsums(n, P, S + p0, hw, ds);
+        rowsums(n, P, s2buf, P, ds + n);
     }
-    return 0;
+    finish(c * 2 * n, dm, m + b * c * 2 * n);
+    finish(c * n, da, a + b * c * n);
+    finish(2 * n, ds, ssum + b * 2 * n);
 }
 
 // Forward, second pass: y = x - Q S + Vc * (P S). p and qneg (= -Q) are (c, n) per sample; y is
 // written in its own layout (strides ysb, ysk, ysp).
-static int an_fwd2(long b0, long b1, long c, long n, long hw, const float* x, long xsb, long xsk, long xsp,
-            const float* vc, const float* s, const float* p, const float* qneg,
-            float* y, long ysb, long ysk, long ysp) {
+static void fwd2_pass(long b, long c, long n, long hw, const float* x, long xsb, long xsk, long xsp,
+                       const float* vc, const float* s, const float* p, const float* qneg,
+                       float* y, long ysb, long ysk, long ysp) {
     const long P0 = chunk_pixels(4 * c + n);
     Map X{x, xsb, xsk, xsp};
     float* xbuf = scratch(3 * c * P0);
     float* ybuf = xbuf + c * P0;
     float* tbuf = ybuf + c * P0;
-    for (long b = b0; b < b1; ++b) {
-        const float* S = s + b * n * hw;
-        const float* VC = vc + b * c * hw;
-        for (long p0 = 0; p0 < hw; p0 += P0) {
-            const long P = hw - p0 < P0 ? hw - p0 : P0;
-            long ldx;
-            const float* Xc = chunk_in(X, b, c, p0, P, xbuf, ldx);
-            expand(c, n, P, p + b * c * n, n, S + p0, hw, tbuf, P);
-            const bool direct = ysp == 1;
-            float* Y = direct ? y + b * ysb + p0 : ybuf;
-            const long ldy = direct ? ysk : P;
-            expand(c, n, P, qneg + b * c * n, n, S + p0, hw, Y, ldy, Xc, ldx);
-            mul_rows(c, P, Y, ldy, VC + p0, hw, tbuf, P, 1.f, true);
-            if (!direct) chunk_out(y, ysb, ysk, ysp, b, c, p0, P, ybuf);
-        }
+    const float* S = s + b * n * hw;
+    const float* VC = vc + b * c * hw;
+    for (long p0 = 0; p0 < hw; p0 += P0) {
+        const long P = hw - p0 < P0 ? hw - p0 : P0;
+        long ldx;
+        const float* Xc = chunk_in(X, b, c, p0, P, xbuf, ldx);
+        expand(c, n, P, p + b * c * n, n, S + p0, hw, tbuf, P);
+        const bool direct = ysp == 1;
+        float* Y = direct ? y + b * ysb + p0 : ybuf;
+        const long ldy = direct ? ysk : P;
+        expand(c, n, P, qneg + b * c * n, n, S + p0, hw, Y, ldy, Xc, ldx);
+        mul_rows(c, P, Y, ldy, VC + p0, hw, tbuf, P, 1.f, true);
+        if (!direct) chunk_out(y, ysb, ysk, ysp, b, c, p0, P, ybuf);
     }
-    return 0;
 }
 
 // Backward, first pass: gs (n, hw) = P^T (gy * vc) - Q^T gy; gp (c, n) = sum_p (gy * vc) S^T,
 // gst (c, n) = sum_p gy S^T. pT and qnT (= -Q^T) are (n, c) per sample.
-static int an_bwd1(long b0, long b1, long c, long n, long hw, const float* gy, long gsb, long gsk, long gsp,
-            const float* vc, const float* s, const float* pT, const float* qnT, float* gs, float* gp, float* gst) {
+static void bwd1_pass(long b, long c, long n, long hw, const float* gy, long gsb, long gsk, long gsp,
+                       const float* vc, const float* s, const float* pT, const float* qnT, float* gs, float* gp, float* gst) {
     const long P0 = chunk_pixels(4 * c + 2 * n);
     Map G{gy, gsb, gsk, gsp};
     float* gbuf = scratch(2 * c * P0);
     float* gv = gbuf + c * P0;
-    for (long b = b0; b < b1; ++b) {
-        double* dp = accumulators(2 * c * n);
-        double* dt = dp + c * n;
-        const float* S = s + b * n * hw;
-        const float* VC = vc + b * c * hw;
-        float* GS = gs + b * n * hw;
-        for (long p0 = 0; p0 < hw; p0 += P0) {
-            const long P = hw - p0 < P0 ? hw - p0 : P0;
-            long ldg;
-            const float* Gc = chunk_in(G, b, c, p0, P, gbuf, ldg);
-            mul_rows(c, P, gv, P, Gc, ldg, VC + p0, hw, 1.f, false);
-            reduce(c, n, P, gv, P, S + p0, hw, dp, n);
-            reduce(c, n, P, Gc, ldg, S + p0, hw, dt, n);
-            expand(n, c, P, pT + b * n * c, c, gv, P, GS + p0, hw);
-            expand(n, c, P, qnT + b * n * c, c, Gc, ldg, GS + p0, hw, nullptr, 0, nullptr, true);
-        }
-        finish(c * n, dp, gp + b * c * n);
-        finish(c * n, dt, gst + b * c * n);
+    double* dp = accumulators(2 * c * n);
+    double* dt = dp + c * n;
+    const float* S = s + b * n * hw;
+    const float* VC = vc + b * c * hw;
+    float* GS = gs + b * n * hw;
+    for (long p0 = 0; p0 < hw; p0 += P0) {
+        const long P = hw - p0 < P0 ? hw - p0 : P0;
+        long ldg;
+        const float* Gc = chunk_in(G, b, c, p0, P, gbuf, ldg);
+        mul_rows(c, P, gv, P, Gc, ldg, VC + p0, hw, 1.f, false);
+        reduce(c, n, P, gv, P, S + p0, hw, dp, n);
+        reduce(c, n, P, Gc, ldg, S + p0, hw, dt, n);
+        expand(n, c, P, pT + b * n * c, c, gv, P, GS + p0, hw);
+        expand(n, c, P, qnT + b * n * c, c, Gc, ldg, GS + p0, hw, nullptr, 0, nullptr, true);
     }
-    return 0;
+    finish(c * n, dp, gp + b * c * n);
+    finish(c * n, dt, gst + b * c * n);
 }
 
 // Backward, second pass (see the top of the file). Per sample: p (c, n) (for T = P S), gm (c, 2n)
 // = [g_u | g_r], ga (c, n), gmT (2n, c) = gm^T, gaT (n, c), gs2 and gtotal (n), delta (c), WT (c, R)
 // = W^T; gs (n, hw) from bwd1, glayout (n, hw) or null. Written: gx (in its own layout, when
 // given), gw (mw, c) = [gZ; gV][:mw] X^T (when mw > 0), glsum (n) = sum_p gZ.
-static int an_bwd2(long b0, long b1, long c, long n, long hw, const float* gy, long gsb, long gsk, long gsp,
-            const float* x, long xsb, long xsk, long xsp, const float* vc, const float* s, const float* p,
-            const float* gs, const float* glayout, const float* gm, const float* ga, const float* gmT,
-            const float* gaT, const float* gs2, const float* gtotal, const float* delta, const float* WT,
-            float* gx, long xgsb, long xgsk, long xgsp, long mw, float* gw, float* glsum) {
+static void bwd2_pass(long b, long c, long n, long hw, const float* gy, long gsb, long gsk, long gsp,
+                       const float* x, long xsb, long xsk, long xsp, const float* vc, const float* s, const float* p,
+                       const float* gs, const float* glayout, const float* gm, const float* ga, const float* gmT,
+                       const float* gaT, const float* gs2, const float* gtotal, const float* delta, const float* WT,
+                       float* gx, long xgsb, long xgsk, long xgsp, long mw, float* gw, float* glsum) {
     const long R = n + c, P0 = chunk_pixels(5 * c + 5 * n);
     Map G{gy, gsb, gsk, gsp}, X{x, xsb, xsk, xsp};
     float* gbuf = scratch((3 * c + R + 2 * n) * P0);
@@ -604,88 +595,85 @@ static int an_bwd2(long b0, long b1, long c, long n, long hw, const float* gy, l
     float* go = tmp + c * P0;  // (R, P): [gZ; gV]
     float* s2 = go + R * P0;
     float* gsc = s2 + n * P0;
-    for (long b = b0; b < b1; ++b) {
-        double* dw = accumulators(mw * c + n);
-        double* dl = dw + mw * c;
-        const float* S = s + b * n * hw;
-        const float* VC = vc + b * c * hw;
-        const float* GS = gs + b * n * hw;
-        const float* gmb = gm + b * c * 2 * n;
-        const float* gmTb = gmT + b * 2 * n * c;
-        for (long p0 = 0; p0 < hw; p0 += P0) {
-            const long P = hw - p0 < P0 ? hw - p0 : P0;
-            long ldg;
-            const float* Gc = chunk_in(G, b, c, p0, P, gbuf, ldg);
-            float* GZ = go;
-            float* GV = go + n * P;
-            mul_rows(n, P, s2, P, S + p0, hw, S + p0, hw, 1.f, false);
-            // gV = delta + gY * (P S) + g_m [S; S2] + 2 Vc * (g_a S2)
-            {
-                const float* pb = p + b * c * n;
-                const float* gab = ga + b * c * n;
-                const float* db = delta + b * c;
-                long i = 0;
-                for (; i + 4 <= c; i += 4)
-                    gv_rows<4>(n, P, n, pb + i * n, n, gmb + i * 2 * n, 2 * n, gab + i * n, n, S + p0, hw, s2, P,
-                               Gc + i * ldg, ldg, VC + p0 + i * hw, hw, db + i, GV + i * P, P);
-                for (; i < c; ++i)
-                    gv_rows<1>(n, P, n, pb + i * n, n, gmb + i * 2 * n, 2 * n, gab + i * n, n, S + p0, hw, s2, P,
-                               Gc + i * ldg, ldg, VC + p0 + i * hw, hw, db + i, GV + i * P, P);
-            }
-            // gS = (bwd1's) + g_u^T Vc + g_total + 2 S (g_r^T Vc + g_a^T Vc^2 + g_s2) (+ g_layout)
-            const float* gl = glayout ? glayout + b * n * hw + p0 : nullptr;
-            {
-                const float* gaTb = gaT + b * n * c;
-                const float* gtb = gtotal + b * n;
-                const float* gs2b = gs2 + b * n;
-                long j = 0;
-                for (; j + 4 <= n; j += 4)
-                    gs_rows<4>(c, P, gmTb + j * c, gmTb + (n + j) * c, gaTb + j * c, c, VC + p0, hw, GS + p0 + j * hw,
-                               hw, S + p0 + j * hw, hw, gtb + j, gs2b + j, gl ? gl + j * hw : nullptr, hw,
-                               gsc + j * P, P);
-                for (; j < n; ++j)
-                    gs_rows<1>(c, P, gmTb + j * c, gmTb + (n + j) * c, gaTb + j * c, c, VC + p0, hw, GS + p0 + j * hw,
-                               hw, S + p0 + j * hw, hw, gtb + j, gs2b + j, gl ? gl + j * hw : nullptr, hw,
-                               gsc + j * P, P);
-            }
-            // gZ = S gS - S sum_n (S gS)
-            long q = 0;
-            for (; q + LANES <= P; q += LANES) {
-                vf dot = vf{};
-                for (long j = 0; j < n; ++j) {
-                    vf z = ld(S + j * hw + p0 + q) * ld(gsc + j * P + q);
-                    st(GZ + j * P + q, z);
-                    dot += z;
-                }
-                for (long j = 0; j < n; ++j) st(GZ + j * P + q, ld(GZ + j * P + q) - ld(S + j * hw + p0 + q) * dot);
-            }
-            for (; q < P; ++q) {
-                float dot = 0.f;
-                for (long j = 0; j < n; ++j) {
-                    float z = S[j * hw + p0 + q] * gsc[j * P + q];
-                    GZ[j * P + q] = z;
-                    dot += z;
-                }
-                for (long j = 0; j < n; ++j) GZ[j * P + q] -= S[j * hw + p0 + q] * dot;
-            }
-            rowsums(n, P, GZ, P, dl);
-            if (gx) {
-                const bool direct = xgsp == 1;
-                float* GX = direct ? gx + b * xgsb + p0 : tmp;
-                const long ldgx = direct ? xgsk : P;
-                expand(c, R, P, WT + b * c * R, R, go, P, GX, ldgx, Gc, ldg);
-                if (!direct) chunk_out(gx, xgsb, xgsk, xgsp, b, c, p0, P, tmp);
-            }
-            if (mw > 0) {
-                long ldx;
-                const float* Xc = chunk_in(X, b, c, p0, P, xbuf, ldx);
-                reduce(mw, c, P, go, P, Xc, ldx, dw, c);
-            }
+    double* dw = accumulators(mw * c + n);
+    double* dl = dw + mw * c;
+    const float* S = s + b * n * hw;
+    const float* VC = vc + b * c * hw;
+    const float* GS = gs + b * n * hw;
+    const float* gmb = gm + b * c * 2 * n;
+    const float* gmTb = gmT + b * 2 * n * c;
+    for (long p0 = 0; p0 < hw; p0 += P0) {
+        const long P = hw - p0 < P0 ? hw - p0 : P0;
+        long ldg;
+        const float* Gc = chunk_in(G, b, c, p0, P, gbuf, ldg);
+        float* GZ = go;
+        float* GV = go + n * P;
+        mul_rows(n, P, s2, P, S + p0, hw, S + p0, hw, 1.f, false);
+        // gV = delta + gY * (P S) + g_m [S; S2] + 2 Vc * (g_a S2)
+        {
+            const float* pb = p + b * c * n;
+            const float* gab = ga + b * c * n;
+            const float* db = delta + b * c;
+            long i = 0;
+            for (; i + 4 <= c; i += 4)
+                gv_rows<4>(n, P, n, pb + i * n, n, gmb + i * 2 * n, 2 * n, gab + i * n, n, S + p0, hw, s2, P,
+                           Gc + i * ldg, ldg, VC + p0 + i * hw, hw, db + i, GV + i * P, P);
+            for (; i < c; ++i)
+                gv_rows<1>(n, P, n, pb + i * n, n, gmb + i * 2 * n, 2 * n, gab + i * n, n, S + p0, hw, s2, P,
+                           Gc + i * ldg, ldg, VC + p0 + i * hw, hw, db + i, GV + i * P, P);
         }
-        finish(mw * c, dw, gw + b * mw * c);
-        finish(n, dl, glsum + b * n);
+        // gS = (bwd1's) + g_u^T Vc + g_total + 2 S (g_r^T Vc + g_a^T Vc^2 + g_s2) (+ g_layout)
+        const float* gl = glayout ? glayout + b * n * hw + p0 : nullptr;
+        {
+            const float* gaTb = gaT + b * n * c;
+            const float* gtb = gtotal + b * n;
+            const float* gs2b = gs2 + b * n;
+            long j = 0;
+            for (; j + 4 <= n; j += 4)
+                gs_rows<4>(c, P, gmTb + j * c, gmTb + (n + j) * c, gaTb + j * c, c, VC + p0, hw, GS + p0 + j * hw,
+                           hw, S + p0 + j * hw, hw, gtb + j, gs2b + j, gl ? gl + j * hw : nullptr, hw,
+                           gsc + j * P, P);
+            for (; j < n; ++j)
+                gs_rows<1>(c, P, gmTb + j * c, gmTb + (n + j) * c, gaTb + j * c, c, VC + p0, hw, GS + p0 + j * hw,
+                           hw, S + p0 + j * hw, hw, gtb + j, gs2b + j, gl ? gl + j * hw : nullptr, hw,
+                           gsc + j * P, P);
+        }
+        // gZ = S gS - S sum_n (S gS)
+        long q = 0;
+        for (; q + LANES <= P; q += LANES) {
+            vf dot = vf{};
+            for (long j = 0; j < n; ++j) {
+                vf z = ld(S + j * hw + p0 + q) * ld(gsc + j * P + q);
+                st(GZ + j * P + q, z);
+                dot += z;
+            }
+            for (long j = 0; j < n; ++j) st(GZ + j * P + q, ld(GZ + j * P + q) - ld(S + j * hw + p0 + q) * dot);
+        }
+        for (; q < P; ++q) {
+            float dot = 0.f;
+            for (long j = 0; j < n; ++j) {
+                float z = S[j * hw + p0 + q] * gsc[j * P + q];
+                GZ[j * P + q] = z;
+                dot += z;
+            }
+            for (long j = 0; j < n; ++j) GZ[j * P + q] -= S[j * hw + p0 + q] * dot;
+        }
+        rowsums(n, P, GZ, P, dl);
+        if (gx) {
+            const bool direct = xgsp == 1;
+            float* GX = direct ? gx + b * xgsb + p0 : tmp;
+            const long ldgx = direct ? xgsk : P;
+            expand(c, R, P, WT + b * c * R, R, go, P, GX, ldgx, Gc, ldg);
+            if (!direct) chunk_out(gx, xgsb, xgsk, xgsp, b, c, p0, P, tmp);
+        }
+        if (mw > 0) {
+            long ldx;
+            const float* Xc = chunk_in(X, b, c, p0, P, xbuf, ldx);
+            reduce(mw, c, P, go, P, Xc, ldx, dw, c);
+        }
     }
-    return 0;
+    finish(mw * c, dw, gw + b * mw * c);
+    finish(n, dl, glsum + b * n);
 }
 
 
@@ -805,22 +793,12 @@ int an_forward(long b0, long b1, long c, long n, long hw, const float* x, long x
         const float* xb = x + b * xsb;
         for (long i = 0; i < c; ++i) xbar[i] = 0.0;
         if (xsp == 1) {
-            for (long i = 0; i < c; ++i) {
-                const float* row = xb + i * xsk;
-                vf acc = vf{};
-                long q0 = 0;
-                for (; q0 + LANES <= hw; q0 += LANES) acc += ld(row + q0);
-                double t = 0.0;
-                for (int l = 0; l < 16; ++l) t += acc[l];
-                for (; q0 < hw; ++q0) t += row[q0];
-                xbar[i] = t / hw;
-            }
+            rowsums(c, hw, xb, xsk, xbar.data());
         } else {
-            std::vector<float> acc(c, 0.f);
             for (long q0 = 0; q0 < hw; ++q0)
-                for (long i = 0; i < c; ++i) acc[i] += xb[q0 * xsp + i * xsk];
-            for (long i = 0; i < c; ++i) xbar[i] = (double)acc[i] / hw;
+                for (long i = 0; i < c; ++i) xbar[i] += xb[q0 * xsp + i * xsk];
         }
+        for (long i = 0; i < c; ++i) xbar[i] /= hw;
         const float* Wv = W + b * R * c + n * c;
         for (long i = 0; i < c; ++i) {
             double t = 0.0;
@@ -828,11 +806,11 @@ int an_forward(long b0, long b1, long c, long n, long hw, const float* x, long x
             bias[b * R + n + i] = (float)-t;
             shift[b * c + i] = (float)t + value_bias[i];
         }
-        an_fwd1(b, b + 1, c, n, hw, x, xsb, xsk, xsp, W, bias, vc, s, m, a, ssum);
+        fwd1_pass(b, c, n, hw, x, xsb, xsk, xsp, W, bias, vc, s, m, a, ssum);
         stats_forward(c, n, hw, eps, m + b * c * 2 * n, a + b * c * n, ssum + b * 2 * n, shift + b * c, beta, alpha,
                       scale, p + b * c * n, q + b * c * n);
         for (long i = 0; i < c * n; ++i) qneg[b * c * n + i] = -q[b * c * n + i];
-        an_fwd2(b, b + 1, c, n, hw, x, xsb, xsk, xsp, vc, s, p, qneg, y, ysb, ysk, ysp);
+        fwd2_pass(b, c, n, hw, x, xsb, xsk, xsp, vc, s, p, qneg, y, ysb, ysk, ysp);
     }
     return 0;
 }
@@ -856,7 +834,7 @@ int an_backward(long b0, long b1, long c, long n, long hw, const float* gy, long
         const long cn = c * n;
         transpose_into(c, n, p + b * cn, pT + b * cn);
         transpose_into(c, n, q + b * cn, qnT + b * cn, -1.f);
-        an_bwd1(b, b + 1, c, n, hw, gy, gsb, gsk, gsp, vc, s, pT, qnT, gs, gp, gst);
+        bwd1_pass(b, c, n, hw, gy, gsb, gsk, gsp, vc, s, pT, qnT, gs, gp, gst);
         for (long i = 0; i < cn; ++i) gq[i] = -gst[b * cn + i];
         const float* mb = m + b * c * 2 * n;
         const float* sb = ssum + b * 2 * n;
@@ -876,7 +854,7 @@ int an_backward(long b0, long b1, long c, long n, long hw, const float* gy, long
         transpose_into(c, 2 * n, gm + b * c * 2 * n, gmT + b * c * 2 * n);
         transpose_into(c, n, ga + b * cn, gaT + b * cn);
         transpose_into(R, c, W + b * R * c, WT + b * R * c);
-        an_bwd2(b, b + 1, c, n, hw, gy, gsb, gsk, gsp, x, xsb, xsk, xsp, vc, s, p, gs, glayout, gm, ga, gmT, gaT,
+        bwd2_pass(b, c, n, hw, gy, gsb, gsk, gsp, x, xsb, xsk, xsp, vc, s, p, gs, glayout, gm, ga, gmT, gaT,
                 gs2, gtotal, delta, WT, gx, xgsb, xgsk, xgsp, mw, gw, glsum);
     }
     return 0;
