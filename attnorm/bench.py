@@ -34,6 +34,7 @@ from torch import nn
 
 from .layers import (AttentiveNorm, SelfAttention2d, compiled_statistics, cpu_kernels_enabled, regional_norm,
                      regional_norm_literal, triton_pixel_sums_enabled, triton_statistics_enabled)
+from .layers import cpu_fused
 from .provenance import git_commit
 
 log = logging.getLogger(__name__)
@@ -347,7 +348,7 @@ def run(sizes=(16, 32, 64, 128), batch=8, channels=128, entities=16, repeats=7, 
         "config": {"sizes": list(sizes), "batch": batch, "channels": channels, "entities": entities,
                    "repeats": repeats, "warmup": warmup, "device": device,
                    "compile": compile_mode, "autocast": autocast, "cuda_graphs": cuda_graphs,
-                   "channels_last": channels_last, "cpu_kernels": cpu_kernels_label(),
+                   "channels_last": channels_last, "cpu_kernels": cpu_fused.summary(),
                    "threads": torch.get_num_threads(), "torch": torch.__version__, "code": git_commit(),
                    "machine": platform.processor() or platform.machine(),
                    "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
@@ -356,16 +357,6 @@ def run(sizes=(16, 32, 64, 128), batch=8, channels=128, entities=16, repeats=7, 
         "results": results,
         "targets": targets(results),
     }
-
-
-def cpu_kernels_label() -> str:
-    """Whether AN's fused CPU kernels ran (``on``), are switched off, or could not be built (and why)."""
-    from .layers import cpu_fused
-    if not cpu_fused.status()["enabled"]:
-        return "off"
-    cpu_fused._load()
-    st = cpu_fused.status()
-    return "on" if st["loaded"] else f"unavailable ({st['failed']})"
 
 
 def _get(results, variant, size, key):

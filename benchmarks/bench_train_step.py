@@ -52,9 +52,10 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _provenance import cpu_model, git_commit  # noqa: E402
 
-from attnorm.bench import cpu_kernels_label, paired_ratio  # noqa: E402
+from attnorm.bench import paired_ratio  # noqa: E402
 from attnorm.cli.common import parse_overrides  # noqa: E402  (the CLI's own key=value parser)
 from attnorm.errors import UserError  # noqa: E402
+from attnorm.layers import cpu_fused  # noqa: E402
 from attnorm.training import gan, inpaint  # noqa: E402
 
 TASKS = {"gan": (gan.GANTraining, gan.resolve_config), "inpaint": (inpaint.InpaintTraining, inpaint.resolve_config)}
@@ -209,7 +210,7 @@ def main(argv=None) -> int:
     report = {"args": vars(args), "key": key, "values": list(values), "labels": labels,
               "started": time.strftime("%Y-%m-%d %H:%M:%S"),
               "env": {"torch": torch.__version__, "code": git_commit(), "python": platform.python_version(),
-                      "cpu": cpu_model(), "cpu_count": os.cpu_count(), "an_cpu_kernels": cpu_kernels_label()},
+                      "cpu": cpu_model(), "cpu_count": os.cpu_count(), "an_cpu_kernels": cpu_fused.summary()},
               "rows": []}
     for amp in {"on": [True], "off": [False], "both": [False, True]}[args.amp]:
         try:  # both runs are built before any timing: a value the models refuse stops it here

@@ -65,6 +65,14 @@ def status() -> dict:
             "path": _STATE["path"]}
 
 
+def summary() -> str:
+    """One word for reports: ``on`` (built and loaded, building them if need be), ``off`` (switched
+    off) or ``unavailable (reason)``."""
+    if not _STATE["enabled"]:
+        return "off"
+    return "on" if _load() is not None else f"unavailable ({_STATE['failed']})"
+
+
 def _forget() -> None:
     """Forget the loaded library and any failure, so that the next use builds or loads again (tests)."""
     with _LOCK:
