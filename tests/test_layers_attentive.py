@@ -10,21 +10,7 @@ import torch
 from attnorm.layers import AttentiveNorm, attentive, attentive_norm_literal, orthogonality_loss
 from attnorm.viz.grid import entity_usage
 
-
-def _layer(c=16, n=6, dtype=torch.float64, seed=0, **kw):
-    torch.manual_seed(seed)
-    layer = AttentiveNorm(c, num_entities=n, **kw).to(dtype)
-    with torch.no_grad():  # move away from the identity init so every term matters
-        layer.sigma.fill_(0.8)
-        if layer.affine:
-            layer.rn_weight.normal_()
-            layer.rn_bias.normal_()
-        if layer.self_sampling:
-            layer.ssr_alpha.uniform_(0.2, 0.9)
-            # make the SSR term comparable to the entity term (default init is small)
-            layer.query.mul_(3)
-            layer.key.mul_(3)
-    return layer
+from _an import an_layer as _layer
 
 
 def _x(b=2, c=16, h=5, w=7, dtype=torch.float64, seed=1):
