@@ -130,8 +130,13 @@ def test_kernels_with_frozen_parameters_or_an_input_without_gradient(frozen):
 
 
 @needs_kernels
-def test_kernels_give_the_same_bits_on_one_or_two_threads():
-    """Samples are split across threads and each sample's sums run in one fixed order."""
+@pytest.mark.parametrize("openmp", [True, False])
+def test_kernels_give_the_same_bits_on_one_or_two_threads(openmp, monkeypatch):
+    """Samples are split across threads (in OpenMP's team, or in a pool of Python threads) and each
+    sample's sums run in one fixed order."""
+    if openmp and not cpu_fused._STATE["openmp"]:
+        pytest.skip(f"the kernels split samples in {cpu_fused.status()['threading']}")
+    monkeypatch.setitem(cpu_fused._STATE, "openmp", openmp)
     layer = _layer(c=16, n=16)
     x, gy = _inputs(5, 16, 17, 19, True)
     one = _run(layer, x, gy, True, threads=1)
@@ -140,6 +145,17 @@ def test_kernels_give_the_same_bits_on_one_or_two_threads():
         assert torch.equal(a, b)
     for k in one[3]:
         assert torch.equal(one[3][k], two[3][k])
+
+
+@needs_kernels
+def test_the_kernels_share_torchs_openmp_runtime_where_torch_uses_libgomp():
+    """Built with OpenMP, the kernels must find torch's libgomp already loaded, not bring a second
+    runtime whose threads would compete with torch's."""
+    if not cpu_fused._torch_uses_libgomp():
+        pytest.skip("torch does not run on libgomp here")
+    assert len(cpu_fused._libgomp_files()) == 1
+    if cpu_fused.status()["threading"] != "python threads (the compiler has no OpenMP)":
+        assert cpu_fused.status()["threading"] == "openmp" and cpu_fused._STATE["openmp"]
 
 
 @needs_kernels
@@ -220,6 +236,30 @@ def test_a_compiler_that_refuses_the_native_flags_gets_a_portable_build(fresh_bu
     fused, torch_path = _run(layer, x, gy, True), _run(layer, x, gy, False)
     assert _close(fused[2], torch_path[2], 2e-5)
     assert len(list((fresh_build / "kernels").glob("an_cpu_*.so"))) == 1
+
+
+@pytest.mark.parametrize("why", ["no libgomp", "no OpenMP"])
+def test_without_openmp_the_kernels_split_samples_in_python_threads(fresh_build, monkeypatch, why):
+    """Where torch does not run on libgomp, or the compiler has no OpenMP, the library is built
+    without it and the samples are split in a pool of Python threads, with the same results."""
+    if shutil_which("c++") is None:
+        pytest.skip("no compiler")
+    if why == "no libgomp":
+        monkeypatch.setattr(cpu_fused, "_torch_uses_libgomp", lambda: False)
+        reason = "torch does not use libgomp here"
+    else:
+        monkeypatch.setattr(cpu_fused, "OPENMP_FLAG", "-fno-such-option-attnorm")
+        monkeypatch.setattr(cpu_fused, "_torch_uses_libgomp", lambda: True)
+        reason = "the compiler has no OpenMP"
+    assert cpu_fused._load() is not None
+    assert cpu_fused.status()["threading"] == f"python threads ({reason})" and not cpu_fused._STATE["openmp"]
+    assert cpu_fused._load().an_openmp() == 0
+    layer = _layer(c=16)
+    x, gy = _inputs(3, 16, 6, 6, True)
+    one, two = _run(layer, x, gy, True, threads=1), _run(layer, x, gy, True, threads=2)
+    for a, b in zip(one[:3], two[:3]):
+        assert torch.equal(a, b)
+    assert _close(two[2], _run(layer, x, gy, False)[2], 2e-5)
 
 
 def test_the_build_is_cached_per_machine_and_source(fresh_build):

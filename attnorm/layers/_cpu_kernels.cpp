@@ -18,14 +18,19 @@
 //         gZ = S * gS - S * sum_n(S * gS), gX = gY + W^T [gZ; gV], gW = [gZ; gV] X^T
 // Between the passes the per-entity statistics and their backward run per sample (stats_forward,
 // stats_backward). Two entry points, an_forward and an_backward, run a whole direction for a range of
-// samples. Compiled at first use by the system's C++ compiler (GCC or Clang vector extensions; one
+// samples, split over `threads` threads of OpenMP's team where the library is built with OpenMP (see
+// over_samples). Compiled at first use by the system's C++ compiler (GCC or Clang vector extensions; one
 // 16-float vector type, lowered to whatever SIMD the machine has) and called through ctypes.
 
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 typedef float vf __attribute__((vector_size(64)));
 typedef float vfu __attribute__((vector_size(64), aligned(4)));
@@ -775,15 +780,35 @@ static void transpose_into(long rows, long cols, const float* src, float* dst, f
         for (long j = 0; j < cols; ++j) dst[j * rows + i] = sign * src[i * cols + j];
 }
 
-extern "C" {
-
-int an_abi_version() { return 3; }
+// Runs body(lo, hi) over [b0, b1) split into min(threads, b1 - b0) contiguous ranges. Built with
+// OpenMP, the ranges run in OpenMP's team: loaded into a process whose torch uses libgomp (the
+// library names libgomp.so.1, which the loader then finds already loaded), that is the team torch's
+// own parallel loops use, so no second pool of threads competes with torch's (whose idle threads spin
+// for a while after each loop: a separate pool ran the layer 1.4-1.6x slower at two threads).
+// Without OpenMP the caller splits the samples (an_openmp() == 0) and threads is 1.
+template <class Body>
+static void over_samples(long threads, long b0, long b1, const Body& body) {
+#ifdef _OPENMP
+    const long count = b1 - b0;
+    if (threads > 1 && count > 1) {
+        const int team = (int)std::min(threads, count);
+#pragma omp parallel num_threads(team)
+        {
+            const long t = omp_get_thread_num(), T = omp_get_num_threads();
+            body(b0 + count * t / T, b0 + count * (t + 1) / T);
+        }
+        return;
+    }
+#endif
+    (void)threads;
+    body(b0, b1);
+}
 
 // The layer's forward (see the top of the file), per sample: the spatial mean of x and the value
 // rows' bias -W_v mean(x) (written into bias, whose n layout rows the caller fills), the shift
 // k = W_v mean(x) + b_v, the two passes with the coefficients P, Q between them. Written: vc, s, m,
 // a, ssum, shift (c), p and q (c, n), qneg (work, c x n), y in its own layout.
-int an_forward(long b0, long b1, long c, long n, long hw, const float* x, long xsb, long xsk, long xsp,
+static void forward_range(long b0, long b1, long c, long n, long hw, const float* x, long xsb, long xsk, long xsp,
                const float* W, float* bias, const float* value_bias, const float* beta, const float* alpha,
                const float* scale, float eps, float* vc, float* s, float* m, float* a, float* ssum, float* shift,
                float* p, float* q, float* qneg, float* y, long ysb, long ysk, long ysp) {
@@ -812,7 +837,6 @@ int an_forward(long b0, long b1, long c, long n, long hw, const float* x, long x
         for (long i = 0; i < c * n; ++i) qneg[b * c * n + i] = -q[b * c * n + i];
         fwd2_pass(b, c, n, hw, x, xsb, xsk, xsp, vc, s, p, qneg, y, ysb, ysk, ysp);
     }
-    return 0;
 }
 
 // The layer's backward, per sample: the first pass, the statistics' backward, the second pass.
@@ -820,7 +844,7 @@ int an_forward(long b0, long b1, long c, long n, long hw, const float* x, long x
 // (c, 2n), ga (c, n), gmT (2n, c), gaT (n, c), gs2 and gtotal (n), delta (c), WT (c, R). Written:
 // gk (c) (the shift's gradient), gbeta, galpha (c) and gscale (1) (this sample's shares, where
 // given), gx (in its own layout, where given), gw (mw, c), glsum (n).
-int an_backward(long b0, long b1, long c, long n, long hw, const float* gy, long gsb, long gsk, long gsp,
+static void backward_range(long b0, long b1, long c, long n, long hw, const float* gy, long gsb, long gsk, long gsp,
                 const float* x, long xsb, long xsk, long xsp, const float* vc, const float* s, const float* m,
                 const float* a, const float* ssum, const float* shift, const float* p, const float* q,
                 const float* W, const float* beta, const float* alpha, const float* scale, float eps,
@@ -857,6 +881,46 @@ int an_backward(long b0, long b1, long c, long n, long hw, const float* gy, long
         bwd2_pass(b, c, n, hw, gy, gsb, gsk, gsp, x, xsb, xsk, xsp, vc, s, p, gs, glayout, gm, ga, gmT, gaT,
                 gs2, gtotal, delta, WT, gx, xgsb, xgsk, xgsp, mw, gw, glsum);
     }
+}
+
+extern "C" {
+
+int an_abi_version() { return 4; }
+
+// 1 where the library is built with OpenMP (an_forward / an_backward split the samples themselves).
+int an_openmp() {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+// forward_range / backward_range over samples [b0, b1) on `threads` threads (over_samples).
+int an_forward(long threads, long b0, long b1, long c, long n, long hw, const float* x, long xsb, long xsk,
+               long xsp, const float* W, float* bias, const float* value_bias, const float* beta,
+               const float* alpha, const float* scale, float eps, float* vc, float* s, float* m, float* a,
+               float* ssum, float* shift, float* p, float* q, float* qneg, float* y, long ysb, long ysk, long ysp) {
+    over_samples(threads, b0, b1, [&](long lo, long hi) {
+        forward_range(lo, hi, c, n, hw, x, xsb, xsk, xsp, W, bias, value_bias, beta, alpha, scale, eps, vc, s, m, a,
+                      ssum, shift, p, q, qneg, y, ysb, ysk, ysp);
+    });
+    return 0;
+}
+
+int an_backward(long threads, long b0, long b1, long c, long n, long hw, const float* gy, long gsb, long gsk,
+                long gsp, const float* x, long xsb, long xsk, long xsp, const float* vc, const float* s,
+                const float* m, const float* a, const float* ssum, const float* shift, const float* p,
+                const float* q, const float* W, const float* beta, const float* alpha, const float* scale, float eps,
+                const float* glayout, float* gs, float* pT, float* qnT, float* gp, float* gst, float* gm, float* ga,
+                float* gmT, float* gaT, float* gs2, float* gtotal, float* delta, float* WT, float* gk, float* gbeta,
+                float* galpha, float* gscale, float* gx, long xgsb, long xgsk, long xgsp, long mw, float* gw,
+                float* glsum) {
+    over_samples(threads, b0, b1, [&](long lo, long hi) {
+        backward_range(lo, hi, c, n, hw, gy, gsb, gsk, gsp, x, xsb, xsk, xsp, vc, s, m, a, ssum, shift, p, q, W, beta,
+                       alpha, scale, eps, glayout, gs, pT, qnT, gp, gst, gm, ga, gmT, gaT, gs2, gtotal, delta, WT, gk,
+                       gbeta, galpha, gscale, gx, xgsb, xgsk, xgsp, mw, gw, glsum);
+    });
     return 0;
 }
 

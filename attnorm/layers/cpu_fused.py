@@ -14,7 +14,10 @@ The source is compiled once per machine by the system's C++ compiler (``$CXX`` o
 ``$ATTNORM_CACHE_DIR/kernels`` (default ``~/.cache/attnorm/kernels``) and loaded with ctypes.
 Without a compiler, or if building fails, the layer keeps its PyTorch path (the reason is in
 :func:`status`). ``ATTNORM_CPU_KERNELS=0`` or :func:`cpu_kernels` (``False``) switches them off.
-Samples are split across ``torch.get_num_threads()`` threads.
+Samples are split across ``torch.get_num_threads()`` threads: in OpenMP's team where the library is
+built with ``-fopenmp`` and shares torch's OpenMP runtime (GCC's libgomp, which the Linux CPU wheels of
+torch bring), else in a pool of Python threads (slower at two threads or more: torch's idle OpenMP
+threads spin beside them after every parallel loop of torch's).
 """
 
 from __future__ import annotations
@@ -37,12 +40,13 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("_cpu_kernels.cpp")
-ABI_VERSION = 3
+ABI_VERSION = 4
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=gnu++17")
 PORTABLE_FLAGS = tuple(f for f in FLAGS if f != "-march=native")  # where -march=native is refused
+OPENMP_FLAG = "-fopenmp"
 
 _STATE = {"enabled": os.environ.get("ATTNORM_CPU_KERNELS", "1").strip().lower() not in ("0", "false", "off", "no"),
-          "lib": None, "failed": None, "path": None}
+          "lib": None, "failed": None, "path": None, "openmp": False, "threading": None}
 _LOCK = threading.Lock()
 _POOL: dict = {}
 
@@ -59,10 +63,11 @@ def cpu_kernels_enabled(enabled: bool = True):
 
 
 def status() -> dict:
-    """``{"enabled", "loaded", "failed", "path"}``: whether the kernels are switched on, built and
-    loaded, why not (``failed``), and the shared library's path."""
+    """``{"enabled", "loaded", "failed", "path", "threading"}``: whether the kernels are switched on,
+    built and loaded, why not (``failed``), the shared library's path, and how they split the samples
+    over threads (``"openmp"``: in torch's OpenMP team; ``"python threads (reason)"``)."""
     return {"enabled": _STATE["enabled"], "loaded": _STATE["lib"] is not None, "failed": _STATE["failed"],
-            "path": _STATE["path"]}
+            "path": _STATE["path"], "threading": _STATE["threading"]}
 
 
 def summary() -> str:
@@ -76,7 +81,8 @@ def summary() -> str:
 def _forget() -> None:
     """Forget the loaded library and any failure, so that the next use builds or loads again (tests)."""
     with _LOCK:
-        _STATE["lib"] = _STATE["failed"] = _STATE["path"] = None
+        _STATE["lib"] = _STATE["failed"] = _STATE["path"] = _STATE["threading"] = None
+        _STATE["openmp"] = False
 
 
 def _cache_dir() -> Path:
@@ -97,14 +103,42 @@ def _machine_id() -> str:
         return platform.machine() + platform.processor()
 
 
-def _build(compiler: str) -> Path:
+def _flag_sets(openmp: bool) -> list[tuple[str, ...]]:
+    """The flags to try, best first: with ``-march=native``, then without; each with OpenMP first
+    when ``openmp``."""
+    sets = []
+    for flags in (FLAGS, PORTABLE_FLAGS):
+        sets += [(*flags, OPENMP_FLAG), flags] if openmp else [flags]
+    return sets
+
+
+def _torch_uses_libgomp() -> bool:
+    """Whether torch's parallel loops run on GCC's OpenMP runtime (libgomp) in this process: only then
+    does a library built with ``-fopenmp`` join torch's team instead of bringing a second runtime."""
+    if "OpenMP" not in torch.__config__.parallel_info():
+        return False
+    return len(_libgomp_files()) == 1
+
+
+def _libgomp_files() -> set[str]:
+    """The libgomp files mapped into this process (Linux; empty elsewhere)."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return set()
+    return {os.path.realpath(line.split(None, 5)[5]) for line in maps.splitlines()
+            if len(line.split(None, 5)) == 6 and os.path.basename(line.split(None, 5)[5]).startswith("libgomp")}
+
+
+def _build(compiler: str, openmp: bool = False) -> Path:
     """The shared library for this source, compiler and machine: from the cache, else built (with
-    ``FLAGS``, or ``PORTABLE_FLAGS`` if the compiler refuses those) and put there atomically."""
+    ``FLAGS``, or ``PORTABLE_FLAGS`` if the compiler refuses those; each with ``-fopenmp`` first when
+    ``openmp``) and put there atomically."""
     source = SOURCE.read_bytes()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
     directory = _cache_dir() / "kernels"
     errors = []
-    for flags in (FLAGS, PORTABLE_FLAGS):
+    for flags in _flag_sets(openmp):
         key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), version.encode(),
                                          _machine_id().encode()])).hexdigest()[:16]
         target = directory / f"an_cpu_{key}.so"
@@ -129,9 +163,9 @@ def _build(compiler: str) -> Path:
 _LONG, _PTR = ctypes.c_long, ctypes.c_void_p
 _FLOAT = ctypes.c_float
 _MAP = [_PTR, _LONG, _LONG, _LONG]  # a map's pointer and its (sample, row, pixel) strides
-_SIGNATURES = {
-    "an_forward": [_LONG] * 5 + _MAP + [_PTR] * 6 + [_FLOAT] + [_PTR] * 10 + [_LONG] * 3,
-    "an_backward": ([_LONG] * 5 + _MAP * 2 + [_PTR] * 12 + [_FLOAT] + [_PTR] * 18 + _MAP
+_SIGNATURES = {  # (threads, b0, b1, c, n, hw, ...)
+    "an_forward": [_LONG] * 6 + _MAP + [_PTR] * 6 + [_FLOAT] + [_PTR] * 10 + [_LONG] * 3,
+    "an_backward": ([_LONG] * 6 + _MAP * 2 + [_PTR] * 12 + [_FLOAT] + [_PTR] * 18 + _MAP
                     + [_LONG, _PTR, _PTR]),
 }
 
@@ -150,18 +184,28 @@ def _load():
             log.info("attnorm: fused CPU kernels off: %s", _STATE["failed"])
             return None
         try:
-            path = _build(compiler)
+            shared_runtime = _torch_uses_libgomp()
+            path = _build(compiler, openmp=shared_runtime)
             lib = ctypes.CDLL(str(path))
             if lib.an_abi_version() != ABI_VERSION:
                 raise RuntimeError(f"{path} has ABI {lib.an_abi_version()}, expected {ABI_VERSION}")
             for name, args in _SIGNATURES.items():
                 fn = getattr(lib, name)
                 fn.argtypes, fn.restype = args, ctypes.c_int
+            openmp = bool(lib.an_openmp())
+            if openmp and len(_libgomp_files()) != 1:  # it brought a runtime of its own after all
+                openmp = False
+                _STATE["threading"] = "python threads (the kernels' OpenMP runtime is not torch's)"
+            elif openmp:
+                _STATE["threading"] = "openmp"
+            else:
+                _STATE["threading"] = ("python threads (" + ("torch does not use libgomp here" if not shared_runtime
+                                                              else "the compiler has no OpenMP") + ")")
         except Exception as exc:  # compiler errors, unwritable cache, a broken library
             _STATE["failed"] = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
             log.warning("attnorm: fused CPU kernels off: %s", _STATE["failed"])
             return None
-        _STATE["lib"], _STATE["path"] = lib, str(path)
+        _STATE["lib"], _STATE["path"], _STATE["openmp"] = lib, str(path), openmp
         return lib
 
 
@@ -198,23 +242,24 @@ def _ptr(t: Tensor | None):
 
 
 def _run(fn, b: int, *args) -> None:
-    """``fn(b0, b1, *args)`` over [0, b), split across ``torch.get_num_threads()`` threads (ctypes
-    releases the GIL during each call)."""
+    """``fn(threads, b0, b1, *args)`` over [0, b) on ``torch.get_num_threads()`` threads: one call that
+    splits the samples in OpenMP's team, or (without OpenMP) one call per thread of a Python pool
+    (ctypes releases the GIL during each)."""
     with torch.profiler.record_function(f"attnorm::{fn.__name__}"):  # named in a profile
         _split(fn, b, *args)
 
 
 def _split(fn, b: int, *args) -> None:
     threads = max(1, min(torch.get_num_threads(), b))
-    if threads == 1:
-        fn(0, b, *args)
+    if threads == 1 or _STATE["openmp"]:
+        fn(threads, 0, b, *args)
         return
     key = (threads, os.getpid())  # a forked child cannot use its parent's worker threads
     pool = _POOL.get(key)
     if pool is None:
         pool = _POOL[key] = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="attnorm-an")
     bounds = [b * i // threads for i in range(threads + 1)]
-    futures = [pool.submit(fn, bounds[i], bounds[i + 1], *args) for i in range(threads)]
+    futures = [pool.submit(fn, 1, bounds[i], bounds[i + 1], *args) for i in range(threads)]
     for f in futures:
         f.result()
 
