@@ -343,4 +343,5 @@ def test_the_report_says_whether_the_cpu_kernels_ran():
         off = bench.run(**kw)
     assert off["config"]["cpu_kernels"] == "off" and "cpu_kernels=off" in bench.format_table(off)
     on = bench.run(**kw)["config"]["cpu_kernels"]
-    assert on == ("on" if cpu_fused._load() is not None else f"unavailable ({cpu_fused.status()['failed']})")
+    assert on == (f"on ({cpu_fused.status()['threading']})" if cpu_fused._load() is not None
+                  else f"unavailable ({cpu_fused.status()['failed']})")

@@ -71,11 +71,12 @@ def status() -> dict:
 
 
 def summary() -> str:
-    """One word for reports: ``on`` (built and loaded, building them if need be), ``off`` (switched
-    off) or ``unavailable (reason)``."""
+    """A few words for reports: ``on (openmp)`` / ``on (python threads (reason))`` (built and loaded,
+    building them if need be, and how samples are split over threads), ``off`` (switched off) or
+    ``unavailable (reason)``."""
     if not _STATE["enabled"]:
         return "off"
-    return "on" if _load() is not None else f"unavailable ({_STATE['failed']})"
+    return f"on ({_STATE['threading']})" if _load() is not None else f"unavailable ({_STATE['failed']})"
 
 
 def _forget() -> None:
