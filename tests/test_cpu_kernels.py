@@ -153,7 +153,7 @@ def test_the_kernels_share_torchs_openmp_runtime_where_torch_uses_libgomp():
     runtime whose threads would compete with torch's."""
     if not cpu_fused._torch_uses_libgomp():
         pytest.skip("torch does not run on libgomp here")
-    assert len(cpu_fused._libgomp_files()) == 1
+    assert len(cpu_fused._openmp_runtimes()) == 1
     if cpu_fused.status()["threading"] != "python threads (the compiler has no OpenMP)":
         assert cpu_fused.status()["threading"] == "openmp" and cpu_fused._STATE["openmp"]
 
@@ -238,22 +238,31 @@ def test_a_compiler_that_refuses_the_native_flags_gets_a_portable_build(fresh_bu
     assert len(list((fresh_build / "kernels").glob("an_cpu_*.so"))) == 1
 
 
-@pytest.mark.parametrize("why", ["no libgomp", "no OpenMP"])
-def test_without_openmp_the_kernels_split_samples_in_python_threads(fresh_build, monkeypatch, why):
-    """Where torch does not run on libgomp, or the compiler has no OpenMP, the library is built
-    without it and the samples are split in a pool of Python threads, with the same results."""
+@pytest.mark.parametrize("why", ["no libgomp", "no OpenMP", "another runtime"])
+def test_without_torchs_openmp_the_kernels_split_samples_in_python_threads(fresh_build, monkeypatch, why):
+    """Where torch does not run on libgomp, the compiler has no OpenMP, or the built library brings an
+    OpenMP runtime that is not torch's, the samples are split in a pool of Python threads, with the
+    same results."""
     if shutil_which("c++") is None:
         pytest.skip("no compiler")
     if why == "no libgomp":
         monkeypatch.setattr(cpu_fused, "_torch_uses_libgomp", lambda: False)
         reason = "torch does not use libgomp here"
-    else:
+    elif why == "no OpenMP":
         monkeypatch.setattr(cpu_fused, "OPENMP_FLAG", "-fno-such-option-attnorm")
         monkeypatch.setattr(cpu_fused, "_torch_uses_libgomp", lambda: True)
         reason = "the compiler has no OpenMP"
+    else:  # the runtimes mapped before loading the library, then one more after
+        monkeypatch.setattr(cpu_fused, "_torch_uses_libgomp", lambda: True)
+        calls = []
+        monkeypatch.setattr(cpu_fused, "_openmp_runtimes", lambda: (calls.append(1), {"/t/libgomp.so.1"} if
+                                                                    len(calls) == 1 else {"/t/libgomp.so.1",
+                                                                                          "/u/libomp.so"})[1])
+        reason = "the kernels' OpenMP runtime is not torch's"
     assert cpu_fused._load() is not None
     assert cpu_fused.status()["threading"] == f"python threads ({reason})" and not cpu_fused._STATE["openmp"]
-    assert cpu_fused._load().an_openmp() == 0
+    assert cpu_fused.summary() == f"on (python threads ({reason}))"
+    assert cpu_fused._load().an_openmp() == (1 if why == "another runtime" else 0)
     layer = _layer(c=16)
     x, gy = _inputs(3, 16, 6, 6, True)
     one, two = _run(layer, x, gy, True, threads=1), _run(layer, x, gy, True, threads=2)

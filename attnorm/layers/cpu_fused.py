@@ -115,20 +115,30 @@ def _flag_sets(openmp: bool) -> list[tuple[str, ...]]:
 
 def _torch_uses_libgomp() -> bool:
     """Whether torch's parallel loops run on GCC's OpenMP runtime (libgomp) in this process: only then
-    does a library built with ``-fopenmp`` join torch's team instead of bringing a second runtime."""
+    does a library built with ``-fopenmp`` (which names ``libgomp.so.1``) join torch's team instead of
+    bringing a second runtime."""
     if "OpenMP" not in torch.__config__.parallel_info():
         return False
-    return len(_libgomp_files()) == 1
+    runtimes = _openmp_runtimes()
+    return len(runtimes) == 1 and os.path.basename(next(iter(runtimes))).startswith("libgomp")
 
 
-def _libgomp_files() -> set[str]:
-    """The libgomp files mapped into this process (Linux; empty elsewhere)."""
+_OPENMP_RUNTIMES = ("libgomp", "libomp", "libiomp")  # GCC's, LLVM's, Intel's
+
+
+def _openmp_runtimes() -> set[str]:
+    """The OpenMP runtime libraries mapped into this process (read from ``/proc/self/maps``: Linux;
+    empty elsewhere)."""
     try:
         maps = Path("/proc/self/maps").read_text()
     except OSError:
         return set()
-    return {os.path.realpath(line.split(None, 5)[5]) for line in maps.splitlines()
-            if len(line.split(None, 5)) == 6 and os.path.basename(line.split(None, 5)[5]).startswith("libgomp")}
+    files = set()
+    for line in maps.splitlines():
+        fields = line.split(None, 5)
+        if len(fields) == 6 and os.path.basename(fields[5]).startswith(_OPENMP_RUNTIMES):
+            files.add(os.path.realpath(fields[5]))
+    return files
 
 
 def _build(compiler: str, openmp: bool = False) -> Path:
@@ -187,6 +197,7 @@ def _load():
         try:
             shared_runtime = _torch_uses_libgomp()
             path = _build(compiler, openmp=shared_runtime)
+            runtimes = _openmp_runtimes()
             lib = ctypes.CDLL(str(path))
             if lib.an_abi_version() != ABI_VERSION:
                 raise RuntimeError(f"{path} has ABI {lib.an_abi_version()}, expected {ABI_VERSION}")
@@ -194,7 +205,7 @@ def _load():
                 fn = getattr(lib, name)
                 fn.argtypes, fn.restype = args, ctypes.c_int
             openmp = bool(lib.an_openmp())
-            if openmp and len(_libgomp_files()) != 1:  # it brought a runtime of its own after all
+            if openmp and _openmp_runtimes() != runtimes:  # it brought a runtime of its own after all
                 openmp = False
                 _STATE["threading"] = "python threads (the kernels' OpenMP runtime is not torch's)"
             elif openmp:
