@@ -111,6 +111,30 @@ def test_g_phase_pairs_labels_and_adds_the_term():
     assert stats["G/loss"].item() == pytest.approx(-x.mean() + 2.0 / (ratio + 1e-5), rel=1e-5)
 
 
+def test_per_pair_ratios_and_term_match_a_per_element_reference():
+    """``mode_seeking_pairs``: one ratio per pair (its own image and latent distances, the batch's
+    contrast), and the term is the mean of their reciprocals, so the closest pair weighs most."""
+    rng = np.random.default_rng(3)
+    x, z = rng.normal(size=(8, 3, 5, 5)), rng.normal(size=(8, 7))
+    contrast = np.abs(x - x.mean((2, 3), keepdims=True)).mean()
+    want = np.abs(x[:4] - x[4:]).reshape(4, -1).mean(1) / contrast / np.abs(z[:4] - z[4:]).mean(1)
+    got = mode_seeking_ratio(torch.tensor(x), torch.tensor(z), "image", per_pair=True).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    torch.manual_seed(0)
+    G = _LinearG()
+    loss = HingeGANLoss(G, _MeanD(), z_dim=6, num_classes=3, batch_size=10, ortho_weight=0.0, mode_seeking=2.0,
+                        mode_seeking_pairs=True)
+    stats = loss.run_phase("G", None)
+    z, y = G.calls[-1]
+    A, E = G.A.detach().numpy().astype(np.float64), G.E.detach().numpy().astype(np.float64)
+    xx = z.numpy() @ A.T + E[y.numpy()]
+    dz = (z[:5] - z[5:]).numpy()
+    ratios = np.abs(dz @ A.T).mean(1) / np.abs(dz).mean(1)
+    assert stats["G/ms_ratio"].item() == pytest.approx(ratios.mean(), rel=1e-5)
+    assert stats["G/loss"].item() == pytest.approx(-xx.mean() + 2.0 * np.mean(1 / (ratios + 1e-5)), rel=1e-5)
+    assert resolve_config()["mode_seeking_pairs"] is False
+
+
 @pytest.mark.parametrize("weight", [0.0, 1.0])
 def test_its_gradient_spreads_the_pair_apart(weight):
     torch.manual_seed(0)

@@ -77,19 +77,20 @@ def _check_mode_seeking_norm(norm: str) -> None:
         raise ValueError(f"mode_seeking_norm must be one of {MODE_SEEKING_NORMS}, got {norm!r}")
 
 
-def mode_seeking_ratio(fake: Tensor, z: Tensor, norm: str = "") -> Tensor:
+def mode_seeking_ratio(fake: Tensor, z: Tensor, norm: str = "", per_pair: bool = False) -> Tensor:
     """MSGAN's ``mean|x1 - x2| / mean|z1 - z2|`` for a batch whose two halves are paired
     (same labels, independent z). ``norm="image"`` divides the image distance by the images'
     own contrast, ``mean|x - mean_hw(x)|`` (each image's deviation from its mean colour, averaged
     over the batch): then no affine change of the pixel values (``a x + b``) moves the ratio, so
-    G cannot raise it by pushing every colour towards the extremes."""
+    G cannot raise it by pushing every colour towards the extremes. ``per_pair``: one ratio per
+    pair (b/2,), each pair's own image and latent distances (the contrast stays the batch's)."""
     x1, x2 = fake.chunk(2)
     z1, z2 = z.chunk(2)
     _check_mode_seeking_norm(norm)
-    d = (x1 - x2).abs().mean()
+    d = (x1 - x2).abs().flatten(1).mean(1) if per_pair else (x1 - x2).abs().mean()
     if norm == "image":
         d = d / (fake - fake.mean((2, 3), keepdim=True)).abs().mean().clamp_min(1e-6)
-    return d / (z1 - z2).abs().mean()
+    return d / ((z1 - z2).abs().mean(1) if per_pair else (z1 - z2).abs().mean())
 
 
 def _inner(m: nn.Module) -> nn.Module:
@@ -149,9 +150,10 @@ class HingeGANLoss:
                  ortho_weight: float = 1e-3, device: str | torch.device = "cpu", augment: str | None = None,
                  mode_seeking: float = 0.0, wrong_label: float = 0.0, amp: bool = False, r1: float = 0.0,
                  r1_every: int = 1, lecam: float = 0.0, lecam_decay: float = 0.99,
-                 reuse_fakes: bool = False, mode_seeking_norm: str = "", feature_matching: float = 0.0) -> None:
+                 reuse_fakes: bool = False, mode_seeking_norm: str = "", feature_matching: float = 0.0,
+                 mode_seeking_pairs: bool = False) -> None:
         _check_mode_seeking_norm(mode_seeking_norm)
-        self.mode_seeking_norm = mode_seeking_norm
+        self.mode_seeking_norm, self.mode_seeking_pairs = mode_seeking_norm, bool(mode_seeking_pairs)
         if min(mode_seeking, wrong_label, r1, lecam, feature_matching) < 0:
             raise ValueError(f"mode_seeking, wrong_label, r1, lecam and feature_matching are loss weights >= 0, got "
                              f"{mode_seeking}, {wrong_label}, {r1}, {lecam} and {feature_matching}")
@@ -287,9 +289,9 @@ class HingeGANLoss:
             loss = adv + self.ortho_weight * ortho
             stats = {"G/ortho": ortho.detach()}
             if self.mode_seeking:
-                ratio = mode_seeking_ratio(fake.float(), z, self.mode_seeking_norm)
-                loss = loss + self.mode_seeking / (ratio + 1e-5)
-                stats["G/ms_ratio"] = ratio.detach()
+                ratio = mode_seeking_ratio(fake.float(), z, self.mode_seeking_norm, self.mode_seeking_pairs)
+                loss = loss + self.mode_seeking * (1.0 / (ratio + 1e-5)).mean()
+                stats["G/ms_ratio"] = ratio.detach().mean()
             if pooled and self._real_features is not None:
                 mean, spread = self._real_features
                 fm = (pooled[0].float().mean(0) - mean).pow(2).sum() / spread.clamp_min(1e-8)
