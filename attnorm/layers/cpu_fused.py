@@ -119,8 +119,8 @@ def _torch_uses_libgomp() -> bool:
     bringing a second runtime."""
     if "OpenMP" not in torch.__config__.parallel_info():
         return False
-    runtimes = _openmp_runtimes()
-    return len(runtimes) == 1 and os.path.basename(next(iter(runtimes))).startswith("libgomp")
+    # a vendored copy (scikit-learn's libgomp-HASH.so) has another soname and does not take the binding
+    return any(os.path.basename(f).startswith("libgomp.so") for f in _openmp_runtimes())
 
 
 _OPENMP_RUNTIMES = ("libgomp", "libomp", "libiomp")  # GCC's, LLVM's, Intel's
