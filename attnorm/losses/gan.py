@@ -290,7 +290,10 @@ class HingeGANLoss:
             stats = {"G/ortho": ortho.detach()}
             if self.mode_seeking:
                 ratio = mode_seeking_ratio(fake.float(), z, self.mode_seeking_norm, self.mode_seeking_pairs)
-                loss = loss + self.mode_seeking * (1.0 / (ratio + 1e-5)).mean()
+                if self.mode_seeking_pairs:
+                    loss = loss + self.mode_seeking * (1.0 / (ratio + 1e-5)).mean()
+                else:  # MSGAN's form, kept bit for bit (earlier runs reproduce)
+                    loss = loss + self.mode_seeking / (ratio + 1e-5)
                 stats["G/ms_ratio"] = ratio.detach().mean()
             if pooled and self._real_features is not None:
                 mean, spread = self._real_features
