@@ -151,7 +151,7 @@ def test_kernels_give_the_same_bits_on_one_or_two_threads(openmp, monkeypatch):
 def test_the_kernels_share_torchs_openmp_runtime_where_torch_uses_libgomp():
     """Built with OpenMP, the kernels must find torch's libgomp already loaded, not bring a second
     runtime whose threads would compete with torch's."""
-    if not cpu_fused._torch_uses_libgomp():
+    if not cpu_fused._torch_uses_libgomp(cpu_fused._openmp_runtimes()):
         pytest.skip("torch does not run on libgomp here")
     assert [f for f in cpu_fused._openmp_runtimes() if os.path.basename(f).startswith("libgomp.so")]
     if cpu_fused.status()["threading"] != "python threads (the compiler has no OpenMP)":
@@ -246,14 +246,14 @@ def test_without_torchs_openmp_the_kernels_split_samples_in_python_threads(fresh
     if shutil_which("c++") is None:
         pytest.skip("no compiler")
     if why == "no libgomp":
-        monkeypatch.setattr(cpu_fused, "_torch_uses_libgomp", lambda: False)
+        monkeypatch.setattr(cpu_fused, "_torch_uses_libgomp", lambda runtimes: False)
         reason = "torch does not use libgomp here"
     elif why == "no OpenMP":
         monkeypatch.setattr(cpu_fused, "OPENMP_FLAG", "-fno-such-option-attnorm")
-        monkeypatch.setattr(cpu_fused, "_torch_uses_libgomp", lambda: True)
+        monkeypatch.setattr(cpu_fused, "_torch_uses_libgomp", lambda runtimes: True)
         reason = "the compiler has no OpenMP"
     else:  # the runtimes mapped before loading the library, then one more after
-        monkeypatch.setattr(cpu_fused, "_torch_uses_libgomp", lambda: True)
+        monkeypatch.setattr(cpu_fused, "_torch_uses_libgomp", lambda runtimes: True)
         calls = []
         monkeypatch.setattr(cpu_fused, "_openmp_runtimes", lambda: (calls.append(1), {"/t/libgomp.so.1"} if
                                                                     len(calls) == 1 else {"/t/libgomp.so.1",

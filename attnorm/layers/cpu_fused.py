@@ -113,14 +113,14 @@ def _flag_sets(openmp: bool) -> list[tuple[str, ...]]:
     return sets
 
 
-def _torch_uses_libgomp() -> bool:
-    """Whether torch's parallel loops run on GCC's OpenMP runtime (libgomp) in this process: only then
-    does a library built with ``-fopenmp`` (which names ``libgomp.so.1``) join torch's team instead of
-    bringing a second runtime."""
+def _torch_uses_libgomp(runtimes: set[str]) -> bool:
+    """Whether torch's parallel loops run on GCC's OpenMP runtime (libgomp) in this process, given the
+    mapped ``runtimes`` (:func:`_openmp_runtimes`): only then does a library built with ``-fopenmp``
+    (which names ``libgomp.so.1``) join torch's team instead of bringing a second runtime."""
     if "OpenMP" not in torch.__config__.parallel_info():
         return False
     # a vendored copy (scikit-learn's libgomp-HASH.so) has another soname and does not take the binding
-    return any(os.path.basename(f).startswith("libgomp.so") for f in _openmp_runtimes())
+    return any(os.path.basename(f).startswith("libgomp.so") for f in runtimes)
 
 
 _OPENMP_RUNTIMES = ("libgomp", "libomp", "libiomp")  # GCC's, LLVM's, Intel's
@@ -195,9 +195,9 @@ def _load():
             log.info("attnorm: fused CPU kernels off: %s", _STATE["failed"])
             return None
         try:
-            shared_runtime = _torch_uses_libgomp()
+            runtimes = _openmp_runtimes()  # before loading: a runtime that appears after came with the library
+            shared_runtime = _torch_uses_libgomp(runtimes)
             path = _build(compiler, openmp=shared_runtime)
-            runtimes = _openmp_runtimes()
             lib = ctypes.CDLL(str(path))
             if lib.an_abi_version() != ABI_VERSION:
                 raise RuntimeError(f"{path} has ABI {lib.an_abi_version()}, expected {ABI_VERSION}")
