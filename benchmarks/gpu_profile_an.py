@@ -122,27 +122,66 @@ def pixel_sum_probe(device: str, repeats: int = 50, shapes=PROBE_SHAPES) -> list
     return rows
 
 
+def _product_cases(batch: int, device: str) -> dict[str, dict]:
+    """The layer's small products that the H200 profile shows at 50-56 us of device time each (session 31,
+    b 8, 32x32: 160 of AN's 570 us), each with the forms the layer could use instead. ``(M x K) @ (K x N)``:
+
+    * ``wv_mean``: ``W_v mean_p(X)``, (b, c) x (c, c)^T (forward; 53 us at b 8, 10 us at b 32);
+    * ``ssr_gq``: SSR's query gradient ``keys^T [g_kq | g_kb]``, (c/8, b n) x (b n, c + 1), the left operand a
+      transposed view (backward; 56 us at b 8, 56 at b 32);
+    * ``ssr_gk``: SSR's key gradient ``g_keys^T xs``, (c/8, b n) x (b n, c) (backward; 51 / 52 us).
+    """
+    c, n = 128, 16
+    xbar, w = torch.randn(batch, c, device=device), torch.randn(c, c, device=device)
+    keys, flat = torch.randn(batch * n, c // 8, device=device), torch.randn(batch * n, c + 1, device=device)
+    g_keys, xs = torch.randn(batch * n, c // 8, device=device), torch.randn(batch * n, c, device=device)
+
+    def forms(a_t, b):  # a_t: the (M, K) left operand as the layer has it (a transposed view)
+        return {"mm": lambda: a_t @ b, "mm_lhs_contig": lambda: a_t.contiguous() @ b,
+                "transposed": lambda: (b.t() @ a_t.t()).t(), "mul_sum": lambda: (a_t.unsqueeze(-1) * b).sum(1),
+                "bmm_b1": lambda: torch.bmm(a_t[None], b[None])[0],
+                "f64": lambda: a_t.double() @ b.double()}
+    return {"wv_mean": {"mm": lambda: xbar @ w.t(), "mm_wt_contig": lambda: xbar @ w.t().contiguous(),
+                        "transposed": lambda: (w @ xbar.t()).t(), "linear": lambda: torch.nn.functional.linear(xbar, w),
+                        "mul_sum": lambda: (xbar.unsqueeze(1) * w).sum(-1),
+                        "bmm_b1": lambda: torch.bmm(xbar[None], w.t()[None])[0],
+                        "f64": lambda: xbar.double() @ w.t().double()},
+            "ssr_gq": forms(keys.t(), flat), "ssr_gk": forms(g_keys.t(), xs)}
+
+
 def small_mm_probe(device: str, repeats: int = 200) -> list[dict]:
-    """The layer's ``W_v mean_p(X)``, (b, c) x (c, c)^T: 53 us of device time at every map size at b 8 on the H200
-    (session 19; 10 us at b 32), a lot for 8 x 128 x 128. Times the forms the layer could use instead."""
+    """Wall time of each form of the layer's small products (``_product_cases``), b 8 and 32; on CUDA also
+    each form's device time and the kernels it ran (from the profiler), with TF32 off (the layer's float32)
+    and, for the plain form, on: whether cuBLAS's choice of kernel for these shapes is what costs."""
     rows = []
     for batch in (8, 32):
-        xbar = torch.randn(batch, 128, device=device)
-        w = torch.randn(128, 128, device=device)
-        row = {"batch": batch}
-        cases = {"mm": lambda: xbar @ w.t(), "mm_wt_contig": lambda: xbar @ w.t().contiguous(),
-                 "transposed": lambda: (w @ xbar.t()).t(), "linear": lambda: torch.nn.functional.linear(xbar, w),
-                 "mul_sum": lambda: (xbar.unsqueeze(1) * w).sum(-1), "bmm_b1": lambda: torch.bmm(xbar[None], w.t()[None])[0]}
-        for name, fn in cases.items():
-            row[name + "_us"] = _time_us(fn, device, repeats)
-        if device.startswith("cuda"):  # device time of the plain form alone, from the profiler
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                for _ in range(20):
-                    cases["mm"]()
-                torch.cuda.synchronize()
-            row["mm_device_us"] = sum(e.self_device_time_total for e in prof.key_averages()) / 20
-        rows.append(row)
-        print(f"  W_v mean b {batch}: " + ", ".join(f"{k[:-3]} {v:.1f} us" for k, v in row.items() if k.endswith("_us")))
+        for product, cases in _product_cases(batch, device).items():
+            row = {"batch": batch, "product": product}
+            for name, fn in cases.items():
+                row[name + "_us"] = _time_us(fn, device, repeats)
+            if device.startswith("cuda"):
+                runs = [(name, fn, False) for name, fn in cases.items()] + [("mm_tf32", cases["mm"], True)]
+                for name, fn, tf32 in runs:
+                    before = torch.backends.cuda.matmul.allow_tf32
+                    torch.backends.cuda.matmul.allow_tf32 = tf32
+                    try:
+                        fn()
+                        torch.cuda.synchronize()
+                        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                            for _ in range(20):
+                                fn()
+                            torch.cuda.synchronize()
+                    finally:
+                        torch.backends.cuda.matmul.allow_tf32 = before
+                    events = [e for e in prof.key_averages() if e.self_device_time_total > 0]
+                    row[name + "_device_us"] = sum(e.self_device_time_total for e in events) / 20
+                    row[name + "_kernels"] = sorted({e.key[:90] for e in events})
+            rows.append(row)
+            print(f"  {product} b {batch}: " + ", ".join(f"{k[:-3]} {v:.1f} us" for k, v in row.items()
+                                                         if k.endswith("_us")))
+            for k, v in row.items():
+                if k.endswith("_kernels"):
+                    print(f"      {k[:-8]}: {'; '.join(v)}")
     return rows
 
 
@@ -160,7 +199,7 @@ def main(argv=None) -> int:
                    help="CPU: keep glibc's default of returning freed blocks to the kernel (by default freed "
                         "memory is kept, as `attnorm bench` and training on the CPU do)")
     p.add_argument("--small-mm-probe", action="store_true",
-                   help="also time the forms of the layer's small (b, c) x (c, c) product")
+                   help="also time the forms of the layer's small products (W_v mean(X), SSR's query and key gradients)")
     p.add_argument("--probe-shapes", default=",".join(f"{b}x{s}" for b, s in PROBE_SHAPES),
                    help="the probe's BATCHxSIDE cases, comma-separated")
     p.add_argument("--pixel-sum-precision", choices=("ieee", "tf32x3"), default="tf32x3",

@@ -281,6 +281,28 @@ def test_profile_script_lists_the_layers_ops_by_time():
     assert any(row["name"] in ("aten::bmm", "aten::baddbmm") and "[1, 144, 128]" in row["shapes"] for row in r["top"])
 
 
+def test_small_product_probe_times_forms_of_the_same_products():
+    """Every form the probe times computes its product (against float64 from the operands' own values), and
+    the probe reports each product at both batches."""
+    import torch
+    from _scripts import load_benchmark
+    prof = load_benchmark("gpu_profile_an")
+    torch.manual_seed(0)
+    for batch in (8, 32):
+        cases = prof._product_cases(batch, "cpu")
+        assert set(cases) == {"wv_mean", "ssr_gq", "ssr_gk"}
+        shapes = {"wv_mean": (batch, 128), "ssr_gq": (16, 129), "ssr_gk": (16, 128)}
+        for product, forms in cases.items():
+            want = forms["f64"]()
+            assert tuple(want.shape) == shapes[product] and want.dtype == torch.float64
+            for name, fn in forms.items():
+                got = fn().double()
+                assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * want.abs().max()), (batch, product, name)
+    rows = prof.small_mm_probe("cpu", repeats=1)
+    assert [(r["batch"], r["product"]) for r in rows] == [(b, p) for b in (8, 32) for p in ("wv_mean", "ssr_gq", "ssr_gk")]
+    assert all(r["mm_us"] > 0 for r in rows)
+
+
 def test_gan_step_benchmark_compiles_g_and_d_and_marks_graph_steps(monkeypatch):
     """bench_gan.py --compile MODE: the loss runs torch.compile(G) and torch.compile(D); under
     reduce-overhead every step starts a new CUDA-graph step (torch.compile stubbed: the wiring only)."""
