@@ -39,17 +39,13 @@ def alternate(fn, rounds: int, repeats: int) -> dict[bool, list[float]]:
     """ms per call of ``fn`` with the samples split in OpenMP's team (True) and in the Python pool
     (False), ``repeats`` calls per round and way."""
     times: dict[bool, list[float]] = {True: [], False: []}
-    saved = cpu_fused._STATE["openmp"]
-    try:
-        for r in range(rounds):
-            for openmp in ((True, False) if r % 2 == 0 else (False, True)):
-                cpu_fused._STATE["openmp"] = openmp
+    for r in range(rounds):
+        for openmp in ((True, False) if r % 2 == 0 else (False, True)):
+            with cpu_fused.kernel_openmp_enabled(openmp):
                 t0 = time.perf_counter()
                 for _ in range(repeats):
                     fn()
                 times[openmp].append((time.perf_counter() - t0) / repeats * 1000)
-    finally:
-        cpu_fused._STATE["openmp"] = saved
     return times
 
 

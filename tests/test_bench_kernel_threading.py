@@ -16,12 +16,12 @@ needs_openmp = pytest.mark.skipif(cpu_fused._load() is None or not cpu_fused._ST
 
 def test_alternate_times_each_way_with_its_threading_set_and_restores_it():
     bench = load_benchmark("bench_kernel_threading")
-    before = cpu_fused._STATE["openmp"]
+    before = cpu_fused._STATE["openmp_wanted"]
     seen = []
-    times = bench.alternate(lambda: seen.append(cpu_fused._STATE["openmp"]), rounds=3, repeats=2)
+    times = bench.alternate(lambda: seen.append(cpu_fused._STATE["openmp_wanted"]), rounds=3, repeats=2)
     # who goes first alternates: round 0 OpenMP then pool, round 1 pool then OpenMP, ...
     assert seen == [True] * 2 + [False] * 4 + [True] * 4 + [False] * 2
-    assert len(times[True]) == len(times[False]) == 3 and cpu_fused._STATE["openmp"] == before
+    assert len(times[True]) == len(times[False]) == 3 and cpu_fused._STATE["openmp_wanted"] == before
     rep = bench.summarise({True: [2.0, 3.0, 1.0], False: [4.0, 3.0, 4.0]})
     assert rep["openmp_over_pool"] == pytest.approx(0.5)  # the median of 0.5, 1.0, 0.25
     assert rep["range"] == pytest.approx([0.25, 1.0]) and rep["openmp_ms"] == 2.0 and rep["pool_ms"] == 4.0

@@ -136,15 +136,48 @@ def test_kernels_give_the_same_bits_on_one_or_two_threads(openmp, monkeypatch):
     sample's sums run in one fixed order."""
     if openmp and not cpu_fused._STATE["openmp"]:
         pytest.skip(f"the kernels split samples in {cpu_fused.status()['threading']}")
-    monkeypatch.setitem(cpu_fused._STATE, "openmp", openmp)
     layer = _layer(c=16, n=16)
     x, gy = _inputs(5, 16, 17, 19, True)
-    one = _run(layer, x, gy, True, threads=1)
-    two = _run(layer, x, gy, True, threads=2)
+    monkeypatch.setattr(cpu_fused, "_POOL", {})
+    with cpu_fused.kernel_openmp_enabled(openmp):
+        one = _run(layer, x, gy, True, threads=1)
+        two = _run(layer, x, gy, True, threads=2)
+    assert bool(cpu_fused._POOL) == (not openmp)  # the Python pool ran the two-thread call, or OpenMP did
     for a, b in zip(one[:3], two[:3]):
         assert torch.equal(a, b)
     for k in one[3]:
         assert torch.equal(one[3][k], two[3][k])
+
+
+@needs_kernels
+def test_the_openmp_switch_sends_the_samples_to_the_python_pool_and_says_so(monkeypatch):
+    """kernel_openmp(False) (or ATTNORM_CPU_KERNELS_OPENMP=0 at import) splits samples in the Python pool even
+    where the library could use OpenMP; status() and summary() say so; the context manager restores it."""
+    monkeypatch.setitem(cpu_fused._STATE, "openmp", True)  # as where the library was built with OpenMP
+    monkeypatch.setitem(cpu_fused._STATE, "threading", "openmp")
+    calls = []
+
+    def fn(threads, b0, b1):
+        calls.append((threads, b0, b1))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert cpu_fused._STATE["openmp_wanted"]
+    cpu_fused._split(fn, 5)
+    assert calls == [(2, 0, 5)] and cpu_fused.summary() == "on (openmp)"
+    calls.clear()
+    with cpu_fused.kernel_openmp_enabled(False):
+        cpu_fused._split(fn, 5)
+        assert sorted(calls) == [(1, 0, 2), (1, 2, 5)]
+        want = "python threads (OpenMP switched off: kernel_openmp(False))"
+        assert cpu_fused.status()["threading"] == want and cpu_fused.summary() == f"on ({want})"
+    assert cpu_fused._STATE["openmp_wanted"] and cpu_fused.status()["threading"] == "openmp"
+    # where the library cannot use OpenMP the switch changes nothing in the report
+    monkeypatch.setitem(cpu_fused._STATE, "openmp", False)
+    monkeypatch.setitem(cpu_fused._STATE, "threading", "python threads (the compiler has no OpenMP)")
+    with cpu_fused.kernel_openmp_enabled(False):
+        assert cpu_fused.status()["threading"] == "python threads (the compiler has no OpenMP)"
+    for value, want in (("0", False), ("off", False), ("1", True), ("", True)):
+        monkeypatch.setenv("ATTNORM_CPU_KERNELS_OPENMP", value)
+        assert cpu_fused._env_on("ATTNORM_CPU_KERNELS_OPENMP") is want
 
 
 @needs_kernels

@@ -23,6 +23,7 @@ threads spin beside them after every parallel loop of torch's).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import ctypes
 import hashlib
 import logging
@@ -45,8 +46,14 @@ FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=gnu++17")
 PORTABLE_FLAGS = tuple(f for f in FLAGS if f != "-march=native")  # where -march=native is refused
 OPENMP_FLAG = "-fopenmp"
 
-_STATE = {"enabled": os.environ.get("ATTNORM_CPU_KERNELS", "1").strip().lower() not in ("0", "false", "off", "no"),
-          "lib": None, "failed": None, "path": None, "openmp": False, "threading": None}
+def _env_on(name: str) -> bool:
+    return os.environ.get(name, "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+# "openmp": the loaded library can split samples in torch's OpenMP team; "openmp_wanted": the user's switch
+# (kernel_openmp); "threading": how the loaded library splits them, as reports say it when the switch is on
+_STATE = {"enabled": _env_on("ATTNORM_CPU_KERNELS"), "lib": None, "failed": None, "path": None, "openmp": False,
+          "openmp_wanted": _env_on("ATTNORM_CPU_KERNELS_OPENMP"), "threading": None}
 _LOCK = threading.Lock()
 _POOL: dict = {}
 
@@ -62,12 +69,40 @@ def cpu_kernels_enabled(enabled: bool = True):
     return _switched(_STATE, cpu_kernels, enabled)
 
 
+def kernel_openmp(enabled: bool = True) -> None:
+    """Split the kernels' samples in torch's OpenMP team where the loaded library can (the default), or always
+    in a pool of Python threads (``enabled=False``; also ``ATTNORM_CPU_KERNELS_OPENMP=0``). The numbers are the
+    same bits either way (each sample is computed by one thread); for timing one way against the other."""
+    _STATE["openmp_wanted"] = bool(enabled)
+
+
+@contextlib.contextmanager
+def kernel_openmp_enabled(enabled: bool = True):
+    """Context manager: :func:`kernel_openmp` (``enabled``) inside, the previous setting after."""
+    previous = _STATE["openmp_wanted"]
+    kernel_openmp(enabled)
+    try:
+        yield
+    finally:
+        kernel_openmp(previous)
+
+
+def _uses_openmp() -> bool:
+    return _STATE["openmp"] and _STATE["openmp_wanted"]
+
+
+def _threading() -> str | None:
+    if _STATE["openmp"] and not _STATE["openmp_wanted"]:
+        return "python threads (OpenMP switched off: kernel_openmp(False))"
+    return _STATE["threading"]
+
+
 def status() -> dict:
     """``{"enabled", "loaded", "failed", "path", "threading"}``: whether the kernels are switched on,
     built and loaded, why not (``failed``), the shared library's path, and how they split the samples
     over threads (``"openmp"``: in torch's OpenMP team; ``"python threads (reason)"``)."""
     return {"enabled": _STATE["enabled"], "loaded": _STATE["lib"] is not None, "failed": _STATE["failed"],
-            "path": _STATE["path"], "threading": _STATE["threading"]}
+            "path": _STATE["path"], "threading": _threading()}
 
 
 def summary() -> str:
@@ -76,7 +111,7 @@ def summary() -> str:
     ``unavailable (reason)``."""
     if not _STATE["enabled"]:
         return "off"
-    return f"on ({_STATE['threading']})" if _load() is not None else f"unavailable ({_STATE['failed']})"
+    return f"on ({_threading()})" if _load() is not None else f"unavailable ({_STATE['failed']})"
 
 
 def _forget() -> None:
@@ -263,7 +298,7 @@ def _run(fn, b: int, *args) -> None:
 
 def _split(fn, b: int, *args) -> None:
     threads = max(1, min(torch.get_num_threads(), b))
-    if threads == 1 or _STATE["openmp"]:
+    if threads == 1 or _uses_openmp():
         fn(threads, 0, b, *args)
         return
     key = (threads, os.getpid())  # a forked child cannot use its parent's worker threads
