@@ -46,6 +46,7 @@ FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=gnu++17")
 PORTABLE_FLAGS = tuple(f for f in FLAGS if f != "-march=native")  # where -march=native is refused
 OPENMP_FLAG = "-fopenmp"
 
+
 def _env_on(name: str) -> bool:
     return os.environ.get(name, "1").strip().lower() not in ("0", "false", "off", "no")
 
