@@ -23,7 +23,6 @@ threads spin beside them after every parallel loop of torch's).
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import ctypes
 import hashlib
 import logging
@@ -77,15 +76,10 @@ def kernel_openmp(enabled: bool = True) -> None:
     _STATE["openmp_wanted"] = bool(enabled)
 
 
-@contextlib.contextmanager
 def kernel_openmp_enabled(enabled: bool = True):
     """Context manager: :func:`kernel_openmp` (``enabled``) inside, the previous setting after."""
-    previous = _STATE["openmp_wanted"]
-    kernel_openmp(enabled)
-    try:
-        yield
-    finally:
-        kernel_openmp(previous)
+    from .regional import _switched
+    return _switched(_STATE, kernel_openmp, enabled, key="openmp_wanted")
 
 
 def _uses_openmp() -> bool:

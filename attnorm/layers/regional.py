@@ -291,9 +291,9 @@ def compile_statistics(enabled: bool = True) -> None:
 
 
 @contextlib.contextmanager
-def _switched(flags: dict, switch, enabled: bool):
-    """``switch(enabled)`` inside, ``switch`` back to the previous ``flags["enabled"]`` after."""
-    previous = flags["enabled"]
+def _switched(flags: dict, switch, enabled: bool, key: str = "enabled"):
+    """``switch(enabled)`` inside, ``switch`` back to the previous ``flags[key]`` after."""
+    previous = flags[key]
     switch(enabled)
     try:
         yield
