@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from attnorm.losses.gan import HingeGANLoss, mode_seeking_ratio
+from attnorm.losses.gan import HingeGANLoss, feature_seeking_ratio, mode_seeking_ratio
 from attnorm.training.gan import resolve_config
 
 
@@ -448,8 +448,46 @@ def test_feature_matching_waits_for_a_real_batch_resumes_and_is_checked():
     fresh.load_state_dict(trained.state_dict())
     for a, b in zip(fresh._real_features, trained._real_features):
         assert torch.equal(a, b)
-    with pytest.raises(ValueError, match="feature_matching reads D's pooled features"):
+    with pytest.raises(ValueError, match="read D's pooled features"):
         HingeGANLoss(_LinearG(), _MeanD(), z_dim=6, num_classes=3, batch_size=4, feature_matching=1.0)
     with pytest.raises(ValueError, match="loss weights >= 0"):
         HingeGANLoss(_LinearG(), _PoolD(), z_dim=6, num_classes=3, batch_size=4, feature_matching=-1.0)
     assert resolve_config()["feature_matching"] == 0.0
+
+
+def test_feature_seeking_ratio_matches_a_per_element_reference_and_ignores_ds_feature_scale():
+    rng = np.random.default_rng(7)
+    f, z = rng.normal(size=(8, 5)), rng.normal(size=(8, 7))
+    spread = np.abs(f - f.mean(0)).mean()
+    want = np.abs(f[:4] - f[4:]).mean(1) / spread / np.abs(z[:4] - z[4:]).mean(1)
+    got = feature_seeking_ratio(torch.tensor(f), torch.tensor(z)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    scaled = feature_seeking_ratio(3.0 * torch.tensor(f) - 1.0, torch.tensor(z)).numpy()
+    np.testing.assert_allclose(scaled, want, rtol=1e-12)
+
+
+def test_mode_seeking_features_term_uses_ds_pooled_features_of_the_paired_halves():
+    """The G phase pairs its halves (same labels) and adds ``w * mean_i 1 / ratio_i`` with the ratio
+    taken in D's pooled features (here the images' channel means), not in pixels."""
+    torch.manual_seed(0)
+    G, D = _LinearG(), _PoolD()
+    loss = HingeGANLoss(G, D, z_dim=6, num_classes=3, batch_size=10, ortho_weight=0.0, mode_seeking_features=1.5)
+    loss.run_phase("D", (torch.randn(6, 3, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2])))
+    stats = loss.run_phase("G", None)
+    z, y = G.calls[-1]
+    assert torch.equal(y[:5], y[5:])
+    with torch.no_grad():
+        x = G(z, y)
+        logits = D(x, y).numpy().astype(np.float64)
+    feats = x.numpy().astype(np.float64).mean((2, 3))
+    dz = np.abs((z[:5] - z[5:]).numpy()).mean(1)
+    ratios = np.abs(feats[:5] - feats[5:]).mean(1) / np.abs(feats - feats.mean(0)).mean() / dz
+    assert stats["G/ms_feature_ratio"].item() == pytest.approx(ratios.mean(), rel=1e-5)
+    assert stats["G/loss"].item() == pytest.approx(-logits.mean() + 1.5 * np.mean(1 / (ratios + 1e-5)), rel=1e-5)
+    assert "G/ms_ratio" not in stats  # the pixel term stays off
+    assert loss.state_dict()["real_features"] is None  # nothing kept for feature matching
+    with pytest.raises(ValueError, match="read D's pooled features"):
+        HingeGANLoss(_LinearG(), _MeanD(), z_dim=6, num_classes=3, batch_size=4, mode_seeking_features=1.0)
+    with pytest.raises(ValueError, match="odd"):
+        HingeGANLoss(G, D, z_dim=6, num_classes=3, batch_size=5, mode_seeking_features=1.0)
+    assert resolve_config()["mode_seeking_features"] == 0.0

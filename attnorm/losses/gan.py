@@ -40,6 +40,9 @@ latents of one class apart in image space, against within-class mode collapse. T
 distance also grows with contrast, and at weight 0.6-2.0 the demo's images came out over-bright
 and over-saturated (pixel std 1.15-1.3x the data's); ``mode_seeking_norm="image"`` measures the
 distance relative to the images' own contrast instead (:func:`mode_seeking_ratio`).
+``mode_seeking_features`` adds the same term per pair measured in D's pooled features (the input of
+its last linear layer) instead of pixels, over the batch's feature spread (:func:`feature_seeking_ratio`):
+a pair that differs only in pixels D does not tell apart (a shifted speckle) gains nothing there.
 
 The optional G term ``f * ||mean_b phi(G(z, y_f)) - mean_b phi(x)||^2 / mean_b ||phi(x) - mean_b phi(x)||^2``,
 ``f = feature_matching``, is feature matching (Salimans et al., NeurIPS 2016) as an extra term:
@@ -93,6 +96,16 @@ def mode_seeking_ratio(fake: Tensor, z: Tensor, norm: str = "", per_pair: bool =
     return d / ((z1 - z2).abs().mean(1) if per_pair else (z1 - z2).abs().mean())
 
 
+def feature_seeking_ratio(features: Tensor, z: Tensor) -> Tensor:
+    """Per pair of a batch whose two halves are paired: ``mean|f1 - f2| / mean|f - mean_b f|`` over
+    ``mean|z1 - z2|``, (b/2,), with ``f`` D's pooled features (b, c): the pair's distance in D's
+    features relative to the batch's spread there, so D's feature scale does not set the weight."""
+    f1, f2 = features.chunk(2)
+    z1, z2 = z.chunk(2)
+    spread = (features - features.mean(0, keepdim=True)).abs().mean().clamp_min(1e-6)
+    return (f1 - f2).abs().mean(1) / spread / (z1 - z2).abs().mean(1)
+
+
 def _inner(m: nn.Module) -> nn.Module:
     """The module inside a DistributedDataParallel wrapper (a net used frozen must bypass DDP's reducer)."""
     return m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
@@ -144,6 +157,8 @@ class HingeGANLoss:
             the D phase right after a G phase uses them (with several D steps the later ones, and
             a real batch of another size, generate as usual).
         feature_matching: weight of the feature-matching term in the G phase (0: off; see above).
+        mode_seeking_features: weight of the per-pair mode-seeking term in D's pooled features
+            (:func:`feature_seeking_ratio`; 0: off); pairs the G batch like ``mode_seeking``.
     """
 
     def __init__(self, G: nn.Module, D: nn.Module, z_dim: int, num_classes: int, batch_size: int,
@@ -151,14 +166,15 @@ class HingeGANLoss:
                  mode_seeking: float = 0.0, wrong_label: float = 0.0, amp: bool = False, r1: float = 0.0,
                  r1_every: int = 1, lecam: float = 0.0, lecam_decay: float = 0.99,
                  reuse_fakes: bool = False, mode_seeking_norm: str = "", feature_matching: float = 0.0,
-                 mode_seeking_pairs: bool = False) -> None:
+                 mode_seeking_pairs: bool = False, mode_seeking_features: float = 0.0) -> None:
         _check_mode_seeking_norm(mode_seeking_norm)
         self.mode_seeking_norm, self.mode_seeking_pairs = mode_seeking_norm, bool(mode_seeking_pairs)
-        if min(mode_seeking, wrong_label, r1, lecam, feature_matching) < 0:
-            raise ValueError(f"mode_seeking, wrong_label, r1, lecam and feature_matching are loss weights >= 0, got "
-                             f"{mode_seeking}, {wrong_label}, {r1}, {lecam} and {feature_matching}")
-        if feature_matching and not isinstance(getattr(_inner(D), "linear", None), nn.Linear):
-            raise ValueError("feature_matching reads D's pooled features at the input of its last linear layer "
+        if min(mode_seeking, wrong_label, r1, lecam, feature_matching, mode_seeking_features) < 0:
+            raise ValueError(f"mode_seeking, wrong_label, r1, lecam, feature_matching and mode_seeking_features are "
+                             f"loss weights >= 0, got {mode_seeking}, {wrong_label}, {r1}, {lecam}, {feature_matching} "
+                             f"and {mode_seeking_features}")
+        if (feature_matching or mode_seeking_features) and not isinstance(getattr(_inner(D), "linear", None), nn.Linear):
+            raise ValueError("feature_matching and mode_seeking_features read D's pooled features at the input of its last linear layer "
                              "(D.linear); this discriminator has none")
         if not 0 <= lecam_decay < 1:
             raise ValueError(f"lecam_decay must be in [0, 1), got {lecam_decay}")
@@ -170,7 +186,7 @@ class HingeGANLoss:
                              "or attention \"sa\"/\"none\")")
         if wrong_label and num_classes < 2:
             raise ValueError(f"wrong_label needs at least 2 classes (a wrong label to compare with), got {num_classes}")
-        if mode_seeking and batch_size % 2:
+        if (mode_seeking or mode_seeking_features) and batch_size % 2:
             raise ValueError(f"mode_seeking pairs the G batch in halves; batch_size {batch_size} is odd, use an even one")
         self.G, self.D = G, D
         self.mode_seeking, self.wrong_label = float(mode_seeking), float(wrong_label)
@@ -187,6 +203,7 @@ class HingeGANLoss:
         self.reuse_fakes = bool(reuse_fakes)
         self._fakes: tuple[Tensor, Tensor] | None = None  # (images, labels) of the last G phase, for the next D phase
         self.feature_matching = float(feature_matching)
+        self.mode_seeking_features = float(mode_seeking_features)
         # (mean (c,), spread ()) of D's pooled features of the last D phase's real batch (feature matching)
         self._real_features: tuple[Tensor, Tensor] | None = None
 
@@ -208,7 +225,8 @@ class HingeGANLoss:
     def _pooled_features(self):
         """Context manager yielding a list that receives D's pooled features (the input of
         ``D.linear``) on each forward inside it; nothing is hooked without feature matching."""
-        return _InputCapture(_inner(self.D).linear if self.feature_matching else None)
+        wanted = self.feature_matching or self.mode_seeking_features
+        return _InputCapture(_inner(self.D).linear if wanted else None)
 
     def _autocast(self):
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp)
@@ -244,7 +262,7 @@ class HingeGANLoss:
                 seen = seen.detach().requires_grad_(True)
             with self._autocast(), self._pooled_features() as pooled:
                 logits = self.D(seen, torch.cat(labels), **kw)  # (2b | 3b,)
-            if pooled:  # feature matching: the real chunk's mean and spread, for the next G phase
+            if self.feature_matching and pooled:  # the real chunk's mean and spread, for the next G phase
                 real = pooled[0][: x.shape[0]].detach().float()
                 mean = real.mean(0)
                 self._real_features = (mean, (real - mean).pow(2).sum(1).mean())
@@ -279,7 +297,7 @@ class HingeGANLoss:
                     "D/fake": fake_logits.detach().mean(), **stats, "D/ortho": ortho.detach()}
         if name == "G":
             z, y_fake = self.sample_latents(self.batch_size)
-            if self.mode_seeking:
+            if self.mode_seeking or self.mode_seeking_features:
                 y_fake = y_fake[: self.batch_size // 2].repeat(2)  # halves share labels
             with self._autocast(), self._pooled_features() as pooled:
                 fake = self.G(z, y_fake)
@@ -295,7 +313,11 @@ class HingeGANLoss:
                 else:  # MSGAN's form, kept bit for bit (earlier runs reproduce)
                     loss = loss + self.mode_seeking / (ratio + 1e-5)
                 stats["G/ms_ratio"] = ratio.detach().mean()
-            if pooled and self._real_features is not None:
+            if self.mode_seeking_features:
+                ratio_f = feature_seeking_ratio(pooled[0].float(), z)
+                loss = loss + self.mode_seeking_features * (1.0 / (ratio_f + 1e-5)).mean()
+                stats["G/ms_feature_ratio"] = ratio_f.detach().mean()
+            if self.feature_matching and pooled and self._real_features is not None:
                 mean, spread = self._real_features
                 fm = (pooled[0].float().mean(0) - mean).pow(2).sum() / spread.clamp_min(1e-8)
                 loss = loss + self.feature_matching * fm
