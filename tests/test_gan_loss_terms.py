@@ -491,3 +491,40 @@ def test_mode_seeking_features_term_uses_ds_pooled_features_of_the_paired_halves
     with pytest.raises(ValueError, match="odd"):
         HingeGANLoss(G, D, z_dim=6, num_classes=3, batch_size=5, mode_seeking_features=1.0)
     assert resolve_config()["mode_seeking_features"] == 0.0
+
+
+def test_pooled_ratio_matches_block_means_and_ignores_fine_speckle():
+    """``mode_seeking_pool=k``: the pair and contrast distances on k x k block means, so speckle
+    that averages out inside each block (here +-a alternating pixels) moves the plain ratio only."""
+    rng = np.random.default_rng(11)
+    x, z = rng.normal(size=(8, 3, 8, 8)), rng.normal(size=(8, 5))
+    blocks = x.reshape(8, 3, 4, 2, 4, 2).mean((3, 5))  # (8, 3, 4, 4) 2x2 block means
+    contrast = np.abs(blocks - blocks.mean((2, 3), keepdims=True)).mean()
+    want = np.abs(blocks[:4] - blocks[4:]).reshape(4, -1).mean(1) / contrast / np.abs(z[:4] - z[4:]).mean(1)
+    got = mode_seeking_ratio(torch.tensor(x), torch.tensor(z), "image", per_pair=True, pool=2).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    checker = np.where((np.arange(8)[:, None] + np.arange(8)[None, :]) % 2 == 0, 1.0, -1.0)
+    speckle = 0.7 * checker * rng.choice([-1.0, 1.0], size=(8, 1, 1, 1))  # a different sign per image
+    noisy = torch.tensor(x + speckle)
+    np.testing.assert_allclose(mode_seeking_ratio(noisy, torch.tensor(z), "image", True, pool=2).numpy(), want,
+                               rtol=1e-10)
+    plain, plain_noisy = (mode_seeking_ratio(t, torch.tensor(z), "image", True).numpy() for t in (torch.tensor(x), noisy))
+    assert not np.allclose(plain, plain_noisy, rtol=1e-3)
+    with pytest.raises(ValueError, match="mode_seeking_pool"):
+        HingeGANLoss(_LinearG(), _MeanD(), z_dim=6, num_classes=3, batch_size=4, mode_seeking=1.0, mode_seeking_pool=0)
+    assert resolve_config()["mode_seeking_pool"] == 1
+
+
+def test_the_g_phase_takes_the_pooled_ratio():
+    torch.manual_seed(0)
+    G = _LinearG()
+    loss = HingeGANLoss(G, _MeanD(), z_dim=6, num_classes=3, batch_size=10, ortho_weight=0.0, mode_seeking=2.0,
+                        mode_seeking_norm="image", mode_seeking_pairs=True, mode_seeking_pool=2)
+    stats = loss.run_phase("G", None)
+    z, y = G.calls[-1]
+    with torch.no_grad():
+        x = G(z, y).double()
+    ratios = mode_seeking_ratio(x, z.double(), "image", per_pair=True, pool=2)
+    assert stats["G/ms_ratio"].item() == pytest.approx(ratios.mean().item(), rel=1e-5)
+    assert stats["G/loss"].item() == pytest.approx(-x.mean().item() + 2.0 * (1 / (ratios + 1e-5)).mean().item(),
+                                                   rel=1e-5)

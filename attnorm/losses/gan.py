@@ -40,7 +40,9 @@ latents of one class apart in image space, against within-class mode collapse. T
 distance also grows with contrast, and at weight 0.6-2.0 the demo's images came out over-bright
 and over-saturated (pixel std 1.15-1.3x the data's); ``mode_seeking_norm="image"`` measures the
 distance relative to the images' own contrast instead (:func:`mode_seeking_ratio`).
-``mode_seeking_features`` adds the same term per pair measured in D's pooled features (the input of
+``mode_seeking_pool = k`` measures both distances on the images average-pooled by ``k`` (their
+coarse layout and colours), so uncorrelated fine speckle, which raises a pixel distance cheaply,
+does not count. ``mode_seeking_features`` adds the same term per pair measured in D's pooled features (the input of
 its last linear layer) instead of pixels, over the batch's feature spread (:func:`feature_seeking_ratio`):
 a pair that differs only in pixels D does not tell apart (a shifted speckle) gains nothing there.
 
@@ -80,13 +82,16 @@ def _check_mode_seeking_norm(norm: str) -> None:
         raise ValueError(f"mode_seeking_norm must be one of {MODE_SEEKING_NORMS}, got {norm!r}")
 
 
-def mode_seeking_ratio(fake: Tensor, z: Tensor, norm: str = "", per_pair: bool = False) -> Tensor:
+def mode_seeking_ratio(fake: Tensor, z: Tensor, norm: str = "", per_pair: bool = False, pool: int = 1) -> Tensor:
     """MSGAN's ``mean|x1 - x2| / mean|z1 - z2|`` for a batch whose two halves are paired
     (same labels, independent z). ``norm="image"`` divides the image distance by the images'
     own contrast, ``mean|x - mean_hw(x)|`` (each image's deviation from its mean colour, averaged
     over the batch): then no affine change of the pixel values (``a x + b``) moves the ratio, so
     G cannot raise it by pushing every colour towards the extremes. ``per_pair``: one ratio per
-    pair (b/2,), each pair's own image and latent distances (the contrast stays the batch's)."""
+    pair (b/2,), each pair's own image and latent distances (the contrast stays the batch's).
+    ``pool`` > 1: both distances on ``avg_pool2d(fake, pool)`` (coarse layout and colours only)."""
+    if pool > 1:
+        fake = F.avg_pool2d(fake, pool)
     x1, x2 = fake.chunk(2)
     z1, z2 = z.chunk(2)
     _check_mode_seeking_norm(norm)
@@ -157,6 +162,7 @@ class HingeGANLoss:
             the D phase right after a G phase uses them (with several D steps the later ones, and
             a real batch of another size, generate as usual).
         feature_matching: weight of the feature-matching term in the G phase (0: off; see above).
+        mode_seeking_pool: average-pool the images by this factor before that term's distances (1: off).
         mode_seeking_features: weight of the per-pair mode-seeking term in D's pooled features
             (:func:`feature_seeking_ratio`; 0: off); pairs the G batch like ``mode_seeking``.
     """
@@ -166,7 +172,8 @@ class HingeGANLoss:
                  mode_seeking: float = 0.0, wrong_label: float = 0.0, amp: bool = False, r1: float = 0.0,
                  r1_every: int = 1, lecam: float = 0.0, lecam_decay: float = 0.99,
                  reuse_fakes: bool = False, mode_seeking_norm: str = "", feature_matching: float = 0.0,
-                 mode_seeking_pairs: bool = False, mode_seeking_features: float = 0.0) -> None:
+                 mode_seeking_pairs: bool = False, mode_seeking_features: float = 0.0,
+                 mode_seeking_pool: int = 1) -> None:
         _check_mode_seeking_norm(mode_seeking_norm)
         self.mode_seeking_norm, self.mode_seeking_pairs = mode_seeking_norm, bool(mode_seeking_pairs)
         if min(mode_seeking, wrong_label, r1, lecam, feature_matching, mode_seeking_features) < 0:
@@ -204,6 +211,9 @@ class HingeGANLoss:
         self._fakes: tuple[Tensor, Tensor] | None = None  # (images, labels) of the last G phase, for the next D phase
         self.feature_matching = float(feature_matching)
         self.mode_seeking_features = float(mode_seeking_features)
+        if int(mode_seeking_pool) < 1:
+            raise ValueError(f"mode_seeking_pool must be an integer >= 1, got {mode_seeking_pool}")
+        self.mode_seeking_pool = int(mode_seeking_pool)
         # (mean (c,), spread ()) of D's pooled features of the last D phase's real batch (feature matching)
         self._real_features: tuple[Tensor, Tensor] | None = None
 
@@ -307,7 +317,8 @@ class HingeGANLoss:
             loss = adv + self.ortho_weight * ortho
             stats = {"G/ortho": ortho.detach()}
             if self.mode_seeking:
-                ratio = mode_seeking_ratio(fake.float(), z, self.mode_seeking_norm, self.mode_seeking_pairs)
+                ratio = mode_seeking_ratio(fake.float(), z, self.mode_seeking_norm, self.mode_seeking_pairs,
+                                           self.mode_seeking_pool)
                 if self.mode_seeking_pairs:
                     loss = loss + self.mode_seeking * (1.0 / (ratio + 1e-5)).mean()
                 else:  # MSGAN's form, kept bit for bit (earlier runs reproduce)
