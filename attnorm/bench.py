@@ -33,16 +33,18 @@ import torch
 from torch import nn
 
 from .layers import (AttentiveNorm, SelfAttention2d, compiled_statistics, cpu_kernels_enabled, regional_norm,
-                     regional_norm_literal, triton_pixel_sums_enabled, triton_statistics_enabled)
+                     regional_norm_literal, small_products_as_sums_enabled, triton_pixel_sums_enabled,
+                     triton_statistics_enabled)
 from .layers import cpu_fused
 from .provenance import git_commit
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("rn_fast", "rn_literal", "an", "sa", "conv_in", "an_cstats", "an_triton", "an_tsums", "an_tall", "an_torch")
+VARIANTS = ("rn_fast", "rn_literal", "an", "sa", "conv_in", "an_cstats", "an_triton", "an_tsums", "an_tall", "an_torch",
+            "an_msum", "an_tall_msum")
 # an_cstats compiles (seconds per size), the Triton variants need Triton, an_torch is a comparison: asked for by name
 DEFAULT_VARIANTS = VARIANTS[:5]
-TRITON_VARIANTS = ("an_triton", "an_tsums", "an_tall")
+TRITON_VARIANTS = ("an_triton", "an_tsums", "an_tall", "an_tall_msum")
 DESCRIPTIONS = {
     "rn_fast": "regional norm, fast path (attnorm.layers.regional_norm)",
     "rn_literal": "regional norm, literal Algorithm 1 (5-D tensors)",
@@ -54,6 +56,8 @@ DESCRIPTIONS = {
     "an_tsums": "AttentiveNorm with its pixel sums as a split-K Triton kernel (attnorm.layers.triton_pixel_sums)",
     "an_tall": "AttentiveNorm with both Triton paths (statistics and pixel sums)",
     "an_torch": "AttentiveNorm on its PyTorch path: the fused CPU kernels (attnorm.layers.cpu_fused) off",
+    "an_msum": "AttentiveNorm with its three small products as multiply-and-sum (attnorm.layers.small_products_as_sums)",
+    "an_tall_msum": "an_tall with the three small products as multiply-and-sum",
 }
 
 
@@ -102,7 +106,7 @@ def layer_module(variant: str, c: int, n: int) -> nn.Module:
     """The module a layer variant times (``an`` and its ``an_*`` paths, ``sa``, ``conv_in``), on
     the CPU, freshly initialised from torch's global RNG. AN's sigma and SA's gamma are 0.5: at their
     initial 0 each layer would be the identity plus a branch whose gradient is still computed."""
-    if variant in ("an", "an_cstats", "an_torch") + TRITON_VARIANTS:
+    if variant in ("an", "an_cstats", "an_torch", "an_msum") + TRITON_VARIANTS:
         module: nn.Module = AttentiveNorm(c, num_entities=n)
         with torch.no_grad():
             module.sigma.fill_(0.5)
@@ -164,6 +168,8 @@ def _build(variant: str, b: int, c: int, n: int, size: int, device: str,
     switches = {"an_cstats": (compiled_statistics,), "an_triton": (triton_statistics_enabled,),
                 "an_tsums": (triton_pixel_sums_enabled,),
                 "an_tall": (triton_statistics_enabled, triton_pixel_sums_enabled),
+                "an_msum": (small_products_as_sums_enabled,),
+                "an_tall_msum": (triton_statistics_enabled, triton_pixel_sums_enabled, small_products_as_sums_enabled),
                 "an_torch": (lambda on: cpu_kernels_enabled(not on),)}.get(variant, ())
 
     def variant_paths():

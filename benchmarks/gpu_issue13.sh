@@ -15,6 +15,9 @@
 #     pixel sums (an_tsums) and both (an_tall), SA and
 #     conv1x1+IN eager in float32, and with forward and backward captured as CUDA graphs
 #     (--cuda-graphs) in float32 and bf16 autocast;
+#   * forms: an_tall against an_tall_msum (the same with the three small products as multiply-and-sum,
+#     attnorm.layers.small_products_as_sums), SA and conv1x1+IN under CUDA graphs, b 8 and 32, 32/64, float32
+#     (with probe, the first thing a device session should run: PARTS="probe forms", about 2 minutes);
 #   * cl: the pixel-major path's CUDA parity test and AN, SA, conv1x1+IN on channels-last inputs (b 8, 32);
 #   * a kernel-level profile of AN, SA and conv1x1+IN (benchmarks/gpu_profile_an.py): under graphs
 #     AN's time grows with the map (session 7), so which kernels are slow; and the forward pixel
@@ -29,7 +32,7 @@
 # Through the device tool (at most 8 files come back from $OUT), write elsewhere and pack:
 #     bash benchmarks/gpu_issue13.sh /tmp/r && tar czf $OUT/results.tgz -C /tmp r
 # ATTNORM_COMMIT names the code state in the log where the tree has no .git (a device copy).
-# PARTS picks what runs (default all): tests bench cl profile probe triton_cost compile gan gan_compile; e.g.
+# PARTS picks what runs (default all): tests bench forms cl profile probe triton_cost compile gan gan_compile; e.g.
 # PARTS="tests bench profile" for the layer figures and the kernel profile alone (about 4 minutes).
 # PROFILE_VARIANTS (default an,an_tall,sa,conv_in) and PROFILE_CASES (batch:autocast, default
 # "8: 8:bf16 32:") pick the profiled layers and cases.
@@ -40,7 +43,7 @@ out="${1:-${OUT:-benchmarks/results/gpu}}"
 mkdir -p "$out"
 commit="${ATTNORM_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 log="$out/gpu_issue13.log"
-parts=" ${PARTS:-tests bench cl profile probe triton_cost compile gan gan_compile} "
+parts=" ${PARTS:-tests bench forms cl profile probe triton_cost compile gan gan_compile} "
 part() { [[ "$parts" == *" $1 "* ]]; }
 run() {  # name, time limit in seconds, then attnorm bench arguments
   local name=$1 limit=$2; shift 2
@@ -57,6 +60,11 @@ part bench && for b in 8 32; do
   run "gpu_b${b}_fp32" 90 --batch "$b" $S --variants an,an_triton,an_tsums,an_tall,sa,conv_in
   run "gpu_b${b}_fp32_graphs" 70 --batch "$b" $S --variants an,an_triton,an_tsums,an_tall,sa,conv_in --cuda-graphs --no-memory
   run "gpu_b${b}_bf16_graphs" 50 --batch "$b" $S --variants an,an_tall,sa,conv_in --cuda-graphs --autocast bf16 --no-memory
+done
+# the three small products as multiply-and-sum against the plain matrix products, side by side (session 32)
+part forms && for b in 8 32; do
+  run "gpu_b${b}_fp32_graphs_forms" 60 --batch "$b" --sizes 32,64 --repeats 20 --warmup 3 \
+    --variants an_tall,an_tall_msum,sa,conv_in --cuda-graphs --no-memory
 done
 # channels-last inputs (session 27: the layer computes them pixel-major from 32 channels, never yet run on a GPU):
 # its CUDA parity test, then the layer figures in that layout

@@ -231,9 +231,11 @@ def test_the_triton_variants_are_skipped_with_their_reason_where_triton_cannot_r
         assert rows[v]["status"] == "skipped" and f"{v} needs the triton package" in rows[v]["reason"]
 
 
-@pytest.mark.parametrize("variant,stats,sums", [("an", False, False), ("an_triton", True, False),
-                                                 ("an_tsums", False, True), ("an_tall", True, True)])
-def test_each_an_variant_switches_its_paths_on_for_its_step_only(monkeypatch, variant, stats, sums):
+@pytest.mark.parametrize("variant,stats,sums,msum", [("an", False, False, False), ("an_triton", True, False, False),
+                                                      ("an_tsums", False, True, False), ("an_tall", True, True, False),
+                                                      ("an_msum", False, False, True),
+                                                      ("an_tall_msum", True, True, True)])
+def test_each_an_variant_switches_its_paths_on_for_its_step_only(monkeypatch, variant, stats, sums, msum):
     """What each variant's step runs with: the statistics and pixel-sum switches as seen from inside
     the layer's forward and backward (the pixel sums are called in both), and off again after."""
     import warnings
@@ -246,7 +248,14 @@ def test_each_an_variant_switches_its_paths_on_for_its_step_only(monkeypatch, va
         seen.append((regional._TRITON["enabled"], regional._TRITON_SUMS["enabled"]))
         return real(a, b)
     monkeypatch.setattr(attentive, "pixel_sum", spy)
-    if variant != "an":  # build's check passes; the statistics kernels fail (the eager path runs)
+    small = []
+    real_small = attentive._small_mm
+
+    def small_spy(a, b):
+        small.append(attentive._SMALL_SUMS["enabled"])
+        return real_small(a, b)
+    monkeypatch.setattr(attentive, "_small_mm", small_spy)
+    if variant in bench.TRITON_VARIANTS:  # build's check passes; the statistics kernels fail (the eager path runs)
         monkeypatch.setattr(triton_stats, "applicable", lambda *a: True)
         monkeypatch.setattr(triton_stats, "statistics_forward", lambda *a: (_ for _ in ()).throw(RuntimeError("x")))
     from attnorm.layers import cpu_fused
@@ -256,7 +265,9 @@ def test_each_an_variant_switches_its_paths_on_for_its_step_only(monkeypatch, va
         step()
     regional._TRITON["failed"] = None
     assert len(seen) == 5 and set(seen) == {(stats, sums)}, seen
+    assert len(small) == 3 and set(small) == {msum}, small  # W_v mean(X) and SSR's two gradients
     assert not regional._TRITON["enabled"] and not regional._TRITON_SUMS["enabled"]
+    assert not attentive._SMALL_SUMS["enabled"]
 
 
 def test_cuda_graphs_need_cuda_and_a_layer_variant(capsys):

@@ -566,3 +566,38 @@ def test_float32_gradients_stay_close_to_float64():
             continue
         err = (grads[0][name] - exact).abs().max().item() / scale
         assert err < 2e-5, (name, err)
+
+
+def test_small_products_as_sums_match_the_literal_layer_and_replace_three_matrix_products():
+    """``small_products_as_sums``: W_v mean_p(X) and SSR's query and key gradients as a broadcast
+    multiply and a sum; the output and every gradient still match the literal layer, and three
+    ``mm`` calls of the forward+backward are gone."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from attnorm.layers import small_products_as_sums_enabled
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    layer = _layer()
+    x = _x(3, 16, 5, 4)
+    pos = torch.tensor([0, 19, 19, 7, 2, 11])
+    g = torch.Generator().manual_seed(6)
+    weight = torch.randn(x.shape, generator=g, dtype=x.dtype)
+    layout_weight = torch.randn(3, 6, 5, 4, generator=g, dtype=x.dtype)
+    run = lambda: _grads(lambda x: layer(x, return_layout=True, positions=pos), layer, x, weight, layout_weight)
+    ref = _grads(lambda x: attentive_norm_literal(layer, x, pos), layer, x, weight, layout_weight)
+    with Ops() as plain_ops:
+        plain = run()
+    with small_products_as_sums_enabled(True), Ops() as sum_ops:
+        summed = run()
+    assert attentive._SMALL_SUMS["enabled"] is False  # restored
+    for a, b, r in zip(summed, plain, ref):
+        assert _rel(a, r) <= 1e-9 and _rel(a, b) <= 1e-12
+    assert plain_ops.names.count("mm") - sum_ops.names.count("mm") == 3

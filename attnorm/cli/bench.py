@@ -22,7 +22,7 @@ def bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=nonnegative_int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                   help=f"subset of {','.join(VARIANTS)} (default: all but an_cstats, which compiles for seconds, the Triton paths an_triton, an_tsums, an_tall, and an_torch, the layer with its fused CPU kernels off)")
+                   help=f"subset of {','.join(VARIANTS)} (default: all but an_cstats, which compiles for seconds, the Triton paths an_triton, an_tsums, an_tall, an_tall_msum, and an_torch, the layer with its fused CPU kernels off, and an_msum, its three small products as multiply-and-sum)")
     p.add_argument("--max-mem-gb", type=positive_float, default=None,
                    help="skip variants whose estimated footprint exceeds this "
                         "(default: 60%% of the memory available now)")
@@ -71,7 +71,7 @@ def bench(args: argparse.Namespace) -> int:
         if v not in VARIANTS:
             raise CommandError(f"unknown variant {v!r}; choose from {','.join(VARIANTS)}")
     if args.cuda_graphs and {"rn_fast", "rn_literal"} & set(variants):
-        raise CommandError("--cuda-graphs times layer variants only; pass --variants from an,an_cstats,an_triton,an_tsums,an_tall,an_torch,sa,conv_in")
+        raise CommandError("--cuda-graphs times layer variants only; pass --variants from an,an_cstats,an_triton,an_tsums,an_tall,an_torch,an_msum,an_tall_msum,sa,conv_in")
     from attnorm.training.allocator import retain_freed_memory_on
     retained = not args.glibc_default_malloc and retain_freed_memory_on(args.device)
     report = run(sizes=sizes, batch=args.batch, channels=args.channels, entities=args.entities,

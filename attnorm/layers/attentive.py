@@ -28,8 +28,35 @@ import torch
 from torch import Tensor, nn
 
 from . import cpu_fused
-from .regional import (_check_variance, _compute_dtype, _full_precision_backward, pixel_sum, statistics_backward,
-                       statistics_forward)
+from .regional import (_check_variance, _compute_dtype, _full_precision_backward, _switched, pixel_sum,
+                       statistics_backward, statistics_forward)
+
+
+# ------------------------------------------------------------------ the three small products (opt-in form)
+_SMALL_SUMS = {"enabled": False}
+
+
+def small_products_as_sums(enabled: bool = True) -> None:
+    """Compute the layer's three small matrix products, ``W_v mean_p(X)`` ((b, c) x (c, c)) and SSR's
+    query and key gradients ((c/8, b n) x (b n, c + 1) and (c/8, b n) x (b n, c)), as one broadcast
+    multiply and one sum each instead of a matrix product. On an H200 the three took 160 of the layer's
+    570 us of device time at b 8, 32x32 (session 31), about a microsecond of arithmetic each: the
+    library's choice of kernel for a product with 8-16 rows, not the work. The same values (the sum's
+    order differs); off by default until a GPU run (``gpu_issue13.sh``'s ``forms`` part) shows it faster."""
+    _SMALL_SUMS["enabled"] = bool(enabled)
+
+
+def small_products_as_sums_enabled(enabled: bool = True):
+    """Context manager: :func:`small_products_as_sums` (``enabled``) inside, the previous setting after."""
+    return _switched(_SMALL_SUMS, small_products_as_sums, enabled)
+
+
+def _small_mm(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` for a small (m, k) x (k, n) product, as a broadcast multiply and a sum over k when
+    :func:`small_products_as_sums` is on."""
+    if _SMALL_SUMS["enabled"]:
+        return (a.unsqueeze(-1) * b.unsqueeze(0)).sum(1)
+    return a @ b
 
 
 _WORKSPACE = threading.local()
@@ -210,7 +237,7 @@ class _AttentiveNormFn(torch.autograd.Function):
                                   positions, None)
             return y, state[1]
         xbar = x3.mean(-1)  # (b, c)
-        value_of_mean = xbar @ value.t()  # (b, c): W_v mean_p(X)
+        value_of_mean = _small_mm(xbar, value.t())  # (b, c): W_v mean_p(X)
         bias = torch.cat([ent_bias * inv_tau, -value_of_mean], dim=1)  # (b, n + c)
         shift = (value_of_mean + value_bias).unsqueeze(-1)  # (b, c, 1)
         out = _map_mm_add(bias.unsqueeze(-1), weight, x3, pm)  # (b, n + c, hw)
@@ -403,12 +430,12 @@ class _AttentiveNormFn(torch.autograd.Function):
             flat = g_aug.view(b * n, c + 1)
             keys_flat = keys_t.view(b * n, -1)  # (b n, c/8)
             if needs[6] or needs[7]:  # [g_query | g_query_bias] = keys^T [g_kq | g_kb], summed over b and n
-                g_q_aug = keys_flat.t() @ flat  # (c/8, c + 1)
+                g_q_aug = _small_mm(keys_flat.t(), flat)  # (c/8, c + 1)
                 g_query = g_q_aug[:, :c] if needs[6] else None
                 g_query_bias = g_q_aug[:, c] if needs[7] else None
             g_keys = flat @ q_aug.t()  # (b n, c/8): g_kq W_q^T + g_kb b_q^T
             if needs[4]:
-                g_key = g_keys.t() @ xs_t.reshape(b * n, c)  # (c/8, c)
+                g_key = _small_mm(g_keys.t(), xs_t.reshape(b * n, c))  # (c/8, c)
             if needs[5]:
                 g_key_bias = g_keys.sum(0)
             if g_x3 is not None:  # the gather's gradient
