@@ -373,6 +373,19 @@ def _grads(fn, layer, x, weight, layout_weight=None):
     return [xr.grad] + [p.grad.clone() for p in layer.parameters()]
 
 
+def _layout_case(layer, seed):
+    """``(run, reference)``: the gradients (input's, then every parameter's) of a weighted sum of the
+    layer's output and layout on a fixed input and SSR positions, from the layer and from the literal one."""
+    x = _x(3, 16, 5, 4)
+    pos = torch.tensor([0, 19, 19, 7, 2, 11])
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(x.shape, generator=g, dtype=x.dtype)
+    layout_weight = torch.randn(3, 6, 5, 4, generator=g, dtype=x.dtype)
+    run = lambda: _grads(lambda x: layer(x, return_layout=True, positions=pos), layer, x, weight, layout_weight)
+    reference = lambda: _grads(lambda x: attentive_norm_literal(layer, x, pos), layer, x, weight, layout_weight)
+    return run, reference
+
+
 @pytest.mark.parametrize("variance", ["algorithm1", "weighted"])
 @pytest.mark.parametrize("ssr, affine", [(True, True), (False, True), (True, False), (False, False)])
 def test_gradients_match_literal_in_every_configuration(variance, ssr, affine):
@@ -428,18 +441,12 @@ def test_vc_squared_kept_or_recomputed_gives_the_same_gradients(monkeypatch, var
     both branches, run here on the CPU, give bit-identical gradients, equal to the literal's."""
     from attnorm.layers import attentive
 
-    layer = _layer(variance=variance)
-    x = _x(3, 16, 5, 4)
-    pos = torch.tensor([0, 19, 19, 7, 2, 11])
-    g = torch.Generator().manual_seed(5)
-    weight = torch.randn(x.shape, generator=g, dtype=x.dtype)
-    layout_weight = torch.randn(3, 6, 5, 4, generator=g, dtype=x.dtype)
-    run = lambda: _grads(lambda x: layer(x, return_layout=True, positions=pos), layer, x, weight, layout_weight)
+    run, reference = _layout_case(_layer(variance=variance), seed=5)
     assert "cpu" in attentive.KEEP_VC_SQUARED_ON
     kept = run()
     monkeypatch.setattr(attentive, "KEEP_VC_SQUARED_ON", frozenset())
     recomputed = run()
-    ref = _grads(lambda x: attentive_norm_literal(layer, x, pos), layer, x, weight, layout_weight)
+    ref = reference()
     for a, b, r in zip(kept, recomputed, ref):
         assert torch.equal(a, b)
         assert _rel(a, r) <= 1e-9
@@ -585,14 +592,8 @@ def test_small_products_as_sums_match_the_literal_layer_and_replace_three_matrix
             self.names.append(func.overloadpacket.__name__)
             return func(*args, **(kwargs or {}))
 
-    layer = _layer()
-    x = _x(3, 16, 5, 4)
-    pos = torch.tensor([0, 19, 19, 7, 2, 11])
-    g = torch.Generator().manual_seed(6)
-    weight = torch.randn(x.shape, generator=g, dtype=x.dtype)
-    layout_weight = torch.randn(3, 6, 5, 4, generator=g, dtype=x.dtype)
-    run = lambda: _grads(lambda x: layer(x, return_layout=True, positions=pos), layer, x, weight, layout_weight)
-    ref = _grads(lambda x: attentive_norm_literal(layer, x, pos), layer, x, weight, layout_weight)
+    run, reference = _layout_case(_layer(), seed=6)
+    ref = reference()
     with Ops() as plain_ops:
         plain = run()
     with small_products_as_sums_enabled(True), Ops() as sum_ops:
