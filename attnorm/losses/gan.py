@@ -40,8 +40,8 @@ latents of one class apart in image space, against within-class mode collapse. T
 distance also grows with contrast, and at weight 0.6-2.0 the demo's images came out over-bright
 and over-saturated (pixel std 1.15-1.3x the data's); ``mode_seeking_norm="image"`` measures the
 distance relative to the images' own contrast instead (:func:`mode_seeking_ratio`).
-``mode_seeking_pool = k`` measures both distances on the images average-pooled by ``k`` (their
-coarse layout and colours), so uncorrelated fine speckle, which raises a pixel distance cheaply,
+``mode_seeking_pool = k`` measures the image distance (and the contrast it is divided by) on the
+images average-pooled by ``k`` (their coarse layout and colours), so uncorrelated fine speckle, which raises a pixel distance cheaply,
 does not count. ``mode_seeking_features`` adds the same term per pair measured in D's pooled features (the input of
 its last linear layer) instead of pixels, over the batch's feature spread (:func:`feature_seeking_ratio`):
 a pair that differs only in pixels D does not tell apart (a shifted speckle) gains nothing there.
@@ -89,7 +89,8 @@ def mode_seeking_ratio(fake: Tensor, z: Tensor, norm: str = "", per_pair: bool =
     over the batch): then no affine change of the pixel values (``a x + b``) moves the ratio, so
     G cannot raise it by pushing every colour towards the extremes. ``per_pair``: one ratio per
     pair (b/2,), each pair's own image and latent distances (the contrast stays the batch's).
-    ``pool`` > 1: both distances on ``avg_pool2d(fake, pool)`` (coarse layout and colours only)."""
+    ``pool`` > 1: the image distance and the contrast on ``avg_pool2d(fake, pool)`` (coarse layout and
+    colours only)."""
     if pool > 1:
         fake = F.avg_pool2d(fake, pool)
     x1, x2 = fake.chunk(2)
@@ -162,7 +163,7 @@ class HingeGANLoss:
             the D phase right after a G phase uses them (with several D steps the later ones, and
             a real batch of another size, generate as usual).
         feature_matching: weight of the feature-matching term in the G phase (0: off; see above).
-        mode_seeking_pool: average-pool the images by this factor before that term's distances (1: off).
+        mode_seeking_pool: average-pool the images by this factor before that term's image distance (1: off).
         mode_seeking_features: weight of the per-pair mode-seeking term in D's pooled features
             (:func:`feature_seeking_ratio`; 0: off); pairs the G batch like ``mode_seeking``.
     """

@@ -93,7 +93,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "feature_matching": 0.0,  # >0: G also matches the batch mean of D's pooled features on real images (Salimans et al.)
     "mode_seeking_norm": "",  # "image": that term's image distance over the images' own contrast (not MSGAN's)
     "mode_seeking_pairs": False,  # true: the term per pair, mean of 1 / ratio_i (a collapsed pair pushed hardest)
-    "mode_seeking_pool": 1,  # >1: that term's distances on the images average-pooled by this factor
+    "mode_seeking_pool": 1,  # >1: that term's image distance on the images average-pooled by this factor
     "mode_seeking_features": 0.0,  # weight of the per-pair term in D's pooled features instead of pixels (0: off)
     "reuse_fakes": False,    # G phase first; the D phase then scores its fakes (one G forward per step fewer)
     "wrong_label": 0.0,      # weight of D's class margin: a real image scores >= 1 higher with its label than a wrong one
