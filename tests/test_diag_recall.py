@@ -75,7 +75,9 @@ def test_a_small_run_ranks_blurred_real_images_below_real_ones(tmp_path):
                                                       "real (the floor)", "noise std 0.1")]
     assert hf == sorted(hf) and 0.8 < floor["hf_power_vs_reference"] < 1.25
     assert 0.85 < floor["class_spread_vs_reference"] < 1.15
-    assert real["colours: two tints of the luminance"]["class_spread_vs_reference"] < 0.8
+    tints = real["colours: two tints of the luminance"]
+    assert tints["class_spread_vs_reference"] < 0.8
+    assert tints["ground_colour_recall"] < 0.5 < floor["ground_colour_recall"]  # two tints miss most grounds' colours
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["real"]["blur sigma 1.2 px"]["recall"] == blurred["recall"]
     assert "| blur sigma 1.2 px |" in (tmp_path / "results.md").read_text()
@@ -150,8 +152,10 @@ def test_a_set_without_stripes_loses_only_the_striped_reference_images():
     ref = centres[np.arange(n) % 3] + rng.normal(size=(n, 16))
     keep = np.array([g != "stripes" for g in grounds])
     fake = ref[keep] + 0.01 * rng.normal(size=(keep.sum(), 16))
-    pix = {"hf": 1.0, "spread": 1.0, "contrast": 1.0, "chroma": 1.0, "classes": 4, "grounds": grounds}
-    row = diag.score(ref, fake, torch.rand(len(fake), 3, 8, 8), pix)
+    images = torch.rand(len(fake), 3, 8, 8)
+    pix = {"hf": 1.0, "spread": 1.0, "contrast": 1.0, "chroma": 1.0, "classes": 4, "grounds": grounds,
+           "ground_colours": diag.ground_colours(images)}
+    row = diag.score(ref, fake, images, pix)
     assert row["recall_by_ground"]["stripes"] == 0.0
     assert row["recall_by_ground"]["noise"] > 0.95 and row["recall_by_ground"]["gradient"] > 0.95
     assert row["recall"] == pytest.approx(np.mean([row["recall_by_ground"][g] for g in grounds]))
@@ -176,10 +180,18 @@ def test_score_reports_fid_mean_term_against_numpy():
     rng = np.random.default_rng(6)
     ref = rng.normal(size=(200, 4))
     fake = rng.normal(size=(150, 4)) + np.array([0.5, 0.0, -0.2, 0.0])
-    pix = {"hf": 1.0, "spread": 1.0, "contrast": 1.0, "chroma": 1.0, "classes": 2, "grounds": None}
-    row = diag.score(ref, fake, torch.rand(150, 3, 8, 8), pix)
+    images = torch.rand(150, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    warm = images[:75].clone()
+    warm[:, 0] += 2.0  # half the set on red grounds far from every reference colour
+    pix = {"hf": 1.0, "spread": 1.0, "contrast": 1.0, "chroma": 1.0, "classes": 2, "grounds": None,
+           "ground_colours": diag.ground_colours(images)}
+    row = diag.score(ref, fake, torch.cat([warm, images[75:]]), pix)
     assert row["fid_mean_term"] == pytest.approx(((ref.mean(0) - fake.mean(0)) ** 2).sum(), rel=1e-10)
     assert 0 < row["fid_mean_term"] < row["fid"]
+    # the grounds' colours: the reference's own images cover it all; a red half lies outside its colours
+    same = diag.score(ref, fake, images, pix)
+    assert same["ground_colour_precision"] == same["ground_colour_recall"] == 1.0
+    assert row["ground_colour_precision"] == pytest.approx(0.5)
 
 
 def test_ground_classifier_tells_the_grounds_apart_and_counts_them():
@@ -197,3 +209,15 @@ def test_ground_classifier_tells_the_grounds_apart_and_counts_them():
     for fr in (striped, plain):
         assert sum(fr.values()) == pytest.approx(1.0)
     assert striped["stripes"] == pytest.approx(float((calls[g == 2] == 2).float().mean()))
+
+
+def test_ground_colours_average_the_edge_frame_only():
+    diag = load_benchmark("diag_recall")
+    rng = np.random.default_rng(4)
+    x = rng.uniform(-1, 1, (3, 3, 12, 10))
+    f = diag.GROUND_FRAME
+    want = np.stack([[np.concatenate([img[c, :f].ravel(), img[c, -f:].ravel(), img[c, f:-f, :f].ravel(),
+                                      img[c, f:-f, -f:].ravel()]).mean() for c in range(3)] for img in x])
+    np.testing.assert_allclose(diag.ground_colours(torch.from_numpy(x)), want, rtol=1e-12)
+    x[:, :, f:-f, f:-f] = 5.0  # whatever lies inside the frame does not count
+    np.testing.assert_allclose(diag.ground_colours(torch.from_numpy(x)), want, rtol=1e-12)
