@@ -155,9 +155,10 @@ DEFAULT_CONFIG: dict[str, Any] = {
 # eight (0.323 against 0.264), accuracy and precision level, FID higher in six of eight but within its seed spread
 # (benchmarks/results/gan_demo_s31/).
 # Session 33 sets Adam's betas to (0, 0.99) (StyleGAN2's; DCGAN's (0.5, 0.999) before): at 2000 steps on one thread,
-# four seeds beside the previous preset, recall 0.345 against 0.276 (higher in two seeds by 0.11-0.13, level in two),
-# FID 3.97 against 3.54, accuracy 0.881 against 0.899; either change alone did not do it (beta1 0: recall +0.02 / 0.00,
-# FID 1.5-3.4 higher; beta2 0.99: recall -0.02 / -0.02) (benchmarks/results/gan_demo_levers_s33/).
+# four seeds beside the previous preset, recall 0.345 against 0.276 (higher in all four: by 0.11-0.13 in two, by
+# 0.006-0.026 in two), FID 3.97 against 3.54, accuracy 0.881 against 0.899; either change alone did not do it (beta1 0:
+# recall +0.02 / 0.00, FID 0.9-3.4 higher; beta2 0.99: recall -0.02 / -0.02) (benchmarks/results/gan_demo_levers_s33/).
+# The demo as shipped with them, six seeds: recall 0.299 +- 0.008 (benchmarks/results/gan_demo_s33/).
 DEMO_CONFIG: dict[str, Any] = {
     **DEFAULT_CONFIG,
     "procedural_pose": "centred",
