@@ -153,8 +153,7 @@ def test_a_set_without_stripes_loses_only_the_striped_reference_images():
     keep = np.array([g != "stripes" for g in grounds])
     fake = ref[keep] + 0.01 * rng.normal(size=(keep.sum(), 16))
     images = torch.rand(len(fake), 3, 8, 8)
-    pix = {"hf": 1.0, "spread": 1.0, "contrast": 1.0, "chroma": 1.0, "classes": 4, "grounds": grounds,
-           "ground_colours": diag.ground_colours(images)}
+    pix = diag.pixel_reference(images, 4, grounds)
     row = diag.score(ref, fake, images, pix)
     assert row["recall_by_ground"]["stripes"] == 0.0
     assert row["recall_by_ground"]["noise"] > 0.95 and row["recall_by_ground"]["gradient"] > 0.95
@@ -183,8 +182,7 @@ def test_score_reports_fid_mean_term_against_numpy():
     images = torch.rand(150, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     warm = images[:75].clone()
     warm[:, 0] += 2.0  # half the set on red grounds far from every reference colour
-    pix = {"hf": 1.0, "spread": 1.0, "contrast": 1.0, "chroma": 1.0, "classes": 2, "grounds": None,
-           "ground_colours": diag.ground_colours(images)}
+    pix = diag.pixel_reference(images, 2)
     row = diag.score(ref, fake, torch.cat([warm, images[75:]]), pix)
     assert row["fid_mean_term"] == pytest.approx(((ref.mean(0) - fake.mean(0)) ** 2).sum(), rel=1e-10)
     assert 0 < row["fid_mean_term"] < row["fid"]
