@@ -110,3 +110,31 @@ def test_the_gan_loss_shows_d_only_augmented_images(policy):
     # the G phase's gradient reaches G through the augmentation: d/db of -mean(D) = -(kept fraction)
     kept = 1 - np.mean(zeros[16:]) / 256
     assert G.b.grad.item() == pytest.approx(-kept, rel=1e-5)
+
+
+def test_instance_noise_is_added_to_every_image_d_sees_and_passes_gs_gradient():
+    """``instance_noise=s``: every image D sees, real and fake, in both phases, is the image plus N(0, s^2)
+    noise drawn anew each time; the noise is additive, so G's gradient is the noiseless one."""
+    torch.manual_seed(0)
+    G, D = _ConstG(), _RecordingD()
+    loss = HingeGANLoss(G, D, z_dim=4, num_classes=2, batch_size=8, ortho_weight=0.0, instance_noise=0.1)
+    real = torch.full((8, 3, 16, 16), -0.5)
+    loss.run_phase("D", (real, torch.zeros(8, dtype=torch.long)))
+    loss.run_phase("G", None)
+    d_batch, g_batch = D.seen
+    clean = torch.cat([real, torch.full((16, 3, 16, 16), 0.5)])
+    noise = torch.cat([d_batch, g_batch]) - clean
+    per_image = noise.flatten(1)
+    assert per_image.std(1).numpy() == pytest.approx(np.full(24, 0.1), rel=0.15)  # 768 draws per image
+    assert noise.std().item() == pytest.approx(0.1, rel=0.03) and abs(noise.mean().item()) < 0.005
+    assert torch.corrcoef(per_image[[8, 16]])[0, 1].abs() < 0.15  # the G phase's fake drew its own noise
+    assert G.b.grad.item() == pytest.approx(-1.0, rel=1e-6)  # d/db of -mean(D(b + noise))
+    D.seen.clear()
+    quiet = HingeGANLoss(G, D, z_dim=4, num_classes=2, batch_size=8, ortho_weight=0.0)
+    quiet.run_phase("D", (real, torch.zeros(8, dtype=torch.long)))
+    assert torch.equal(D.seen[0], clean[:16])  # off by default: the images themselves
+    with pytest.raises(ValueError, match="instance_noise"):
+        HingeGANLoss(G, D, z_dim=4, num_classes=2, batch_size=8, instance_noise=-0.1)
+    assert resolve_config()["instance_noise"] == 0
+    with pytest.raises(ValueError, match="instance_noise"):
+        resolve_config(overrides={"instance_noise": -1})

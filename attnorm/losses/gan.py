@@ -166,6 +166,9 @@ class HingeGANLoss:
         mode_seeking_pool: average-pool the images by this factor before that term's image distance (1: off).
         mode_seeking_features: weight of the per-pair mode-seeking term in D's pooled features
             (:func:`feature_seeking_ratio`; 0: off); pairs the G batch like ``mode_seeking``.
+        instance_noise: std of Gaussian noise added to every image D sees (after the augmentation),
+            real and fake, in both phases; pixel units of the [-1, 1] images (0: off). It hides
+            from D the per-pixel detail (the data's grain) that G cannot draw (Sonderby et al. 2017).
     """
 
     def __init__(self, G: nn.Module, D: nn.Module, z_dim: int, num_classes: int, batch_size: int,
@@ -174,13 +177,15 @@ class HingeGANLoss:
                  r1_every: int = 1, lecam: float = 0.0, lecam_decay: float = 0.99,
                  reuse_fakes: bool = False, mode_seeking_norm: str = "", feature_matching: float = 0.0,
                  mode_seeking_pairs: bool = False, mode_seeking_features: float = 0.0,
-                 mode_seeking_pool: int = 1) -> None:
+                 mode_seeking_pool: int = 1, instance_noise: float = 0.0) -> None:
         _check_mode_seeking_norm(mode_seeking_norm)
         self.mode_seeking_norm, self.mode_seeking_pairs = mode_seeking_norm, bool(mode_seeking_pairs)
         if min(mode_seeking, wrong_label, r1, lecam, feature_matching, mode_seeking_features) < 0:
             raise ValueError(f"mode_seeking, wrong_label, r1, lecam, feature_matching and mode_seeking_features are "
                              f"loss weights >= 0, got {mode_seeking}, {wrong_label}, {r1}, {lecam}, {feature_matching} "
                              f"and {mode_seeking_features}")
+        if not instance_noise >= 0:
+            raise ValueError(f"instance_noise is a noise std >= 0 (pixel units of [-1, 1] images), got {instance_noise}")
         if (feature_matching or mode_seeking_features) and not isinstance(getattr(_inner(D), "linear", None), nn.Linear):
             raise ValueError("feature_matching and mode_seeking_features read D's pooled features at the input of its last linear layer "
                              "(D.linear); this discriminator has none")
@@ -215,6 +220,7 @@ class HingeGANLoss:
         if int(mode_seeking_pool) < 1:
             raise ValueError(f"mode_seeking_pool must be an integer >= 1, got {mode_seeking_pool}")
         self.mode_seeking_pool = int(mode_seeking_pool)
+        self.instance_noise = float(instance_noise)
         # (mean (c,), spread ()) of D's pooled features of the last D phase's real batch (feature matching)
         self._real_features: tuple[Tensor, Tensor] | None = None
 
@@ -242,6 +248,10 @@ class HingeGANLoss:
     def _autocast(self):
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
+    def _noisy(self, x: Tensor) -> Tensor:
+        """``x`` plus instance noise of std ``instance_noise`` (x itself when off)."""
+        return x + self.instance_noise * torch.randn_like(x) if self.instance_noise else x
+
     def sample_latents(self, b: int) -> tuple[Tensor, Tensor]:
         z = torch.randn(b, self.z_dim, device=self.device)
         y = torch.randint(self.num_classes, (b,), device=self.device)
@@ -268,7 +278,7 @@ class HingeGANLoss:
                 kw["mbstd_ids"] = torch.cat([lab + i * self.num_classes for i, lab in enumerate(labels)])
             with_r1 = self.r1 > 0 and self._d_phases % self.r1_every == 0
             self._d_phases += 1
-            seen = diff_augment(torch.cat(images), self.augment)
+            seen = self._noisy(diff_augment(torch.cat(images), self.augment))
             if with_r1:  # the gradient is taken w.r.t. the images as D sees them
                 seen = seen.detach().requires_grad_(True)
             with self._autocast(), self._pooled_features() as pooled:
@@ -312,7 +322,7 @@ class HingeGANLoss:
                 y_fake = y_fake[: self.batch_size // 2].repeat(2)  # halves share labels
             with self._autocast(), self._pooled_features() as pooled:
                 fake = self.G(z, y_fake)
-                logits = _inner(self.D)(diff_augment(fake, self.augment), y_fake)
+                logits = _inner(self.D)(self._noisy(diff_augment(fake, self.augment)), y_fake)
             adv = g_hinge(logits.float())
             ortho = orthogonality_loss(_inner(self.G))
             loss = adv + self.ortho_weight * ortho

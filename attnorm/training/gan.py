@@ -89,6 +89,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "lr_final_mult": 0.25,
     "d_steps": 3,
     "diffaugment": "",       # DiffAugment policy on every image D sees, e.g. "color,translation,cutout"
+    "instance_noise": 0.0,   # std of Gaussian noise on every image D sees, real and fake ([-1, 1] pixel units; 0: off)
     "mode_seeking": 0.0,     # weight of MSGAN's mode-seeking term in G's loss (0: off)
     "feature_matching": 0.0,  # >0: G also matches the batch mean of D's pooled features on real images (Salimans et al.)
     "mode_seeking_norm": "",  # "image": that term's image distance over the images' own contrast (not MSGAN's)
@@ -281,7 +282,8 @@ class GANTraining(TaskRun):
                                  feature_matching=float(cfg.get("feature_matching") or 0.0),
                                  mode_seeking_pairs=bool(cfg.get("mode_seeking_pairs")),
                                  mode_seeking_features=float(cfg.get("mode_seeking_features") or 0.0),
-                                 mode_seeking_pool=int(cfg.get("mode_seeking_pool") or 1))
+                                 mode_seeking_pool=int(cfg.get("mode_seeking_pool") or 1),
+                                 instance_noise=float(cfg.get("instance_noise") or 0.0))
         self.z_fixed = fixed_latents(cfg, cfg["z_dim"])
         self.sample_classes = list(range(min(self.num_classes, 16)))
         phases = [Phase("D", self.D, self.opt_d, repeats=cfg["d_steps"]),
