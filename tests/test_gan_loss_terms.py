@@ -528,3 +528,22 @@ def test_the_g_phase_takes_the_pooled_ratio():
     assert stats["G/ms_ratio"].item() == pytest.approx(ratios.mean().item(), rel=1e-5)
     assert stats["G/loss"].item() == pytest.approx(-x.mean().item() + 2.0 * (1 / (ratios + 1e-5)).mean().item(),
                                                    rel=1e-5)
+
+
+def test_mode_seeking_ignores_the_generators_own_grain():
+    """A grain generator's noise would count as diversity in the mode-seeking term (independent noise per image
+    widens every pair's distance); the term measures the image without it: the same ratio whatever the grain's
+    std, while the G phase's gradient still reaches that std through D."""
+    from attnorm.models.gan import Generator
+    ratios = []
+    for std in (0.0, 0.5):
+        torch.manual_seed(0)
+        G = Generator(resolution=16, ch=8, num_classes=3, z_dim=16, grain=True)
+        with torch.no_grad():
+            G.grain_std.fill_(std)
+        loss = HingeGANLoss(G, _MeanD(), z_dim=16, num_classes=3, batch_size=8, ortho_weight=0.0, mode_seeking=1.0,
+                            mode_seeking_norm="image", mode_seeking_pairs=True)
+        torch.manual_seed(1)
+        ratios.append(loss.run_phase("G", None)["G/ms_ratio"].item())
+        assert G.grain_std.grad is not None and G.grain_std.grad.abs().sum() > 0
+    assert ratios[1] == pytest.approx(ratios[0], rel=1e-5)

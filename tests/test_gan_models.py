@@ -666,3 +666,32 @@ def test_skip_generator_sums_bilinearly_doubled_rgb_images():
     assert Generator(**g.get_config()).to_rgb is not None
     assert "skip" not in Generator(resolution=32, ch=8, num_classes=3).get_config()  # older files load
     assert build_gan(resolution=16, ch=8, num_classes=3, g_skip=True)[0].get_config()["skip"] is True
+
+
+def test_grain_generator_adds_per_channel_noise_of_its_learned_std():
+    """``grain=True``: the image is the plain generator's (same weights) plus N(0, grain_std_c^2) noise per
+    pixel and channel from torch's global generator (repeatable under a seed, fresh on the next call); the std
+    starts at zero, so a new grain G draws what the plain one does; the option round-trips through the config
+    and the training config's ``g_grain`` reaches it."""
+    from attnorm.models.gan import Generator, build_gan
+    torch.manual_seed(0)
+    g = Generator(resolution=16, ch=8, num_classes=3, z_dim=16, grain=True).eval()
+    plain = Generator(resolution=16, ch=8, num_classes=3, z_dim=16).eval()
+    plain.load_state_dict({k: v for k, v in g.state_dict().items() if k != "grain_std"})
+    z, y = torch.randn(64, 16), torch.arange(64) % 3
+    with torch.no_grad():
+        clean = plain(z, y)
+        assert torch.equal(g(z, y), clean)  # std 0 at the start
+        g.grain_std.copy_(torch.tensor([0.02, 0.06, 0.2]))
+        torch.manual_seed(5)
+        noisy = g(z, y)
+        noise = noisy - clean
+        assert torch.allclose(noise, g.last_grain, atol=1e-6)
+        torch.manual_seed(5)
+        assert torch.equal(g(z, y), noisy)  # repeatable under a seed
+        assert not torch.equal(g(z, y), noisy)  # a fresh draw on the next call
+        got = noise.transpose(0, 1).flatten(1).std(1).numpy()
+        assert got == pytest.approx([0.02, 0.06, 0.2], rel=0.03)  # 16384 draws per channel
+    assert Generator(**g.get_config()).grain_std is not None
+    assert "grain" not in plain.get_config()  # older files load
+    assert build_gan(resolution=16, ch=8, num_classes=3, g_grain=True)[0].get_config()["grain"] is True

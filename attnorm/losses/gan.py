@@ -328,7 +328,9 @@ class HingeGANLoss:
             loss = adv + self.ortho_weight * ortho
             stats = {"G/ortho": ortho.detach()}
             if self.mode_seeking:
-                ratio = mode_seeking_ratio(fake.float(), z, self.mode_seeking_norm, self.mode_seeking_pairs,
+                grain = getattr(_inner(self.G), "last_grain", None)  # G's own noise is not diversity
+                drawn = fake if grain is None else fake - grain
+                ratio = mode_seeking_ratio(drawn.float(), z, self.mode_seeking_norm, self.mode_seeking_pairs,
                                            self.mode_seeking_pool)
                 if self.mode_seeking_pairs:
                     loss = loss + self.mode_seeking * (1.0 / (ratio + 1e-5)).mean()

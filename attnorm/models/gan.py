@@ -303,6 +303,11 @@ class Generator(nn.Module):
             next is added, and the sum is added to the last layer's output before the tanh. The
             blocks still double their features as ``upsample`` says: smooth, low-frequency colour
             (a linear gradient) comes from the coarse images, sharp detail from the fine features.
+        grain: add to the output image per-pixel Gaussian noise with a learned std per colour
+            channel (``grain_std``, zero at the start; StyleGAN's noise input, at the image): the
+            i.i.d. fine grain of real images, which convolutions of z draw badly (not in the
+            listing). The noise comes from torch's global generator, so seed it for repeatable
+            pictures; the scale is exported with the weights.
 
     ``y`` is a (b,) long tensor of labels or a (b, num_classes) float tensor of
     class weights (soft path through every CBN, for class interpolation).
@@ -312,7 +317,8 @@ class Generator(nn.Module):
                  attention: str = "an", num_entities: int = 16, attn_index: int | None = None,
                  channel_mults: list[int] | None = None, an_kwargs: dict | None = None,
                  class_embed_dim: int = 0, spectral_norm: bool = True, hierarchical_z: bool = False,
-                 coords: bool = False, fourier: int = 0, upsample: str = "nearest", skip: bool = False) -> None:
+                 coords: bool = False, fourier: int = 0, upsample: str = "nearest", skip: bool = False,
+                 grain: bool = False) -> None:
         super().__init__()
         nb = num_blocks(resolution)
         up_modes = _check_upsample(upsample, blocks=nb)
@@ -351,6 +357,8 @@ class Generator(nn.Module):
             self.config["upsample"] = upsample if isinstance(upsample, str) else list(upsample)
         if skip:
             self.config["skip"] = True
+        if grain:
+            self.config["grain"] = True
         # latent chunk sizes: [linear layer, block 0, block 1, ...] (one chunk: the whole z to the linear layer)
         self.z_chunks = [len(c) for c in torch.arange(z_dim).tensor_split(nb + 1)] if hierarchical_z else [z_dim]
         self.resolution, self.num_classes, self.z_dim = resolution, num_classes, z_dim
@@ -369,6 +377,7 @@ class Generator(nn.Module):
         # skip: an RGB image from every block's output but the last's (which conv_out draws)
         self.to_rgb = (nn.ModuleList(sn(nn.Conv2d(chans[i + 1], 3, 1), spectral_norm) for i in range(nb - 1))
                        if skip else None)
+        self.grain_std = nn.Parameter(torch.zeros(3)) if grain else None
 
     def get_config(self) -> dict[str, Any]:
         return copy.deepcopy(self.config)
@@ -400,6 +409,9 @@ class Generator(nn.Module):
                     rgb = block_rgb if rgb is None else rgb + block_rgb
         out = self.conv_out(F.relu(self.bn(h)))
         img = torch.tanh(out if rgb is None else out + rgb)  # (b, 3, res, res)
+        if self.grain_std is not None:  # kept as last_grain: the mode-seeking term measures the image without it
+            self.last_grain = self.grain_std.to(img.dtype).view(1, 3, 1, 1) * torch.randn_like(img)
+            img = img + self.last_grain
         return (img, layouts) if return_layouts else img
 
 
@@ -639,9 +651,9 @@ def build_gan(resolution: int = 32, ch: int = 16, num_classes: int = 10, z_dim: 
               d_channel_mults: list[int] | None = None, d_arch: str = "resblock",
               mbstd_by_class: bool = False, hierarchical_z: bool = False,
               g_coords: bool = False, g_fourier: int = 0, g_upsample: str = "nearest",
-              g_skip: bool = False) -> tuple[Generator, nn.Module]:
+              g_skip: bool = False, g_grain: bool = False) -> tuple[Generator, nn.Module]:
     """A matching (G, D) pair from one set of arguments (``d_ch`` defaults to ``ch``;
-    ``class_embed_dim``, ``g_spectral_norm``, ``hierarchical_z``, ``g_coords`` (as ``coords``), ``g_fourier`` (as ``fourier``), ``g_upsample`` (as ``upsample``) and ``g_skip`` (as ``skip``) go to the generator, ``d_channel_mults`` (default:
+    ``class_embed_dim``, ``g_spectral_norm``, ``hierarchical_z``, ``g_coords`` (as ``coords``), ``g_fourier`` (as ``fourier``), ``g_upsample`` (as ``upsample``), ``g_skip`` (as ``skip``) and ``g_grain`` (as ``grain``) go to the generator, ``d_channel_mults`` (default:
     the listing's 1, 2, 4, ...) to the discriminator). ``d_arch`` "resblock": the listing's D
     (:class:`Discriminator`); "conv": :class:`ConvDiscriminator` (``d_ch`` wide; no attention,
     always the projection term)."""
@@ -651,7 +663,7 @@ def build_gan(resolution: int = 32, ch: int = 16, num_classes: int = 10, z_dim: 
     g = Generator(resolution=resolution, ch=ch, num_classes=num_classes, z_dim=z_dim,
                   attention=attention, num_entities=num_entities, an_kwargs=an_kwargs,
                   class_embed_dim=class_embed_dim, spectral_norm=g_spectral_norm, hierarchical_z=hierarchical_z,
-                  coords=g_coords, fourier=g_fourier, upsample=g_upsample, skip=g_skip)
+                  coords=g_coords, fourier=g_fourier, upsample=g_upsample, skip=g_skip, grain=g_grain)
     if d_arch == "conv":
         return g, ConvDiscriminator(resolution=resolution, ch=d_ch or ch, num_classes=num_classes,
                                     mbstd_group=mbstd_group, mbstd_by_class=mbstd_by_class)
