@@ -547,3 +547,44 @@ def test_mode_seeking_ignores_the_generators_own_grain():
         ratios.append(loss.run_phase("G", None)["G/ms_ratio"].item())
         assert G.grain_std.grad is not None and G.grain_std.grad.abs().sum() > 0
     assert ratios[1] == pytest.approx(ratios[0], rel=1e-5)
+
+
+def test_g_adversarial_kinds_and_top_k_against_a_hand_computation():
+    """``g_adversarial``: hinge -logit, non-saturating log(1 + exp(-logit)), each averaged over the
+    ceil(topk * b) fakes with the highest logits; the hinge over all fakes is ``g_hinge``."""
+    from attnorm.losses.gan import g_adversarial, g_hinge
+    logits = torch.tensor([0.5, -2.0, 1.5, -0.3, 3.0], dtype=torch.float64)
+    assert g_adversarial(logits).item() == g_hinge(logits).item() == pytest.approx(-2.7 / 5)
+    ns = [np.log1p(np.exp(-v)) for v in logits.tolist()]
+    assert g_adversarial(logits, "ns").item() == pytest.approx(np.mean(ns), rel=1e-12)
+    # top 3 of 5 by logit: 3.0, 1.5, 0.5; 0.5 * 5 = 2.5 -> 3
+    assert g_adversarial(logits, "hinge", 0.5).item() == pytest.approx(-5.0 / 3, rel=1e-12)
+    assert g_adversarial(logits, "ns", 0.5).item() == pytest.approx(np.mean([ns[4], ns[2], ns[0]]), rel=1e-12)
+    assert g_adversarial(logits, "hinge", 0.01).item() == pytest.approx(-3.0)  # at least one
+    g = torch.zeros(5, dtype=torch.float64, requires_grad=True)
+    g_adversarial(logits + g, "ns", 0.5).backward()  # the gradient reaches only the kept fakes: -sigmoid(-l) / k
+    want = [-1 / (1 + np.exp(v)) / 3 if i in (0, 2, 4) else 0.0 for i, v in enumerate(logits.tolist())]
+    assert g.grad.numpy() == pytest.approx(want, rel=1e-12)
+    for kind, topk, match in (("wgan", 1.0, "g_adv"), ("ns", 0.0, "g_topk"), ("ns", 1.5, "g_topk")):
+        with pytest.raises(ValueError, match=match):
+            g_adversarial(logits, kind, topk)
+        with pytest.raises(ValueError, match=match):
+            resolve_config(overrides={"g_adv": kind, "g_topk": topk})
+        with pytest.raises(ValueError, match=match):
+            HingeGANLoss(_LinearG(), _MeanD(), z_dim=6, num_classes=3, batch_size=4, g_adv=kind, g_topk=topk)
+    cfg = resolve_config()
+    assert (cfg["g_adv"], cfg["g_topk"]) == ("hinge", 1.0)
+
+
+def test_the_g_phase_uses_the_chosen_adversarial_loss():
+    """The G phase's loss is g_adversarial of D's logits of its fakes (no other term here)."""
+    from attnorm.losses.gan import g_adversarial
+    for kind, topk in (("hinge", 1.0), ("ns", 1.0), ("ns", 0.5)):
+        torch.manual_seed(3)
+        G = _LinearG()
+        loss = HingeGANLoss(G, _MeanD(), z_dim=6, num_classes=3, batch_size=8, ortho_weight=0.0, g_adv=kind, g_topk=topk)
+        got = loss.run_phase("G", None)["G/loss"].item()
+        z, y = G.calls[-1]
+        with torch.no_grad():
+            want = g_adversarial(G(z, y).mean((1, 2, 3)), kind, topk).item()
+        assert got == pytest.approx(want, rel=1e-6)

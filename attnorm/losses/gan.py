@@ -58,6 +58,8 @@ moves the mean of every feature that tells the kinds apart).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -72,6 +74,25 @@ def d_hinge(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
 
 def g_hinge(fake_logits: Tensor) -> Tensor:
     return -fake_logits.mean()
+
+
+G_ADVERSARIAL = ("hinge", "ns")
+
+
+def g_adversarial(fake_logits: Tensor, kind: str = "hinge", topk: float = 1.0) -> Tensor:
+    """G's adversarial loss on D's logits of its fakes (b,): ``"hinge"`` ``-logit`` (SAGAN, BigGAN; every fake
+    pulled equally) or ``"ns"`` the non-saturating ``softplus(-logit)`` (Goodfellow et al. 2014; fakes D finds
+    most fake pulled hardest); averaged over the ``ceil(topk * b)`` fakes D scores highest (top-k training,
+    Sinha et al. 2020; 1: all)."""
+    if kind not in G_ADVERSARIAL:
+        raise ValueError(f"g_adv must be one of {', '.join(G_ADVERSARIAL)}, got {kind!r}")
+    if not 0 < topk <= 1:
+        raise ValueError(f"g_topk is the fraction of fakes G learns from, in (0, 1], got {topk}")
+    per_fake = -fake_logits if kind == "hinge" else F.softplus(-fake_logits)
+    if topk < 1:
+        k = max(1, math.ceil(topk * fake_logits.shape[0]))
+        per_fake = per_fake.gather(0, fake_logits.topk(k).indices)
+    return per_fake.mean()
 
 
 MODE_SEEKING_NORMS = ("", "image")
@@ -166,6 +187,8 @@ class HingeGANLoss:
         mode_seeking_pool: average-pool the images by this factor before that term's image distance (1: off).
         mode_seeking_features: weight of the per-pair mode-seeking term in D's pooled features
             (:func:`feature_seeking_ratio`; 0: off); pairs the G batch like ``mode_seeking``.
+        g_adv: G's adversarial loss, ``"hinge"`` (default) or ``"ns"`` (see :func:`g_adversarial`).
+        g_topk: G learns from the fraction of its fakes D scores highest (1: all; :func:`g_adversarial`).
         instance_noise: std of Gaussian noise added to every image D sees (after the augmentation),
             real and fake, in both phases; pixel units of the [-1, 1] images (0: off). It hides
             from D the per-pixel detail (the data's grain) that G cannot draw (Sonderby et al. 2017).
@@ -177,7 +200,8 @@ class HingeGANLoss:
                  r1_every: int = 1, lecam: float = 0.0, lecam_decay: float = 0.99,
                  reuse_fakes: bool = False, mode_seeking_norm: str = "", feature_matching: float = 0.0,
                  mode_seeking_pairs: bool = False, mode_seeking_features: float = 0.0,
-                 mode_seeking_pool: int = 1, instance_noise: float = 0.0) -> None:
+                 mode_seeking_pool: int = 1, instance_noise: float = 0.0, g_adv: str = "hinge",
+                 g_topk: float = 1.0) -> None:
         _check_mode_seeking_norm(mode_seeking_norm)
         self.mode_seeking_norm, self.mode_seeking_pairs = mode_seeking_norm, bool(mode_seeking_pairs)
         if min(mode_seeking, wrong_label, r1, lecam, feature_matching, mode_seeking_features) < 0:
@@ -221,6 +245,8 @@ class HingeGANLoss:
             raise ValueError(f"mode_seeking_pool must be an integer >= 1, got {mode_seeking_pool}")
         self.mode_seeking_pool = int(mode_seeking_pool)
         self.instance_noise = float(instance_noise)
+        g_adversarial(torch.zeros(2), g_adv, g_topk)  # a one-line ValueError for a bad kind or fraction
+        self.g_adv, self.g_topk = g_adv, float(g_topk)
         # (mean (c,), spread ()) of D's pooled features of the last D phase's real batch (feature matching)
         self._real_features: tuple[Tensor, Tensor] | None = None
 
@@ -323,7 +349,7 @@ class HingeGANLoss:
             with self._autocast(), self._pooled_features() as pooled:
                 fake = self.G(z, y_fake)
                 logits = _inner(self.D)(self._noisy(diff_augment(fake, self.augment)), y_fake)
-            adv = g_hinge(logits.float())
+            adv = g_adversarial(logits.float(), self.g_adv, self.g_topk)
             ortho = orthogonality_loss(_inner(self.G))
             loss = adv + self.ortho_weight * ortho
             stats = {"G/ortho": ortho.detach()}

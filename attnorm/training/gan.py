@@ -41,7 +41,7 @@ from torch import nn
 from attnorm.inference import class_samples
 from attnorm.io import to_uint8
 from attnorm.losses.augment import parse_policy
-from attnorm.losses.gan import HingeGANLoss
+from attnorm.losses.gan import HingeGANLoss, g_adversarial
 from attnorm.models.gan import D_ARCHS, Generator, build_gan, convert_distributed_batchnorm
 from attnorm.training.config import TaskRun, check_compile_mode, layered_config, native_bf16_cpu
 from attnorm.training.loop import EMA, Phase
@@ -90,6 +90,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "lr_final_mult": 0.25,
     "d_steps": 3,
     "diffaugment": "",       # DiffAugment policy on every image D sees, e.g. "color,translation,cutout"
+    "g_adv": "hinge",        # G's adversarial loss: "hinge" (-logit) or "ns" (non-saturating softplus(-logit))
+    "g_topk": 1.0,           # G learns from this fraction of its fakes, those D scores highest (top-k training; 1: all)
     "instance_noise": 0.0,   # std of Gaussian noise on every image D sees, real and fake ([-1, 1] pixel units; 0: off)
     "mode_seeking": 0.0,     # weight of MSGAN's mode-seeking term in G's loss (0: off)
     "feature_matching": 0.0,  # >0: G also matches the batch mean of D's pooled features on real images (Salimans et al.)
@@ -181,6 +183,7 @@ def resolve_config(config_file: str | os.PathLike | None = None, overrides: dict
     """``base`` (default :data:`DEFAULT_CONFIG`) <- JSON file <- ``overrides``; unknown keys raise."""
     cfg = layered_config(DEFAULT_CONFIG, config_file, overrides, base, ignore_underscore=True)
     parse_policy(cfg["diffaugment"])  # a one-line ValueError naming the known policies
+    g_adversarial(torch.zeros(2), cfg["g_adv"], float(cfg["g_topk"]))  # likewise for G's loss kind and top-k fraction
     from attnorm.data.procedural import POSES
     if cfg["procedural_pose"] not in POSES:
         raise ValueError(f"procedural_pose must be one of {', '.join(POSES)}, got {cfg['procedural_pose']!r}")
@@ -285,7 +288,8 @@ class GANTraining(TaskRun):
                                  mode_seeking_pairs=bool(cfg.get("mode_seeking_pairs")),
                                  mode_seeking_features=float(cfg.get("mode_seeking_features") or 0.0),
                                  mode_seeking_pool=int(cfg.get("mode_seeking_pool") or 1),
-                                 instance_noise=float(cfg.get("instance_noise") or 0.0))
+                                 instance_noise=float(cfg.get("instance_noise") or 0.0),
+                                 g_adv=cfg.get("g_adv") or "hinge", g_topk=float(cfg.get("g_topk") or 1.0))
         self.z_fixed = fixed_latents(cfg, cfg["z_dim"])
         self.sample_classes = list(range(min(self.num_classes, 16)))
         phases = [Phase("D", self.D, self.opt_d, repeats=cfg["d_steps"]),
