@@ -538,7 +538,7 @@ def test_mode_seeking_ignores_the_generators_own_grain():
     ratios = []
     for std in (0.0, 0.5):
         torch.manual_seed(0)
-        G = Generator(resolution=16, ch=8, num_classes=3, z_dim=16, grain=True)
+        G = Generator(resolution=16, ch=8, num_classes=3, z_dim=16, grain=0.06)
         with torch.no_grad():
             G.grain_std.fill_(std)
         loss = HingeGANLoss(G, _MeanD(), z_dim=16, num_classes=3, batch_size=8, ortho_weight=0.0, mode_seeking=1.0,

@@ -669,19 +669,20 @@ def test_skip_generator_sums_bilinearly_doubled_rgb_images():
 
 
 def test_grain_generator_adds_per_channel_noise_of_its_learned_std():
-    """``grain=True``: the image is the plain generator's (same weights) plus N(0, grain_std_c^2) noise per
+    """``grain=s``: the image is the plain generator's (same weights) plus N(0, grain_std_c^2) noise per
     pixel and channel from torch's global generator (repeatable under a seed, fresh on the next call); the std
-    starts at zero, so a new grain G draws what the plain one does; the option round-trips through the config
-    and the training config's ``g_grain`` reaches it."""
+    starts at s; the option round-trips through the config and the training config's ``g_grain`` reaches it."""
     from attnorm.models.gan import Generator, build_gan
     torch.manual_seed(0)
-    g = Generator(resolution=16, ch=8, num_classes=3, z_dim=16, grain=True).eval()
+    g = Generator(resolution=16, ch=8, num_classes=3, z_dim=16, grain=0.06).eval()
+    assert g.grain_std.tolist() == pytest.approx([0.06] * 3)
     plain = Generator(resolution=16, ch=8, num_classes=3, z_dim=16).eval()
     plain.load_state_dict({k: v for k, v in g.state_dict().items() if k != "grain_std"})
     z, y = torch.randn(64, 16), torch.arange(64) % 3
     with torch.no_grad():
         clean = plain(z, y)
-        assert torch.equal(g(z, y), clean)  # std 0 at the start
+        g.grain_std.zero_()
+        assert torch.equal(g(z, y), clean)  # std 0: the plain image
         g.grain_std.copy_(torch.tensor([0.02, 0.06, 0.2]))
         torch.manual_seed(5)
         noisy = g(z, y)
@@ -694,4 +695,6 @@ def test_grain_generator_adds_per_channel_noise_of_its_learned_std():
         assert got == pytest.approx([0.02, 0.06, 0.2], rel=0.03)  # 16384 draws per channel
     assert Generator(**g.get_config()).grain_std is not None
     assert "grain" not in plain.get_config()  # older files load
-    assert build_gan(resolution=16, ch=8, num_classes=3, g_grain=True)[0].get_config()["grain"] is True
+    assert build_gan(resolution=16, ch=8, num_classes=3, g_grain=0.06)[0].get_config()["grain"] == 0.06
+    with pytest.raises(ValueError, match="grain"):
+        Generator(resolution=16, ch=8, num_classes=3, grain=-0.1)

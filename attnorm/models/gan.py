@@ -303,10 +303,10 @@ class Generator(nn.Module):
             next is added, and the sum is added to the last layer's output before the tanh. The
             blocks still double their features as ``upsample`` says: smooth, low-frequency colour
             (a linear gradient) comes from the coarse images, sharp detail from the fine features.
-        grain: add to the output image per-pixel Gaussian noise with a learned std per colour
-            channel (``grain_std``, zero at the start; StyleGAN's noise input, at the image): the
-            i.i.d. fine grain of real images, which convolutions of z draw badly (not in the
-            listing). The noise comes from torch's global generator, so seed it for repeatable
+        grain: ``s`` > 0: add to the output image per-pixel Gaussian noise with a learned std per
+            colour channel (``grain_std``, ``s`` at the start; StyleGAN's noise input, at the image):
+            the i.i.d. fine grain of real images, which convolutions of z draw badly (not in the
+            listing; the procedural data's grain is 0.06 in [-1, 1] units). The noise comes from torch's global generator, so seed it for repeatable
             pictures; the scale is exported with the weights.
 
     ``y`` is a (b,) long tensor of labels or a (b, num_classes) float tensor of
@@ -318,7 +318,7 @@ class Generator(nn.Module):
                  channel_mults: list[int] | None = None, an_kwargs: dict | None = None,
                  class_embed_dim: int = 0, spectral_norm: bool = True, hierarchical_z: bool = False,
                  coords: bool = False, fourier: int = 0, upsample: str = "nearest", skip: bool = False,
-                 grain: bool = False) -> None:
+                 grain: float = 0.0) -> None:
         super().__init__()
         nb = num_blocks(resolution)
         up_modes = _check_upsample(upsample, blocks=nb)
@@ -357,8 +357,10 @@ class Generator(nn.Module):
             self.config["upsample"] = upsample if isinstance(upsample, str) else list(upsample)
         if skip:
             self.config["skip"] = True
+        if grain < 0:
+            raise ValueError(f"grain is the noise's starting std, >= 0 (0: off), got {grain}")
         if grain:
-            self.config["grain"] = True
+            self.config["grain"] = float(grain)
         # latent chunk sizes: [linear layer, block 0, block 1, ...] (one chunk: the whole z to the linear layer)
         self.z_chunks = [len(c) for c in torch.arange(z_dim).tensor_split(nb + 1)] if hierarchical_z else [z_dim]
         self.resolution, self.num_classes, self.z_dim = resolution, num_classes, z_dim
@@ -377,7 +379,7 @@ class Generator(nn.Module):
         # skip: an RGB image from every block's output but the last's (which conv_out draws)
         self.to_rgb = (nn.ModuleList(sn(nn.Conv2d(chans[i + 1], 3, 1), spectral_norm) for i in range(nb - 1))
                        if skip else None)
-        self.grain_std = nn.Parameter(torch.zeros(3)) if grain else None
+        self.grain_std = nn.Parameter(torch.full((3,), float(grain))) if grain else None
 
     def get_config(self) -> dict[str, Any]:
         return copy.deepcopy(self.config)
@@ -651,7 +653,7 @@ def build_gan(resolution: int = 32, ch: int = 16, num_classes: int = 10, z_dim: 
               d_channel_mults: list[int] | None = None, d_arch: str = "resblock",
               mbstd_by_class: bool = False, hierarchical_z: bool = False,
               g_coords: bool = False, g_fourier: int = 0, g_upsample: str = "nearest",
-              g_skip: bool = False, g_grain: bool = False) -> tuple[Generator, nn.Module]:
+              g_skip: bool = False, g_grain: float = 0.0) -> tuple[Generator, nn.Module]:
     """A matching (G, D) pair from one set of arguments (``d_ch`` defaults to ``ch``;
     ``class_embed_dim``, ``g_spectral_norm``, ``hierarchical_z``, ``g_coords`` (as ``coords``), ``g_fourier`` (as ``fourier``), ``g_upsample`` (as ``upsample``), ``g_skip`` (as ``skip``) and ``g_grain`` (as ``grain``) go to the generator, ``d_channel_mults`` (default:
     the listing's 1, 2, 4, ...) to the discriminator). ``d_arch`` "resblock": the listing's D

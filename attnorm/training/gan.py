@@ -69,7 +69,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "g_coords": False,       # CoordConv: x/y channels into each G block's first conv (not in the listing)
     "g_upsample": "nearest",  # how G's blocks double the map: "nearest" (the listing), "bilinear", or one per block ("bilinear,bilinear,nearest")
     "g_skip": False,         # StyleGAN2's skip generator: every block adds an RGB image, bilinearly doubled (not in the listing)
-    "g_grain": False,        # G adds per-pixel Gaussian noise of a learned std per channel to its image (not in the listing)
+    "g_grain": 0.0,          # > 0: G adds per-pixel Gaussian noise of a learned std per channel, starting here, to its image
     "g_fourier": 0,          # >0: this many per-sample plane waves (from z and the class) into each G block's first conv
     "d_mbstd": 4,            # >0: minibatch-stddev channel in D over groups of this size (not in the listing)
     "d_mbstd_by_class": False,  # group that channel by class label (the spread within a class) instead of by position
@@ -254,7 +254,7 @@ class GANTraining(TaskRun):
                                    hierarchical_z=bool(cfg.get("g_hierarchical_z")),
                                    g_coords=bool(cfg.get("g_coords")), g_fourier=int(cfg.get("g_fourier") or 0),
                                    g_upsample=cfg.get("g_upsample") or "nearest", g_skip=bool(cfg.get("g_skip")),
-                                   g_grain=bool(cfg.get("g_grain")))
+                                   g_grain=float(cfg.get("g_grain") or 0.0))
         sync_bn = cfg.get("sync_bn")  # .get: configs saved before the key existed
         if sync_bn is None:
             sync_bn = device.type == "cuda"
