@@ -138,3 +138,67 @@ def test_instance_noise_is_added_to_every_image_d_sees_and_passes_gs_gradient():
     assert resolve_config()["instance_noise"] == 0
     with pytest.raises(ValueError, match="instance_noise"):
         resolve_config(overrides={"instance_noise": -1})
+
+
+def _mirror_shift_candidates(img: np.ndarray, s: int) -> list[np.ndarray]:
+    """Every image consistency_transform may make of img (c, h, w): mirrored or not, shifted by -s..s, reflected."""
+    h, w = img.shape[1:]
+    out = []
+    for src in (img, img[:, :, ::-1]):
+        padded = np.pad(src, ((0, 0), (s, s), (s, s)), mode="reflect")
+        out += [padded[:, oy:oy + h, ox:ox + w] for oy in range(2 * s + 1) for ox in range(2 * s + 1)]
+    return out
+
+
+def test_consistency_transform_mirrors_and_shifts_with_reflected_borders():
+    from attnorm.losses.augment import consistency_transform
+    x = torch.randn(24, 3, 16, 16, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    y = consistency_transform(x, generator=g).numpy()
+    # the same draws, redone by hand: mirror flags, then row and column offsets into the 2-pixel reflected border
+    g = torch.Generator().manual_seed(0)
+    flip = (torch.rand(24, generator=g) < 0.5).numpy()
+    oy, ox = (torch.randint(0, 5, (24, 1, 1), generator=g).flatten().numpy() for _ in range(2))
+    for i in range(24):
+        src = x[i].numpy()[:, :, ::-1] if flip[i] else x[i].numpy()
+        want = np.pad(src, ((0, 0), (2, 2), (2, 2)), mode="reflect")[:, oy[i]:oy[i] + 16, ox[i]:ox[i] + 16]
+        assert np.array_equal(y[i], want)
+    assert 4 <= flip.sum() <= 20 and len(set(zip(oy, ox))) > 8  # the draws vary
+
+
+class _RecordingMeanD(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+        self.w = torch.nn.Parameter(torch.tensor(3.0))
+
+    def forward(self, x, y):
+        self.seen.append(x.detach().clone())
+        return x.mean((1, 2, 3)) * self.w
+
+
+def test_consistency_regularisation_penalises_ds_change_under_the_transform():
+    """``cr=w``: the D phase runs D once more on the real and fake chunks, each image mirrored / shifted
+    (checked: every image of that second call is one of its image's 50 mirror-shift candidates), and adds
+    w * (mean squared logit change over the reals + the same over the fakes) to D's loss."""
+    torch.manual_seed(0)
+    G, D = _ConstG(), _RecordingMeanD()
+    loss = HingeGANLoss(G, D, z_dim=4, num_classes=2, batch_size=8, ortho_weight=0.0, cr=10.0)
+    real = torch.randn(8, 3, 16, 16)
+    with torch.no_grad():
+        G.b.fill_(0.0)
+    stats = loss.run_phase("D", (real, torch.zeros(8, dtype=torch.long)))
+    first, moved = D.seen
+    assert moved.shape == first.shape == (16, 3, 16, 16)
+    for a, b in zip(first.numpy(), moved.numpy()):
+        assert any(np.allclose(b, c, atol=1e-6) for c in _mirror_shift_candidates(a, 2))
+    la, lb = first.mean((1, 2, 3)) * 3.0, moved.mean((1, 2, 3)) * 3.0
+    gap = (lb - la).pow(2)
+    want_cr = gap[:8].mean() + gap[8:].mean()
+    assert want_cr > 1e-4  # the real images' means do change under the shift
+    assert stats["D/cr"].item() == pytest.approx(want_cr.item(), rel=1e-5)
+    hinge = torch.relu(1 - la[:8]).mean() + torch.relu(1 + la[8:]).mean()
+    assert stats["D/loss"].item() == pytest.approx((hinge + 10.0 * want_cr).item(), rel=1e-5)
+    with pytest.raises(ValueError, match="cr"):
+        HingeGANLoss(G, D, z_dim=4, num_classes=2, batch_size=8, cr=-1.0)
+    assert resolve_config()["cr"] == 0

@@ -73,6 +73,23 @@ def cutout(x: Tensor, ratio: float = 0.5, generator: torch.Generator | None = No
     return x * (~hole).to(x.dtype)
 
 
+def consistency_transform(x: Tensor, ratio: float = 0.125, generator: torch.Generator | None = None) -> Tensor:
+    """The transformation of consistency regularisation (bCR, Zhao et al. 2021; CR-GAN, Zhang et al. 2020): each
+    image mirrored left-right with probability 1/2, then shifted by up to ``ratio * size`` pixels along each axis,
+    the uncovered border filled by reflection (the images stay images, unlike DiffAugment's zero padding)."""
+    b, c, h, w = x.shape
+    flip = torch.rand(b, device=x.device, generator=generator) < 0.5
+    x = torch.where(flip.view(b, 1, 1, 1), x.flip(3), x)
+    sy, sx = int(h * ratio + 0.5), int(w * ratio + 0.5)
+    padded = torch.nn.functional.pad(x, (sx, sx, sy, sy), mode="reflect")  # (b, c, h + 2 sy, w + 2 sx)
+    oy = torch.randint(0, 2 * sy + 1, (b, 1, 1), device=x.device, generator=generator)
+    ox = torch.randint(0, 2 * sx + 1, (b, 1, 1), device=x.device, generator=generator)
+    rows = torch.arange(h, device=x.device).view(1, h, 1) + oy  # (b, h, 1): output row i reads padded row i + oy
+    cols = torch.arange(w, device=x.device).view(1, 1, w) + ox
+    flat = (rows * (w + 2 * sx) + cols).view(b, 1, h * w)
+    return padded.flatten(2).gather(2, flat.expand(-1, c, -1)).view(b, c, h, w)
+
+
 _OPS = {"color": color, "translation": translation, "cutout": cutout}
 
 

@@ -65,7 +65,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnorm.layers import AttentiveNorm, orthogonality_loss
-from attnorm.losses.augment import diff_augment, parse_policy
+from attnorm.losses.augment import consistency_transform, diff_augment, parse_policy
 
 
 def d_hinge(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
@@ -187,6 +187,10 @@ class HingeGANLoss:
         mode_seeking_pool: average-pool the images by this factor before that term's image distance (1: off).
         mode_seeking_features: weight of the per-pair mode-seeking term in D's pooled features
             (:func:`feature_seeking_ratio`; 0: off); pairs the G batch like ``mode_seeking``.
+        cr: weight of balanced consistency regularisation in the D phase (bCR, Zhao et al. 2021; 0: off):
+            ``cr * (mean (D(T x) - D(x))^2 + mean (D(T G(z)) - D(G(z)))^2)`` over the real and the fake
+            chunk, T a random mirror and shift (:func:`~attnorm.losses.augment.consistency_transform`);
+            one more D forward per D phase.
         g_adv: G's adversarial loss, ``"hinge"`` (default) or ``"ns"`` (see :func:`g_adversarial`).
         g_topk: G learns from the fraction of its fakes D scores highest (1: all; :func:`g_adversarial`).
         instance_noise: std of Gaussian noise added to every image D sees (after the augmentation),
@@ -201,13 +205,16 @@ class HingeGANLoss:
                  reuse_fakes: bool = False, mode_seeking_norm: str = "", feature_matching: float = 0.0,
                  mode_seeking_pairs: bool = False, mode_seeking_features: float = 0.0,
                  mode_seeking_pool: int = 1, instance_noise: float = 0.0, g_adv: str = "hinge",
-                 g_topk: float = 1.0) -> None:
+                 g_topk: float = 1.0, cr: float = 0.0) -> None:
         _check_mode_seeking_norm(mode_seeking_norm)
         self.mode_seeking_norm, self.mode_seeking_pairs = mode_seeking_norm, bool(mode_seeking_pairs)
         if min(mode_seeking, wrong_label, r1, lecam, feature_matching, mode_seeking_features) < 0:
             raise ValueError(f"mode_seeking, wrong_label, r1, lecam, feature_matching and mode_seeking_features are "
                              f"loss weights >= 0, got {mode_seeking}, {wrong_label}, {r1}, {lecam}, {feature_matching} "
                              f"and {mode_seeking_features}")
+        if not cr >= 0:
+            raise ValueError(f"cr is a loss weight >= 0, got {cr}")
+        self.cr = float(cr)
         if not instance_noise >= 0:
             raise ValueError(f"instance_noise is a noise std >= 0 (pixel units of [-1, 1] images), got {instance_noise}")
         if (feature_matching or mode_seeking_features) and not isinstance(getattr(_inner(D), "linear", None), nn.Linear):
@@ -327,6 +334,15 @@ class HingeGANLoss:
                 r1 = grad[: x.shape[0]].float().pow(2).flatten(1).sum(1).mean()
                 adv = adv + (self.r1 * self.r1_every / 2) * r1
                 stats["D/r1"] = r1.detach()
+            if self.cr:  # the real and fake chunks again, each image mirrored / shifted; D should not care
+                both = seen[: 2 * x.shape[0]].detach()
+                kw_cr = {"mbstd_ids": kw["mbstd_ids"][: 2 * x.shape[0]]} if kw else {}
+                with self._autocast():
+                    moved = self.D(consistency_transform(both), torch.cat(labels[:2]), **kw_cr).float()
+                gap = (moved - logits[: 2 * x.shape[0]]).pow(2)
+                cr = gap[: x.shape[0]].mean() + gap[x.shape[0]:].mean()
+                adv = adv + self.cr * cr
+                stats["D/cr"] = cr.detach()
             if self.lecam:
                 means = torch.stack([real_logits.detach().mean(), fake_logits.detach().mean()])  # (2,)
                 if self.lecam_ema is None:

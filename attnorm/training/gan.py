@@ -90,6 +90,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "lr_final_mult": 0.25,
     "d_steps": 3,
     "diffaugment": "",       # DiffAugment policy on every image D sees, e.g. "color,translation,cutout"
+    "cr": 0.0,               # weight of balanced consistency regularisation of D (bCR: mirror + shift; 0: off)
     "g_adv": "hinge",        # G's adversarial loss: "hinge" (-logit) or "ns" (non-saturating softplus(-logit))
     "g_topk": 1.0,           # G learns from this fraction of its fakes, those D scores highest (top-k training; 1: all)
     "instance_noise": 0.0,   # std of Gaussian noise on every image D sees, real and fake ([-1, 1] pixel units; 0: off)
@@ -289,7 +290,8 @@ class GANTraining(TaskRun):
                                  mode_seeking_features=float(cfg.get("mode_seeking_features") or 0.0),
                                  mode_seeking_pool=int(cfg.get("mode_seeking_pool") or 1),
                                  instance_noise=float(cfg.get("instance_noise") or 0.0),
-                                 g_adv=cfg.get("g_adv") or "hinge", g_topk=float(cfg.get("g_topk") or 1.0))
+                                 g_adv=cfg.get("g_adv") or "hinge", g_topk=float(cfg.get("g_topk") or 1.0),
+                                 cr=float(cfg.get("cr") or 0.0))
         self.z_fixed = fixed_latents(cfg, cfg["z_dim"])
         self.sample_classes = list(range(min(self.num_classes, 16)))
         phases = [Phase("D", self.D, self.opt_d, repeats=cfg["d_steps"]),
