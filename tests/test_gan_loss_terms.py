@@ -588,3 +588,44 @@ def test_the_g_phase_uses_the_chosen_adversarial_loss():
         with torch.no_grad():
             want = g_adversarial(G(z, y).mean((1, 2, 3)), kind, topk).item()
         assert got == pytest.approx(want, rel=1e-6)
+
+
+def test_share_fakes_g_phase_trains_on_the_d_phases_images_with_one_g_forward():
+    """``share_fakes``: the D phase generates (with G's graph, though the loop froze G for it) and scores the
+    fakes detached; the G phase right after trains G on those very images with D as it is now: one G forward
+    per step, G's gradient that of the hinge loss through the updated D at the D phase's z (hand-computed),
+    G's requires_grad flags restored after the D phase, the halves' labels paired for the mode-seeking term."""
+    torch.manual_seed(0)
+    G, D = _LinearG(), _RecordingD()
+    loss = HingeGANLoss(G, D, z_dim=6, num_classes=3, batch_size=8, ortho_weight=0.0, share_fakes=True,
+                        mode_seeking=1.0)
+    G.requires_grad_(False)  # as the loop leaves it in the D phase
+    x_real, y_real = torch.randn(8, 3, 4, 4), torch.randint(3, (8,))
+    loss.run_phase("D", (x_real, y_real))
+    assert len(G.calls) == 1 and not any(p.requires_grad for p in G.parameters())
+    z, y = G.calls[-1]
+    assert torch.equal(y[:4], y[4:])  # paired halves
+    A, E = G.A.detach().numpy().astype(np.float64), G.E.detach().numpy().astype(np.float64)
+    fake = z.numpy().astype(np.float64) @ A.T + E[y.numpy()]
+    np.testing.assert_allclose(D.seen[-1][0][8:].reshape(8, -1).numpy(), fake, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        D.w.fill_(2.0)  # D's update between the phases
+    G.requires_grad_(True)
+    stats = loss.run_phase("G", None)
+    assert len(G.calls) == 1  # no second G forward
+    assert torch.equal(D.seen[-1][1], y)
+    np.testing.assert_allclose(D.seen[-1][0].reshape(8, -1).numpy(), fake, rtol=1e-5, atol=1e-6)
+    ratio = mode_seeking_ratio(torch.tensor(fake).view(8, 3, 4, 4), z.double(), "", False).item()
+    assert stats["G/loss"].item() == pytest.approx(-2.0 * fake.mean() + 1.0 / (ratio + 1e-5), rel=1e-5)
+    # the same loss written out on a fresh copy of G's weights, at the D phase's z and labels
+    A2, E2 = torch.tensor(A, requires_grad=True), torch.tensor(E, requires_grad=True)
+    img = (z.double() @ A2.T + E2[y]).view(8, 3, 4, 4)
+    (-(2.0 * img).mean((1, 2, 3)).mean() + 1.0 / (mode_seeking_ratio(img, z.double()) + 1e-5)).backward()
+    np.testing.assert_allclose(G.A.grad.numpy(), A2.grad.numpy(), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(G.E.grad.numpy(), E2.grad.numpy(), rtol=1e-4, atol=1e-7)
+    # a G phase without a D phase before it generates as usual
+    loss.run_phase("G", None)
+    assert len(G.calls) == 2
+    with pytest.raises(ValueError, match="exclude each other"):
+        HingeGANLoss(G, D, z_dim=6, num_classes=3, batch_size=8, reuse_fakes=True, share_fakes=True)
+    assert resolve_config()["share_fakes"] is False

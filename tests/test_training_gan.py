@@ -306,3 +306,18 @@ def test_the_triton_key_switches_an_s_triton_paths_on_cuda_only(tmp_path, caplog
     finally:
         regional.triton_statistics(False)
         regional.triton_pixel_sums(False)
+
+
+def test_share_fakes_keeps_the_phase_order_and_one_g_forward_per_step(tmp_path):
+    cfg = resolve_config(overrides=dict(TINY, steps=3, d_steps=1, share_fakes=True))
+    run = GANTraining(cfg, tmp_path)
+    assert [p.name for p in run.loop.phases] == ["D", "G"]
+    calls = []
+    run.G.register_forward_hook(lambda m, i, o: calls.append(o.shape[0]))
+    before = {k: v.clone() for k, v in run.G.state_dict().items()}
+    run.run()
+    assert len(calls) == 3
+    assert any(not torch.equal(before[k], v) for k, v in run.G.state_dict().items() if "weight" in k)  # G trained
+    stats = read_stats(tmp_path / "stats.jsonl")
+    assert [r["step"] for r in stats] == [1, 2, 3] and all(math.isfinite(r["G/loss"]) for r in stats)
+    assert all(r["G/grad_norm"] > 0 for r in stats)

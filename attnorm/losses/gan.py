@@ -183,6 +183,12 @@ class HingeGANLoss:
             per step fewer (the DCGAN example's way). Meant for the phase order G, then D: only
             the D phase right after a G phase uses them (with several D steps the later ones, and
             a real batch of another size, generate as usual).
+        share_fakes: the D phase generates the fakes with G's graph kept (G's parameters made trainable for
+            that forward) and scores them detached; the G phase right after it trains G on those very images
+            (same z and labels, paired as the mode-seeking term pairs them): one G forward per step fewer,
+            in the phase order D, then G (the PyTorch DCGAN example's way). Unlike ``reuse_fakes``, D never
+            scores fakes G was just trained on. A D phase whose real batch differs from ``batch_size`` in
+            size, or a G phase without a D phase before it, generates as usual.
         feature_matching: weight of the feature-matching term in the G phase (0: off; see above).
         mode_seeking_pool: average-pool the images by this factor before that term's image distance (1: off).
         mode_seeking_features: weight of the per-pair mode-seeking term in D's pooled features
@@ -205,7 +211,7 @@ class HingeGANLoss:
                  reuse_fakes: bool = False, mode_seeking_norm: str = "", feature_matching: float = 0.0,
                  mode_seeking_pairs: bool = False, mode_seeking_features: float = 0.0,
                  mode_seeking_pool: int = 1, instance_noise: float = 0.0, g_adv: str = "hinge",
-                 g_topk: float = 1.0, cr: float = 0.0) -> None:
+                 g_topk: float = 1.0, cr: float = 0.0, share_fakes: bool = False) -> None:
         _check_mode_seeking_norm(mode_seeking_norm)
         self.mode_seeking_norm, self.mode_seeking_pairs = mode_seeking_norm, bool(mode_seeking_pairs)
         if min(mode_seeking, wrong_label, r1, lecam, feature_matching, mode_seeking_features) < 0:
@@ -245,6 +251,10 @@ class HingeGANLoss:
         # never waits for the device (None until the first D phase)
         self.lecam_ema: Tensor | None = None
         self.reuse_fakes = bool(reuse_fakes)
+        if reuse_fakes and share_fakes:
+            raise ValueError("reuse_fakes (phase order G, D) and share_fakes (D, G) exclude each other; choose one")
+        self.share_fakes = bool(share_fakes)
+        self._shared: tuple[Tensor, Tensor, Tensor] | None = None  # (z, labels, images with G's graph) for the G phase
         self._fakes: tuple[Tensor, Tensor] | None = None  # (images, labels) of the last G phase, for the next D phase
         self.feature_matching = float(feature_matching)
         self.mode_seeking_features = float(mode_seeking_features)
@@ -265,7 +275,7 @@ class HingeGANLoss:
         return {"d_phases": self._d_phases, "lecam_ema": ema, "real_features": feats}
 
     def load_state_dict(self, state: dict) -> None:
-        self._fakes = None
+        self._fakes = self._shared = None
         self._d_phases = int(state.get("d_phases", 0))
         ema = state.get("lecam_ema")
         self.lecam_ema = None if ema is None else torch.tensor([float(a) for a in ema], device=self.device)
@@ -290,13 +300,41 @@ class HingeGANLoss:
         y = torch.randint(self.num_classes, (b,), device=self.device)
         return z, y
 
+    def _g_latents(self) -> tuple[Tensor, Tensor]:
+        """The G phase's latents and labels: with a mode-seeking term the two halves share labels."""
+        z, y = self.sample_latents(self.batch_size)
+        if self.mode_seeking or self.mode_seeking_features:
+            y = y[: self.batch_size // 2].repeat(2)  # halves share labels
+        return z, y
+
+    def _generate_with_graph(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(z, labels, G(z, labels)) with G's graph, G's parameters trainable for the forward whatever the
+        loop set (it freezes G during the D phase); their flags are restored after it."""
+        z, y = self._g_latents()
+        params = list(self.G.parameters())
+        flags = [p.requires_grad for p in params]
+        for p in params:
+            p.requires_grad_(True)
+        try:
+            with self._autocast():
+                fake = self.G(z, y)
+        finally:
+            for p, f in zip(params, flags):
+                p.requires_grad_(f)
+        return z, y, fake
+
     def run_phase(self, name: str, batch) -> dict[str, Tensor]:
         if name == "D":
             x, y = batch
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             fakes, self._fakes = self._fakes, None
+            self._shared = None
             if fakes is not None and fakes[0].shape[0] == x.shape[0]:
                 fake, y_fake = fakes
+            elif self.share_fakes and self.batch_size == x.shape[0]:
+                self._shared = self._generate_with_graph()
+                _, y_fake, fake = self._shared
+                fake = fake.detach()
             else:
                 z, y_fake = self.sample_latents(x.shape[0])
                 with torch.no_grad(), self._autocast():
@@ -359,11 +397,14 @@ class HingeGANLoss:
             return {"D/loss": loss.detach(), "D/real": real_logits.detach().mean(),
                     "D/fake": fake_logits.detach().mean(), **stats, "D/ortho": ortho.detach()}
         if name == "G":
-            z, y_fake = self.sample_latents(self.batch_size)
-            if self.mode_seeking or self.mode_seeking_features:
-                y_fake = y_fake[: self.batch_size // 2].repeat(2)  # halves share labels
+            shared, self._shared = self._shared, None
+            if shared is None:
+                z, y_fake = self._g_latents()
+            else:
+                z, y_fake, fake = shared
             with self._autocast(), self._pooled_features() as pooled:
-                fake = self.G(z, y_fake)
+                if shared is None:
+                    fake = self.G(z, y_fake)
                 logits = _inner(self.D)(self._noisy(diff_augment(fake, self.augment)), y_fake)
             adv = g_adversarial(logits.float(), self.g_adv, self.g_topk)
             ortho = orthogonality_loss(_inner(self.G))

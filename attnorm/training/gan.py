@@ -101,6 +101,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "mode_seeking_pool": 1,  # >1: that term's image distance on the images average-pooled by this factor
     "mode_seeking_features": 0.0,  # weight of the per-pair term in D's pooled features instead of pixels (0: off)
     "reuse_fakes": False,    # G phase first; the D phase then scores its fakes (one G forward per step fewer)
+    "share_fakes": False,    # the D phase's fakes, made with G's graph, are what the G phase after it trains on (likewise)
     "wrong_label": 0.0,      # weight of D's class margin: a real image scores >= 1 higher with its label than a wrong one
     "r1": 0.0,               # gamma of the R1 penalty on D's gradient at real images (0: off)
     "r1_every": 1,           # lazy R1: every this-many D phases, scaled by it
@@ -291,7 +292,7 @@ class GANTraining(TaskRun):
                                  mode_seeking_pool=int(cfg.get("mode_seeking_pool") or 1),
                                  instance_noise=float(cfg.get("instance_noise") or 0.0),
                                  g_adv=cfg.get("g_adv") or "hinge", g_topk=float(cfg.get("g_topk") or 1.0),
-                                 cr=float(cfg.get("cr") or 0.0))
+                                 cr=float(cfg.get("cr") or 0.0), share_fakes=bool(cfg.get("share_fakes")))
         self.z_fixed = fixed_latents(cfg, cfg["z_dim"])
         self.sample_classes = list(range(min(self.num_classes, 16)))
         phases = [Phase("D", self.D, self.opt_d, repeats=cfg["d_steps"]),
