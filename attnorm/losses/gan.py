@@ -411,8 +411,7 @@ class HingeGANLoss:
             loss = adv + self.ortho_weight * ortho
             stats = {"G/ortho": ortho.detach()}
             if self.mode_seeking:
-                grain = getattr(_inner(self.G), "last_grain", None)  # G's own noise is not diversity
-                drawn = fake if grain is None else fake - grain
+                drawn = getattr(_inner(self.G), "last_drawn", fake)  # G's own grain is not diversity
                 ratio = mode_seeking_ratio(drawn.float(), z, self.mode_seeking_norm, self.mode_seeking_pairs,
                                            self.mode_seeking_pool)
                 if self.mode_seeking_pairs:

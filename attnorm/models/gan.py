@@ -306,7 +306,7 @@ class Generator(nn.Module):
         grain: ``s`` > 0: add to the output image per-pixel Gaussian noise with a learned std per
             colour channel (``grain_std``, ``s`` at the start; StyleGAN's noise input, at the image):
             the i.i.d. fine grain of real images, which convolutions of z draw badly (not in the
-            listing; the procedural data's grain is 0.06 in [-1, 1] units). The noise comes from torch's global generator, so seed it for repeatable
+            listing; the procedural data's grain is 0.06 in [-1, 1] units); the sum is clipped to [-1, 1]. The noise comes from torch's global generator, so seed it for repeatable
             pictures; the scale is exported with the weights.
 
     ``y`` is a (b,) long tensor of labels or a (b, num_classes) float tensor of
@@ -411,9 +411,10 @@ class Generator(nn.Module):
                     rgb = block_rgb if rgb is None else rgb + block_rgb
         out = self.conv_out(F.relu(self.bn(h)))
         img = torch.tanh(out if rgb is None else out + rgb)  # (b, 3, res, res)
-        if self.grain_std is not None:  # kept as last_grain: the mode-seeking term measures the image without it
-            self.last_grain = self.grain_std.to(img.dtype).view(1, 3, 1, 1) * torch.randn_like(img)
-            img = img + self.last_grain
+        if self.grain_std is not None:  # the image before it kept: the mode-seeking term measures that one
+            self.last_drawn = img
+            grain = self.grain_std.to(img.dtype).view(1, 3, 1, 1) * torch.randn_like(img)
+            img = (img + grain).clamp(-1.0, 1.0)  # the data's grain is clipped at the range's ends too
         return (img, layouts) if return_layouts else img
 
 
