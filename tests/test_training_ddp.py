@@ -68,6 +68,8 @@ def _worker(rank: int, port: int, tmp: str) -> None:
         out["sync"] = train("sync", steps=3, sync_bn=True)  # G's BN over the global batch
         # R1 (double backward through DDP's forward) and LeCam, on the conv D
         out["r1"] = train("r1", steps=3, d_arch="conv", r1=1.0, lecam=0.1)
+        # shared fakes: G's DDP forward in the D phase, its backward in the G phase
+        out["share"] = train("share", steps=3, share_fakes=True, mode_seeking=1.0)
         real_time = loop_mod.time
         if rank == 1:  # rank 1 alone would pass the time limit after its first step
             loop_mod.time = types.SimpleNamespace(perf_counter=lambda: 50.0 * real_time.perf_counter())
@@ -114,6 +116,14 @@ def test_r1_and_lecam_train_under_ddp_with_identical_replicas(ddp):
     stats = read_stats(tmp / "r1" / "stats.jsonl")
     assert [r["step"] for r in stats] == [1, 2, 3]
     assert all(r["D/r1"] > 0 and r["D/lecam"] >= 0 for r in stats)
+
+
+def test_shared_fakes_train_under_ddp_with_identical_replicas(ddp):
+    tmp, (r0, r1) = ddp
+    for net in ("G", "D"):
+        assert _same(r0["share"][net], r1["share"][net], _param_keys(r0["share"][net])) == [], f"{net} weights diverged"
+    stats = read_stats(tmp / "share" / "stats.jsonl")
+    assert [r["step"] for r in stats] == [1, 2, 3] and all(r["G/grad_norm"] > 0 for r in stats)
 
 
 def test_only_rank0_writes_one_run_folder(ddp):
