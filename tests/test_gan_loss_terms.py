@@ -546,6 +546,7 @@ def test_mode_seeking_ignores_the_generators_own_grain():
         torch.manual_seed(1)
         ratios.append(loss.run_phase("G", None)["G/ms_ratio"].item())
         assert G.grain_std.grad is not None and G.grain_std.grad.abs().sum() > 0
+        assert G.pop_drawn(None) is None  # the G phase read it
     assert ratios[1] == pytest.approx(ratios[0], rel=1e-5)
 
 

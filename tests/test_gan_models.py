@@ -687,7 +687,7 @@ def test_grain_generator_adds_per_channel_noise_of_its_learned_std():
         torch.manual_seed(5)
         noisy = g(z, y)
         noise = noisy - clean
-        assert torch.equal(g.last_drawn, clean)  # the image before the grain, for the mode-seeking term
+        assert g.pop_drawn(None) is None  # kept only by a forward with gradients in training mode
         torch.manual_seed(5)
         assert torch.equal(g(z, y), noisy)  # repeatable under a seed
         assert not torch.equal(g(z, y), noisy)  # a fresh draw on the next call
@@ -696,6 +696,13 @@ def test_grain_generator_adds_per_channel_noise_of_its_learned_std():
         g.grain_std.fill_(5.0)
         loud = g(z, y)
         assert loud.abs().max() == 1.0 and (loud.abs() == 1.0).float().mean() > 0.5  # clipped at the range's ends
+    g.train()
+    drawn_by_plain = plain.train()(z, y)
+    out = g(z, y)  # with gradients, in training mode: the image before the grain is kept until read
+    assert torch.allclose(g.pop_drawn(None), drawn_by_plain, atol=1e-6) and not torch.equal(out, drawn_by_plain)
+    assert g.pop_drawn(None) is None
+    import copy
+    copy.deepcopy(g)  # nothing left that a deep copy cannot take
     assert Generator(**g.get_config()).grain_std is not None
     assert "grain" not in plain.get_config()  # older files load
     assert build_gan(resolution=16, ch=8, num_classes=3, g_grain=0.06)[0].get_config()["grain"] == 0.06

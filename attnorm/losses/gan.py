@@ -200,8 +200,8 @@ class HingeGANLoss:
         g_adv: G's adversarial loss, ``"hinge"`` (default) or ``"ns"`` (see :func:`g_adversarial`).
         g_topk: G learns from the fraction of its fakes D scores highest (1: all; :func:`g_adversarial`).
         instance_noise: std of Gaussian noise added to every image D sees (after the augmentation),
-            real and fake, in both phases; pixel units of the [-1, 1] images (0: off). It hides
-            from D the per-pixel detail (the data's grain) that G cannot draw (Sonderby et al. 2017).
+            real and fake, in both phases; pixel units of the [-1, 1] images (0: off; instance noise,
+            Sonderby et al. 2017).
     """
 
     def __init__(self, G: nn.Module, D: nn.Module, z_dim: int, num_classes: int, batch_size: int,
@@ -407,11 +407,13 @@ class HingeGANLoss:
                     fake = self.G(z, y_fake)
                 logits = _inner(self.D)(self._noisy(diff_augment(fake, self.augment)), y_fake)
             adv = g_adversarial(logits.float(), self.g_adv, self.g_topk)
+            pop_drawn = getattr(_inner(self.G), "pop_drawn", None)
+            drawn = fake if pop_drawn is None else pop_drawn(fake)  # a grain G's image before its grain
             ortho = orthogonality_loss(_inner(self.G))
             loss = adv + self.ortho_weight * ortho
             stats = {"G/ortho": ortho.detach()}
             if self.mode_seeking:
-                drawn = getattr(_inner(self.G), "last_drawn", fake)  # G's own grain is not diversity
+                # G's own grain is not diversity: the pairs' distance is that of the images before it
                 ratio = mode_seeking_ratio(drawn.float(), z, self.mode_seeking_norm, self.mode_seeking_pairs,
                                            self.mode_seeking_pool)
                 if self.mode_seeking_pairs:

@@ -306,8 +306,9 @@ class Generator(nn.Module):
         grain: ``s`` > 0: add to the output image per-pixel Gaussian noise with a learned std per
             colour channel (``grain_std``, ``s`` at the start; StyleGAN's noise input, at the image):
             the i.i.d. fine grain of real images, which convolutions of z draw badly (not in the
-            listing; the procedural data's grain is 0.06 in [-1, 1] units); the sum is clipped to [-1, 1]. The noise comes from torch's global generator, so seed it for repeatable
-            pictures; the scale is exported with the weights.
+            listing; the procedural data's grain is 0.06 in [-1, 1] units); the sum is clipped to
+            [-1, 1]. The noise comes from torch's global generator, so seed it for repeatable
+            pictures; the std is exported with the weights.
 
     ``y`` is a (b,) long tensor of labels or a (b, num_classes) float tensor of
     class weights (soft path through every CBN, for class interpolation).
@@ -384,6 +385,11 @@ class Generator(nn.Module):
     def get_config(self) -> dict[str, Any]:
         return copy.deepcopy(self.config)
 
+    def pop_drawn(self, default: Tensor) -> Tensor:
+        """The image of the last forward with gradients in training mode before the grain was added (``default``
+        without grain), forgotten once read: a module holding a graph tensor could not be deep-copied."""
+        return self.__dict__.pop("_drawn", default)
+
     def forward(self, z: Tensor, y: Tensor, return_layouts: bool = False):
         """Args: z (b, z_dim); y labels (b,) or class weights (b, C).
         ``return_layouts``: also return the list of AN soft layouts (b, n, h, w)."""
@@ -411,8 +417,9 @@ class Generator(nn.Module):
                     rgb = block_rgb if rgb is None else rgb + block_rgb
         out = self.conv_out(F.relu(self.bn(h)))
         img = torch.tanh(out if rgb is None else out + rgb)  # (b, 3, res, res)
-        if self.grain_std is not None:  # the image before it kept: the mode-seeking term measures that one
-            self.last_drawn = img
+        if self.grain_std is not None:
+            if self.training and torch.is_grad_enabled():  # for the mode-seeking term: see pop_drawn
+                self._drawn = img
             grain = self.grain_std.to(img.dtype).view(1, 3, 1, 1) * torch.randn_like(img)
             img = (img + grain).clamp(-1.0, 1.0)  # the data's grain is clipped at the range's ends too
         return (img, layouts) if return_layouts else img
