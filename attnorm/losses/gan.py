@@ -79,15 +79,20 @@ def g_hinge(fake_logits: Tensor) -> Tensor:
 G_ADVERSARIAL = ("hinge", "ns")
 
 
+def check_g_adversarial(kind: str, topk: float) -> None:
+    """One-line ValueErrors for a G loss kind or a top-k fraction :func:`g_adversarial` does not take."""
+    if kind not in G_ADVERSARIAL:
+        raise ValueError(f"g_adv must be one of {', '.join(G_ADVERSARIAL)}, got {kind!r}")
+    if not 0 < topk <= 1:
+        raise ValueError(f"g_topk is the fraction of fakes G learns from, in (0, 1], got {topk}")
+
+
 def g_adversarial(fake_logits: Tensor, kind: str = "hinge", topk: float = 1.0) -> Tensor:
     """G's adversarial loss on D's logits of its fakes (b,): ``"hinge"`` ``-logit`` (SAGAN, BigGAN; every fake
     pulled equally) or ``"ns"`` the non-saturating ``softplus(-logit)`` (Goodfellow et al. 2014; fakes D finds
     most fake pulled hardest); averaged over the ``ceil(topk * b)`` fakes D scores highest (top-k training,
     Sinha et al. 2020; 1: all)."""
-    if kind not in G_ADVERSARIAL:
-        raise ValueError(f"g_adv must be one of {', '.join(G_ADVERSARIAL)}, got {kind!r}")
-    if not 0 < topk <= 1:
-        raise ValueError(f"g_topk is the fraction of fakes G learns from, in (0, 1], got {topk}")
+    check_g_adversarial(kind, topk)
     per_fake = -fake_logits if kind == "hinge" else F.softplus(-fake_logits)
     if topk < 1:
         k = max(1, math.ceil(topk * fake_logits.shape[0]))
@@ -262,7 +267,7 @@ class HingeGANLoss:
             raise ValueError(f"mode_seeking_pool must be an integer >= 1, got {mode_seeking_pool}")
         self.mode_seeking_pool = int(mode_seeking_pool)
         self.instance_noise = float(instance_noise)
-        g_adversarial(torch.zeros(2), g_adv, g_topk)  # a one-line ValueError for a bad kind or fraction
+        check_g_adversarial(g_adv, g_topk)
         self.g_adv, self.g_topk = g_adv, float(g_topk)
         # (mean (c,), spread ()) of D's pooled features of the last D phase's real batch (feature matching)
         self._real_features: tuple[Tensor, Tensor] | None = None

@@ -41,7 +41,7 @@ from torch import nn
 from attnorm.inference import class_samples
 from attnorm.io import to_uint8
 from attnorm.losses.augment import parse_policy
-from attnorm.losses.gan import HingeGANLoss, g_adversarial
+from attnorm.losses.gan import HingeGANLoss, check_g_adversarial
 from attnorm.models.gan import D_ARCHS, Generator, build_gan, convert_distributed_batchnorm
 from attnorm.training.config import TaskRun, check_compile_mode, layered_config, native_bf16_cpu
 from attnorm.training.loop import EMA, Phase
@@ -185,7 +185,7 @@ def resolve_config(config_file: str | os.PathLike | None = None, overrides: dict
     """``base`` (default :data:`DEFAULT_CONFIG`) <- JSON file <- ``overrides``; unknown keys raise."""
     cfg = layered_config(DEFAULT_CONFIG, config_file, overrides, base, ignore_underscore=True)
     parse_policy(cfg["diffaugment"])  # a one-line ValueError naming the known policies
-    g_adversarial(torch.zeros(2), cfg["g_adv"], float(cfg["g_topk"]))  # likewise for G's loss kind and top-k fraction
+    check_g_adversarial(cfg["g_adv"], float(cfg["g_topk"]))  # likewise for G's loss kind and top-k fraction
     from attnorm.data.procedural import POSES
     if cfg["procedural_pose"] not in POSES:
         raise ValueError(f"procedural_pose must be one of {', '.join(POSES)}, got {cfg['procedural_pose']!r}")
