@@ -3,6 +3,7 @@
     python benchmarks/bench_gan_quality.py demo                      # `attnorm demo` as shipped (5 min), n=2000
     python benchmarks/bench_gan_quality.py demo --minutes 5 --n 2000 --out bench_results/gan_demo
     python benchmarks/bench_gan_quality.py ckpt attnorm/weights/gan_procedural32.safetensors   # score a file
+    python benchmarks/bench_gan_quality.py ckpt RUN/generator.safetensors --draws 5   # means of 5 draws, with spread
 
 What it runs (each a real command, so the numbers are what a user gets):
 
@@ -65,6 +66,17 @@ def measured_values(result: dict) -> dict:
     return out
 
 
+def spreads(result: dict) -> dict:
+    """{name: standard deviation over the draws} of an `attnorm evaluate gan --draws K` result (K > 1)."""
+    m, out = result["metrics"], {}
+    for name, metric, key in (("acc", "acc", "value"), ("precision", "pr", "precision"), ("recall", "pr", "recall"),
+                              ("fid", "fid", "value"), ("kid", "kid", "mean")):
+        od = (m.get(metric) or {}).get("over_draws") or {}
+        if key in od:
+            out[name] = od[key]["std"]
+    return out
+
+
 def check(values: dict, targets: dict) -> dict:
     res = {}
     for k, (op, t) in targets.items():
@@ -80,6 +92,9 @@ def main(argv=None) -> int:
     ap.add_argument("ckpt", nargs="?", help="checkpoint to score (what=ckpt)")
     ap.add_argument("--minutes", type=float, default=5.0)
     ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--draws", type=int, default=1,
+                    help="score this many draws (`attnorm evaluate gan --draws`) and judge their means; "
+                         "the table then shows each number's spread over the draws")
     ap.add_argument("--out", default=None)
     ap.add_argument("--demo-args", default="", help="extra arguments for attnorm demo (quoted)")
     ap.add_argument("--reuse", action="store_true",
@@ -104,11 +119,12 @@ def main(argv=None) -> int:
     ev = out / "evaluation.json"
     if not (args.reuse and ev.is_file()):
         _run(exe + ["evaluate", "gan", "--ckpt", str(ckpt), "--metrics", "acc,pr,fid,kid", "--n", str(args.n),
-                    "--floor", "--out", str(ev)])
+                    "--floor", "--draws", str(args.draws), "--out", str(ev)])
     result = json.loads(ev.read_text())
     values = measured_values(result)
     report = {
-        "what": args.what, "checkpoint": str(ckpt), "n": args.n,
+        "what": args.what, "checkpoint": str(ckpt), "n": args.n, "draws": args.draws,
+        "spread_over_draws": spreads(result),
         "minutes": args.minutes if args.what == "demo" else None,
         "wall_seconds_training": round(train_s, 1) if args.what == "demo" else None,
         "values": {k: {"value": v, "floor": f} for k, (v, f) in values.items()},
@@ -122,12 +138,16 @@ def main(argv=None) -> int:
         rep = json.loads((out / "run" / "report.json").read_text())
         report["steps"] = rep.get("steps")
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    sp = report["spread_over_draws"]
     lines = ["| metric | value | real-vs-real floor | target | met |", "| --- | --- | --- | --- | --- |"]
     for k, (v, f) in values.items():
         t = report["targets"].get(k)
-        lines.append(f"| {k} | {v:.4g} | {'' if f is None else f'{f:.4g}'} | {t['target'] if t else ''} | "
+        spread = f" (sd {sp[k]:.2g})" if k in sp else ""
+        lines.append(f"| {k} | {v:.4g}{spread} | {'' if f is None else f'{f:.4g}'} | {t['target'] if t else ''} | "
                      f"{('yes' if t['met'] else 'NO') if t else ''} |")
-    md = f"{args.what}: {ckpt} (n={args.n}, commit {report['commit']}, {report['date']})\n\n" + "\n".join(lines) + "\n"
+    draws = f", means over {args.draws} draws (sd: their spread)" if args.draws > 1 else ""
+    md = (f"{args.what}: {ckpt} (n={args.n}{draws}, commit {report['commit']}, {report['date']})\n\n"
+          + "\n".join(lines) + "\n")
     (out / "results.md").write_text(md)
     print(md)
     return 0 if all(t["met"] for t in report["targets"].values()) else 1

@@ -59,6 +59,22 @@ def test_evaluate_gan_command(ckpt, tmp_path, capsys):
     assert res["metrics"]["fid"]["value"] == pytest.approx(expected, rel=1e-6)
 
 
+def test_evaluate_gan_command_draws(ckpt, tmp_path, capsys):
+    """--draws 2: the JSON equals the API's with draws=2, the summary prints each spread and the seeds."""
+    out = tmp_path / "res.json"
+    args = ["evaluate", "gan", "--ckpt", ckpt, "--metrics", "fid,pr", "--n", "30", "--seed", "2", "--draws", "2",
+            "--no-floor", "--quiet", "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
+    assert cli.main(args) == 0
+    text = capsys.readouterr().out
+    res = json.loads(out.read_text())
+    api = evaluate_gan(checkpoint=ckpt, metrics="fid,pr", n=30, seed=2, draws=2, cache_dir=tmp_path / "cache")
+    assert res["metrics"]["fid"]["value"] == pytest.approx(api["metrics"]["fid"]["value"])
+    sd = res["metrics"]["pr"]["over_draws"]["recall"]["std"]
+    assert f"recall {res['metrics']['pr']['recall']:.4f} (sd {sd:.4f})" in text
+    assert "means over 2 draws, seeds 2-3" in text
+    assert "--draws" in cli_error(capsys, ["evaluate", "gan", "--ckpt", ckpt, "--draws", "0"])
+
+
 def test_evaluate_gan_command_errors(ckpt, tmp_path, capsys):
     base = ["evaluate", "gan", "--n", "10", "--cache-dir", str(tmp_path), "--quiet"]
     assert re.search("checkpoint .* not found", cli_error(capsys, base + ["--ckpt", str(tmp_path / "missing.pt")]))

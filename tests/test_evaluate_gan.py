@@ -177,6 +177,42 @@ def test_real_vs_real_floor_equals_the_maths_on_a_second_real_set(ckpt, clf, tmp
     assert "floor" not in evaluate_gan(checkpoint=ckpt, n=N, metrics="acc", cache_dir=tmp_path)["metrics"]["acc"]
 
 
+def test_draws_are_the_mean_of_single_draws_with_shifted_seeds(ckpt, clf, tmp_path):
+    """draws=3: draw k is the single evaluation with latents seed+k and reference seed ref_seed+k (the
+    shared run's dataset seed is 1); every number is the mean of the three, the spread their sample std."""
+    kw = dict(checkpoint=ckpt, n=N, metrics="fid,pr,acc,kid,ifid", cache_dir=tmp_path, kid_subsets=3,
+              kid_subset_size=20, floor=True)
+    res = evaluate_gan(seed=4, draws=3, **kw)
+    singles = [evaluate_gan(seed=4 + k, ref_seed=1 + k, **kw)["metrics"] for k in range(3)]
+    assert evaluate_gan(seed=4, **kw)["metrics"]["fid"]["value"] == singles[0]["fid"]["value"]  # draw 0 = default
+    m = res["metrics"]
+    for name, key in (("fid", "value"), ("acc", "value"), ("pr", "precision"), ("pr", "recall"), ("kid", "mean"),
+                      ("ifid", "value")):
+        vals = [sg[name][key] for sg in singles]
+        assert m[name][key] == pytest.approx(np.mean(vals))
+        assert m[name]["over_draws"][key]["values"] == pytest.approx(vals)
+        assert m[name]["over_draws"][key]["std"] == pytest.approx(np.std(vals, ddof=1))
+        assert m[name]["floor"][key] == pytest.approx(np.mean([sg[name]["floor"][key] for sg in singles]))
+        assert m[name]["over_draws"]["floor"][key]["std"] == pytest.approx(
+            np.std([sg[name]["floor"][key] for sg in singles], ddof=1))
+    for c, v in m["ifid"]["per_class"].items():
+        assert v == pytest.approx(np.mean([sg["ifid"]["per_class"][c] for sg in singles]))
+    # the draws are different: other latents and another reference (so other floors)
+    assert len({sg["fid"]["value"] for sg in singles}) == 3
+    assert len({sg["fid"]["floor"]["value"] for sg in singles}) == 3
+    p = m["fid"]["protocol"]
+    assert p["draws"] == 3 and p["seeds"] == [4, 5, 6] and p["reference_seeds"] == [1, 2, 3]
+    assert res["protocol"]["draws"] == 3
+    # draw 1's reference really is dataset seed 2's first N images: its floor FID from the maths
+    ds = ProceduralShapes(32, 3, seed=2)
+    f_ref = clf.features(ds.get_batch(list(range(N)))[0]).astype(np.float64)
+    f2 = clf.features(ds.get_batch(list(range(N, 2 * N)))[0]).astype(np.float64)
+    assert m["fid"]["over_draws"]["floor"]["value"]["values"][1] == pytest.approx(scipy_fid(f_ref, f2), rel=1e-3,
+                                                                                  abs=1e-6)
+    with pytest.raises(EvaluationError, match="draws must be an integer >= 1"):
+        evaluate_gan(checkpoint=ckpt, n=N, metrics="fid", cache_dir=tmp_path, draws=0)
+
+
 def test_reference_takes_the_pose_of_the_generator_s_data(tmp_path):
     """Real centred images as the 'generator': close to a centred reference, far from a random-pose one."""
     ds = ProceduralShapes(32, 3, seed=99, pose="centred")

@@ -295,7 +295,7 @@ def evaluate_gan(generator: Callable | torch.nn.Module | None = None, *, checkpo
                  z_dim: int | None = None, class_names: list[str] | None = None, device: str = "cpu",
                  cache_dir: str | os.PathLike | None = None, use_cache: bool = True,
                  out: str | os.PathLike | None = None, kid_subsets: int = 100, kid_subset_size: int = 1000,
-                 is_splits: int = 10, pr_k: int = 3, floor: bool = False) -> dict:
+                 is_splits: int = 10, pr_k: int = 3, floor: bool = False, draws: int = 1) -> dict:
     """Score a generator; see the module doc for the protocol. Progress lines and warnings go to
     this module's logger (warnings are also listed in the result).
 
@@ -313,6 +313,13 @@ def evaluate_gan(generator: Callable | torch.nn.Module | None = None, *, checkpo
         floor: also score a second real set of ``n`` images (disjoint from the reference) the
             same way, and put its numbers under ``"floor"`` beside each metric's: the best a
             generator can expect at this sample size (accuracy: the classifier on real images).
+        draws: score ``draws`` independent draws and report their mean: draw ``k`` takes the latents
+            of seed ``seed + k`` and, on procedural data, the reference (and floor) of dataset seed
+            ``ref_seed + k`` (an image folder has one reference: only the latents change). Each
+            metric's numbers are then the means over the draws, with ``over_draws`` beside them
+            (each number's per-draw values and standard deviation); draw 0 is the single-draw result.
+            One draw's precision / recall at n = 2000 moves by about 0.02 from draw to draw
+            (session 35, demo checkpoints), so a single draw cannot tell apart runs closer than that.
     Returns: ``{"metrics": {name: {..numbers.., "protocol": {...}}}, "protocol": {...}, "warnings": [...]}``.
     """
     t0 = time.time()
@@ -323,7 +330,11 @@ def evaluate_gan(generator: Callable | torch.nn.Module | None = None, *, checkpo
         warn_list.append(msg)
         log.warning(msg)
 
+    if not isinstance(draws, int) or isinstance(draws, bool) or draws < 1:
+        raise EvaluationError(f"draws must be an integer >= 1; got {draws!r}")
     subject = _subject(generator, checkpoint, num_classes, z_dim, class_names, device, use_ema)
+    if ref_seed is None:
+        ref_seed = int(subject.cfg.get("seed", 0))
     source, class_names = _reference_source(subject, data, ref_seed, pose, warn)
     if n_real is None:
         n_real = n if source.size is None else min(n, source.size)
@@ -341,31 +352,45 @@ def evaluate_gan(generator: Callable | torch.nn.Module | None = None, *, checkpo
     if "acc" in metrics:
         acc_ext = ext if ext.name == "classifier" else get_extractor("classifier", device=device)
 
-    ref = None
-    if any(m in metrics for m in ("fid", "kid", "ifid", "pr")):
-        ref = reference_statistics(source, ext, n_real, batch_size=batch_size, cache_dir=cache_dir,
-                                   use_cache=use_cache)
-        if any(m in metrics for m in ("kid", "ifid", "pr")) and "features" not in ref:
-            raise EvaluationError(f"KID / intra-FID / PR need the real features, which are not kept for "
-                                  f"n_real={ref['n']} x dim={ext.dim}; lower n_real")
-
-    fakes = _generate(subject, n, ext, acc_ext, "is" in metrics, batch_size, seed, truncation, device)
-
-    common, acc_protocol = _protocols(ext, acc_ext, ref, subject, n, seed, truncation)
-    results = _metric_values(metrics, fakes, ref, common, class_names, acc_protocol, kid_subsets=kid_subsets,
-                             kid_subset_size=kid_subset_size, is_splits=is_splits, pr_k=pr_k, seed=seed)
-    if floor:
-        real, floor_split = _real_as_fakes(source, n, ref["n"] if ref is not None else 0, ext, acc_ext,
-                                           "is" in metrics, batch_size)
-        if len(real.features) < 2:
-            warn("no real images outside the reference split: no real-vs-real floor")
-        else:
-            fl = _metric_values(metrics, real, ref, common, class_names, acc_protocol, kid_subsets=kid_subsets,
-                                kid_subset_size=kid_subset_size, is_splits=is_splits, pr_k=pr_k, seed=seed)
-            for name, r in fl.items():
-                results[name]["floor"] = _floor_numbers(r)
-                results[name]["protocol"] = dict(results[name]["protocol"] or {}, floor_split=floor_split,
+    def one_draw(k: int) -> tuple[dict, dict | None]:
+        src = source
+        if k and source.kind == "procedural":
+            src, _ = _reference_source(subject, data, ref_seed + k, pose, warn)
+        ref = None
+        if any(m in metrics for m in ("fid", "kid", "ifid", "pr")):
+            ref = reference_statistics(src, ext, n_real, batch_size=batch_size, cache_dir=cache_dir,
+                                       use_cache=use_cache)
+            if any(m in metrics for m in ("kid", "ifid", "pr")) and "features" not in ref:
+                raise EvaluationError(f"KID / intra-FID / PR need the real features, which are not kept for "
+                                      f"n_real={ref['n']} x dim={ext.dim}; lower n_real")
+        fakes = _generate(subject, n, ext, acc_ext, "is" in metrics, batch_size, seed + k, truncation, device)
+        common, acc_protocol = _protocols(ext, acc_ext, ref, subject, n, seed + k, truncation)
+        res = _metric_values(metrics, fakes, ref, common, class_names, acc_protocol, kid_subsets=kid_subsets,
+                             kid_subset_size=kid_subset_size, is_splits=is_splits, pr_k=pr_k, seed=seed + k)
+        if floor:
+            real, floor_split = _real_as_fakes(src, n, ref["n"] if ref is not None else 0, ext, acc_ext,
+                                               "is" in metrics, batch_size)
+            if len(real.features) < 2:
+                if k == 0:
+                    warn("no real images outside the reference split: no real-vs-real floor")
+            else:
+                fl = _metric_values(metrics, real, ref, common, class_names, acc_protocol, kid_subsets=kid_subsets,
+                                    kid_subset_size=kid_subset_size, is_splits=is_splits, pr_k=pr_k, seed=seed + k)
+                for name, r in fl.items():
+                    res[name]["floor"] = _floor_numbers(r)
+                    res[name]["protocol"] = dict(res[name]["protocol"] or {}, floor_split=floor_split,
                                                  floor_n=len(real.features))
+        return res, ref
+
+    per_draw = []
+    for k in range(draws):
+        if draws > 1:
+            log.info("draw %d/%d: latents seed %d, reference seed %s", k + 1, draws, seed + k,
+                     ref_seed + k if source.kind == "procedural" else "- (image folder)")
+        per_draw.append(one_draw(k))
+    results, ref = per_draw[0]
+    if draws > 1:
+        results = _combine_draws([r for r, _ in per_draw], seed, ref_seed if source.kind == "procedural" else None)
     result = {
         "metrics": results,
         "protocol": {
@@ -376,6 +401,7 @@ def evaluate_gan(generator: Callable | torch.nn.Module | None = None, *, checkpo
             "resolution": subject.resolution, "n_fake": n, "seed": seed,
             "reference": None if ref is None else {"data": source.id, "split": ref["split"], "n_real": ref["n"],
                                                    "cache": ref["path"], "cached": bool(ref["cached"])},
+            "draws": draws,
             "seconds": round(time.time() - t0, 2),
         },
         "warnings": warn_list,
@@ -387,22 +413,64 @@ def evaluate_gan(generator: Callable | torch.nn.Module | None = None, *, checkpo
     return result
 
 
+def _combine_draws(draws: list[dict], seed: int, ref_seed: int | None) -> dict:
+    """The metrics of several draws as one: every number the mean over the draws (nested dicts such
+    as intra-FID's ``per_class`` and the floors alike), and under ``over_draws`` each top-level number's
+    per-draw values and sample standard deviation (the floor's under ``over_draws["floor"]``)."""
+    def mean_of(items: list):
+        first = items[0]
+        if isinstance(first, dict):
+            return {key: mean_of([it[key] for it in items]) for key in first}
+        if isinstance(first, (int, float)) and not isinstance(first, bool):
+            return float(np.mean(items))
+        return first
+
+    def spread(items: list[dict]) -> dict:
+        return {key: {"values": [float(it[key]) for it in items],
+                      "std": float(np.std([it[key] for it in items], ddof=1))}
+                for key, v in items[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+    out = {}
+    for name in draws[0]:
+        rs = [d[name] for d in draws]
+        numbers = [{key: v for key, v in r.items() if key != "protocol"} for r in rs]
+        combined = mean_of(numbers)
+        combined["over_draws"] = spread(numbers)
+        if all("floor" in r for r in rs):
+            combined["over_draws"]["floor"] = spread([r["floor"] for r in rs])
+        combined["protocol"] = dict(rs[0]["protocol"] or {}, draws=len(draws),
+                                    seeds=[seed + k for k in range(len(draws))],
+                                    reference_seeds=None if ref_seed is None else
+                                    [ref_seed + k for k in range(len(draws))],
+                                    aggregate="mean over the draws; over_draws: per-draw values, sample std")
+        out[name] = combined
+    return out
+
+
 def format_summary(result: dict) -> str:
     lines = []
     for name, r in result["metrics"].items():
         fl = r.get("floor")
+        od = r.get("over_draws") or {}
+
+        def sd(key: str) -> str:  # the spread over draws, when there are several
+            return f" (sd {od[key]['std']:.4f})" if key in od else ""
         if "value" in r:
-            lines.append(f"{name:5s} {r['value']:.4f}" + (f"   (real-vs-real floor {fl['value']:.4f})" if fl else ""))
+            lines.append(f"{name:5s} {r['value']:.4f}{sd('value')}"
+                         + (f"   (real-vs-real floor {fl['value']:.4f})" if fl else ""))
         elif name == "pr":
-            lines.append(f"pr    precision {r['precision']:.4f} recall {r['recall']:.4f}"
+            lines.append(f"pr    precision {r['precision']:.4f}{sd('precision')} recall {r['recall']:.4f}{sd('recall')}"
                          + (f"   (floor: precision {fl['precision']:.4f} recall {fl['recall']:.4f})" if fl else ""))
         else:
-            lines.append(f"{name:5s} {r['mean']:.6g} +- {r['std']:.3g}"
+            lines.append(f"{name:5s} {r['mean']:.6g} +- {r['std']:.3g}{sd('mean')}"
                          + (f"   (floor {fl['mean']:.6g} +- {fl['std']:.3g})" if fl else ""))
     p = result["protocol"]
     ex = p["extractor"]
+    draws = p.get("draws", 1)
     lines.append(f"({ex['name']} {ex.get('weights_sha256', '')[:12]}, n_fake {p['n_fake']}, "
-                 f"n_real {p['reference']['n_real'] if p['reference'] else '-'}, seed {p['seed']})")
+                 f"n_real {p['reference']['n_real'] if p['reference'] else '-'}, seed {p['seed']}"
+                 + (f"; means over {draws} draws, seeds {p['seed']}-{p['seed'] + draws - 1}, sd = their spread"
+                    if draws > 1 else "") + ")")
     return "\n".join(lines)
 
 
