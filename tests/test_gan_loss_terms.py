@@ -340,6 +340,35 @@ def test_lecam_pulls_logits_towards_the_other_sides_moving_average():
     assert torch.equal(fresh.lecam_ema, loss.lecam_ema)  # float32 round trip: a resumed run continues exactly
 
 
+def test_lecam_steps_limits_the_term_to_the_first_d_phases():
+    """lecam_steps=2: phases 1-2 carry the term exactly as without the limit; from phase 3 on D's loss is the
+    plain hinge and the moving averages stay where phase 2 left them (also across a state round trip)."""
+    torch.manual_seed(0)
+    D, G = _QuadD(), _LinearG()
+    x = torch.randn(4, 3, 4, 4, generator=torch.Generator().manual_seed(5))
+    y = torch.tensor([0, 1, 2, 0])
+    limited = HingeGANLoss(G, D, z_dim=6, num_classes=3, batch_size=4, ortho_weight=0.0, lecam=0.3, lecam_steps=2)
+    for phase in range(1, 5):
+        stats = limited.run_phase("D", (x, y))
+        z, yf = G.calls[-1]
+        with torch.no_grad():
+            real, fake = D(x, y).double().numpy(), D(G(z, yf), yf).double().numpy()
+        hinge = np.maximum(0, 1 - real).mean() + np.maximum(0, 1 + fake).mean()
+        if phase <= 2:
+            assert "D/lecam" in stats and stats["D/loss"].item() > hinge + 1e-6
+            kept = limited.lecam_ema.clone()
+        else:
+            assert "D/lecam" not in stats and stats["D/loss"].item() == pytest.approx(hinge, rel=1e-6)
+            assert torch.equal(limited.lecam_ema, kept)
+        if phase == 3:
+            fresh = HingeGANLoss(G, D, z_dim=6, num_classes=3, batch_size=4, lecam=0.3, lecam_steps=2)
+            fresh.load_state_dict(limited.state_dict())
+            assert fresh._d_phases == 3 and torch.equal(fresh.lecam_ema, kept)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="lecam_steps must be an integer >= 0"):
+            HingeGANLoss(G, D, z_dim=6, num_classes=3, batch_size=4, lecam=0.3, lecam_steps=bad)
+
+
 class _RecordingD(torch.nn.Module):
     """D(x) = mean of w * x: records the images it scores."""
 

@@ -183,6 +183,8 @@ class HingeGANLoss:
         r1_every: compute R1 on every this-many D phases, scaled by it (lazy regularisation).
         lecam: weight of the LeCam regulariser in the D phase (0: off).
         lecam_decay: decay of the moving averages of D's real and fake logits it uses.
+        lecam_steps: apply LeCam in the first this-many D phases only (0: in every one); the
+            moving averages are not updated after that.
         reuse_fakes: the D phase scores the fakes of the G phase just run (same z, labels and
             images, G one update older) instead of drawing and generating its own: one G forward
             per step fewer (the DCGAN example's way). Meant for the phase order G, then D: only
@@ -212,7 +214,7 @@ class HingeGANLoss:
     def __init__(self, G: nn.Module, D: nn.Module, z_dim: int, num_classes: int, batch_size: int,
                  ortho_weight: float = 1e-3, device: str | torch.device = "cpu", augment: str | None = None,
                  mode_seeking: float = 0.0, wrong_label: float = 0.0, amp: bool = False, r1: float = 0.0,
-                 r1_every: int = 1, lecam: float = 0.0, lecam_decay: float = 0.99,
+                 r1_every: int = 1, lecam: float = 0.0, lecam_decay: float = 0.99, lecam_steps: int = 0,
                  reuse_fakes: bool = False, mode_seeking_norm: str = "", feature_matching: float = 0.0,
                  mode_seeking_pairs: bool = False, mode_seeking_features: float = 0.0,
                  mode_seeking_pool: int = 1, instance_noise: float = 0.0, g_adv: str = "hinge",
@@ -233,6 +235,9 @@ class HingeGANLoss:
                              "(D.linear); this discriminator has none")
         if not 0 <= lecam_decay < 1:
             raise ValueError(f"lecam_decay must be in [0, 1), got {lecam_decay}")
+        if isinstance(lecam_steps, bool) or int(lecam_steps) != lecam_steps or lecam_steps < 0:
+            raise ValueError(f"lecam_steps must be an integer >= 0 (0: every D phase), got {lecam_steps!r}")
+        self.lecam_steps = int(lecam_steps)
         if int(r1_every) < 1:
             raise ValueError(f"r1_every must be an integer >= 1, got {r1_every}")
         if r1 and any(isinstance(m, AttentiveNorm) for m in _inner(D).modules()):
@@ -386,7 +391,7 @@ class HingeGANLoss:
                 cr = gap[: x.shape[0]].mean() + gap[x.shape[0]:].mean()
                 adv = adv + self.cr * cr
                 stats["D/cr"] = cr.detach()
-            if self.lecam:
+            if self.lecam and (not self.lecam_steps or self._d_phases <= self.lecam_steps):
                 means = torch.stack([real_logits.detach().mean(), fake_logits.detach().mean()])  # (2,)
                 if self.lecam_ema is None:
                     self.lecam_ema = means

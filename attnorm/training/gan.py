@@ -106,6 +106,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "r1": 0.0,               # gamma of the R1 penalty on D's gradient at real images (0: off)
     "r1_every": 1,           # lazy R1: every this-many D phases, scaled by it
     "lecam": 0.0,            # weight of the LeCam regulariser on D's logits (0: off)
+    "lecam_steps": 0,        # LeCam in the first this-many D phases only (0: throughout)
     "ortho_weight": 1e-3,
     "ema_decay": 0.995,      # short CPU runs; the GPU configs use 0.9999 from step 20k
     "ema_start": 100,        # the EMA copies G for the first ema_start steps
@@ -284,7 +285,8 @@ class GANTraining(TaskRun):
                                  augment=cfg["diffaugment"], mode_seeking=cfg["mode_seeking"],
                                  wrong_label=cfg["wrong_label"], amp=bool(cfg.get("amp")),
                                  r1=cfg.get("r1", 0.0), r1_every=cfg.get("r1_every", 1),
-                                 lecam=cfg.get("lecam", 0.0), reuse_fakes=bool(cfg.get("reuse_fakes")),
+                                 lecam=cfg.get("lecam", 0.0), lecam_steps=int(cfg.get("lecam_steps") or 0),
+                                 reuse_fakes=bool(cfg.get("reuse_fakes")),
                                  mode_seeking_norm=cfg.get("mode_seeking_norm", ""),
                                  feature_matching=float(cfg.get("feature_matching") or 0.0),
                                  mode_seeking_pairs=bool(cfg.get("mode_seeking_pairs")),
