@@ -47,20 +47,17 @@ def _run(cmd: list[str]) -> None:
         raise SystemExit(f"bench_gan_quality: `attnorm {cmd[3]}` failed with exit status {rc} (its error is above)")
 
 
+# (reported name, metric in the `attnorm evaluate gan` JSON, its number's key there)
+FIELDS = (("acc", "acc", "value"), ("precision", "pr", "precision"), ("recall", "pr", "recall"),
+          ("fid", "fid", "value"), ("kid", "kid", "mean"))
+
+
 def measured_values(result: dict) -> dict:
     """Flatten `attnorm evaluate gan` JSON to {name: (value, floor)}."""
-    m = result["metrics"]
-    out = {}
-    if "acc" in m:
-        out["acc"] = (m["acc"]["value"], (m["acc"].get("floor") or {}).get("value"))
-    if "pr" in m:
-        fl = m["pr"].get("floor") or {}
-        out["precision"] = (m["pr"]["precision"], fl.get("precision"))
-        out["recall"] = (m["pr"]["recall"], fl.get("recall"))
-    if "fid" in m:
-        out["fid"] = (m["fid"]["value"], (m["fid"].get("floor") or {}).get("value"))
-    if "kid" in m:
-        out["kid"] = (m["kid"]["mean"], (m["kid"].get("floor") or {}).get("mean"))
+    m, out = result["metrics"], {}
+    for name, metric, key in FIELDS:
+        if metric in m:
+            out[name] = (m[metric][key], (m[metric].get("floor") or {}).get(key))
     if "fid" in out and out["fid"][1]:
         out["fid_over_floor"] = (out["fid"][0] / out["fid"][1], None)
     return out
@@ -69,8 +66,7 @@ def measured_values(result: dict) -> dict:
 def spreads(result: dict) -> dict:
     """{name: standard deviation over the draws} of an `attnorm evaluate gan --draws K` result (K > 1)."""
     m, out = result["metrics"], {}
-    for name, metric, key in (("acc", "acc", "value"), ("precision", "pr", "precision"), ("recall", "pr", "recall"),
-                              ("fid", "fid", "value"), ("kid", "kid", "mean")):
+    for name, metric, key in FIELDS:
         od = (m.get(metric) or {}).get("over_draws") or {}
         if key in od:
             out[name] = od[key]["std"]

@@ -285,7 +285,7 @@ class GANTraining(TaskRun):
                                  augment=cfg["diffaugment"], mode_seeking=cfg["mode_seeking"],
                                  wrong_label=cfg["wrong_label"], amp=bool(cfg.get("amp")),
                                  r1=cfg.get("r1", 0.0), r1_every=cfg.get("r1_every", 1),
-                                 lecam=cfg.get("lecam", 0.0), lecam_steps=int(cfg.get("lecam_steps") or 0),
+                                 lecam=cfg.get("lecam", 0.0), lecam_steps=cfg.get("lecam_steps") or 0,
                                  reuse_fakes=bool(cfg.get("reuse_fakes")),
                                  mode_seeking_norm=cfg.get("mode_seeking_norm", ""),
                                  feature_matching=float(cfg.get("feature_matching") or 0.0),
