@@ -72,8 +72,9 @@ def _stat_losses(run_dir):
 
 @pytest.mark.parametrize("extra", [{}, {"lecam": 0.5, "r1": 0.2, "r1_every": 2, "d_arch": "conv", "g_hierarchical_z": True,
                                     "g_coords": True, "feature_matching": 0.5},
-                                   {"reuse_fakes": True, "mode_seeking": 0.5, "g_fourier": 3, "g_skip": True}],
-                         ids=["plain", "lecam_lazy_r1_hier_z_coords_fm", "reuse_fakes_fourier_skip"])  # the loss's own state (averages, phase count) resumes too
+                                   {"reuse_fakes": True, "mode_seeking": 0.5, "g_fourier": 3, "g_skip": True,
+                                    "g_channel_mults": [8, 4, 2, 2]}],
+                         ids=["plain", "lecam_lazy_r1_hier_z_coords_fm", "reuse_fakes_fourier_skip_mults"])  # the loss's own state (averages, phase count) resumes too
 def test_train_kill_resume_equals_uninterrupted(tmp_path, extra):
     cfg = resolve_config(overrides=dict(TINY, steps=6, **extra))
     full = GANTraining(cfg, tmp_path / "full")
@@ -106,6 +107,9 @@ def test_train_kill_resume_equals_uninterrupted(tmp_path, extra):
     assert g.get_config().get("coords", False) == bool(cfg["g_coords"])
     assert g.get_config().get("fourier", 0) == cfg["g_fourier"]
     assert g.get_config().get("skip", False) == bool(cfg["g_skip"]) and (g.to_rgb is not None) == bool(cfg["g_skip"])
+    mults = cfg["g_channel_mults"] or [8, 4, 2, 1]  # the listing's last four at 32 px
+    assert g.get_config()["channel_mults"] == mults
+    assert g.blocks[-1].conv2.weight.shape[0] == mults[-1] * cfg["ch"]  # the finest stage's width
     assert extra["config"]["steps"] == 6 and extra["classes"] == ["ring", "triangle", "hexagon_outline", "star"]
     z, y = torch.randn(2, 128), torch.tensor([0, 3])
     shadow = copy.deepcopy(full.ema.shadow).to(memory_format=torch.contiguous_format)  # as loaded (training: channels_last)

@@ -661,9 +661,11 @@ def build_gan(resolution: int = 32, ch: int = 16, num_classes: int = 10, z_dim: 
               d_channel_mults: list[int] | None = None, d_arch: str = "resblock",
               mbstd_by_class: bool = False, hierarchical_z: bool = False,
               g_coords: bool = False, g_fourier: int = 0, g_upsample: str = "nearest",
-              g_skip: bool = False, g_grain: float = 0.0) -> tuple[Generator, nn.Module]:
+              g_skip: bool = False, g_grain: float = 0.0,
+              g_channel_mults: list[int] | None = None) -> tuple[Generator, nn.Module]:
     """A matching (G, D) pair from one set of arguments (``d_ch`` defaults to ``ch``;
-    ``class_embed_dim``, ``g_spectral_norm``, ``hierarchical_z``, ``g_coords`` (as ``coords``), ``g_fourier`` (as ``fourier``), ``g_upsample`` (as ``upsample``), ``g_skip`` (as ``skip``) and ``g_grain`` (as ``grain``) go to the generator, ``d_channel_mults`` (default:
+    ``class_embed_dim``, ``g_spectral_norm``, ``hierarchical_z``, ``g_coords`` (as ``coords``), ``g_fourier`` (as ``fourier``), ``g_upsample`` (as ``upsample``), ``g_skip`` (as ``skip``), ``g_grain`` (as ``grain``) and ``g_channel_mults`` (as ``channel_mults``; default the
+    listing's) go to the generator, ``d_channel_mults`` (default:
     the listing's 1, 2, 4, ...) to the discriminator). ``d_arch`` "resblock": the listing's D
     (:class:`Discriminator`); "conv": :class:`ConvDiscriminator` (``d_ch`` wide; no attention,
     always the projection term)."""
@@ -673,7 +675,8 @@ def build_gan(resolution: int = 32, ch: int = 16, num_classes: int = 10, z_dim: 
     g = Generator(resolution=resolution, ch=ch, num_classes=num_classes, z_dim=z_dim,
                   attention=attention, num_entities=num_entities, an_kwargs=an_kwargs,
                   class_embed_dim=class_embed_dim, spectral_norm=g_spectral_norm, hierarchical_z=hierarchical_z,
-                  coords=g_coords, fourier=g_fourier, upsample=g_upsample, skip=g_skip, grain=g_grain)
+                  coords=g_coords, fourier=g_fourier, upsample=g_upsample, skip=g_skip, grain=g_grain,
+                  channel_mults=g_channel_mults)
     if d_arch == "conv":
         return g, ConvDiscriminator(resolution=resolution, ch=d_ch or ch, num_classes=num_classes,
                                     mbstd_group=mbstd_group, mbstd_by_class=mbstd_by_class)

@@ -60,6 +60,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "d_ch": None,            # None: same as ch
     "d_arch": "resblock",    # "resblock": the listing's D; "conv": a light DCGAN-style D (models.gan.ConvDiscriminator)
     "d_channel_mults": None, # D's width per block in units of d_ch (None: the listing's 1, 2, 4, ...)
+    "g_channel_mults": None, # G's width per stage in units of ch, 4x4 first (None: the listing's last entries, 8, 4, 2, 1 at 32 px)
     "d_projection": True,    # add SN-GAN's projection term to D (not in the paper's listing)
     "z_dim": 128,
     "g_class_embed": 32,     # >0: class embedding concatenated to z in G (not in the listing)
@@ -257,7 +258,8 @@ class GANTraining(TaskRun):
                                    hierarchical_z=bool(cfg.get("g_hierarchical_z")),
                                    g_coords=bool(cfg.get("g_coords")), g_fourier=int(cfg.get("g_fourier") or 0),
                                    g_upsample=cfg.get("g_upsample") or "nearest", g_skip=bool(cfg.get("g_skip")),
-                                   g_grain=float(cfg.get("g_grain") or 0.0))
+                                   g_grain=float(cfg.get("g_grain") or 0.0),
+                                   g_channel_mults=cfg.get("g_channel_mults"))
         sync_bn = cfg.get("sync_bn")  # .get: configs saved before the key existed
         if sync_bn is None:
             sync_bn = device.type == "cuda"
