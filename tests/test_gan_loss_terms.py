@@ -135,6 +135,48 @@ def test_per_pair_ratios_and_term_match_a_per_element_reference():
     assert resolve_config()["mode_seeking_pairs"] is False
 
 
+def test_capped_pairs_add_a_constant_and_get_no_push():
+    """``mode_seeking_cap``: each pair's ratio is clamped at the cap before its reciprocal, so the loss is the
+    per-element reference with ``min(ratio, cap)``, and only the pairs below the cap carry the term's gradient."""
+    torch.manual_seed(0)
+    A0, E0 = _LinearG().A.detach().clone(), _LinearG().E.detach().clone()
+
+    def run(cap):
+        G = _LinearG()
+        G.A.data.copy_(A0), G.E.data.copy_(E0)
+        loss = HingeGANLoss(G, _MeanD(), z_dim=6, num_classes=3, batch_size=10, ortho_weight=0.0,
+                            mode_seeking=2.0, mode_seeking_pairs=True, mode_seeking_cap=cap)
+        torch.manual_seed(1)  # the same latents and labels in every run
+        return G, loss.run_phase("G", None)
+
+    G0, _ = run(0.0)
+    z, y = G0.calls[-1]
+    A, E = A0.numpy().astype(np.float64), E0.numpy().astype(np.float64)
+    dz = (z[:5] - z[5:]).numpy().astype(np.float64)
+    ratios = np.abs(dz @ A.T).mean(1) / np.abs(dz).mean(1)
+    cap = float(np.sort(ratios)[2]) + 1e-3  # three pairs below the cap, two above
+    assert (ratios < cap).sum() == 3
+    G, stats = run(cap)
+    assert torch.equal(G.calls[-1][0], z)
+    x = z.numpy() @ A.T + E[y.numpy()]
+    assert stats["G/loss"].item() == pytest.approx(-x.mean() + 2.0 * np.mean(1 / (np.minimum(ratios, cap) + 1e-5)),
+                                                   rel=1e-5)
+    assert stats["G/ms_ratio"].item() == pytest.approx(ratios.mean(), rel=1e-5)  # the log shows the unclamped mean
+    assert stats["G/ms_capped"].item() == pytest.approx(0.4)
+    # the gradient on A: the adversarial part plus the term of the pairs below the cap alone (autograd on float64)
+    At = torch.tensor(A, requires_grad=True)
+    dzt = torch.tensor(dz)
+    r = (dzt @ At.T).abs().mean(1) / dzt.abs().mean(1)
+    below = torch.tensor(ratios < cap)
+    (2.0 * torch.where(below, 1 / (r + 1e-5), torch.zeros_like(r)).mean()).backward()
+    adv = -np.outer(np.ones(48) / 48, z.numpy().astype(np.float64).mean(0))  # d(-mean x)/dA
+    np.testing.assert_allclose(G.A.grad.numpy(), adv + At.grad.numpy(), rtol=1e-4, atol=1e-6)
+    assert np.abs(G0.A.grad.numpy() - G.A.grad.numpy()).max() > 1e-3  # without the cap the far pairs push too
+    with pytest.raises(ValueError, match="mode_seeking_cap"):
+        HingeGANLoss(_LinearG(), _MeanD(), z_dim=6, num_classes=3, batch_size=8, mode_seeking=1.0, mode_seeking_cap=-1)
+    assert resolve_config()["mode_seeking_cap"] == 0.0
+
+
 @pytest.mark.parametrize("weight", [0.0, 1.0])
 def test_its_gradient_spreads_the_pair_apart(weight):
     torch.manual_seed(0)

@@ -200,6 +200,8 @@ class HingeGANLoss:
         mode_seeking_pool: average-pool the images by this factor before that term's image distance (1: off).
         mode_seeking_features: weight of the per-pair mode-seeking term in D's pooled features
             (:func:`feature_seeking_ratio`; 0: off); pairs the G batch like ``mode_seeking``.
+        mode_seeking_cap: > 0: the pixel term's ratio is clamped at this value (per pair with
+            ``mode_seeking_pairs``), so a pair already that far apart is not pushed further (0: no cap).
         cr: weight of balanced consistency regularisation in the D phase (bCR, Zhao et al. 2021; 0: off):
             ``cr * (mean (D(T x) - D(x))^2 + mean (D(T G(z)) - D(G(z)))^2)`` over the real and the fake
             chunk, T a random mirror and shift (:func:`~attnorm.losses.augment.consistency_transform`);
@@ -218,7 +220,8 @@ class HingeGANLoss:
                  reuse_fakes: bool = False, mode_seeking_norm: str = "", feature_matching: float = 0.0,
                  mode_seeking_pairs: bool = False, mode_seeking_features: float = 0.0,
                  mode_seeking_pool: int = 1, instance_noise: float = 0.0, g_adv: str = "hinge",
-                 g_topk: float = 1.0, cr: float = 0.0, share_fakes: bool = False) -> None:
+                 g_topk: float = 1.0, cr: float = 0.0, share_fakes: bool = False,
+                 mode_seeking_cap: float = 0.0) -> None:
         _check_mode_seeking_norm(mode_seeking_norm)
         self.mode_seeking_norm, self.mode_seeking_pairs = mode_seeking_norm, bool(mode_seeking_pairs)
         if min(mode_seeking, wrong_label, r1, lecam, feature_matching, mode_seeking_features) < 0:
@@ -271,6 +274,9 @@ class HingeGANLoss:
         if int(mode_seeking_pool) < 1:
             raise ValueError(f"mode_seeking_pool must be an integer >= 1, got {mode_seeking_pool}")
         self.mode_seeking_pool = int(mode_seeking_pool)
+        if not mode_seeking_cap >= 0:
+            raise ValueError(f"mode_seeking_cap is a ratio >= 0 (0: no cap), got {mode_seeking_cap}")
+        self.mode_seeking_cap = float(mode_seeking_cap)
         self.instance_noise = float(instance_noise)
         check_g_adversarial(g_adv, g_topk)
         self.g_adv, self.g_topk = g_adv, float(g_topk)
@@ -426,11 +432,14 @@ class HingeGANLoss:
                 # G's own grain is not diversity: the pairs' distance is that of the images before it
                 ratio = mode_seeking_ratio(drawn.float(), z, self.mode_seeking_norm, self.mode_seeking_pairs,
                                            self.mode_seeking_pool)
+                pushed = ratio.clamp(max=self.mode_seeking_cap) if self.mode_seeking_cap else ratio
                 if self.mode_seeking_pairs:
-                    loss = loss + self.mode_seeking * (1.0 / (ratio + 1e-5)).mean()
+                    loss = loss + self.mode_seeking * (1.0 / (pushed + 1e-5)).mean()
                 else:  # MSGAN's form, kept bit for bit (earlier runs reproduce)
-                    loss = loss + self.mode_seeking / (ratio + 1e-5)
+                    loss = loss + self.mode_seeking / (pushed + 1e-5)
                 stats["G/ms_ratio"] = ratio.detach().mean()
+                if self.mode_seeking_cap:
+                    stats["G/ms_capped"] = (ratio.detach() >= self.mode_seeking_cap).float().mean()
             if self.mode_seeking_features:
                 ratio_f = feature_seeking_ratio(pooled[0].float(), z)
                 loss = loss + self.mode_seeking_features * (1.0 / (ratio_f + 1e-5)).mean()

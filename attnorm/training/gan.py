@@ -99,6 +99,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "feature_matching": 0.0,  # >0: G also matches the batch mean of D's pooled features on real images (Salimans et al.)
     "mode_seeking_norm": "",  # "image": that term's image distance over the images' own contrast (not MSGAN's)
     "mode_seeking_pairs": False,  # true: the term per pair, mean of 1 / ratio_i (a collapsed pair pushed hardest)
+    "mode_seeking_cap": 0.0, # >0: pairs whose ratio reaches this are not pushed further apart (0: no cap)
     "mode_seeking_pool": 1,  # >1: that term's image distance on the images average-pooled by this factor
     "mode_seeking_features": 0.0,  # weight of the per-pair term in D's pooled features instead of pixels (0: off)
     "reuse_fakes": False,    # G phase first; the D phase then scores its fakes (one G forward per step fewer)
@@ -294,6 +295,7 @@ class GANTraining(TaskRun):
                                  mode_seeking_pairs=bool(cfg.get("mode_seeking_pairs")),
                                  mode_seeking_features=float(cfg.get("mode_seeking_features") or 0.0),
                                  mode_seeking_pool=int(cfg.get("mode_seeking_pool") or 1),
+                                 mode_seeking_cap=float(cfg.get("mode_seeking_cap") or 0.0),
                                  instance_noise=float(cfg.get("instance_noise") or 0.0),
                                  g_adv=cfg.get("g_adv") or "hinge", g_topk=float(cfg.get("g_topk") or 1.0),
                                  cr=float(cfg.get("cr") or 0.0), share_fakes=bool(cfg.get("share_fakes")))
