@@ -42,7 +42,9 @@ and over-saturated (pixel std 1.15-1.3x the data's); ``mode_seeking_norm="image"
 distance relative to the images' own contrast instead (:func:`mode_seeking_ratio`).
 ``mode_seeking_pool = k`` measures the image distance (and the contrast it is divided by) on the
 images average-pooled by ``k`` (their coarse layout and colours), so uncorrelated fine speckle, which raises a pixel distance cheaply,
-does not count. ``mode_seeking_features`` adds the same term per pair measured in D's pooled features (the input of
+does not count. ``mode_seeking_cap = C`` replaces the ratio by ``min(ratio, C)`` (each pair's, per pair): the term
+has no target of its own and keeps pushing pairs apart past the data's own spread (session 36: the demo's same-class
+pairs lie 1.2-1.35x as far apart as the data's); capped, a pair that far apart adds a constant. ``mode_seeking_features`` adds the same term per pair measured in D's pooled features (the input of
 its last linear layer) instead of pixels, over the batch's feature spread (:func:`feature_seeking_ratio`):
 a pair that differs only in pixels D does not tell apart (a shifted speckle) gains nothing there.
 
