@@ -672,6 +672,9 @@ def build_gan(resolution: int = 32, ch: int = 16, num_classes: int = 10, z_dim: 
     if d_arch not in D_ARCHS:
         raise ValueError(f"d_arch must be one of {', '.join(D_ARCHS)}, got {d_arch!r}")
     _check_upsample(g_upsample, "g_upsample", num_blocks(resolution))  # named as the training config names it
+    if g_channel_mults is not None and len(g_channel_mults) != num_blocks(resolution) + 1:
+        raise ValueError(f"g_channel_mults needs {num_blocks(resolution) + 1} entries for resolution {resolution} "
+                         f"(the 4x4 stage first), got {list(g_channel_mults)}")
     g = Generator(resolution=resolution, ch=ch, num_classes=num_classes, z_dim=z_dim,
                   attention=attention, num_entities=num_entities, an_kwargs=an_kwargs,
                   class_embed_dim=class_embed_dim, spectral_norm=g_spectral_norm, hierarchical_z=hierarchical_z,
