@@ -70,6 +70,11 @@ def _stat_losses(run_dir):
     return [(r["step"], r["D/loss"], r["G/loss"], r["D/real"]) for r in read_stats(run_dir / "stats.jsonl")]
 
 
+def test_g_channel_mults_of_the_wrong_length_is_one_line_naming_the_key(tmp_path):
+    with pytest.raises(ValueError, match=r"g_channel_mults needs 4 entries for resolution 32 \(the 4x4 stage first\), got \[8, 4\]"):
+        GANTraining(resolve_config(overrides=dict(TINY, g_channel_mults=[8, 4])), tmp_path / "bad")
+
+
 @pytest.mark.parametrize("extra", [{}, {"lecam": 0.5, "r1": 0.2, "r1_every": 2, "d_arch": "conv", "g_hierarchical_z": True,
                                     "g_coords": True, "feature_matching": 0.5},
                                    {"reuse_fakes": True, "mode_seeking": 0.5, "g_fourier": 3, "g_skip": True,
@@ -107,8 +112,6 @@ def test_train_kill_resume_equals_uninterrupted(tmp_path, extra):
     assert g.get_config().get("coords", False) == bool(cfg["g_coords"])
     assert g.get_config().get("fourier", 0) == cfg["g_fourier"]
     assert g.get_config().get("skip", False) == bool(cfg["g_skip"]) and (g.to_rgb is not None) == bool(cfg["g_skip"])
-    with pytest.raises(ValueError, match=r"g_channel_mults needs 4 entries for resolution 32 \(the 4x4 stage first\), got \[8, 4\]"):
-        GANTraining(resolve_config(overrides=dict(TINY, g_channel_mults=[8, 4])), tmp_path / "bad")
     mults = cfg["g_channel_mults"] or [8, 4, 2, 1]  # the listing's last four at 32 px
     assert g.get_config()["channel_mults"] == mults
     assert g.blocks[-1].conv2.weight.shape[0] == mults[-1] * cfg["ch"]  # the finest stage's width

@@ -209,6 +209,13 @@ def _check_upsample(mode: str | list[str], name: str = "upsample", blocks: int |
     return modes
 
 
+def _check_mults(mults: list[int], entries: int, resolution: int, name: str, first: str) -> None:
+    """One error line when a channel-multiplier list does not have ``entries`` entries (``name``: the argument or
+    config key as the caller knows it; ``first``: which stage the list starts with)."""
+    if len(mults) != entries:
+        raise ValueError(f"{name} needs {entries} entries for resolution {resolution} ({first} first), got {list(mults)}")
+
+
 def _up(x: Tensor, mode: str) -> Tensor:
     """The map at twice the size: nearest-neighbour copies, or bilinear interpolation (half-pixel centres)."""
     if mode == "bilinear":
@@ -333,9 +340,7 @@ class Generator(nn.Module):
             if nb + 1 > len(G_MULTS_128):
                 raise ValueError(f"no default channel_mults for resolution {resolution}; pass channel_mults")
             channel_mults = list(G_MULTS_128[-(nb + 1):])
-        if len(channel_mults) != nb + 1:
-            raise ValueError(f"channel_mults needs {nb + 1} entries for resolution {resolution}, "
-                             f"got {list(channel_mults)}")
+        _check_mults(channel_mults, nb + 1, resolution, "channel_mults", "the 4x4 stage")
         if attn_index is None:
             attn_index = default_attn_index(resolution, "g")
         if (attention or "none").lower() not in ATTENTION_KINDS:
@@ -486,9 +491,7 @@ class Discriminator(nn.Module):
             if nb > len(D_MULTS_128):
                 raise ValueError(f"no default channel_mults for resolution {resolution}; pass channel_mults")
             channel_mults = list(D_MULTS_128[:nb])
-        if len(channel_mults) != nb:
-            raise ValueError(f"channel_mults needs {nb} entries for resolution {resolution}, "
-                             f"got {list(channel_mults)}")
+        _check_mults(channel_mults, nb, resolution, "channel_mults", "the full-resolution block")
         if attn_index is None:
             attn_index = default_attn_index(resolution, "d")
         if (attention or "none").lower() not in ATTENTION_KINDS:
@@ -672,9 +675,8 @@ def build_gan(resolution: int = 32, ch: int = 16, num_classes: int = 10, z_dim: 
     if d_arch not in D_ARCHS:
         raise ValueError(f"d_arch must be one of {', '.join(D_ARCHS)}, got {d_arch!r}")
     _check_upsample(g_upsample, "g_upsample", num_blocks(resolution))  # named as the training config names it
-    if g_channel_mults is not None and len(g_channel_mults) != num_blocks(resolution) + 1:
-        raise ValueError(f"g_channel_mults needs {num_blocks(resolution) + 1} entries for resolution {resolution} "
-                         f"(the 4x4 stage first), got {list(g_channel_mults)}")
+    if g_channel_mults is not None:  # named as the training config names it
+        _check_mults(g_channel_mults, num_blocks(resolution) + 1, resolution, "g_channel_mults", "the 4x4 stage")
     g = Generator(resolution=resolution, ch=ch, num_classes=num_classes, z_dim=z_dim,
                   attention=attention, num_entities=num_entities, an_kwargs=an_kwargs,
                   class_embed_dim=class_embed_dim, spectral_norm=g_spectral_norm, hierarchical_z=hierarchical_z,
