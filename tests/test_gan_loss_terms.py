@@ -701,3 +701,75 @@ def test_share_fakes_g_phase_trains_on_the_d_phases_images_with_one_g_forward():
     with pytest.raises(ValueError, match="exclude each other"):
         HingeGANLoss(G, D, z_dim=6, num_classes=3, batch_size=8, reuse_fakes=True, share_fakes=True)
     assert resolve_config()["share_fakes"] is False
+
+
+class _ClassD(torch.nn.Module):
+    """D(x, y) = mean(w * x) + c[y] (a class offset, as a projection D has): records what it scores."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(0.7))
+        self.c = torch.nn.Parameter(torch.tensor([1.5, -2.0, 0.25]))
+        self.seen = []
+
+    def forward(self, x, y):
+        self.seen.append((x.detach().clone(), y.clone()))
+        return (self.w * x).mean((1, 2, 3)) + self.c[y]
+
+
+def _softplus(v):
+    return np.log1p(np.exp(v))
+
+
+def test_relativistic_pairing_loss_pairs_each_fake_with_a_real_image_of_its_class():
+    """``relativistic``: the D phase draws its fakes with the real batch's labels and its loss is
+    mean softplus(D(fake_i) - D(real_i)); the G phase's fakes take those labels (paired halves sharing them,
+    as the mode-seeking term pairs them) and its loss is mean softplus(D(real_i) - D(fake_i)) with the D phase's
+    real logits held fixed; values and G's gradient against a float64 hand computation, a D whose class offset
+    cancels only when the pairs share a class."""
+    torch.manual_seed(0)
+    G, D = _LinearG(), _ClassD()
+    loss = HingeGANLoss(G, D, z_dim=6, num_classes=3, batch_size=8, ortho_weight=0.0, relativistic=True,
+                        mode_seeking=1.0, mode_seeking_pairs=True)
+    x_real, y_real = torch.randn(8, 3, 4, 4), torch.tensor([0, 1, 2, 2, 1, 0, 0, 1])
+    w, c = 0.7, np.array([1.5, -2.0, 0.25])
+    d_stats = loss.run_phase("D", (x_real, y_real))
+    z_d, y_d = G.calls[-1]
+    assert torch.equal(y_d, y_real)  # the fakes are drawn with the real images' labels
+    A, E = G.A.detach().double().numpy(), G.E.detach().double().numpy()
+    fake_d = z_d.double().numpy() @ A.T + E[y_d.numpy()]
+    real = w * x_real.double().numpy().reshape(8, -1).mean(1) + c[y_real.numpy()]
+    fake = w * fake_d.mean(1) + c[y_real.numpy()]
+    assert d_stats["D/loss"].item() == pytest.approx(_softplus(fake - real).mean(), rel=1e-5)
+    # G phase: labels of the real batch's first half, repeated; each fake against the real logit of its index mod 4
+    g_stats = loss.run_phase("G", None)
+    z, y = G.calls[-1]
+    assert torch.equal(y, y_real[:4].repeat(2))
+    A2, E2 = torch.tensor(A, requires_grad=True), torch.tensor(E, requires_grad=True)
+    img = (z.double() @ A2.T + E2[y]).view(8, 3, 4, 4)
+    f = w * img.mean((1, 2, 3)) + torch.tensor(c)[y]
+    r = torch.tensor(real)[torch.arange(8) % 4]
+    ratios = mode_seeking_ratio(img, z.double(), "", True)
+    want = torch.nn.functional.softplus(r - f).mean() + (1.0 / (ratios + 1e-5)).mean()
+    want.backward()
+    assert g_stats["G/loss"].item() == pytest.approx(want.item(), rel=1e-5)
+    np.testing.assert_allclose(G.A.grad.numpy(), A2.grad.numpy(), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(G.E.grad.numpy(), E2.grad.numpy(), rtol=1e-4, atol=1e-7)
+    # a G phase without a D phase before it: the real logits count as 0
+    torch.manual_seed(1)
+    G.zero_grad()
+    got = loss.run_phase("G", None)["G/loss"].item()
+    z, y = G.calls[-1]
+    with torch.no_grad():
+        f = D(G(z, y), y).double()
+        ratios = mode_seeking_ratio(G(z, y).double(), z.double(), "", True)
+    assert got == pytest.approx((torch.nn.functional.softplus(-f).mean() + (1.0 / (ratios + 1e-5)).mean()).item(), rel=1e-5)
+
+
+def test_relativistic_loss_refuses_what_it_replaces_in_one_line():
+    for kw in ({"g_adv": "ns"}, {"g_topk": 0.5}, {"reuse_fakes": True}, {"share_fakes": True}):
+        with pytest.raises(ValueError, match="relativistic loss replaces"):
+            HingeGANLoss(_LinearG(), _ClassD(), z_dim=6, num_classes=3, batch_size=4, relativistic=True, **kw)
+        with pytest.raises(ValueError, match="relativistic loss replaces"):
+            resolve_config(overrides={"relativistic": True, **kw})
+    assert resolve_config()["relativistic"] is False

@@ -56,6 +56,15 @@ gradient is too), and the divisor (the real features' spread, held constant) mak
 independent of D's feature scale. Per-image losses do not see how often G draws each kind of
 image; a batch mean does (a generator drawing one kind of background for most of its images
 moves the mean of every feature that tells the kinds apart).
+
+``relativistic=True`` replaces both hinge losses by the relativistic pairing loss (RpGAN; Jolicoeur-Martineau
+2019, the loss of R3GAN, Huang et al. 2024): D ``mean softplus(D(G(z_i), y_i) - D(x_i, y_i))``, G ``mean
+softplus(D(x_i, y_i) - D(G(z_i), y_i))``. Each fake is judged against a real image *of its own class* (the D
+phase draws its fakes with the real batch's labels; the G phase's fakes take the labels of the last D phase's
+real batch, paired halves sharing them as the mode-seeking term pairs them), so D's class-dependent offset
+cancels and only how much more real the real image looks counts. The G phase reuses the real logits of that D
+phase (D one update older; detached, so they only weight G's gradient, as ``D(x)`` does in the loss): no
+extra D forward. A G phase with no D phase before it uses 0 for them (``softplus(-D(G(z)))``).
 """
 
 from __future__ import annotations
@@ -103,6 +112,14 @@ def g_adversarial(fake_logits: Tensor, kind: str = "hinge", topk: float = 1.0) -
 
 
 MODE_SEEKING_NORMS = ("", "image")
+
+
+def check_relativistic(relativistic: bool, g_adv: str = "hinge", g_topk: float = 1.0, reuse_fakes: bool = False,
+                       share_fakes: bool = False) -> None:
+    """One-line ValueError for options the relativistic pairing loss cannot be combined with."""
+    if relativistic and (g_adv != "hinge" or float(g_topk) != 1.0 or reuse_fakes or share_fakes):
+        raise ValueError("the relativistic loss replaces G's loss and pairs each fake with a real image of its class: "
+                         "use it with g_adv=hinge, g_topk=1 and without reuse_fakes / share_fakes")
 
 
 def _check_mode_seeking_norm(norm: str) -> None:
@@ -213,6 +230,9 @@ class HingeGANLoss:
         instance_noise: std of Gaussian noise added to every image D sees (after the augmentation),
             real and fake, in both phases; pixel units of the [-1, 1] images (0: off; instance noise,
             Sonderby et al. 2017).
+        relativistic: the relativistic pairing loss in both phases instead of the hinge (see above); needs
+            the G loss as ``g_adv="hinge"``, ``g_topk=1`` (it replaces it) and neither ``reuse_fakes`` nor
+            ``share_fakes`` (their fakes are not drawn with the real batch's labels).
     """
 
     def __init__(self, G: nn.Module, D: nn.Module, z_dim: int, num_classes: int, batch_size: int,
@@ -223,7 +243,7 @@ class HingeGANLoss:
                  mode_seeking_pairs: bool = False, mode_seeking_features: float = 0.0,
                  mode_seeking_pool: int = 1, instance_noise: float = 0.0, g_adv: str = "hinge",
                  g_topk: float = 1.0, cr: float = 0.0, share_fakes: bool = False,
-                 mode_seeking_cap: float = 0.0) -> None:
+                 mode_seeking_cap: float = 0.0, relativistic: bool = False) -> None:
         _check_mode_seeking_norm(mode_seeking_norm)
         self.mode_seeking_norm, self.mode_seeking_pairs = mode_seeking_norm, bool(mode_seeking_pairs)
         if min(mode_seeking, wrong_label, r1, lecam, feature_matching, mode_seeking_features) < 0:
@@ -282,6 +302,10 @@ class HingeGANLoss:
         self.instance_noise = float(instance_noise)
         check_g_adversarial(g_adv, g_topk)
         self.g_adv, self.g_topk = g_adv, float(g_topk)
+        check_relativistic(relativistic, g_adv, g_topk, reuse_fakes, share_fakes)
+        self.relativistic = bool(relativistic)
+        # (real logits (b,), labels (b,)) of the last D phase's real batch, for the relativistic G phase
+        self._real_pairs: tuple[Tensor, Tensor] | None = None
         # (mean (c,), spread ()) of D's pooled features of the last D phase's real batch (feature matching)
         self._real_features: tuple[Tensor, Tensor] | None = None
 
@@ -293,7 +317,7 @@ class HingeGANLoss:
         return {"d_phases": self._d_phases, "lecam_ema": ema, "real_features": feats}
 
     def load_state_dict(self, state: dict) -> None:
-        self._fakes = self._shared = None
+        self._fakes = self._shared = self._real_pairs = None
         self._d_phases = int(state.get("d_phases", 0))
         ema = state.get("lecam_ema")
         self.lecam_ema = None if ema is None else torch.tensor([float(a) for a in ema], device=self.device)
@@ -355,6 +379,8 @@ class HingeGANLoss:
                 fake = fake.detach()
             else:
                 z, y_fake = self.sample_latents(x.shape[0])
+                if self.relativistic:  # each fake is paired with the real image of its index: same class
+                    y_fake = y
                 with torch.no_grad(), self._autocast():
                     fake = _inner(self.G)(z, y_fake)
             images, labels = [x, fake], [y, y_fake]
@@ -378,7 +404,11 @@ class HingeGANLoss:
                 self._real_features = (mean, (real - mean).pow(2).sum(1).mean())
             logits = logits.float()
             real_logits, fake_logits, *wrong = logits.split(x.shape[0])
-            adv = d_hinge(real_logits, fake_logits)
+            if self.relativistic:
+                adv = F.softplus(fake_logits - real_logits).mean()
+                self._real_pairs = (real_logits.detach(), y)
+            else:
+                adv = d_hinge(real_logits, fake_logits)
             stats = {}
             if wrong:
                 wrong_term = F.relu(1.0 - real_logits + wrong[0]).mean()
@@ -416,15 +446,26 @@ class HingeGANLoss:
                     "D/fake": fake_logits.detach().mean(), **stats, "D/ortho": ortho.detach()}
         if name == "G":
             shared, self._shared = self._shared, None
+            real_pairs, self._real_pairs = self._real_pairs, None
             if shared is None:
                 z, y_fake = self._g_latents()
             else:
                 z, y_fake, fake = shared
+            if self.relativistic:
+                real_logits = torch.zeros(len(y_fake), device=z.device)
+                if real_pairs is not None and real_pairs[1].shape[0] >= len(y_fake):
+                    # the D phase's real labels (the paired halves share theirs), each fake with its real image
+                    half = len(y_fake) // 2 if (self.mode_seeking or self.mode_seeking_features) else len(y_fake)
+                    idx = torch.arange(len(y_fake), device=z.device) % half
+                    real_logits, y_fake = real_pairs[0][idx], real_pairs[1][idx]
             with self._autocast(), self._pooled_features() as pooled:
                 if shared is None:
                     fake = self.G(z, y_fake)
                 logits = _inner(self.D)(self._noisy(diff_augment(fake, self.augment)), y_fake)
-            adv = g_adversarial(logits.float(), self.g_adv, self.g_topk)
+            if self.relativistic:
+                adv = F.softplus(real_logits - logits.float()).mean()
+            else:
+                adv = g_adversarial(logits.float(), self.g_adv, self.g_topk)
             pop_drawn = getattr(_inner(self.G), "pop_drawn", None)
             drawn = fake if pop_drawn is None else pop_drawn(fake)  # a grain G's image before its grain
             ortho = orthogonality_loss(_inner(self.G))

@@ -41,7 +41,7 @@ from torch import nn
 from attnorm.inference import class_samples
 from attnorm.io import to_uint8
 from attnorm.losses.augment import parse_policy
-from attnorm.losses.gan import HingeGANLoss, check_g_adversarial
+from attnorm.losses.gan import HingeGANLoss, check_g_adversarial, check_relativistic
 from attnorm.models.gan import D_ARCHS, Generator, build_gan, convert_distributed_batchnorm
 from attnorm.training.config import TaskRun, check_compile_mode, layered_config, native_bf16_cpu
 from attnorm.training.loop import EMA, Phase
@@ -94,6 +94,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "cr": 0.0,               # weight of balanced consistency regularisation of D (bCR: mirror + shift; 0: off)
     "g_adv": "hinge",        # G's adversarial loss: "hinge" (-logit) or "ns" (non-saturating softplus(-logit))
     "g_topk": 1.0,           # G learns from this fraction of its fakes, those D scores highest (top-k training; 1: all)
+    "relativistic": False,   # true: the relativistic pairing loss (RpGAN) for D and G instead of the hinge, fakes paired with reals of their class
     "instance_noise": 0.0,   # std of Gaussian noise on every image D sees, real and fake ([-1, 1] pixel units; 0: off)
     "mode_seeking": 0.0,     # weight of MSGAN's mode-seeking term in G's loss (0: off)
     "feature_matching": 0.0,  # >0: G also matches the batch mean of D's pooled features on real images (Salimans et al.)
@@ -189,6 +190,8 @@ def resolve_config(config_file: str | os.PathLike | None = None, overrides: dict
     cfg = layered_config(DEFAULT_CONFIG, config_file, overrides, base, ignore_underscore=True)
     parse_policy(cfg["diffaugment"])  # a one-line ValueError naming the known policies
     check_g_adversarial(cfg["g_adv"], float(cfg["g_topk"]))  # likewise for G's loss kind and top-k fraction
+    check_relativistic(bool(cfg["relativistic"]), cfg["g_adv"], float(cfg["g_topk"]), bool(cfg.get("reuse_fakes")),
+                       bool(cfg.get("share_fakes")))
     from attnorm.data.procedural import POSES
     if cfg["procedural_pose"] not in POSES:
         raise ValueError(f"procedural_pose must be one of {', '.join(POSES)}, got {cfg['procedural_pose']!r}")
@@ -298,7 +301,8 @@ class GANTraining(TaskRun):
                                  mode_seeking_cap=float(cfg.get("mode_seeking_cap") or 0.0),
                                  instance_noise=float(cfg.get("instance_noise") or 0.0),
                                  g_adv=cfg.get("g_adv") or "hinge", g_topk=float(cfg.get("g_topk") or 1.0),
-                                 cr=float(cfg.get("cr") or 0.0), share_fakes=bool(cfg.get("share_fakes")))
+                                 cr=float(cfg.get("cr") or 0.0), share_fakes=bool(cfg.get("share_fakes")),
+                                 relativistic=bool(cfg.get("relativistic")))
         self.z_fixed = fixed_latents(cfg, cfg["z_dim"])
         self.sample_classes = list(range(min(self.num_classes, 16)))
         phases = [Phase("D", self.D, self.opt_d, repeats=cfg["d_steps"]),
