@@ -773,3 +773,59 @@ def test_relativistic_loss_refuses_what_it_replaces_in_one_line():
         with pytest.raises(ValueError, match="relativistic loss replaces"):
             resolve_config(overrides={"relativistic": True, **kw})
     assert resolve_config()["relativistic"] is False
+
+
+def test_radial_power_spectrum_against_numpy_and_a_plane_wave():
+    """Each image's mean removed, the 2-D DFT's power averaged per integer radius (numpy reference, every
+    frequency placed by hand); a plane wave of 3 periods across the image has all its power at radius 3."""
+    from attnorm.losses.gan import radial_power_spectrum
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4, 3, 8, 8)) + 5.0
+    got = radial_power_spectrum(torch.tensor(a)).numpy()
+    p = (np.abs(np.fft.fft2(a - a.mean((2, 3), keepdims=True))) ** 2).mean((0, 1))
+    total, count = np.zeros(4), np.zeros(4)
+    for u in range(8):
+        for v in range(8):
+            r = int(np.floor(np.hypot(u if u < 4 else u - 8, v if v < 4 else v - 8) + 0.5))
+            if 1 <= r <= 4:
+                total[r - 1] += p[u, v]
+                count[r - 1] += 1
+    np.testing.assert_allclose(got, total / count, rtol=1e-12)
+    xx = np.arange(16)
+    wave = np.broadcast_to(np.cos(2 * np.pi * 3 * xx / 16), (1, 1, 16, 16))
+    spec = radial_power_spectrum(torch.tensor(wave.copy())).numpy()
+    assert spec[2] > 0 and np.allclose(np.delete(spec, 2), 0, atol=1e-20)
+    with pytest.raises(ValueError, match="square"):
+        radial_power_spectrum(torch.zeros(1, 3, 8, 6))
+
+
+def test_spectrum_matching_term_against_a_hand_computation_and_its_resume_state():
+    """``spectrum_matching``: the D phase keeps a moving average (0.99) of the real batches' radial spectra; the
+    G phase adds w * mean_k (log P_fake(k) - log P_real(k))^2; the average is part of the loss state."""
+    from attnorm.losses.gan import radial_power_spectrum
+    torch.manual_seed(0)
+    G = _LinearG()
+    loss = HingeGANLoss(G, _RecordingD(), z_dim=6, num_classes=3, batch_size=8, ortho_weight=0.0, spectrum_matching=2.0)
+    reals = [torch.randn(8, 3, 4, 4) * s for s in (1.0, 3.0)]
+    for x in reals:
+        loss.run_phase("D", (x, torch.randint(3, (8,))))
+    s0, s1 = (radial_power_spectrum(x.double()).numpy() for x in reals)
+    target = 0.99 * s0 + 0.01 * s1
+    state = loss.state_dict()
+    np.testing.assert_allclose(state["real_spectrum"].numpy(), target, rtol=1e-5)
+    stats = loss.run_phase("G", None)
+    z, y = G.calls[-1]
+    with torch.no_grad():
+        fake = G(z, y).double()
+    sm = ((np.log(radial_power_spectrum(fake).numpy()) - np.log(target)) ** 2).mean()
+    assert stats["G/spectrum"].item() == pytest.approx(sm, rel=1e-4)
+    assert stats["G/loss"].item() == pytest.approx(-0.5 * fake.mean().item() + 2.0 * sm, rel=1e-4)
+    fresh = HingeGANLoss(G, _RecordingD(), z_dim=6, num_classes=3, batch_size=8, ortho_weight=0.0, spectrum_matching=2.0)
+    fresh.load_state_dict(state)
+    torch.manual_seed(5)
+    a = fresh.run_phase("G", None)["G/spectrum"].item()
+    torch.manual_seed(5)
+    assert loss.run_phase("G", None)["G/spectrum"].item() == a
+    with pytest.raises(ValueError, match="spectrum_matching"):
+        HingeGANLoss(G, _MeanD(), z_dim=6, num_classes=3, batch_size=8, spectrum_matching=-1.0)
+    assert resolve_config()["spectrum_matching"] == 0.0

@@ -57,6 +57,13 @@ independent of D's feature scale. Per-image losses do not see how often G draws 
 image; a batch mean does (a generator drawing one kind of background for most of its images
 moves the mean of every feature that tells the kinds apart).
 
+The optional G term ``s * mean_k (log P_G(k) - log P_x(k))^2``, ``s = spectrum_matching``, matches the batch's
+radial power spectrum (:func:`radial_power_spectrum`: the images' power at each integer frequency radius ``k``,
+averaged over directions, channels and the batch) to the real images', ``P_x`` a moving average (decay 0.99) over
+the D phases' real batches. At the demo's length G's images carry half the data's power at periods of 5-10 pixels
+(radii 3-6 at 32 px: the stripes' band, the shapes' repeated structure; session 37) while D conveys that only
+slowly; this term says it directly, as a statistic of the batch (any image may be flat, the batch may not).
+
 ``relativistic=True`` replaces both hinge losses by the relativistic pairing loss (RpGAN; Jolicoeur-Martineau
 2019, the loss of R3GAN, Huang et al. 2024): D ``mean softplus(D(G(z_i), y_i) - D(x_i, y_i))``, G ``mean
 softplus(D(x_i, y_i) - D(G(z_i), y_i))``. Each fake is judged against a real image *of its own class* (the D
@@ -157,6 +164,23 @@ def feature_seeking_ratio(features: Tensor, z: Tensor) -> Tensor:
     return (f1 - f2).abs().mean(1) / spread / (z1 - z2).abs().mean(1)
 
 
+def radial_power_spectrum(x: Tensor) -> Tensor:
+    """(H // 2,): the mean power of the 2-D DFT of ``x`` (b, c, H, H), each image's mean removed first, at the
+    integer frequency radii 1 .. H // 2 (a frequency ``(u, v)`` counts at ``round(sqrt(u^2 + v^2))``; the corners
+    beyond H // 2 are left out), averaged over the frequencies of each radius, the channels and the batch."""
+    h = x.shape[-1]
+    if x.dim() != 4 or x.shape[-2] != h:
+        raise ValueError(f"radial_power_spectrum needs square images (b, c, H, H), got shape {tuple(x.shape)}")
+    power = torch.fft.fft2(x - x.mean((2, 3), keepdim=True)).abs().pow(2).mean((0, 1))  # (H, H)
+    k = torch.fft.fftfreq(h, device=x.device) * h
+    radius = (k[:, None] ** 2 + k[None, :] ** 2).sqrt().round().long().flatten()
+    keep = (radius >= 1) & (radius <= h // 2)
+    idx = radius[keep] - 1
+    total = power.new_zeros(h // 2).index_add(0, idx, power.flatten()[keep])
+    count = power.new_zeros(h // 2).index_add(0, idx, torch.ones_like(idx, dtype=power.dtype))
+    return total / count
+
+
 def _inner(m: nn.Module) -> nn.Module:
     """The module inside a DistributedDataParallel wrapper (a net used frozen must bypass DDP's reducer)."""
     return m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
@@ -230,6 +254,7 @@ class HingeGANLoss:
         instance_noise: std of Gaussian noise added to every image D sees (after the augmentation),
             real and fake, in both phases; pixel units of the [-1, 1] images (0: off; instance noise,
             Sonderby et al. 2017).
+        spectrum_matching: weight of the radial-spectrum term in the G phase (0: off; see above).
         relativistic: the relativistic pairing loss in both phases instead of the hinge (see above); needs
             the G loss as ``g_adv="hinge"``, ``g_topk=1`` (it replaces it) and neither ``reuse_fakes`` nor
             ``share_fakes`` (their fakes are not drawn with the real batch's labels).
@@ -243,7 +268,7 @@ class HingeGANLoss:
                  mode_seeking_pairs: bool = False, mode_seeking_features: float = 0.0,
                  mode_seeking_pool: int = 1, instance_noise: float = 0.0, g_adv: str = "hinge",
                  g_topk: float = 1.0, cr: float = 0.0, share_fakes: bool = False,
-                 mode_seeking_cap: float = 0.0, relativistic: bool = False) -> None:
+                 mode_seeking_cap: float = 0.0, relativistic: bool = False, spectrum_matching: float = 0.0) -> None:
         _check_mode_seeking_norm(mode_seeking_norm)
         self.mode_seeking_norm, self.mode_seeking_pairs = mode_seeking_norm, bool(mode_seeking_pairs)
         if min(mode_seeking, wrong_label, r1, lecam, feature_matching, mode_seeking_features) < 0:
@@ -304,6 +329,10 @@ class HingeGANLoss:
         self.g_adv, self.g_topk = g_adv, float(g_topk)
         check_relativistic(relativistic, g_adv, g_topk, reuse_fakes, share_fakes)
         self.relativistic = bool(relativistic)
+        if not spectrum_matching >= 0:
+            raise ValueError(f"spectrum_matching is a loss weight >= 0, got {spectrum_matching}")
+        self.spectrum_matching = float(spectrum_matching)
+        self._real_spectrum: Tensor | None = None  # moving average of the real batches' radial_power_spectrum
         # (real logits (b,), labels (b,)) of the last D phase's real batch, for the relativistic G phase
         self._real_pairs: tuple[Tensor, Tensor] | None = None
         # (mean (c,), spread ()) of D's pooled features of the last D phase's real batch (feature matching)
@@ -314,7 +343,8 @@ class HingeGANLoss:
         real features feature matching compares the next G phase with."""
         ema = None if self.lecam_ema is None else [float(a) for a in self.lecam_ema.tolist()]
         feats = None if self._real_features is None else [t.detach().cpu() for t in self._real_features]
-        return {"d_phases": self._d_phases, "lecam_ema": ema, "real_features": feats}
+        spectrum = None if self._real_spectrum is None else self._real_spectrum.detach().cpu()
+        return {"d_phases": self._d_phases, "lecam_ema": ema, "real_features": feats, "real_spectrum": spectrum}
 
     def load_state_dict(self, state: dict) -> None:
         self._fakes = self._shared = self._real_pairs = None
@@ -323,6 +353,8 @@ class HingeGANLoss:
         self.lecam_ema = None if ema is None else torch.tensor([float(a) for a in ema], device=self.device)
         feats = state.get("real_features")
         self._real_features = None if feats is None else tuple(t.to(self.device) for t in feats)
+        spectrum = state.get("real_spectrum")
+        self._real_spectrum = None if spectrum is None else spectrum.to(self.device)
 
     def _pooled_features(self):
         """Context manager yielding a list that receives D's pooled features (the input of
@@ -383,6 +415,10 @@ class HingeGANLoss:
                     y_fake = y
                 with torch.no_grad(), self._autocast():
                     fake = _inner(self.G)(z, y_fake)
+            if self.spectrum_matching:  # the real images as the data gives them (before any augmentation)
+                spectrum = radial_power_spectrum(x.float()).detach()
+                self._real_spectrum = (spectrum if self._real_spectrum is None
+                                       else torch.lerp(spectrum, self._real_spectrum, 0.99))
             images, labels = [x, fake], [y, y_fake]
             if self.wrong_label:  # the real batch again, each with one of the other classes
                 labels.append((y + torch.randint_like(y, 1, self.num_classes)) % self.num_classes)
@@ -483,6 +519,11 @@ class HingeGANLoss:
                 stats["G/ms_ratio"] = ratio.detach().mean()
                 if self.mode_seeking_cap:
                     stats["G/ms_capped"] = (ratio.detach() >= self.mode_seeking_cap).float().mean()
+            if self.spectrum_matching and self._real_spectrum is not None:
+                spectrum = radial_power_spectrum(drawn.float())
+                sm = (spectrum.clamp_min(1e-12).log() - self._real_spectrum.clamp_min(1e-12).log()).pow(2).mean()
+                loss = loss + self.spectrum_matching * sm
+                stats["G/spectrum"] = sm.detach()
             if self.mode_seeking_features:
                 ratio_f = feature_seeking_ratio(pooled[0].float(), z)
                 loss = loss + self.mode_seeking_features * (1.0 / (ratio_f + 1e-5)).mean()

@@ -104,6 +104,7 @@ MIN_VALUES: dict[str, float] = {
     "ema_decay": 0, "width": 0, "critic_width": 0, "gan_weight": 0, "hole_weight": 0, "known_weight": 0,
     "coarse_weight": 0, "gp_weight": 0, "gamma": 0, "lr_final_fraction": 0, "lr_final_mult": 0,
     "mode_seeking_pool": 1, "mode_seeking_features": 0, "instance_noise": 0, "g_grain": 0, "cr": 0,
+    "spectrum_matching": 0,
 }
 MAX_VALUES: dict[str, float] = {"seed": 2 ** 32 - 1, "ema_decay": 1, "gamma": 1, "lr_final_fraction": 1}
 _TYPE_NAMES = {int: "an integer", float: "a number", _NUMBER: "a number", bool: "true or false", str: "a string",

@@ -94,6 +94,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "cr": 0.0,               # weight of balanced consistency regularisation of D (bCR: mirror + shift; 0: off)
     "g_adv": "hinge",        # G's adversarial loss: "hinge" (-logit) or "ns" (non-saturating softplus(-logit))
     "g_topk": 1.0,           # G learns from this fraction of its fakes, those D scores highest (top-k training; 1: all)
+    "spectrum_matching": 0.0,  # weight of a G term matching the batch's radial power spectrum to the real images' (0: off)
     "relativistic": False,   # true: the relativistic pairing loss (RpGAN) for D and G instead of the hinge, fakes paired with reals of their class
     "instance_noise": 0.0,   # std of Gaussian noise on every image D sees, real and fake ([-1, 1] pixel units; 0: off)
     "mode_seeking": 0.0,     # weight of MSGAN's mode-seeking term in G's loss (0: off)
@@ -302,7 +303,8 @@ class GANTraining(TaskRun):
                                  instance_noise=float(cfg.get("instance_noise") or 0.0),
                                  g_adv=cfg.get("g_adv") or "hinge", g_topk=float(cfg.get("g_topk") or 1.0),
                                  cr=float(cfg.get("cr") or 0.0), share_fakes=bool(cfg.get("share_fakes")),
-                                 relativistic=bool(cfg.get("relativistic")))
+                                 relativistic=bool(cfg.get("relativistic")),
+                                 spectrum_matching=float(cfg.get("spectrum_matching") or 0.0))
         self.z_fixed = fixed_latents(cfg, cfg["z_dim"])
         self.sample_classes = list(range(min(self.num_classes, 16)))
         phases = [Phase("D", self.D, self.opt_d, repeats=cfg["d_steps"]),
