@@ -589,10 +589,10 @@ def test_bilinear_upsampling_is_what_the_blocks_compute_and_round_trips():
     assert g.get_config()["upsample"] == "bilinear" and all(b.upsample == "bilinear" for b in g.blocks)
     assert Generator(**g.get_config()).blocks[0].upsample == "bilinear"
     assert "upsample" not in build_gan(resolution=16, ch=8, num_classes=3)[0].get_config()  # old configs unchanged
-    with pytest.raises(ValueError, match="upsample must be one of nearest, bilinear or a comma-separated list of "
+    with pytest.raises(ValueError, match="upsample must be one of nearest, bilinear, shuffle or a comma-separated list of "
                        r"them \(one per block\), got 'bicubic'"):
         Generator(resolution=16, ch=8, num_classes=3, upsample="bicubic")
-    with pytest.raises(ValueError, match="^g_upsample must be one of nearest, bilinear or .*got 'cubic'"):
+    with pytest.raises(ValueError, match="^g_upsample must be one of nearest, bilinear, shuffle or .*got 'cubic'"):
         build_gan(resolution=16, ch=8, num_classes=3, g_upsample="cubic")
 
 
@@ -635,6 +635,51 @@ def test_upsampling_per_block():
         build_gan(resolution=32, ch=8, num_classes=3, g_upsample="bilinear,nearest")
     with pytest.raises(ValueError, match="got 'bilinear,cubic,nearest'"):
         Generator(resolution=32, ch=8, num_classes=3, upsample="bilinear,cubic,nearest")
+
+
+def test_shuffle_upsampling_starts_as_nearest_and_learns_each_child():
+    """``upsample="shuffle"``: the residual path doubles through a 1x1 convolution to 4 c channels and
+    ``pixel_shuffle`` (written out by hand: child (i, j) of pixel (r, c) is output channel 4 ch + 2 i + j), the
+    shortcut by nearest copies; initialised (ICNR) so that a G with it computes what the nearest G with the same
+    other weights computes, with and without spectral norm, in eval and training mode; once its weights move,
+    the four children of a pixel differ; the choice round-trips through the config and the training key."""
+    import torch.nn.functional as F
+    from attnorm.models.gan import GBlock, Generator, ShuffleUp, build_gan
+    for use_sn in (True, False):
+        torch.manual_seed(0)
+        kw = dict(resolution=32, ch=8, num_classes=3, z_dim=16, spectral_norm=use_sn)
+        near = Generator(**kw)
+        shuf = Generator(**kw, upsample="nearest,shuffle,shuffle")
+        missing = shuf.load_state_dict(near.state_dict(), strict=False).missing_keys
+        assert missing and all(".shuffle." in k for k in missing)
+        z, y = torch.randn(4, 16), torch.tensor([0, 1, 2, 0])
+        for mode in ("eval", "train"):
+            getattr(near, mode)(), getattr(shuf, mode)()
+            with torch.no_grad():
+                torch.testing.assert_close(shuf(z, y), near(z, y), rtol=1e-5, atol=1e-5)
+    up = ShuffleUp(3, use_sn=False)
+    with torch.no_grad():
+        up.conv.weight.normal_()
+    x = torch.randn(2, 3, 4, 5)
+    w = up.conv.weight[:, :, 0, 0]  # (12, 3)
+    out = torch.einsum("oc,bchw->bohw", w, x)  # (2, 12, 4, 5)
+    want = torch.zeros(2, 3, 8, 10)
+    for c in range(3):
+        for i in range(2):
+            for j in range(2):
+                want[:, c, i::2, j::2] = out[:, 4 * c + 2 * i + j]
+    torch.testing.assert_close(up(x), want, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(want[:, :, 0::2, 0::2], want[:, :, 1::2, 1::2])  # the children differ
+    block = GBlock(4, 4, num_classes=3, use_sn=False, upsample="shuffle").eval()
+    xb, yb = torch.randn(2, 4, 4, 4), torch.tensor([0, 2])
+    with torch.no_grad():
+        block.shuffle.conv.weight.normal_()
+        h = block.conv2(F.relu(block.cbn2(block.conv1(block.shuffle(F.relu(block.cbn1(xb, yb)))), yb)))
+        sc = block.shortcut(F.interpolate(xb, scale_factor=2, mode="nearest"))
+        torch.testing.assert_close(block(xb, yb), h + sc, rtol=1e-5, atol=1e-6)
+    g, _ = build_gan(resolution=16, ch=8, num_classes=3, g_upsample="shuffle")
+    assert g.get_config()["upsample"] == "shuffle" and all(b.shuffle is not None for b in g.blocks)
+    assert Generator(**g.get_config()).blocks[1].shuffle is not None
 
 
 def test_skip_generator_sums_bilinearly_doubled_rgb_images():

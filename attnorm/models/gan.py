@@ -189,7 +189,7 @@ class FourierFeatures(nn.Module):
         return out[..., :2] * self.max_freq, out[..., 2] * math.pi
 
 
-UPSAMPLE_MODES = ("nearest", "bilinear")
+UPSAMPLE_MODES = ("nearest", "bilinear", "shuffle")
 
 
 def _check_upsample(mode: str | list[str], name: str = "upsample", blocks: int | None = None) -> list[str]:
@@ -217,10 +217,33 @@ def _check_mults(mults: list[int], entries: int, resolution: int, name: str, fir
 
 
 def _up(x: Tensor, mode: str) -> Tensor:
-    """The map at twice the size: nearest-neighbour copies, or bilinear interpolation (half-pixel centres)."""
+    """The map at twice the size: nearest-neighbour copies, or bilinear interpolation (half-pixel centres).
+    (``"shuffle"`` is a learned layer, :class:`ShuffleUp`; where a fixed doubling is needed it is nearest.)"""
     if mode == "bilinear":
         return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
     return F.interpolate(x, scale_factor=2, mode="nearest")
+
+
+class ShuffleUp(nn.Module):
+    """Learned doubling (sub-pixel convolution, Shi et al. 2016): a 1x1 convolution to ``4 c`` channels, then
+    ``pixel_shuffle`` puts each pixel's four outputs on its 2x2 children. Initialised as ICNR (Aitken et al.
+    2017) puts it: each channel copied to its four children, so it starts as nearest-neighbour doubling exactly
+    (with spectral norm, whose divisor is then 2, a fixed gain of 2 restores the copies and bounds the layer's
+    norm at 2 after). Nearest copies are a box filter, which damps what G draws at the finer stage's short
+    periods; learned children can differ from each other from the start of the finer stage."""
+
+    def __init__(self, ch: int, use_sn: bool = True) -> None:
+        super().__init__()
+        conv = nn.Conv2d(ch, 4 * ch, 1, bias=False)
+        with torch.no_grad():
+            conv.weight.zero_()
+            for k in range(4):  # pixel_shuffle reads output channel 4 c + k as child k of channel c
+                conv.weight[torch.arange(ch) * 4 + k, torch.arange(ch), 0, 0] = 1.0
+        self.conv = sn(conv, use_sn)
+        self.gain = 2.0 if use_sn else 1.0
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.pixel_shuffle(self.conv(x) * self.gain, 2)
 
 
 class GBlock(nn.Module):
@@ -238,7 +261,9 @@ class GBlock(nn.Module):
             the position from the zero padding at the borders.
         fourier: ``k`` > 0: ``k`` per-sample plane waves (:class:`FourierFeatures`, ``forward``'s
             ``waves``) are appended to the first convolution's input.
-        upsample: ``"nearest"`` (the listing) or ``"bilinear"``: how both paths double the map.
+        upsample: ``"nearest"`` (the listing) or ``"bilinear"``: how both paths double the map;
+            ``"shuffle"``: the residual path doubles through a learned :class:`ShuffleUp` (starting as nearest),
+            the shortcut by nearest copies.
     """
 
     def __init__(self, in_ch: int, out_ch: int, num_classes: int, attention: str = "none",
@@ -254,11 +279,14 @@ class GBlock(nn.Module):
         self.cbn2 = ConditionalBatchNorm2d(out_ch, num_classes, latent_dim=latent_dim)
         self.conv2 = sn(nn.Conv2d(out_ch, out_ch, 3, padding=1), use_sn)
         self.shortcut = sn(nn.Conv2d(in_ch, out_ch, 1), use_sn)
+        self.shuffle = ShuffleUp(in_ch, use_sn) if self.upsample == "shuffle" else None
 
     def forward(self, x: Tensor, y: Tensor, layouts: list | None = None, z: Tensor | None = None,
                 waves: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        x_up = _up(x, self.upsample)  # (b, in, 2h, 2w)
-        h = _up(F.relu(self.cbn1(x, y, z)), self.upsample)
+        fixed = "nearest" if self.shuffle is not None else self.upsample
+        x_up = _up(x, fixed)  # (b, in, 2h, 2w)
+        h = F.relu(self.cbn1(x, y, z))
+        h = self.shuffle(h) if self.shuffle is not None else _up(h, fixed)
         if self.coords:
             h = torch.cat([h, coordinate_channels(h)], dim=1)  # (b, in + 2, 2h, 2w)
         if self.fourier:

@@ -68,7 +68,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "g_spectral_norm": True, # spectral norm on G's layers (the listing); False: plain layers
     "g_hierarchical_z": False,  # BigGAN's hierarchical latent: z split into chunks, one per G block's norms (not in the listing)
     "g_coords": False,       # CoordConv: x/y channels into each G block's first conv (not in the listing)
-    "g_upsample": "nearest",  # how G's blocks double the map: "nearest" (the listing), "bilinear", or one per block ("bilinear,bilinear,nearest")
+    "g_upsample": "nearest",  # how G's blocks double the map: "nearest" (the listing), "bilinear", "shuffle" (learned sub-pixel), or one per block ("bilinear,bilinear,nearest")
     "g_skip": False,         # StyleGAN2's skip generator: every block adds an RGB image, bilinearly doubled (not in the listing)
     "g_grain": 0.0,          # > 0: G adds per-pixel Gaussian noise of a learned std per channel, starting here, to its image
     "g_fourier": 0,          # >0: this many per-sample plane waves (from z and the class) into each G block's first conv
