@@ -49,7 +49,25 @@ def test_image_norm_matches_a_per_element_reference_and_ignores_contrast():
     assert mode_seeking_ratio(brighter, torch.tensor(z)).item() == pytest.approx(
         2.5 * mode_seeking_ratio(torch.tensor(x), torch.tensor(z)).item(), rel=1e-12)  # MSGAN's grows with it
     with pytest.raises(ValueError, match="mode_seeking_norm"):
-        mode_seeking_ratio(torch.tensor(x), torch.tensor(z), "batch")
+        mode_seeking_ratio(torch.tensor(x), torch.tensor(z), "pixel")
+
+
+def test_batch_norm_of_the_mode_seeking_distance_against_a_per_element_reference():
+    """``norm="batch"``: the image distance over the batch's spread around its mean colour (per channel); no
+    affine change of the pixel values moves it, and (unlike ``"image"``) flattening every image while keeping
+    its mean colour lowers it, where ``"image"`` rises."""
+    rng = np.random.default_rng(2)
+    x, z = rng.normal(size=(8, 3, 5, 5)) + rng.normal(size=(8, 3, 1, 1)), rng.normal(size=(8, 7))
+    spread = np.abs(x - x.mean((0, 2, 3), keepdims=True)).mean()
+    want = np.abs(x[:4] - x[4:]).mean() / spread / np.abs(z[:4] - z[4:]).mean()
+    xt, zt = torch.tensor(x), torch.tensor(z)
+    assert mode_seeking_ratio(xt, zt, "batch").item() == pytest.approx(want, rel=1e-12)
+    assert mode_seeking_ratio(2.5 * xt + 0.3, zt, "batch").item() == pytest.approx(want, rel=1e-12)
+    per_pair = np.abs(x[:4] - x[4:]).reshape(4, -1).mean(1) / spread / np.abs(z[:4] - z[4:]).mean(1)
+    np.testing.assert_allclose(mode_seeking_ratio(xt, zt, "batch", per_pair=True).numpy(), per_pair, rtol=1e-12)
+    flat = xt.mean((2, 3), keepdim=True) + 0.2 * (xt - xt.mean((2, 3), keepdim=True))
+    assert mode_seeking_ratio(flat, zt, "batch").item() < want
+    assert mode_seeking_ratio(flat, zt, "image").item() > mode_seeking_ratio(xt, zt, "image").item()
 
 
 class _ScaledG(torch.nn.Module):

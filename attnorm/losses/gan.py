@@ -118,7 +118,7 @@ def g_adversarial(fake_logits: Tensor, kind: str = "hinge", topk: float = 1.0) -
     return per_fake.mean()
 
 
-MODE_SEEKING_NORMS = ("", "image")
+MODE_SEEKING_NORMS = ("", "image", "batch")
 
 
 def check_relativistic(relativistic: bool, g_adv: str = "hinge", g_topk: float = 1.0, reuse_fakes: bool = False,
@@ -139,7 +139,12 @@ def mode_seeking_ratio(fake: Tensor, z: Tensor, norm: str = "", per_pair: bool =
     (same labels, independent z). ``norm="image"`` divides the image distance by the images'
     own contrast, ``mean|x - mean_hw(x)|`` (each image's deviation from its mean colour, averaged
     over the batch): then no affine change of the pixel values (``a x + b``) moves the ratio, so
-    G cannot raise it by pushing every colour towards the extremes. ``per_pair``: one ratio per
+    G cannot raise it by pushing every colour towards the extremes. But a flatter image lowers that
+    contrast more than it lowers a pair's distance (the pair's mean colours still differ), so the ratio also
+    rewards flat images in differing colours (session 37: the demo's G draws half the data's power at 5-10 px
+    periods). ``norm="batch"`` divides by the batch's spread around its mean colour instead,
+    ``mean|x - mean_bhw(x)|``: still unmoved by ``a x + b``, and flattening an image no longer raises the
+    ratio (its pixels stay as far from the batch's mean colour). ``per_pair``: one ratio per
     pair (b/2,), each pair's own image and latent distances (the contrast stays the batch's).
     ``pool`` > 1: the image distance and the contrast on ``avg_pool2d(fake, pool)`` (coarse layout and
     colours only)."""
@@ -149,8 +154,9 @@ def mode_seeking_ratio(fake: Tensor, z: Tensor, norm: str = "", per_pair: bool =
     z1, z2 = z.chunk(2)
     _check_mode_seeking_norm(norm)
     d = (x1 - x2).abs().flatten(1).mean(1) if per_pair else (x1 - x2).abs().mean()
-    if norm == "image":
-        d = d / (fake - fake.mean((2, 3), keepdim=True)).abs().mean().clamp_min(1e-6)
+    if norm:  # "image": each image's own mean colour; "batch": the batch's
+        centre = fake.mean((2, 3) if norm == "image" else (0, 2, 3), keepdim=True)
+        d = d / (fake - centre).abs().mean().clamp_min(1e-6)
     return d / ((z1 - z2).abs().mean(1) if per_pair else (z1 - z2).abs().mean())
 
 

@@ -99,7 +99,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "instance_noise": 0.0,   # std of Gaussian noise on every image D sees, real and fake ([-1, 1] pixel units; 0: off)
     "mode_seeking": 0.0,     # weight of MSGAN's mode-seeking term in G's loss (0: off)
     "feature_matching": 0.0,  # >0: G also matches the batch mean of D's pooled features on real images (Salimans et al.)
-    "mode_seeking_norm": "",  # "image": that term's image distance over the images' own contrast (not MSGAN's)
+    "mode_seeking_norm": "",  # "image": that term's image distance over the images' own contrast; "batch": over the batch's spread (not MSGAN's)
     "mode_seeking_pairs": False,  # true: the term per pair, mean of 1 / ratio_i (a collapsed pair pushed hardest)
     "mode_seeking_cap": 0.0, # >0: pairs whose ratio reaches this are not pushed further apart (0: no cap)
     "mode_seeking_pool": 1,  # >1: that term's image distance on the images average-pooled by this factor
