@@ -1,6 +1,6 @@
 """class_grid.py GEN.safetensors OUT.png CLASSES: per class (comma-separated indices) one row of 8 real images
 (centred procedural, seed 5) then 8 samples of GEN (latents of torch seed 0), at 1x."""
-import sys, torch, numpy as np
+import sys, torch
 from PIL import Image
 from attnorm.checkpoints import load_gan_generator
 from attnorm.data.procedural import ProceduralShapes
