@@ -261,7 +261,7 @@ class GBlock(nn.Module):
             the position from the zero padding at the borders.
         fourier: ``k`` > 0: ``k`` per-sample plane waves (:class:`FourierFeatures`, ``forward``'s
             ``waves``) are appended to the first convolution's input.
-        upsample: ``"nearest"`` (the listing) or ``"bilinear"``: how both paths double the map;
+        upsample: ``"nearest"`` (the listing) or ``"bilinear"``: how both paths double the map; or
             ``"shuffle"``: the residual path doubles through a learned :class:`ShuffleUp` (starting as nearest),
             the shortcut by nearest copies.
     """
@@ -328,7 +328,8 @@ class Generator(nn.Module):
         fourier: ``k`` > 0: every block's first convolution also sees ``k`` plane waves whose
             frequencies and phases are a linear map of the whole latent and the class embedding
             (:class:`FourierFeatures`; not in the listing).
-        upsample: ``"nearest"`` (the listing, default) or ``"bilinear"``: how every block doubles
+        upsample: ``"nearest"`` (the listing, default), ``"bilinear"`` or ``"shuffle"`` (a learned
+            :class:`ShuffleUp` on the residual path, starting as nearest): how every block doubles
             its map (not in the listing); or a comma-separated list, one mode per block, first
             block first (e.g. ``"bilinear,bilinear,nearest"`` at 32 px: smooth coarse maps, the
             last doubling sharp).
