@@ -213,10 +213,43 @@ def test_train_gan_reports_skipped_files_and_user_errors(tmp_path, capsys):
 
 @pytest.mark.parametrize("cores, load, want", [(2, 0.05, 2), (2, 0.6, 1), (2, 1.4, 1), (2, 7.0, 1), (8, 2.6, 5),
                                                (1, 0.0, 1)])
-def test_idle_cpu_threads_is_the_cores_minus_the_load(monkeypatch, cores, load, want):
+def test_idle_cpu_threads_falls_back_to_the_cores_minus_the_load(monkeypatch, cores, load, want):
+    """Where /proc/stat cannot be read (not Linux), the one-minute load average decides."""
     from attnorm.training import config
     monkeypatch.setattr(config.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
     monkeypatch.setattr(config.os, "getloadavg", lambda: (load, 0.0, 0.0))
+    monkeypatch.setattr(config, "read_cpu_times", lambda cpus, stat_path="/proc/stat": None)
+    assert config.idle_cpu_threads(window=0.0) == want
+
+
+def test_read_cpu_times_sums_the_busy_fields_of_the_allowed_cpus(tmp_path):
+    from attnorm.training import config
+    stat = tmp_path / "stat"
+    #                  user nice system idle iowait irq softirq steal guest guest_nice
+    stat.write_text("cpu  999 9 99 9999 9 9 9 9 0 0\n"
+                    "cpu0 100 2 30 500 7 1 3 4 50 0\n"
+                    "cpu1 10 0 5 900 1 0 0 0 0 0\n"
+                    "cpu2 1000 0 0 0 0 0 0 0 0 0\n"
+                    "intr 1 2 3\n")
+    # cpu0: busy 100+2+30+1+3+4 = 140 of 647; cpu1: 15 of 916 (guest is inside user: not added again)
+    assert config.read_cpu_times([0], stat) == (140, 647)
+    assert config.read_cpu_times([0, 1], stat) == (155, 647 + 916)
+    assert config.read_cpu_times([0, 5], stat) is None  # a CPU without a line
+    assert config.read_cpu_times([0], tmp_path / "absent") is None
+
+
+@pytest.mark.parametrize("busy_share, cores, want", [(0.0, 2, 2), (0.04, 2, 2), (0.2, 2, 2), (0.3, 2, 1),
+                                                     (0.5, 2, 1), (1.0, 2, 1), (0.3, 8, 6), (0.0, 1, 1)])
+def test_idle_cpu_threads_counts_the_cores_busy_now_not_the_load_average(monkeypatch, busy_share, cores, want):
+    """The cores kept busy over the window (their busy share times their number, rounded) are taken off. The
+    load average is not consulted: a 2-core machine just idle after a 2-core job has a load average near 2."""
+    from attnorm.training import config
+    monkeypatch.setattr(config.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setattr(config.os, "getloadavg", lambda: (2.0, 2.0, 2.0))
+    total = 1000 * cores
+    reads = iter([(5000, 100000), (5000 + int(busy_share * total), 100000 + total)])
+    monkeypatch.setattr(config, "read_cpu_times", lambda cpus, stat_path="/proc/stat": next(reads))
+    monkeypatch.setattr(config.time, "sleep", lambda s: None)
     assert config.idle_cpu_threads() == want
 
 

@@ -52,8 +52,9 @@ def demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=4000, help="maximum training steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=positive_int, default=None,
-                   help="torch CPU threads (default: the idle cores, i.e. the cores minus the load average, at "
-                        "least 1; two threads beside a busy core make a step several times slower)")
+                   help="torch CPU threads (default: the idle cores, i.e. the cores minus those other processes keep "
+                        "busy over half a second, at least 1; two threads beside a busy core make a step "
+                        "several times slower)")
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false",
                    help="skip the comparison figures from the shipped pretrained weights")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="train-gan config overrides")

@@ -11,6 +11,7 @@ import math
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -231,20 +232,57 @@ def clear_run_folder(run_dir: str | os.PathLike) -> None:
         shutil.rmtree(run_dir / "samples", ignore_errors=True)
 
 
-def idle_cpu_threads() -> int:
-    """CPU threads worth giving a run now: the cores this process may use minus the one-minute
-    load average (rounded), at least 1. On an idle 2-core machine that is 2 (the GAN step runs
-    about 1.5x faster than on one thread); beside another busy process it is 1, because two
-    threads competing with a busy core make a step several times slower."""
+_STAT_BUSY = (0, 1, 2, 5, 6, 7)  # /proc/stat cpuN fields: user nice system [idle iowait] irq softirq steal
+
+
+def read_cpu_times(cpus, stat_path: str | os.PathLike = "/proc/stat") -> tuple[int, int] | None:
+    """(busy, total) clock ticks since boot, summed over the CPUs numbered in ``cpus``, from Linux's
+    ``/proc/stat`` (busy: user, nice, system, irq, softirq, steal; total adds idle and iowait; guest
+    time is inside user already); None where the file or one of those CPUs' lines is missing."""
     try:
-        cores = len(os.sched_getaffinity(0))
+        lines = Path(stat_path).read_text().splitlines()
+    except OSError:
+        return None
+    busy = total = 0
+    found = set()
+    for line in lines:
+        name, _, rest = line.partition(" ")
+        if not name.startswith("cpu") or not name[3:].isdigit() or int(name[3:]) not in cpus:
+            continue
+        ticks = [int(v) for v in rest.split()[:8]]
+        busy += sum(ticks[i] for i in _STAT_BUSY if i < len(ticks))
+        total += sum(ticks)
+        found.add(int(name[3:]))
+    return (busy, total) if found == set(cpus) else None
+
+
+def idle_cpu_threads(window: float = 0.5, stat_path: str | os.PathLike = "/proc/stat") -> int:
+    """CPU threads worth giving a run now: the cores this process may use minus the cores other
+    processes keep busy, at least 1. On an idle 2-core machine that is 2 (the GAN step runs about
+    1.5x faster than on one thread); beside another busy process it is 1, because two threads
+    competing with a busy core make a step several times slower.
+
+    "Busy" is measured, not remembered: the share of those cores' time spent busy over the next
+    ``window`` seconds (``/proc/stat``, read twice), in cores, rounded. The one-minute load average,
+    what this used before session 38, decays slowly (2 when a 2-core job such as the test suite ends,
+    about 0.7 a minute later), which sent the demo run right after the tests to one thread on an idle
+    machine; it remains the fallback where ``/proc/stat`` is not there (not Linux)."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not on Linux
-        cores = os.cpu_count() or 1
+        cpus = list(range(os.cpu_count() or 1))
+    before = read_cpu_times(cpus, stat_path)
+    if before is not None:
+        time.sleep(window)
+        after = read_cpu_times(cpus, stat_path)
+        if after is not None and after[1] > before[1]:
+            busy = len(cpus) * (after[0] - before[0]) / (after[1] - before[1])
+            return max(1, len(cpus) - int(busy + 0.5))
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):  # no load average on this platform: assume a busy machine
         return 1
-    return max(1, cores - int(round(load)))
+    return max(1, len(cpus) - int(round(load)))
 
 
 class TaskRun:
