@@ -1,0 +1,50 @@
+"""python benchmarks/results/gan_demo_s38/shape_colour_probe.py GEN.safetensors ... (session 38, issue 8): the colour
+of the shape itself (mean over the class's interior pixels;
+centred pose: one mask per class) in real images and each generator's, n 2000 (classes i % 10).
+
+Per set: the shapes' mean chroma (largest minus smallest channel), mean luminance of the light and of the dark
+shapes, the light fraction, the per-channel std of each group, and improved precision / recall (k = 3) of the shape
+colours (3-d points) against the reference's. Output: shape_colour.txt beside this file (session 38's run)."""
+import sys
+import torch
+from attnorm.data.procedural import ProceduralShapes, shape_alpha
+from attnorm.checkpoints import load_gan_generator
+from attnorm.metrics.maths import precision_recall
+torch.set_num_threads(1)
+n, C = 2000, 10
+ds = ProceduralShapes(32, C, length=n, seed=1, pose="centred")
+masks = []
+for c in range(C):
+    a = shape_alpha(c, ds._u / 0.75, -ds._v / 0.75, pixel=2.0 / 32 / 0.75)
+    masks.append(torch.from_numpy(a > 0.95))
+def colours(x, y):  # x (b, 3, R, R) in [-1, 1]
+    x = (x + 1) / 2
+    return torch.stack([x[i][:, masks[int(y[i])]].mean(1) for i in range(len(y))])
+def stats(col, name, ref=None):
+    chroma = (col.max(1).values - col.min(1).values)
+    lum = col @ torch.tensor([0.299, 0.587, 0.114])
+    light = lum > 0.5
+    row = {"name": name, "chroma_mean": chroma.mean().item(), "lum_light_mean": lum[light].mean().item(),
+           "lum_dark_mean": lum[~light].mean().item(), "light_frac": light.float().mean().item(),
+           "std_rgb_light": col[light].std(0).mean().item(), "std_rgb_dark": col[~light].std(0).mean().item()}
+    if ref is not None:
+        pr = precision_recall(ref.numpy(), col.numpy(), k=3)
+        row["precision"], row["recall"] = pr["precision"], pr["recall"]
+    return row
+ys = torch.arange(n) % C
+ref_ds = ProceduralShapes(32, C, length=n, seed=0, pose="centred")
+real0 = torch.stack([ref_ds[i][0] for i in range(n)]); y0 = torch.tensor([ref_ds.label(i) for i in range(n)])
+ref = colours(real0, y0)
+real1 = torch.stack([ds[i][0] for i in range(n)]); y1 = torch.tensor([ds.label(i) for i in range(n)])
+rows = [stats(ref, "real seed 0 (reference)"), stats(colours(real1, y1), "real seed 1", ref)]
+for path in sys.argv[1:]:
+    G, _ = load_gan_generator(path)
+    g = torch.Generator().manual_seed(0)
+    outs = []
+    with torch.no_grad():
+        for i in range(0, n, 200):
+            z = torch.randn(200, G.z_dim, generator=g)
+            outs.append(G(z, ys[i:i + 200]).float())
+    rows.append(stats(colours(torch.cat(outs), ys), path.replace("/root/runs/", ""), ref))
+for r in rows:
+    print(" | ".join(f"{k} {v:.3f}" if isinstance(v, float) else str(v) for k, v in r.items()))
