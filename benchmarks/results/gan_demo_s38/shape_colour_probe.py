@@ -4,7 +4,9 @@ centred pose: one mask per class) in real images and each generator's, n 2000 (c
 
 Per set: the shapes' mean chroma (largest minus smallest channel), mean luminance of the light and of the dark
 shapes, the light fraction, the per-channel std of each group, and improved precision / recall (k = 3) of the shape
-colours (3-d points) against the reference's. Output: shape_colour.txt beside this file (session 38's run)."""
+colours (3-d points) against the reference's; the light fraction per class and the classes drawn in one polarity
+(light fraction below 0.1 or above 0.9; the data's is about 0.5 in every class). Output: shape_colour.txt beside this file (session 38's run; the last column pair: the light fraction of each class 0-9
+and how many classes are drawn in one polarity)."""
 import sys
 import torch
 from attnorm.data.procedural import ProceduralShapes, shape_alpha
@@ -27,15 +29,22 @@ def stats(col, name, ref=None):
     row = {"name": name, "chroma_mean": chroma.mean().item(), "lum_light_mean": lum[light].mean().item(),
            "lum_dark_mean": lum[~light].mean().item(), "light_frac": light.float().mean().item(),
            "std_rgb_light": col[light].std(0).mean().item(), "std_rgb_dark": col[~light].std(0).mean().item()}
+    per_class = [light[ys_of[name] == c].float().mean().item() for c in range(C)] if name in ys_of else None
+    if per_class is not None:
+        row["light_frac_per_class"] = " ".join(f"{v:.2f}" for v in per_class)
+        row["classes_one_polarity"] = sum(v < 0.1 or v > 0.9 for v in per_class)
     if ref is not None:
         pr = precision_recall(ref.numpy(), col.numpy(), k=3)
         row["precision"], row["recall"] = pr["precision"], pr["recall"]
     return row
 ys = torch.arange(n) % C
+ys_of = {}
 ref_ds = ProceduralShapes(32, C, length=n, seed=0, pose="centred")
 real0 = torch.stack([ref_ds[i][0] for i in range(n)]); y0 = torch.tensor([ref_ds.label(i) for i in range(n)])
 ref = colours(real0, y0)
+ys_of["real seed 0 (reference)"] = y0
 real1 = torch.stack([ds[i][0] for i in range(n)]); y1 = torch.tensor([ds.label(i) for i in range(n)])
+ys_of["real seed 1"] = y1
 rows = [stats(ref, "real seed 0 (reference)"), stats(colours(real1, y1), "real seed 1", ref)]
 for path in sys.argv[1:]:
     G, _ = load_gan_generator(path)
@@ -45,6 +54,7 @@ for path in sys.argv[1:]:
         for i in range(0, n, 200):
             z = torch.randn(200, G.z_dim, generator=g)
             outs.append(G(z, ys[i:i + 200]).float())
+    ys_of[path.replace("/root/runs/", "")] = ys
     rows.append(stats(colours(torch.cat(outs), ys), path.replace("/root/runs/", ""), ref))
 for r in rows:
     print(" | ".join(f"{k} {v:.3f}" if isinstance(v, float) else str(v) for k, v in r.items()))
