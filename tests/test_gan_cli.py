@@ -236,6 +236,8 @@ def test_read_cpu_times_sums_the_busy_fields_of_the_allowed_cpus(tmp_path):
     assert config.read_cpu_times([0, 1], stat) == (155, 647 + 916)
     assert config.read_cpu_times([0, 5], stat) is None  # a CPU without a line
     assert config.read_cpu_times([0], tmp_path / "absent") is None
+    stat.write_text("cpu0 100 2 x 500\n")
+    assert config.read_cpu_times([0], stat) is None  # not the format it reads
 
 
 @pytest.mark.parametrize("busy_share, cores, want", [(0.0, 2, 2), (0.04, 2, 2), (0.2, 2, 2), (0.3, 2, 1),

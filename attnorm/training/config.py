@@ -238,7 +238,7 @@ _STAT_BUSY = (0, 1, 2, 5, 6, 7)  # /proc/stat cpuN fields: user nice system [idl
 def read_cpu_times(cpus, stat_path: str | os.PathLike = "/proc/stat") -> tuple[int, int] | None:
     """(busy, total) clock ticks since boot, summed over the CPUs numbered in ``cpus``, from Linux's
     ``/proc/stat`` (busy: user, nice, system, irq, softirq, steal; total adds idle and iowait; guest
-    time is inside user already); None where the file or one of those CPUs' lines is missing."""
+    time is inside user already); None where the file or one of those CPUs' lines is missing or unreadable."""
     try:
         lines = Path(stat_path).read_text().splitlines()
     except OSError:
@@ -249,7 +249,10 @@ def read_cpu_times(cpus, stat_path: str | os.PathLike = "/proc/stat") -> tuple[i
         name, _, rest = line.partition(" ")
         if not name.startswith("cpu") or not name[3:].isdigit() or int(name[3:]) not in cpus:
             continue
-        ticks = [int(v) for v in rest.split()[:8]]
+        try:
+            ticks = [int(v) for v in rest.split()[:8]]
+        except ValueError:  # not the format this reads: let the caller fall back
+            return None
         busy += sum(ticks[i] for i in _STAT_BUSY if i < len(ticks))
         total += sum(ticks)
         found.add(int(name[3:]))
