@@ -197,7 +197,7 @@ def test_ground_classifier_tells_the_grounds_apart_and_counts_them():
     images, and ground_fractions must count its calls: an all-stripes set is called mostly stripes, a set
     without stripes rarely, and the fractions sum to 1."""
     diag = load_benchmark("diag_recall")
-    net, acc = diag.ground_classifier(n=3000, epochs=6, test_n=300)
+    net, acc = diag.ground_classifier(n=2000, epochs=6, test_n=300)  # held-out stripes 0.90 (session 38)
     assert acc["stripes"] > 0.75 and acc["all"] > 0.5 and set(acc) == {"noise", "gradient", "stripes", "all"}
     x, g = diag._ground_set(600, "centred", 10, seed=11)
     calls = diag.ground_calls(net, x)
