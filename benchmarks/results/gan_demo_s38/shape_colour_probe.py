@@ -22,30 +22,27 @@ for c in range(C):
 def colours(x, y):  # x (b, 3, R, R) in [-1, 1]
     x = (x + 1) / 2
     return torch.stack([x[i][:, masks[int(y[i])]].mean(1) for i in range(len(y))])
-def stats(col, name, ref=None):
+def stats(col, labels, name, ref=None):
     chroma = (col.max(1).values - col.min(1).values)
     lum = col @ torch.tensor([0.299, 0.587, 0.114])
     light = lum > 0.5
+    per_class = [light[labels == c].float().mean().item() for c in range(C)]
     row = {"name": name, "chroma_mean": chroma.mean().item(), "lum_light_mean": lum[light].mean().item(),
            "lum_dark_mean": lum[~light].mean().item(), "light_frac": light.float().mean().item(),
-           "std_rgb_light": col[light].std(0).mean().item(), "std_rgb_dark": col[~light].std(0).mean().item()}
-    per_class = [light[ys_of[name] == c].float().mean().item() for c in range(C)] if name in ys_of else None
-    if per_class is not None:
-        row["light_frac_per_class"] = " ".join(f"{v:.2f}" for v in per_class)
-        row["classes_one_polarity"] = sum(v < 0.1 or v > 0.9 for v in per_class)
+           "std_rgb_light": col[light].std(0).mean().item(), "std_rgb_dark": col[~light].std(0).mean().item(),
+           "light_frac_per_class": " ".join(f"{v:.2f}" for v in per_class),
+           "classes_one_polarity": sum(v < 0.1 or v > 0.9 for v in per_class)}
     if ref is not None:
         pr = precision_recall(ref.numpy(), col.numpy(), k=3)
         row["precision"], row["recall"] = pr["precision"], pr["recall"]
     return row
-ys = torch.arange(n) % C
-ys_of = {}
-ref_ds = ProceduralShapes(32, C, length=n, seed=0, pose="centred")
-real0 = torch.stack([ref_ds[i][0] for i in range(n)]); y0 = torch.tensor([ref_ds.label(i) for i in range(n)])
+
+
+real0, y0 = ProceduralShapes(32, C, length=n, seed=0, pose="centred").get_batch(range(n))
+real1, y1 = ds.get_batch(range(n))
 ref = colours(real0, y0)
-ys_of["real seed 0 (reference)"] = y0
-real1 = torch.stack([ds[i][0] for i in range(n)]); y1 = torch.tensor([ds.label(i) for i in range(n)])
-ys_of["real seed 1"] = y1
-rows = [stats(ref, "real seed 0 (reference)"), stats(colours(real1, y1), "real seed 1", ref)]
+rows = [stats(ref, y0, "real seed 0 (reference)"), stats(colours(real1, y1), y1, "real seed 1", ref)]
+ys = torch.arange(n) % C
 for path in sys.argv[1:]:
     G, _ = load_gan_generator(path)
     g = torch.Generator().manual_seed(0)
@@ -54,7 +51,6 @@ for path in sys.argv[1:]:
         for i in range(0, n, 200):
             z = torch.randn(200, G.z_dim, generator=g)
             outs.append(G(z, ys[i:i + 200]).float())
-    ys_of[path.replace("/root/runs/", "")] = ys
-    rows.append(stats(colours(torch.cat(outs), ys), path.replace("/root/runs/", ""), ref))
+    rows.append(stats(colours(torch.cat(outs), ys), ys, path.replace("/root/runs/", ""), ref))
 for r in rows:
     print(" | ".join(f"{k} {v:.3f}" if isinstance(v, float) else str(v) for k, v in r.items()))
