@@ -504,6 +504,8 @@ class Discriminator(nn.Module):
         mbstd_by_class: group that channel by class label instead (``forward``'s ``mbstd_ids``,
             default the labels): the spread within a class, which mixed-class groups do not show
             when G gives every class a single image (not in the listing).
+        mbstd_channels, mbstd_spatial: that many stddev channels, one per group of feature
+            channels, and the stddev kept per position (:func:`minibatch_std`; defaults 1, False).
         projection: also add SN-GAN's projection term ``<Embed_p(y), sum_pool(h)>`` to the
             logit (not in the paper's listing; off by default). A stronger class signal
             for D, which helps short runs learn the conditioning.
@@ -513,7 +515,7 @@ class Discriminator(nn.Module):
                  attention: str = "an", num_entities: int = 16, attn_index: int | None = None,
                  channel_mults: list[int] | None = None, embed_dim: int | None = None,
                  projection: bool = False, an_kwargs: dict | None = None, mbstd_group: int = 0,
-                 mbstd_by_class: bool = False) -> None:
+                 mbstd_by_class: bool = False, mbstd_channels: int = 1, mbstd_spatial: bool = False) -> None:
         super().__init__()
         nb = num_blocks(resolution)
         if channel_mults is None:
@@ -536,12 +538,14 @@ class Discriminator(nn.Module):
             self.config["mbstd_by_class"] = True
         self.mbstd_group = int(mbstd_group)
         self.mbstd_by_class = bool(mbstd_by_class and mbstd_group)
+        self.mbstd_channels, self.mbstd_spatial = _mbstd_shape_options(self.config, mbstd_group, mbstd_channels,
+                                                                       mbstd_spatial)
         self.resolution, self.num_classes = resolution, num_classes
         self.concat_index = max(nb - 2, 0)  # the embedding joins the input of this block
         chans = [3] + [m * ch for m in channel_mults]
         blocks = []
         for i in range(nb):
-            in_ch = chans[i] + (embed_dim if i == self.concat_index else 0) + (1 if mbstd_group and i == nb - 1 else 0)
+            in_ch = chans[i] + (embed_dim if i == self.concat_index else 0) + (self.mbstd_channels if mbstd_group and i == nb - 1 else 0)
             blocks.append(DBlock(in_ch, chans[i + 1], optimized=(i == 0),
                                  attention=attention if i == attn_index else "none",
                                  num_entities=num_entities, an_kwargs=an_kwargs))
@@ -570,7 +574,8 @@ class Discriminator(nn.Module):
                 h = torch.cat([e.to(h.dtype), h], dim=1)
             if self.mbstd_group and i == len(self.blocks) - 1:
                 ids = mbstd_ids_of(y, mbstd_ids) if self.mbstd_by_class else None
-                h = torch.cat([h, minibatch_std(h, self.mbstd_group, ids)], dim=1)
+                h = torch.cat([h, minibatch_std(h, self.mbstd_group, ids, self.mbstd_channels,
+                                                self.mbstd_spatial)], dim=1)
             h = block(h, layouts)
         pooled = F.relu(h).sum(dim=(2, 3))  # (b, c): global sum pooling
         out = self.linear(pooled).squeeze(1)  # (b,)
@@ -595,10 +600,11 @@ class ConvDiscriminator(nn.Module):
             (as in :class:`Discriminator`).
         mbstd_by_class: group that channel by class label instead of by position (as in
             :class:`Discriminator`).
+        mbstd_channels, mbstd_spatial: as in :class:`Discriminator`.
     """
 
     def __init__(self, resolution: int = 32, ch: int = 32, num_classes: int = 10, mbstd_group: int = 0,
-                 mbstd_by_class: bool = False) -> None:
+                 mbstd_by_class: bool = False, mbstd_channels: int = 1, mbstd_spatial: bool = False) -> None:
         super().__init__()
         nb = num_blocks(resolution)
         self.config: dict[str, Any] = dict(resolution=resolution, ch=ch, num_classes=num_classes,
@@ -607,13 +613,15 @@ class ConvDiscriminator(nn.Module):
             self.config["mbstd_by_class"] = True
         self.resolution, self.num_classes, self.mbstd_group = resolution, num_classes, int(mbstd_group)
         self.mbstd_by_class = bool(mbstd_by_class and mbstd_group)
+        self.mbstd_channels, self.mbstd_spatial = _mbstd_shape_options(self.config, mbstd_group, mbstd_channels,
+                                                                       mbstd_spatial)
         layers, c_in = [], 3
         for i in range(nb):
             c = ch * 2 ** i
             layers += [sn(nn.Conv2d(c_in, c, 3, 1, 1)), sn(nn.Conv2d(c, c, 4, 2, 1))]
             c_in = c
         self.convs = nn.ModuleList(layers)
-        self.last = sn(nn.Conv2d(c_in + (1 if mbstd_group else 0), ch * 2 ** nb, 3, 1, 1))
+        self.last = sn(nn.Conv2d(c_in + (self.mbstd_channels if mbstd_group else 0), ch * 2 ** nb, 3, 1, 1))
         self.linear = sn(nn.Linear(ch * 2 ** nb, 1))
         self.proj = sn(nn.Embedding(num_classes, ch * 2 ** nb))
 
@@ -628,7 +636,8 @@ class ConvDiscriminator(nn.Module):
             h = F.leaky_relu(conv(h), 0.1)
         if self.mbstd_group:
             ids = mbstd_ids_of(y, mbstd_ids) if self.mbstd_by_class else None
-            h = torch.cat([h, minibatch_std(h, self.mbstd_group, ids)], dim=1)
+            h = torch.cat([h, minibatch_std(h, self.mbstd_group, ids, self.mbstd_channels, self.mbstd_spatial)],
+                          dim=1)
         pooled = F.leaky_relu(self.last(h), 0.1).sum(dim=(2, 3))  # (b, c)
         class_weights_or_labels(y, self.num_classes)
         e = class_rows(self.proj, y)
@@ -636,31 +645,62 @@ class ConvDiscriminator(nn.Module):
         return (out, []) if return_layouts else out
 
 
-def minibatch_std(h: Tensor, group: int, ids: Tensor | None = None) -> Tensor:
-    """(b, 1, H, W): per group of ``group`` consecutive samples (the largest divisor of b not above
-    ``group``), the standard deviation over the group of every feature, averaged over features and
+def _mbstd_shape_options(config: dict, group: int, channels: int, spatial: bool) -> tuple[int, bool]:
+    """Check a D's minibatch-stddev channel count and spatial flag; record them in its ``config``
+    only where they differ from the defaults (so configs saved before the options still load)."""
+    channels = int(channels)
+    if channels < 1:
+        raise ValueError(f"mbstd_channels must be >= 1, got {channels}")
+    if group and channels != 1:
+        config["mbstd_channels"] = channels
+    if group and spatial:
+        config["mbstd_spatial"] = True
+    return channels, bool(spatial)
+
+
+def minibatch_std(h: Tensor, group: int, ids: Tensor | None = None, channels: int = 1,
+                  spatial: bool = False) -> Tensor:
+    """(b, channels, H, W): per group of ``group`` consecutive samples (the largest divisor of b not
+    above ``group``), the standard deviation over the group of every feature, averaged over features and
     positions, broadcast to a channel.
 
     With ``ids`` (b,) integers the groups are instead the samples that share an id, wherever they
     sit in the batch (``group`` is then unused); a sample whose id occurs once gets the mean of the
     other groups' values (0 if no id repeats). Grouped by class label, this is the spread *within*
     a class, which a generator that ignores its latent (one image per class) drives to zero while
-    mixed-class groups stay spread out."""
+    mixed-class groups stay spread out.
+
+    ``channels`` > 1 splits the features into that many consecutive channel groups, one output
+    channel each (StyleGAN's ``num_channels``; it must divide the feature channels); ``spatial``
+    keeps the mean per position instead of averaging over the map, so D sees *where* the samples of
+    a group agree (a class drawn in one colour at its centre, say)."""
     b, c, hh, ww = h.shape
+    channels = int(channels)
+    if channels < 1 or c % channels:
+        raise ValueError(f"minibatch-stddev channels must divide the {c} feature channels, got {channels}")
     if ids is not None:
-        return _minibatch_std_by_id(h, ids)
+        return _minibatch_std_by_id(h, ids, channels, spatial)
     g = max(d for d in range(1, min(group, b) + 1) if b % d == 0)
     if g < 2:
-        return h.new_zeros(b, 1, hh, ww)
+        return h.new_zeros(b, channels, hh, ww)
     x = h.float().view(b // g, g, c, hh, ww)
     # the population variance over the group as the mean squared deviation: ``x.var(dim=1)`` on this
     # view took 2-8 ms on the CPU where these ops take 0.1-0.5 (session 24, one thread, b 16-32, 4x4-8x8)
-    var = (x - x.mean(1, keepdim=True)).square().mean(1)
-    std = (var + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (b / g,)
-    return std.repeat_interleave(g).view(b, 1, 1, 1).expand(b, 1, hh, ww).to(h.dtype)
+    var = (x - x.mean(1, keepdim=True)).square().mean(1)  # (b / g, c, H, W)
+    std = _pool_std((var + 1e-8).sqrt(), channels, spatial)  # (b / g, channels, H or 1, W or 1)
+    return std.repeat_interleave(g, dim=0).expand(b, channels, hh, ww).to(h.dtype)
 
 
-def _minibatch_std_by_id(h: Tensor, ids: Tensor) -> Tensor:
+def _pool_std(std: Tensor, channels: int, spatial: bool) -> Tensor:
+    """(n, c, H, W) per-feature stds -> (n, channels, H, W) or (n, channels, 1, 1) means."""
+    n, c, hh, ww = std.shape
+    if channels == 1 and not spatial:  # one reduction, as before the options (the same rounding)
+        return std.reshape(n, -1).mean(1).view(n, 1, 1, 1)
+    std = std.reshape(n, channels, c // channels, hh, ww).mean(2)
+    return std if spatial else std.mean(dim=(2, 3), keepdim=True)
+
+
+def _minibatch_std_by_id(h: Tensor, ids: Tensor, channels: int = 1, spatial: bool = False) -> Tensor:
     b, c, hh, ww = h.shape
     if ids.shape != (b,):
         raise ValueError(f"mbstd ids must be ({b},), got {tuple(ids.shape)}")
@@ -670,12 +710,12 @@ def _minibatch_std_by_id(h: Tensor, ids: Tensor) -> Tensor:
     count = onehot.sum(0)  # (groups,)
     mean = (onehot.t() @ x) / count[:, None]  # (groups, f)
     var = (onehot.t() @ (x - mean[inv]).square()) / count[:, None]  # population variance
-    std = (var + 1e-8).sqrt().mean(1)  # (groups,)
+    std = _pool_std((var + 1e-8).sqrt().view(-1, c, hh, ww), channels, spatial)  # (groups, channels, ., .)
     repeated = count >= 2
     if not bool(repeated.any()):
-        return h.new_zeros(b, 1, hh, ww)
-    std = torch.where(repeated, std, std[repeated].mean())
-    return std[inv].view(b, 1, 1, 1).expand(b, 1, hh, ww).to(h.dtype)
+        return h.new_zeros(b, channels, hh, ww)
+    std = torch.where(repeated[:, None, None, None], std, std[repeated].mean(0, keepdim=True))
+    return std[inv].expand(b, channels, hh, ww).to(h.dtype)
 
 
 def mbstd_ids_of(y: Tensor, ids: Tensor | None = None) -> Tensor:
@@ -691,11 +731,13 @@ def build_gan(resolution: int = 32, ch: int = 16, num_classes: int = 10, z_dim: 
               d_ch: int | None = None, projection: bool = False, class_embed_dim: int = 0,
               g_spectral_norm: bool = True, mbstd_group: int = 0,
               d_channel_mults: list[int] | None = None, d_arch: str = "resblock",
-              mbstd_by_class: bool = False, hierarchical_z: bool = False,
+              mbstd_by_class: bool = False, mbstd_channels: int = 1, mbstd_spatial: bool = False,
+              hierarchical_z: bool = False,
               g_coords: bool = False, g_fourier: int = 0, g_upsample: str = "nearest",
               g_skip: bool = False, g_grain: float = 0.0,
               g_channel_mults: list[int] | None = None) -> tuple[Generator, nn.Module]:
     """A matching (G, D) pair from one set of arguments (``d_ch`` defaults to ``ch``;
+    ``mbstd_channels`` and ``mbstd_spatial`` go to either discriminator (:func:`minibatch_std`);
     ``class_embed_dim``, ``g_spectral_norm``, ``hierarchical_z``, ``g_coords`` (as ``coords``), ``g_fourier`` (as ``fourier``), ``g_upsample`` (as ``upsample``), ``g_skip`` (as ``skip``), ``g_grain`` (as ``grain``) and ``g_channel_mults`` (as ``channel_mults``; default the
     listing's) go to the generator, ``d_channel_mults`` (default:
     the listing's 1, 2, 4, ...) to the discriminator). ``d_arch`` "resblock": the listing's D
@@ -713,11 +755,12 @@ def build_gan(resolution: int = 32, ch: int = 16, num_classes: int = 10, z_dim: 
                   channel_mults=g_channel_mults)
     if d_arch == "conv":
         return g, ConvDiscriminator(resolution=resolution, ch=d_ch or ch, num_classes=num_classes,
-                                    mbstd_group=mbstd_group, mbstd_by_class=mbstd_by_class)
+                                    mbstd_group=mbstd_group, mbstd_by_class=mbstd_by_class,
+                                    mbstd_channels=mbstd_channels, mbstd_spatial=mbstd_spatial)
     d = Discriminator(resolution=resolution, ch=d_ch or ch, num_classes=num_classes,
                       attention=attention, num_entities=num_entities, an_kwargs=an_kwargs,
                       projection=projection, mbstd_group=mbstd_group, channel_mults=d_channel_mults,
-                      mbstd_by_class=mbstd_by_class)
+                      mbstd_by_class=mbstd_by_class, mbstd_channels=mbstd_channels, mbstd_spatial=mbstd_spatial)
     return g, d
 
 

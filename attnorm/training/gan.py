@@ -74,6 +74,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "g_fourier": 0,          # >0: this many per-sample plane waves (from z and the class) into each G block's first conv
     "d_mbstd": 4,            # >0: minibatch-stddev channel in D over groups of this size (not in the listing)
     "d_mbstd_by_class": False,  # group that channel by class label (the spread within a class) instead of by position
+    "d_mbstd_channels": 1,   # that many minibatch-stddev channels, one per group of D's feature channels (StyleGAN's num_channels)
+    "d_mbstd_spatial": False,  # keep the minibatch stddev per position instead of its mean over the map
     "attention": "an",       # "an" | "sa" | "none"
     "num_entities": 16,
     "an_kwargs": {},         # extra AttentiveNorm arguments, e.g. {"self_sampling": false}
@@ -264,6 +266,8 @@ class GANTraining(TaskRun):
                                    mbstd_group=int(cfg.get("d_mbstd") or 0),
                                    d_channel_mults=cfg.get("d_channel_mults"), d_arch=cfg.get("d_arch") or "resblock",
                                    mbstd_by_class=bool(cfg.get("d_mbstd_by_class")),
+                                   mbstd_channels=int(cfg.get("d_mbstd_channels") or 1),
+                                   mbstd_spatial=bool(cfg.get("d_mbstd_spatial")),
                                    hierarchical_z=bool(cfg.get("g_hierarchical_z")),
                                    g_coords=bool(cfg.get("g_coords")), g_fourier=int(cfg.get("g_fourier") or 0),
                                    g_upsample=cfg.get("g_upsample") or "nearest", g_skip=bool(cfg.get("g_skip")),
