@@ -753,3 +753,77 @@ def test_grain_generator_adds_per_channel_noise_of_its_learned_std():
     assert build_gan(resolution=16, ch=8, num_classes=3, g_grain=0.06)[0].get_config()["grain"] == 0.06
     with pytest.raises(ValueError, match="grain"):
         Generator(resolution=16, ch=8, num_classes=3, grain=-0.1)
+
+
+def _group_std_reference(h, members, channels):
+    """Per feature the population std over ``members`` (torch.var, not the layer's own sums), then
+    the mean over each of ``channels`` consecutive channel groups: (channels, H, W)."""
+    sd = (h[members].var(0, unbiased=False) + 1e-8).sqrt()  # (c, H, W)
+    c = sd.shape[0]
+    return sd.view(channels, c // channels, *sd.shape[1:]).mean(1)
+
+
+@pytest.mark.parametrize("spatial", [False, True])
+def test_minibatch_std_channels_and_spatial_against_a_per_group_reference(spatial):
+    from attnorm.models.gan import minibatch_std
+    torch.manual_seed(0)
+    h = torch.randn(8, 6, 4, 4) * torch.linspace(0.2, 3.0, 6)[None, :, None, None]  # channels differ in spread
+    # consecutive groups of 4
+    out = minibatch_std(h, 4, channels=3, spatial=spatial)
+    assert out.shape == (8, 3, 4, 4)
+    for k, members in enumerate(([0, 1, 2, 3], [4, 5, 6, 7])):
+        ref = _group_std_reference(h, members, 3)
+        if not spatial:
+            ref = ref.mean((1, 2), keepdim=True).expand_as(ref)
+        for i in members:
+            torch.testing.assert_close(out[i], ref)
+    # groups by id; id 3 occurs once and gets the mean of the other groups' values
+    ids = torch.tensor([0, 1, 0, 1, 2, 2, 3, 0])
+    out = minibatch_std(h, 4, ids, channels=2, spatial=spatial)
+    refs = {}
+    for gid, members in ((0, [0, 2, 7]), (1, [1, 3]), (2, [4, 5])):
+        ref = _group_std_reference(h, members, 2)
+        refs[gid] = ref.mean((1, 2), keepdim=True).expand_as(ref) if not spatial else ref
+        for i in members:
+            torch.testing.assert_close(out[i], refs[gid])
+    torch.testing.assert_close(out[6], torch.stack(list(refs.values())).mean(0))
+    # the channel groups see different spreads (the later channels are wider)
+    assert float(out[0, 1].mean()) > 2 * float(out[0, 0].mean())
+    if spatial:  # positions differ from each other; the plain channel is one value per sample
+        assert float(out[0, 0].std()) > 0
+    with pytest.raises(ValueError, match="divide the 6 feature channels"):
+        minibatch_std(h, 4, channels=4)
+
+
+def test_minibatch_std_marks_where_a_group_agrees_only_when_spatial():
+    """A class drawn the same at one position (its 'stroke') and varied elsewhere: the spatial
+    channel is near 0 there and large elsewhere; the pooled channel cannot tell the positions apart."""
+    from attnorm.models.gan import minibatch_std
+    torch.manual_seed(1)
+    h = torch.randn(4, 8, 4, 4)
+    h[:, :, 1, 2] = 0.7  # all four agree at one position
+    spatial = minibatch_std(h, 4, channels=1, spatial=True)[0, 0]
+    assert float(spatial[1, 2]) < 1e-3 < 0.5 < float(spatial.flatten()[[0, 5, 15]].min())
+    pooled = minibatch_std(h, 4)[0, 0]
+    assert float(pooled.max() - pooled.min()) == 0.0
+
+
+@pytest.mark.parametrize("d_arch", ["conv", "resblock"])
+def test_mbstd_channels_and_spatial_in_d_are_saved_and_change_its_input(d_arch):
+    from attnorm.models.gan import ConvDiscriminator, Discriminator, build_gan
+    torch.manual_seed(0)
+    _, d = build_gan(resolution=16, ch=8, num_classes=3, attention="none", d_arch=d_arch, mbstd_group=4,
+                     mbstd_by_class=True, mbstd_channels=2, mbstd_spatial=True)
+    cfg = d.get_config()
+    assert cfg["mbstd_channels"] == 2 and cfg["mbstd_spatial"] is True
+    cls = ConvDiscriminator if d_arch == "conv" else Discriminator
+    again = cls(**cfg)
+    again.load_state_dict(d.state_dict())  # the saved arguments rebuild the same shapes
+    d.eval(), again.eval()
+    x, y = torch.randn(6, 3, 16, 16), torch.tensor([0, 0, 1, 1, 2, 2])
+    with torch.no_grad():
+        torch.testing.assert_close(again(x, y), d(x, y))
+    _, plain = build_gan(resolution=16, ch=8, num_classes=3, attention="none", d_arch=d_arch, mbstd_group=4)
+    assert "mbstd_channels" not in plain.get_config() and "mbstd_spatial" not in plain.get_config()
+    with pytest.raises(ValueError, match="mbstd_channels must be >= 1"):
+        build_gan(resolution=16, ch=8, num_classes=3, attention="none", d_arch=d_arch, mbstd_group=4, mbstd_channels=0)

@@ -76,10 +76,11 @@ def test_g_channel_mults_of_the_wrong_length_is_one_line_naming_the_key(tmp_path
 
 
 @pytest.mark.parametrize("extra", [{}, {"lecam": 0.5, "r1": 0.2, "r1_every": 2, "d_arch": "conv", "g_hierarchical_z": True,
-                                    "g_coords": True, "feature_matching": 0.5},
+                                    "g_coords": True, "feature_matching": 0.5, "d_mbstd_by_class": True,
+                                    "d_mbstd_channels": 2, "d_mbstd_spatial": True},
                                    {"reuse_fakes": True, "mode_seeking": 0.5, "g_fourier": 3, "g_skip": True,
                                     "g_channel_mults": [8, 4, 2, 2]}],
-                         ids=["plain", "lecam_lazy_r1_hier_z_coords_fm", "reuse_fakes_fourier_skip_mults"])  # the loss's own state (averages, phase count) resumes too
+                         ids=["plain", "lecam_lazy_r1_hier_z_coords_fm_mbstd", "reuse_fakes_fourier_skip_mults"])  # the loss's own state (averages, phase count) resumes too
 def test_train_kill_resume_equals_uninterrupted(tmp_path, extra):
     cfg = resolve_config(overrides=dict(TINY, steps=6, **extra))
     full = GANTraining(cfg, tmp_path / "full")
@@ -121,6 +122,9 @@ def test_train_kill_resume_equals_uninterrupted(tmp_path, extra):
     with torch.no_grad():
         assert torch.equal(g(z, y), shadow.eval()(z, y))
     assert (tmp_path / "part" / "config.json").exists()
+    d_cfg = full.D.get_config()  # D's minibatch-stddev options from the run's config
+    assert d_cfg.get("mbstd_channels", 1) == cfg["d_mbstd_channels"]
+    assert d_cfg.get("mbstd_spatial", False) == cfg["d_mbstd_spatial"]
 
 
 def test_nan_stops_run_and_keeps_checkpoint(tmp_path):
