@@ -227,14 +227,14 @@ def test_shipped_config_files_resolve_and_the_demo_file_is_the_demo_preset():
     # otherwise the same)
     changed = {k for k in DEFAULT_CONFIG if DEFAULT_CONFIG[k] != DEMO_CONFIG[k]}
     assert changed == {"procedural_pose", "d_arch", "d_ch", "batch_size", "d_steps", "betas", "g_hierarchical_z",
-                       "d_mbstd_by_class", "mode_seeking", "mode_seeking_norm", "mode_seeking_pairs", "g_upsample", "ema_decay",
-                       "amp"}
+                       "d_mbstd_by_class", "d_mbstd_channels", "mode_seeking", "mode_seeking_norm", "mode_seeking_pairs", "g_upsample",
+                       "ema_decay", "amp"}
     # the shipped centred weights' recipe = the demo preset at twice the width, without the mode-seeking term
     # (session 13), bf16 on any CPU and a slow EMA
     centred = resolve_config(configs / "gan_centred32.json")
     demo_bf16 = resolve_config(configs / "gan_demo.json", overrides={"amp": True})
     assert {k for k in centred if centred[k] != demo_bf16[k]} == {
-        "ch", "mode_seeking", "mode_seeking_norm", "mode_seeking_pairs", "g_upsample", "ema_decay", "ema_start", "steps", "threads", "log_every", "ckpt_every", "sample_every"}
+        "ch", "d_mbstd_channels", "mode_seeking", "mode_seeking_norm", "mode_seeking_pairs", "g_upsample", "ema_decay", "ema_start", "steps", "threads", "log_every", "ckpt_every", "sample_every"}
 
 
 def test_channels_last_is_on_by_default_and_trains_the_same_steps(tmp_path):

@@ -173,6 +173,11 @@ DEFAULT_CONFIG: dict[str, Any] = {
 # Session 37 doubles G's residual paths by a learned sub-pixel convolution (``g_upsample="shuffle"``, starting as the
 # nearest-neighbour copies): four one-thread screens and four full demos beside the same day's preset, class accuracy
 # higher and FID lower in all eight runs, recall higher in three of four full demos (benchmarks/results/gan_demo_levers_s37/).
+# Session 39 splits D's class-grouped minibatch stddev into four channels, one per quarter of D's features
+# (``d_mbstd_channels=4``, StyleGAN's num_channels): four one-thread screens at 2000 steps raised recall in all four
+# (0.361 against 0.314) at a lower precision; eight full demos on both cores scored recall 0.437 +- 0.035, all eight
+# at or above 0.30, against 0.364 +- 0.054 for the eight runs of sessions 37-38 (higher in six seeds), accuracy,
+# precision and FID level (benchmarks/results/gan_demo_s39/).
 DEMO_CONFIG: dict[str, Any] = {
     **DEFAULT_CONFIG,
     "procedural_pose": "centred",
@@ -183,6 +188,7 @@ DEMO_CONFIG: dict[str, Any] = {
     "betas": [0.5, 0.999],
     "g_hierarchical_z": True,
     "d_mbstd_by_class": True,
+    "d_mbstd_channels": 4,
     "mode_seeking": 2.0,
     "mode_seeking_norm": "image",
     "mode_seeking_pairs": True,
