@@ -827,3 +827,11 @@ def test_mbstd_channels_and_spatial_in_d_are_saved_and_change_its_input(d_arch):
     assert "mbstd_channels" not in plain.get_config() and "mbstd_spatial" not in plain.get_config()
     with pytest.raises(ValueError, match="mbstd_channels must be >= 1"):
         build_gan(resolution=16, ch=8, num_classes=3, attention="none", d_arch=d_arch, mbstd_group=4, mbstd_channels=0)
+    # at construction, not at the first step: at 16 px, ch 8 the stddev is taken over 16 features in the conv D
+    # (8, then 16 channels), over 8 in the listing's (its first block's output)
+    features = 16 if d_arch == "conv" else 8
+    with pytest.raises(ValueError, match=rf"d_mbstd_channels\) must divide the {features} feature channels D takes the stddev over, got 3"):
+        build_gan(resolution=16, ch=8, num_classes=3, attention="none", d_arch=d_arch, mbstd_group=4, mbstd_channels=3)
+    _, d = build_gan(resolution=16, ch=8, num_classes=3, attention="none", d_arch=d_arch, mbstd_group=4,
+                     mbstd_channels=features)  # one feature per channel: allowed, and it runs
+    assert d(x, y).shape == (6,)

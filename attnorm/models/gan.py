@@ -538,11 +538,12 @@ class Discriminator(nn.Module):
             self.config["mbstd_by_class"] = True
         self.mbstd_group = int(mbstd_group)
         self.mbstd_by_class = bool(mbstd_by_class and mbstd_group)
-        self.mbstd_channels, self.mbstd_spatial = _mbstd_shape_options(self.config, mbstd_group, mbstd_channels,
-                                                                       mbstd_spatial)
         self.resolution, self.num_classes = resolution, num_classes
         self.concat_index = max(nb - 2, 0)  # the embedding joins the input of this block
         chans = [3] + [m * ch for m in channel_mults]
+        self.mbstd_channels, self.mbstd_spatial = _mbstd_shape_options(
+            self.config, mbstd_group, mbstd_channels, mbstd_spatial,
+            features=chans[nb - 1] + (embed_dim if self.concat_index == nb - 1 else 0))
         blocks = []
         for i in range(nb):
             in_ch = chans[i] + (embed_dim if i == self.concat_index else 0) + (self.mbstd_channels if mbstd_group and i == nb - 1 else 0)
@@ -614,7 +615,7 @@ class ConvDiscriminator(nn.Module):
         self.resolution, self.num_classes, self.mbstd_group = resolution, num_classes, int(mbstd_group)
         self.mbstd_by_class = bool(mbstd_by_class and mbstd_group)
         self.mbstd_channels, self.mbstd_spatial = _mbstd_shape_options(self.config, mbstd_group, mbstd_channels,
-                                                                       mbstd_spatial)
+                                                                       mbstd_spatial, features=ch * 2 ** (nb - 1))
         layers, c_in = [], 3
         for i in range(nb):
             c = ch * 2 ** i
@@ -645,12 +646,16 @@ class ConvDiscriminator(nn.Module):
         return (out, []) if return_layouts else out
 
 
-def _mbstd_shape_options(config: dict, group: int, channels: int, spatial: bool) -> tuple[int, bool]:
-    """Check a D's minibatch-stddev channel count and spatial flag; record them in its ``config``
-    only where they differ from the defaults (so configs saved before the options still load)."""
+def _mbstd_shape_options(config: dict, group: int, channels: int, spatial: bool, features: int) -> tuple[int, bool]:
+    """Check a D's minibatch-stddev channel count (it must divide the ``features`` channels it is
+    taken over) and spatial flag; record them in its ``config`` only where they differ from the
+    defaults (so configs saved before the options still load)."""
     channels = int(channels)
     if channels < 1:
         raise ValueError(f"mbstd_channels must be >= 1, got {channels}")
+    if group and features % channels:
+        raise ValueError(f"mbstd_channels (d_mbstd_channels) must divide the {features} feature channels D takes "
+                         f"the stddev over, got {channels}")
     if group and channels != 1:
         config["mbstd_channels"] = channels
     if group and spatial:
