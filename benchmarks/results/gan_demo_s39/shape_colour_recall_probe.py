@@ -7,12 +7,14 @@ generators). Output: shape_colour_recall.txt beside this file."""
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from attnorm.data.procedural import ProceduralShapes, shape_alpha
-from attnorm.metrics.extractors import get_extractor
-from attnorm.metrics.maths import _knn_sq_radii, feature_statistics, frechet_distance, precision_recall
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/
+from diag_recall import recall_by_group  # noqa: E402
+
+from attnorm.data.procedural import ProceduralShapes, shape_alpha  # noqa: E402
+from attnorm.metrics.extractors import get_extractor  # noqa: E402
+from attnorm.metrics.maths import feature_statistics, frechet_distance, precision_recall  # noqa: E402
 
 torch.set_num_threads(1)
 n, C, K = 2000, 10, 3
@@ -29,7 +31,6 @@ img = (x + 1) / 2
 inside = (a > 0.95).float()
 fg = (img * inside).sum((2, 3)) / inside.sum((2, 3))  # (n, 3): the shape's colour (exact inside the mask)
 lum = (fg @ torch.tensor([0.299, 0.587, 0.114]))[:, None]
-ref_class = np.arange(n) % C  # the reference's labels (ProceduralShapes.label)
 lines = []
 
 
@@ -39,12 +40,10 @@ def with_fg(new_fg: torch.Tensor) -> torch.Tensor:
 
 def row(name: str, images: torch.Tensor) -> None:
     f = ext.features(images)
-    pr = precision_recall(ref, f, k=K)
+    pr = precision_recall(ref, f, k=K, per_sample=True)
     m, s = feature_statistics(f)
-    radii = _knn_sq_radii(np.asarray(f, dtype=np.float64), K, 1000)
-    d = torch.cdist(torch.as_tensor(ref, dtype=torch.float64), torch.as_tensor(f, dtype=torch.float64)).square().numpy()
-    recalled = (d <= radii[None, :]).any(1)
-    per_class = " ".join(f"{recalled[ref_class == c].mean():.2f}" for c in range(C))
+    # which reference images are recalled, per class (reference image i has class i % C)
+    per_class = " ".join(f"{r:.2f}" for r in recall_by_group(pr["real_inside"], C, None)["recall_by_class"])
     lines.append(f"{name:48s} | precision {pr['precision']:.3f} | recall {pr['recall']:.3f} | "
                  f"FID {frechet_distance(m_ref, s_ref, m, s):.2f} | recall per class {per_class}")
     print(lines[-1], flush=True)
