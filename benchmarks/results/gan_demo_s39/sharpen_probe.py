@@ -10,15 +10,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/
 from diag_recall import gaussian_blur, generated  # noqa: E402
 
-from attnorm.checkpoints import load_gan_generator  # noqa: E402
+from attnorm.checkpoints import DEFAULT_GAN_WEIGHTS, load_gan_generator  # noqa: E402
 from attnorm.data.procedural import ProceduralShapes  # noqa: E402
 from attnorm.metrics.extractors import get_extractor  # noqa: E402
 from attnorm.metrics.maths import feature_statistics, frechet_distance, precision_recall  # noqa: E402
-from attnorm.weights import __file__ as weights_init  # noqa: E402
 
 torch.set_num_threads(1)
 n = 2000
-path = sys.argv[1] if len(sys.argv) > 1 else str(Path(weights_init).with_name("gan_centred16.safetensors"))
+path = sys.argv[1] if len(sys.argv) > 1 else str(DEFAULT_GAN_WEIGHTS)
 ext = get_extractor("classifier")
 ref = ext.features(ProceduralShapes(32, 10, pose="centred", seed=0).get_batch(range(n))[0])
 m_ref, s_ref = feature_statistics(ref)
