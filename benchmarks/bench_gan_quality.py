@@ -1,13 +1,13 @@
 """GAN quality benchmark: train with a recipe for a wall-clock budget, then score it with `attnorm evaluate gan`.
 
-    python benchmarks/bench_gan_quality.py demo                      # `attnorm demo` as shipped (5 min), n=2000
+    python benchmarks/bench_gan_quality.py demo                      # `attnorm demo` as shipped (5 min, or 2000 steps where longer), n=2000
     python benchmarks/bench_gan_quality.py demo --minutes 5 --n 2000 --out bench_results/gan_demo
     python benchmarks/bench_gan_quality.py ckpt attnorm/weights/gan_procedural32.safetensors   # score a file
     python benchmarks/bench_gan_quality.py ckpt RUN/generator.safetensors --draws 5   # means of 5 draws, with spread
 
 What it runs (each a real command, so the numbers are what a user gets):
 
-1. ``demo``: ``attnorm demo --out OUT/run --minutes M`` on a fresh run folder (the shipped preset,
+1. ``demo``: ``attnorm demo --out OUT/run [--minutes M]`` on a fresh run folder (the shipped preset,
    the demo's default threads), then ``attnorm evaluate gan --ckpt OUT/run/generator.safetensors
    --metrics acc,pr,fid,kid --n N --floor``. ``ckpt``: only the evaluation, of the given checkpoint.
 2. The evaluation uses the shipped procedural-shapes classifier (features for FID/KID/PR, logits
@@ -86,7 +86,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["demo", "ckpt"])
     ap.add_argument("ckpt", nargs="?", help="checkpoint to score (what=ckpt)")
-    ap.add_argument("--minutes", type=float, default=5.0)
+    ap.add_argument("--minutes", type=float, default=None,
+                    help="demo: its --minutes (default: the demo's own budget, 5 min or 2000 steps where that is longer)")
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--draws", type=int, default=1,
                     help="score this many draws (`attnorm evaluate gan --draws`) and judge their means; "
@@ -103,7 +104,8 @@ def main(argv=None) -> int:
     if args.what == "demo":
         run = out / "run"
         if not args.reuse:
-            _run(exe + ["demo", "--out", str(run), "--minutes", str(args.minutes)] + args.demo_args.split())
+            minutes = [] if args.minutes is None else ["--minutes", str(args.minutes)]
+            _run(exe + ["demo", "--out", str(run)] + minutes + args.demo_args.split())
         ckpt = run / "generator.safetensors"  # the demo's EMA G with standing statistics (what drew samples.png)
     else:
         if not args.ckpt:

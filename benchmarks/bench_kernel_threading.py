@@ -56,6 +56,12 @@ def summarise(times: dict[bool, list[float]]) -> dict:
 
 
 def main(argv=None) -> int:
+    # this compares the kernels' two ways, also where they are off by default (built for AVX2)
+    with cpu_fused.cpu_kernels_enabled(True):
+        return _main(argv)
+
+
+def _main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="configs/gan_demo.json", help="a train-gan config file")
     ap.add_argument("--threads", type=int, default=2)

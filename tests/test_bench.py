@@ -214,7 +214,7 @@ def test_an_forward_backward_dispatches_few_ops():
     ops = {r["variant"]: r["dispatched_ops"] for r in report["results"]}
     assert ops["conv_in"] <= 20 and 100 <= ops["an"] <= 170, ops
     assert "aten ops per forward+backward" in bench.format_table(report)
-    if cpu_fused._load() is not None:  # the CPU kernels take the statistics and every pass over the map (82 ops)
+    if cpu_fused.active():  # the CPU kernels take the statistics and every pass over the map (82 ops)
         report = bench.run(sizes=(8,), batch=2, channels=16, entities=4, repeats=1, warmup=1, memory=False,
                            variants=("an",))
         assert report["results"][0]["dispatched_ops"] <= 90
@@ -376,5 +376,11 @@ def test_the_report_says_whether_the_cpu_kernels_ran():
         off = bench.run(**kw)
     assert off["config"]["cpu_kernels"] == "off" and "cpu_kernels=off" in bench.format_table(off)
     on = bench.run(**kw)["config"]["cpu_kernels"]
-    assert on == (f"on ({cpu_fused.status()['threading']})" if cpu_fused._load() is not None
-                  else f"unavailable ({cpu_fused.status()['failed']})")
+    if cpu_fused._load() is None:
+        assert on == f"unavailable ({cpu_fused.status()['failed']})"
+    elif cpu_fused.status()["wide"]:
+        assert on == f"on ({cpu_fused.status()['threading']})"
+    else:  # built for AVX2 or narrower: off unless asked for
+        assert on == f"off here ({cpu_fused.NARROW_REASON})"
+        with cpu_fused.cpu_kernels_enabled(True):
+            assert bench.run(**kw)["config"]["cpu_kernels"] == f"on ({cpu_fused.status()['threading']})"

@@ -46,3 +46,12 @@ def test_writes_both_ways_for_the_layer_and_a_training_step(tmp_path):
     assert rep["env"]["an_cpu_kernels"] == "on (openmp)"
     md = (out / "results.md").read_text()
     assert f"| {rep['step']['openmp_ms']:.2f} | {rep['step']['pool_ms']:.2f} | {rep['step']['openmp_over_pool']:.3f}" in md
+
+
+def test_the_benchmark_leaves_the_kernel_switch_as_it_found_it(monkeypatch):
+    bench = load_benchmark("bench_kernel_threading")
+    for before in (None, False):
+        monkeypatch.setitem(cpu_fused._STATE, "enabled", before)
+        seen = []
+        monkeypatch.setattr(bench, "_main", lambda argv: seen.append(cpu_fused._STATE["enabled"]) or 0)
+        assert bench.main([]) == 0 and seen == [True] and cpu_fused._STATE["enabled"] is before

@@ -136,7 +136,7 @@ def test_profile_reports_the_ops_that_make_up_the_difference(tmp_path):
     assert b["_AttentiveNormFn"]["calls"] == pytest.approx(4.0)
     # AN's products: its fused CPU kernels where they are built, else batched matrix products
     from attnorm.layers import cpu_fused
-    op = "attnorm::an_backward" if cpu_fused.status()["loaded"] else "aten::bmm"
+    op = "attnorm::an_backward" if cpu_fused.active() else "aten::bmm"
     assert a.get(op, {"ms": 0.0})["ms"] < b[op]["ms"]
     if op != "aten::bmm":
         assert b[op]["calls"] == pytest.approx(3.0)  # the backward of D's layer (D phase), of D's and G's (G phase)

@@ -13,6 +13,13 @@ needs_kernels = pytest.mark.skipif(cpu_fused._load() is None,
                                    reason=f"fused CPU kernels unavailable: {cpu_fused.status()['failed']}")
 
 
+@pytest.fixture(autouse=True)
+def _kernels_on_wherever_they_build(monkeypatch):
+    """These tests check what the kernels compute and how they split work, also on a machine where the
+    automatic choice leaves them off (built for AVX2: slower than the PyTorch path there)."""
+    monkeypatch.setitem(cpu_fused._STATE, "enabled", True)
+
+
 def _layer(c=16, n=6, seed=0, **kw):
     """The layer of the other layer tests in float32, its scale in [0.5, 1.5]: the two float32 paths' gradients
     are compared to 5e-5, and with a standard-normal scale query_bias's differed by more (c 8, 32x32)."""
@@ -320,3 +327,30 @@ def test_the_build_is_cached_per_machine_and_source(fresh_build):
 def shutil_which(name):
     import shutil
     return shutil.which(os.environ.get("CXX", name))
+
+
+@needs_kernels
+def test_the_library_reports_the_vectors_this_cpu_has_and_auto_uses_it_only_with_avx512(monkeypatch):
+    from pathlib import Path
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    path = cpu_fused.status()["path"]
+    if flags and path:
+        import re
+        if re.search(r"\bavx512f\b", flags) is None:  # no build for this CPU can target AVX-512
+            assert cpu_fused.status()["wide"] is False
+    x = torch.zeros(1)
+    for enabled, wide, want in ((None, True, True), (None, False, False), (True, False, True), (False, True, False)):
+        monkeypatch.setitem(cpu_fused._STATE, "enabled", enabled)
+        monkeypatch.setitem(cpu_fused._STATE, "wide", wide)
+        assert cpu_fused.active() is want
+        assert cpu_fused.usable(x.device, torch.float32, True, 16) is want
+        assert cpu_fused.summary() == (f"on ({cpu_fused.status()['threading']})" if want else
+                                       "off" if enabled is False else f"off here ({cpu_fused.NARROW_REASON})")
+
+
+def test_the_environment_switch_is_automatic_when_unset(monkeypatch):
+    monkeypatch.delenv("ATTNORM_CPU_KERNELS", raising=False)
+    assert cpu_fused._env_switch("ATTNORM_CPU_KERNELS") is None
+    for value, want in (("1", True), ("on", True), ("0", False), ("off", False)):
+        monkeypatch.setenv("ATTNORM_CPU_KERNELS", value)
+        assert cpu_fused._env_switch("ATTNORM_CPU_KERNELS") is want

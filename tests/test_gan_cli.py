@@ -12,6 +12,7 @@ from _cli import cli_error
 from attnorm import cli
 from attnorm.checkpoints import load_gan_generator as load_generator
 from attnorm.cli.common import CommandError, parse_classes
+from attnorm.training.loop import read_stats
 from attnorm.inference import interpolation_images, layout_figure, sample_images
 from attnorm.viz.grid import entity_usage, make_grid
 
@@ -266,3 +267,22 @@ def test_demo_takes_the_idle_cores_by_default(tmp_path, monkeypatch):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_demo_trains_on_to_its_minimum_steps_when_the_time_budget_ends_first(tmp_path, capsys):
+    from attnorm.cli import demo as demo_cli
+    parse = lambda *a: demo_cli.demo_budget(cli.command_parser("demo")[0].parse_args(list(a)))
+    assert parse() == (5.0, demo_cli.MIN_STEPS)  # as shipped: 5 min, or MIN_STEPS where that is longer
+    assert parse("--minutes", "2") == (2.0, 0)  # a budget the user asks for is kept
+    assert parse("--minutes", "2", "--min-steps", "40") == (2.0, 40)
+    assert parse("--min-steps", "0") == (5.0, 0) and parse("--steps", "10") == (5.0, 10)
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--out", str(out), "--minutes", "0.0001", "--min-steps", "3", "--threads", "1",
+                     "--no-pretrained", "ch=8", "batch_size=4", "procedural_classes=3", "procedural_length=64"]) == 0
+    printed = capsys.readouterr().out
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["steps"] == 3 and rep["stop_reason"] == "done"
+    assert rep["extended"]["budget_steps"] == 1 and rep["extended"]["min_steps"] == 3
+    assert "gave 1 steps on this machine" in printed and "trains on to 3 steps" in printed
+    assert "budget gave 1 steps, extended to 3" in (out / "report.md").read_text()
+    assert [r["step"] for r in read_stats(out / "stats.jsonl")][-1] == 3

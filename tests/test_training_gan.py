@@ -335,3 +335,58 @@ def test_share_fakes_keeps_the_phase_order_and_one_g_forward_per_step(tmp_path):
     stats = read_stats(tmp_path / "stats.jsonl")
     assert [r["step"] for r in stats] == [1, 2, 3] and all(math.isfinite(r["G/loss"]) for r in stats)
     assert all(r["G/grad_norm"] > 0 for r in stats)
+
+
+def test_init_g_starts_g_and_its_ema_from_a_file_and_d_warmup_keeps_g_fixed(tmp_path):
+    from attnorm.checkpoints import export_gan_generator
+    src = GANTraining(resolve_config(overrides=dict(TINY, steps=3, seed=5)), tmp_path / "src")
+    src.run()
+    exported = export_gan_generator(tmp_path / "src" / "checkpoints" / "latest.pt", tmp_path / "g.safetensors")
+    want = {k: v.clone() for k, v in load_generator(exported)[0].state_dict().items()}
+    # a run with another seed: without init_g its G would start elsewhere
+    cfg = resolve_config(overrides=dict(TINY, steps=4, seed=9, init_g=str(exported), d_warmup_steps=3))
+    run = GANTraining(cfg, tmp_path / "ft")
+    for k, v in run.G.state_dict().items():
+        assert torch.equal(v, want[k]), k
+    for k, v in run.ema.shadow.state_dict().items():
+        assert torch.equal(v, want[k]), k
+    d0 = {k: v.clone() for k, v in run.D.state_dict().items()}
+    after = []
+    run.loop.sample_fn, run.loop.sample_every = (lambda step: after.append(
+        (step, {k: v.detach().clone() for k, v in run.G.named_parameters()}))), 1
+    run.run()
+    stats = read_stats(tmp_path / "ft" / "stats.jsonl")
+    assert [("G/loss" in r) for r in stats] == [False, False, False, True]  # the G phase from step 4 only
+    for step, weights in after[:3]:  # D trained alone: G's weights are the file's
+        assert all(torch.equal(v, want[k]) for k, v in weights.items()), step
+    assert not all(torch.equal(v, want[k]) for k, v in after[3][1].items())  # then G trains
+    assert [step for step, _ in after] == [1, 2, 3, 4]
+    assert any(not torch.equal(v, d0[k]) for k, v in run.D.state_dict().items())  # D trained from step 1
+
+
+def test_init_g_refuses_a_generator_built_differently_in_one_line(tmp_path):
+    from attnorm.checkpoints import export_gan_generator
+    src = GANTraining(resolve_config(overrides=dict(TINY, steps=1)), tmp_path / "src")
+    src.run()
+    exported = export_gan_generator(tmp_path / "src" / "checkpoints" / "latest.pt", tmp_path / "g.safetensors")
+    with pytest.raises(ValueError, match=r"^init_g=.*g\.safetensors: that generator is built differently from this "
+                                         r"run's \(ch: run 16, file 8\)"):
+        GANTraining(resolve_config(overrides=dict(TINY, ch=16, init_g=str(exported))), tmp_path / "bad")
+    with pytest.raises(ValueError, match=r"^init_g: generator checkpoint .*missing\.safetensors not found$"):
+        GANTraining(resolve_config(overrides=dict(TINY, init_g=str(tmp_path / "missing.safetensors"))), tmp_path / "b2")
+
+
+def test_amp_forced_on_a_cpu_without_native_bf16_warns_once_in_one_line(tmp_path, monkeypatch, caplog):
+    from attnorm.training import config as training_config
+    for native, warned in ((False, True), (True, False)):
+        monkeypatch.setattr(training_config, "native_bf16_cpu", lambda native=native: native)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="attnorm.training.config"):
+            GANTraining(resolve_config(overrides=dict(TINY, amp=True)), tmp_path / str(native))
+        lines = [r.getMessage() for r in caplog.records if "native bf16" in r.getMessage()]
+        assert len(lines) == (1 if warned else 0) and all("amp=false" in m and "\n" not in m for m in lines)
+    caplog.clear()
+    monkeypatch.setattr(training_config, "native_bf16_cpu", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="attnorm.training.config"):
+        GANTraining(resolve_config(overrides=dict(TINY, amp=False)), tmp_path / "off")
+    assert not [r for r in caplog.records if "native bf16" in r.getMessage()]

@@ -28,6 +28,13 @@ STANDING_BATCHES = 200
 # session 39's (D's stddev in four channels) 2084-2351, eight seeds (benchmarks/results/gan_demo_s39/).
 MEASURED_STEPS = 2900
 
+# The fewest steps the demo trains when the five minutes give fewer and --minutes is not given (at most MAX_MINUTES of
+# training in all). At 2000 steps the preset's one-thread screens on session 39's AMD EPYC scored recall 0.325-0.394 and
+# accuracy 0.91-0.95 over four seeds (benchmarks/results/gan_demo_s39/); a 2-core AVX2 host without bf16 makes about
+# 620 steps in five minutes (session 40: accuracy 0.11, recall 0.07, the samples coloured noise).
+MIN_STEPS = 2000
+MAX_MINUTES = 30.0
+
 # The README's figures that slow_machine_note quotes (tests/test_gan_cli.py checks each is in the README).
 FAST_HOST = {"steps": ("2924", "3293"), "accuracy": "0.926", "recall": "0.334"}
 SLOW_HOST = {"steps": ("2084", "2351"), "accuracy": ("0.899", "0.962"), "recall": ("0.378", "0.480")}
@@ -48,9 +55,22 @@ def slow_machine_note(steps: int, seconds: float) -> str | None:
             f"on this machine.")
 
 
+def demo_budget(args: argparse.Namespace) -> tuple[float, int]:
+    """(minutes, min_steps): the time budget (5 without ``--minutes``) and the steps to train on to when it ends
+    first (``--min-steps``; without it MIN_STEPS when ``--minutes`` is not given, else 0), at most ``--steps``."""
+    minutes = 5.0 if args.minutes is None else args.minutes
+    min_steps = args.min_steps if args.min_steps is not None else (MIN_STEPS if args.minutes is None else 0)
+    return minutes, max(0, min(min_steps, args.steps))
+
+
 def demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="run folder (default: runs/demo-<time>)")
-    p.add_argument("--minutes", type=float, default=5.0, help="training time budget (stops early at --steps)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="training time budget (stops early at --steps); default 5, and where five minutes give fewer "
+                        f"than --min-steps steps the demo goes on to them (at most {MAX_MINUTES:g} minutes)")
+    p.add_argument("--min-steps", type=int, default=None,
+                   help=f"keep training to this many steps when the time budget ends first, up to {MAX_MINUTES:g} "
+                        f"minutes in all (default {MIN_STEPS} without --minutes, else 0: stop at the budget)")
     p.add_argument("--steps", type=int, default=4000, help="maximum training steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=positive_int, default=None,
@@ -66,7 +86,7 @@ def demo_arguments(p: argparse.ArgumentParser) -> None:
 def demo(args: argparse.Namespace) -> int:
     """Train the demo preset (AN generator, light conv D) on centred procedural shapes; write every figure.
 
-        attnorm demo                        # ~5 minutes on 2 CPU cores -> runs/demo-<time>/
+        attnorm demo                        # 5 minutes on 2 CPU cores, or 2000 steps where that is longer -> runs/demo-<time>/
         attnorm demo --out runs/demo --minutes 2
 
     The folder gets the training run (config.json, stats.jsonl, samples/, checkpoints/),
@@ -91,19 +111,32 @@ def demo(args: argparse.Namespace) -> int:
 
     out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     threads = args.threads or idle_cpu_threads()
+    minutes, min_steps = demo_budget(args)
     # The demo preset (DEMO_CONFIG: centred shapes, the light conv D) with a wall-clock budget.
-    overrides = {"steps": args.steps, "seed": args.seed, "max_seconds": args.minutes * 60, "threads": threads,
+    overrides = {"steps": args.steps, "seed": args.seed, "max_seconds": minutes * 60, "threads": threads,
                  "log_every": 50, "ckpt_every": 500, "sample_every": 500}
     overrides.update(parse_overrides(args.overrides))
     with user_errors():
         cfg = resolve_config(overrides=overrides, base=DEMO_CONFIG)
     print(f"demo: training the demo preset ({cfg['resolution']} px, ch {cfg['ch']}, attention {cfg['attention']!r}, "
-          f"D {cfg['d_arch']!r}) on {cfg['procedural_pose']} procedural shapes for up to {args.minutes:g} min, "
+          f"D {cfg['d_arch']!r}) on {cfg['procedural_pose']} procedural shapes for up to {minutes:g} min"
+          + (f" (or {min_steps} steps, at most {MAX_MINUTES:g} min)" if min_steps else "") + ", "
           f"{cfg['threads']} CPU thread{'s' if cfg['threads'] != 1 else ''}"
           f"{', bf16 autocast (native on this CPU)' if cfg['amp'] else ''} -> {out}")
     t0 = time.perf_counter()
     trainer = GANTraining(cfg, out)
     loop = trainer.run()
+    extended = None
+    if loop.stop_reason.startswith("time limit") and loop.step < min_steps:
+        budget = max(MAX_MINUTES, minutes) * 60
+        rate = loop.step / max(loop.elapsed, 1e-9)
+        extended = {"budget_steps": loop.step, "min_steps": min_steps, "max_seconds": budget}
+        print(f"demo: {minutes:g} min gave {loop.step} steps on this machine ({rate:.2f} steps/s); the preset needs "
+              f"about {min_steps} for class-correct samples, so it trains on to {min_steps} steps (about "
+              f"{math.ceil(min((min_steps - loop.step) / max(rate, 1e-9), budget - loop.elapsed) / 60)} more min, "
+              f"at most {budget / 60:g} in all; --min-steps 0 stops at the time budget)", flush=True)
+        loop.total_steps, loop.max_seconds = min_steps, budget
+        loop = trainer.run()  # continues in memory
     train_s = time.perf_counter() - t0
 
     ckpt = loop.checkpoint_path
@@ -130,6 +163,7 @@ def demo(args: argparse.Namespace) -> int:
 
     paths = figures(g, "")
     report: dict = {"steps": loop.step, "stop_reason": loop.stop_reason, "train_seconds": round(train_s, 1),
+                    "extended": extended,
                     "classes": classes, "generator": generator_file.name, "standing_batches": STANDING_BATCHES,
                     "config": cfg}
     pretrained = None
@@ -160,7 +194,9 @@ def demo(args: argparse.Namespace) -> int:
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
 
     lines = [f"# attnorm demo: {out}", "",
-             f"- trained {loop.step} steps in {train_s:.0f} s ({loop.stop_reason}); "
+             f"- trained {loop.step} steps in {train_s:.0f} s ({loop.stop_reason}"
+             + (f"; the {minutes:g}-minute budget gave {extended['budget_steps']} steps, extended to "
+                f"{extended['min_steps']}" if extended else "") + "); "
              f"{cfg['resolution']} px, ch {cfg['ch']}, batch {cfg['batch_size']}, "
              f"D {cfg['d_arch']!r}" + (f" (projection term {'on' if cfg['d_projection'] else 'off'})"
                                         if cfg['d_arch'] == "resblock" else "") + ", "

@@ -885,7 +885,19 @@ static void backward_range(long b0, long b1, long c, long n, long hw, const floa
 
 extern "C" {
 
-int an_abi_version() { return 4; }
+int an_abi_version() { return 5; }
+
+// The widest vector registers the compiler targeted, in bits: the 16-lane vectors above fill one
+// AVX-512 register; narrower ones split each into parts and spill (measured slower than torch there).
+int an_vector_bits() {
+#if defined(__AVX512F__)
+    return 512;
+#elif defined(__AVX__)
+    return 256;
+#else
+    return 128;
+#endif
+}
 
 // 1 where the library is built with OpenMP (an_forward / an_backward split the samples themselves).
 int an_openmp() {

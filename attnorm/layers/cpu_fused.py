@@ -13,7 +13,11 @@ The source is compiled once per machine by the system's C++ compiler (``$CXX`` o
 ``-O3 -march=native``, or without ``-march=native`` where the compiler refuses it) into
 ``$ATTNORM_CACHE_DIR/kernels`` (default ``~/.cache/attnorm/kernels``) and loaded with ctypes.
 Without a compiler, or if building fails, the layer keeps its PyTorch path (the reason is in
-:func:`status`). ``ATTNORM_CPU_KERNELS=0`` or :func:`cpu_kernels` (``False``) switches them off.
+:func:`status`). By default they run only where the compiler targeted 512-bit vectors (AVX-512): their
+16-lane vectors are split in two elsewhere, and on a 2-core AVX2 host (session 40) they took 3.6-7.5x
+the PyTorch path's time for the layer's forward + backward. ``ATTNORM_CPU_KERNELS=0`` or
+:func:`cpu_kernels` (``False``) switches them off everywhere, ``ATTNORM_CPU_KERNELS=1`` or
+:func:`cpu_kernels` (``True``) on everywhere they build.
 Samples are split across ``torch.get_num_threads()`` threads: in OpenMP's team where the library is
 built with ``-fopenmp`` and shares torch's OpenMP runtime (GCC's libgomp, which the Linux CPU wheels of
 torch bring), else in a pool of Python threads (slower at two threads or more: torch's idle OpenMP
@@ -40,7 +44,7 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("_cpu_kernels.cpp")
-ABI_VERSION = 4
+ABI_VERSION = 5
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=gnu++17")
 PORTABLE_FLAGS = tuple(f for f in FLAGS if f != "-march=native")  # where -march=native is refused
 OPENMP_FLAG = "-fopenmp"
@@ -52,15 +56,25 @@ def _env_on(name: str) -> bool:
 
 # "openmp": the loaded library can split samples in torch's OpenMP team; "openmp_wanted": the user's switch
 # (kernel_openmp); "threading": how the loaded library splits them, as reports say it when the switch is on
-_STATE = {"enabled": _env_on("ATTNORM_CPU_KERNELS"), "lib": None, "failed": None, "path": None, "openmp": False,
-          "openmp_wanted": _env_on("ATTNORM_CPU_KERNELS_OPENMP"), "threading": None}
+def _env_switch(name: str) -> bool | None:
+    """An environment switch: None where unset (the default), else on or off as :func:`_env_on` reads it."""
+    return _env_on(name) if os.environ.get(name, "").strip() else None
+
+
+# "enabled": None (auto: where the library was built for 512-bit vectors), True or False; "wide": the library
+# was built for them (known once loaded)
+_STATE = {"enabled": _env_switch("ATTNORM_CPU_KERNELS"), "lib": None, "failed": None, "path": None, "openmp": False,
+          "openmp_wanted": _env_on("ATTNORM_CPU_KERNELS_OPENMP"), "threading": None, "wide": None}
+NARROW_REASON = ("built for vectors narrower than AVX-512's, where the kernels ran slower than the PyTorch path; "
+                 "ATTNORM_CPU_KERNELS=1 uses them anyway")
 _LOCK = threading.Lock()
 _POOL: dict = {}
 
 
-def cpu_kernels(enabled: bool = True) -> None:
-    """Use the fused CPU kernels where they apply (the default) or not (``enabled=False``)."""
-    _STATE["enabled"] = bool(enabled)
+def cpu_kernels(enabled: bool | None = True) -> None:
+    """Use the fused CPU kernels wherever they build (``True``), nowhere (``False``), or where the
+    library was built for AVX-512's 512-bit vectors (``None``, the default)."""
+    _STATE["enabled"] = None if enabled is None else bool(enabled)
 
 
 def cpu_kernels_enabled(enabled: bool = True):
@@ -93,26 +107,36 @@ def _threading() -> str | None:
 
 
 def status() -> dict:
-    """``{"enabled", "loaded", "failed", "path", "threading"}``: whether the kernels are switched on,
-    built and loaded, why not (``failed``), the shared library's path, and how they split the samples
-    over threads (``"openmp"``: in torch's OpenMP team; ``"python threads (reason)"``)."""
+    """``{"enabled", "loaded", "failed", "path", "threading", "wide"}``: whether the kernels are switched
+    on (None: automatic), built and loaded, why not (``failed``), the shared library's path, how they
+    split the samples over threads (``"openmp"``: in torch's OpenMP team; ``"python threads (reason)"``),
+    and whether the library was built for 512-bit vectors (None until loaded)."""
     return {"enabled": _STATE["enabled"], "loaded": _STATE["lib"] is not None, "failed": _STATE["failed"],
-            "path": _STATE["path"], "threading": _threading()}
+            "path": _STATE["path"], "threading": _threading(), "wide": _STATE["wide"]}
+
+
+def active() -> bool:
+    """Whether the layer uses the kernels now (where they apply), building them on first call."""
+    if _STATE["enabled"] is False or _load() is None:
+        return False
+    return _STATE["enabled"] is True or bool(_STATE["wide"])
 
 
 def summary() -> str:
     """A few words for reports: ``on (openmp)`` / ``on (python threads (reason))`` (built and loaded,
-    building them if need be, and how samples are split over threads), ``off`` (switched off) or
-    ``unavailable (reason)``."""
-    if not _STATE["enabled"]:
+    building them if need be, and how samples are split over threads), ``off`` (switched off),
+    ``off here (reason)`` (automatic, on a machine where they are slower) or ``unavailable (reason)``."""
+    if _STATE["enabled"] is False:
         return "off"
-    return f"on ({_threading()})" if _load() is not None else f"unavailable ({_STATE['failed']})"
+    if _load() is None:
+        return f"unavailable ({_STATE['failed']})"
+    return f"on ({_threading()})" if active() else f"off here ({NARROW_REASON})"
 
 
 def _forget() -> None:
     """Forget the loaded library and any failure, so that the next use builds or loads again (tests)."""
     with _LOCK:
-        _STATE["lib"] = _STATE["failed"] = _STATE["path"] = _STATE["threading"] = None
+        _STATE["lib"] = _STATE["failed"] = _STATE["path"] = _STATE["threading"] = _STATE["wide"] = None
         _STATE["openmp"] = False
 
 
@@ -234,6 +258,7 @@ def _load():
             for name, args in _SIGNATURES.items():
                 fn = getattr(lib, name)
                 fn.argtypes, fn.restype = args, ctypes.c_int
+            wide = lib.an_vector_bits() >= 512
             openmp = bool(lib.an_openmp())
             if openmp and _openmp_runtimes() != runtimes:  # it brought a runtime of its own after all
                 openmp = False
@@ -247,7 +272,9 @@ def _load():
             _STATE["failed"] = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
             log.warning("attnorm: fused CPU kernels off: %s", _STATE["failed"])
             return None
-        _STATE["lib"], _STATE["path"], _STATE["openmp"] = lib, str(path), openmp
+        _STATE["lib"], _STATE["path"], _STATE["openmp"], _STATE["wide"] = lib, str(path), openmp, wide
+        if not wide and _STATE["enabled"] is None:
+            log.info("attnorm: fused CPU kernels off here: %s", NARROW_REASON)
         return lib
 
 
@@ -263,8 +290,8 @@ MAX_CHANNELS = 256
 def usable(device: torch.device, dtype: torch.dtype, algorithm1: bool, channels: int) -> bool:
     """Whether the kernels run a layer of ``channels`` channels computing in ``dtype`` on ``device``
     (building them on first use)."""
-    return (_STATE["enabled"] and device.type == "cpu" and dtype == torch.float32 and algorithm1
-            and channels <= MAX_CHANNELS and not torch.compiler.is_compiling() and _load() is not None)
+    return (_STATE["enabled"] is not False and device.type == "cpu" and dtype == torch.float32 and algorithm1
+            and channels <= MAX_CHANNELS and not torch.compiler.is_compiling() and active())
 
 
 def map_strides(t: Tensor) -> tuple[int, int, int] | None:

@@ -35,6 +35,7 @@ KEY_TYPES: dict[str, tuple] = {
     "sync_bn": (bool, None), "mask_kind": (str, None), "augment": (dict, None), "photos": (str, list),
     "amp": (bool, None), "channels_last": (bool, None), "ema_decay": (_NUMBER, None), "gamma": (_NUMBER, None),
     "hole_fill": (str, None), "compile": (str, None), "g_upsample": (str, list),
+    "init_g": (str, None),
 }
 #: torch.compile modes a run's ``compile`` key may name.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -100,7 +101,7 @@ def check_compile_mode(mode: str | None) -> None:
 MIN_VALUES: dict[str, float] = {
     "batch_size": 1, "steps": 1, "resolution": 1, "ch": 1, "d_ch": 1, "z_dim": 1, "num_entities": 1, "d_steps": 1,
     "procedural_classes": 1, "procedural_length": 1, "data_length": 1, "samples_per_class": 1, "sample_count": 1,
-    "threads": 1, "seed": 0, "log_every": 0, "ckpt_every": 0, "keep_every": 0, "sample_every": 0, "ema_start": 0, "warmup_steps": 0,
+    "threads": 1, "seed": 0, "log_every": 0, "ckpt_every": 0, "keep_every": 0, "sample_every": 0, "ema_start": 0, "warmup_steps": 0, "d_warmup_steps": 0,
     "g_class_embed": 0, "g_fourier": 0, "lr_g": 0, "lr_d": 0, "class_lr_mult": 0, "ortho_weight": 0, "max_seconds": 0,
     "ema_decay": 0, "width": 0, "critic_width": 0, "gan_weight": 0, "hole_weight": 0, "known_weight": 0,
     "coarse_weight": 0, "gp_weight": 0, "gamma": 0, "lr_final_fraction": 0, "lr_final_mult": 0,
@@ -317,6 +318,10 @@ class TaskRun:
         if cfg["threads"]:
             torch.set_num_threads(int(cfg["threads"]))
         use_triton(bool(cfg.get("triton")), self.device)  # .get: configs saved before the key existed
+        if cfg.get("amp") and self.device.type == "cpu" and not native_bf16_cpu():
+            log.warning("amp=true on a CPU without native bf16 (no avx512_bf16 / amx_bf16 in /proc/cpuinfo): "
+                        "emulated bf16 runs about 10x slower than float32 here; pass amp=false, or amp=null "
+                        "to use bf16 only where the CPU has it")
         torch.manual_seed(cfg["seed"])
         np.random.seed(cfg["seed"])
         return self.device

@@ -30,6 +30,7 @@ with its own batch and keeps its own running statistics (rank 0's are saved).
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,8 @@ from attnorm.losses.gan import HingeGANLoss, check_g_adversarial, check_relativi
 from attnorm.models.gan import D_ARCHS, Generator, build_gan, convert_distributed_batchnorm
 from attnorm.training.config import TaskRun, check_compile_mode, layered_config, native_bf16_cpu
 from attnorm.training.loop import EMA, Phase
+
+log = logging.getLogger(__name__)
 from attnorm.viz.grid import make_grid, save_image
 
 # The small CPU preset: 32 px, ch 16. It keeps the supplement's ResBlock G/D with AN and adds
@@ -114,6 +117,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "lecam": 0.0,            # weight of the LeCam regulariser on D's logits (0: off)
     "lecam_steps": 0,        # LeCam in the first this-many D phases only (0: throughout)
     "ortho_weight": 1e-3,
+    "init_g": None,          # start G (and its EMA) from this generator: an exported .safetensors or a train-gan checkpoint (its EMA)
+    "d_warmup_steps": 0,     # the first this-many steps train D alone (G fixed): a new D catches up with a trained G
     "ema_decay": 0.995,      # short CPU runs; the GPU configs use 0.9999 from step 20k
     "ema_start": 100,        # the EMA copies G for the first ema_start steps
     "seed": 0,
@@ -229,6 +234,26 @@ def make_dataset(cfg: dict):
                             length=cfg["procedural_length"], seed=cfg["seed"], pose=cfg["procedural_pose"])
 
 
+def init_generator(G: Generator, path: str | os.PathLike) -> None:
+    """Load the generator saved in ``path`` (an exported ``.safetensors`` file or a ``train-gan``
+    checkpoint's EMA generator, batch-norm statistics included) into the run's new ``G``. A file
+    whose generator is built differently is a one-line ValueError naming the keys that differ."""
+    from attnorm.checkpoints import load_gan_generator
+    from attnorm.errors import UserError
+    try:
+        src, _ = load_gan_generator(path)
+    except (UserError, FileNotFoundError) as exc:
+        raise ValueError(f"init_g: {exc}") from None
+    mine, theirs = G.get_config(), src.get_config()
+    if mine != theirs:
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        shown = ", ".join(f"{k}: run {mine.get(k)!r}, file {theirs.get(k)!r}" for k in diff[:4])
+        raise ValueError(f"init_g={path}: that generator is built differently from this run's ({shown}); "
+                         "give the run the same generator keys or another file")
+    G.load_state_dict(src.state_dict())
+    log.info("G starts from %s", path)
+
+
 def generator_param_groups(G: nn.Module, lr: float, class_lr_mult: float = 1.0) -> list[dict]:
     """Adam parameter groups: G's class-conditional tables (CBN gains/biases, class embedding)
     at ``lr * class_lr_mult``, everything else at ``lr``."""
@@ -279,6 +304,8 @@ class GANTraining(TaskRun):
                                    g_upsample=cfg.get("g_upsample") or "nearest", g_skip=bool(cfg.get("g_skip")),
                                    g_grain=float(cfg.get("g_grain") or 0.0),
                                    g_channel_mults=cfg.get("g_channel_mults"))
+        if cfg.get("init_g"):
+            init_generator(self.G, cfg["init_g"])
         sync_bn = cfg.get("sync_bn")  # .get: configs saved before the key existed
         if sync_bn is None:
             sync_bn = device.type == "cuda"
@@ -322,7 +349,7 @@ class GANTraining(TaskRun):
         self.z_fixed = fixed_latents(cfg, cfg["z_dim"])
         self.sample_classes = list(range(min(self.num_classes, 16)))
         phases = [Phase("D", self.D, self.opt_d, repeats=cfg["d_steps"]),
-                  Phase("G", self.G, self.opt_g, needs_data=False)]
+                  Phase("G", self.G, self.opt_g, needs_data=False, start_step=int(cfg.get("d_warmup_steps") or 0))]
         if cfg.get("reuse_fakes"):  # the D phase scores the fakes of the G phase before it
             phases.reverse()
         self.make_loop(phases, self.loss, self.dataset, self.ema,

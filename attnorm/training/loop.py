@@ -85,6 +85,8 @@ class Phase:
         optimizer: optimizer over ``module``'s parameters.
         repeats: runs per training step (e.g. D steps per G step).
         needs_data: draw a batch from the data stream for each run (else ``batch=None``).
+        start_step: the phase sits out the steps before this one (e.g. a new discriminator learns
+            against a fixed generator first); a resumed run counts from its saved step.
     """
 
     name: str
@@ -92,6 +94,7 @@ class Phase:
     optimizer: torch.optim.Optimizer
     repeats: int = 1
     needs_data: bool = True
+    start_step: int = 0
 
 
 class EMA:
@@ -505,6 +508,8 @@ class TrainingLoop:
         stats: dict[str, list[float]] = {}
         lr_mult = 1.0 if self.lr_schedule is None else float(self.lr_schedule(self.progress()))
         for phase in self.phases:
+            if self.step < phase.start_step:
+                continue
             self._set_trainable(phase.module)
             for _ in range(phase.repeats):
                 batch = self.data.next() if phase.needs_data else None
