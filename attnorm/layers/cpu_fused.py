@@ -14,8 +14,8 @@ The source is compiled once per machine by the system's C++ compiler (``$CXX`` o
 ``$ATTNORM_CACHE_DIR/kernels`` (default ``~/.cache/attnorm/kernels``) and loaded with ctypes.
 Without a compiler, or if building fails, the layer keeps its PyTorch path (the reason is in
 :func:`status`). By default they run only where the compiler targeted 512-bit vectors (AVX-512): their
-16-lane vectors are split in two elsewhere, and on a 2-core AVX2 host (session 40) they took 3.6-7.5x
-the PyTorch path's time for the layer's forward + backward. ``ATTNORM_CPU_KERNELS=0`` or
+16-lane vectors are split in two elsewhere, and on a 2-core AVX2 host (session 40) they took 4.2-4.5x
+the PyTorch path's time for the layer's forward + backward (b 32, c 32, 16x16 and 32x32). ``ATTNORM_CPU_KERNELS=0`` or
 :func:`cpu_kernels` (``False``) switches them off everywhere, ``ATTNORM_CPU_KERNELS=1`` or
 :func:`cpu_kernels` (``True``) on everywhere they build.
 Samples are split across ``torch.get_num_threads()`` threads: in OpenMP's team where the library is
@@ -54,15 +54,15 @@ def _env_on(name: str) -> bool:
     return os.environ.get(name, "1").strip().lower() not in ("0", "false", "off", "no")
 
 
-# "openmp": the loaded library can split samples in torch's OpenMP team; "openmp_wanted": the user's switch
-# (kernel_openmp); "threading": how the loaded library splits them, as reports say it when the switch is on
 def _env_switch(name: str) -> bool | None:
     """An environment switch: None where unset (the default), else on or off as :func:`_env_on` reads it."""
     return _env_on(name) if os.environ.get(name, "").strip() else None
 
 
 # "enabled": None (auto: where the library was built for 512-bit vectors), True or False; "wide": the library
-# was built for them (known once loaded)
+# was built for them (known once loaded); "openmp": the loaded library can split samples in torch's OpenMP team;
+# "openmp_wanted": the user's switch (kernel_openmp); "threading": how the loaded library splits them, as reports
+# say it when the switch is on
 _STATE = {"enabled": _env_switch("ATTNORM_CPU_KERNELS"), "lib": None, "failed": None, "path": None, "openmp": False,
           "openmp_wanted": _env_on("ATTNORM_CPU_KERNELS_OPENMP"), "threading": None, "wide": None}
 NARROW_REASON = ("built for vectors narrower than AVX-512's, where the kernels ran slower than the PyTorch path; "
@@ -77,7 +77,7 @@ def cpu_kernels(enabled: bool | None = True) -> None:
     _STATE["enabled"] = None if enabled is None else bool(enabled)
 
 
-def cpu_kernels_enabled(enabled: bool = True):
+def cpu_kernels_enabled(enabled: bool | None = True):
     """Context manager: :func:`cpu_kernels` (``enabled``) inside, the previous setting after."""
     from .regional import _switched
     return _switched(_STATE, cpu_kernels, enabled)
@@ -290,8 +290,8 @@ MAX_CHANNELS = 256
 def usable(device: torch.device, dtype: torch.dtype, algorithm1: bool, channels: int) -> bool:
     """Whether the kernels run a layer of ``channels`` channels computing in ``dtype`` on ``device``
     (building them on first use)."""
-    return (_STATE["enabled"] is not False and device.type == "cpu" and dtype == torch.float32 and algorithm1
-            and channels <= MAX_CHANNELS and not torch.compiler.is_compiling() and active())
+    return (device.type == "cpu" and dtype == torch.float32 and algorithm1 and channels <= MAX_CHANNELS
+            and not torch.compiler.is_compiling() and active())
 
 
 def map_strides(t: Tensor) -> tuple[int, int, int] | None:

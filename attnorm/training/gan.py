@@ -46,9 +46,9 @@ from attnorm.losses.gan import HingeGANLoss, check_g_adversarial, check_relativi
 from attnorm.models.gan import D_ARCHS, Generator, build_gan, convert_distributed_batchnorm
 from attnorm.training.config import TaskRun, check_compile_mode, layered_config, native_bf16_cpu
 from attnorm.training.loop import EMA, Phase
+from attnorm.viz.grid import make_grid, save_image
 
 log = logging.getLogger(__name__)
-from attnorm.viz.grid import make_grid, save_image
 
 # The small CPU preset: 32 px, ch 16. It keeps the supplement's ResBlock G/D with AN and adds
 # what learning within CPU minutes needs (issue 8; each is a config key, and the paper presets
