@@ -329,15 +329,26 @@ def shutil_which(name):
     return shutil.which(os.environ.get("CXX", name))
 
 
-@needs_kernels
-def test_the_library_reports_the_vectors_this_cpu_has_and_auto_uses_it_only_with_avx512(monkeypatch):
+def _cpu_flags() -> str:
     from pathlib import Path
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    path = cpu_fused.status()["path"]
-    if flags and path:
-        import re
-        if re.search(r"\bavx512f\b", flags) is None:  # no build for this CPU can target AVX-512
-            assert cpu_fused.status()["wide"] is False
+    return Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+
+
+def _has_flag(name: str) -> bool:
+    import re
+    return re.search(rf"\b{name}\b", _cpu_flags()) is not None
+
+
+@needs_kernels
+def test_the_library_reports_the_vectors_this_cpu_has_and_auto_uses_them_from_avx2(monkeypatch):
+    import platform
+    lib, bits = cpu_fused._load(), None
+    if platform.machine() in ("x86_64", "AMD64") and _cpu_flags() and "-march=native" in cpu_fused.FLAGS:
+        # what -march=native targets on this CPU, read from /proc/cpuinfo
+        bits = 512 if _has_flag("avx512f") else 256 if _has_flag("avx") else 128
+        if cpu_fused.status()["path"] and lib.an_vector_bits() != 128:  # (128: a portable build)
+            assert lib.an_vector_bits() == bits
+            assert cpu_fused.status()["wide"] is (bits >= 256)
     x = torch.zeros(1)
     for enabled, wide, want in ((None, True, True), (None, False, False), (True, False, True), (False, True, False)):
         monkeypatch.setitem(cpu_fused._STATE, "enabled", enabled)
@@ -354,3 +365,33 @@ def test_the_environment_switch_is_automatic_when_unset(monkeypatch):
     for value, want in (("1", True), ("on", True), ("0", False), ("off", False)):
         monkeypatch.setenv("ATTNORM_CPU_KERNELS", value)
         assert cpu_fused._env_switch("ATTNORM_CPU_KERNELS") is want
+
+
+@pytest.mark.parametrize("extra, bits", [(("-mno-avx512f",), 256), (("-march=x86-64", "-mtune=generic"), 128)])
+def test_the_8_float_and_128_bit_builds_match_the_pytorch_path(fresh_build, monkeypatch, extra, bits):
+    """The kernels' 8-float vectors (AVX2: 8x8 transposes of a channels-last map, smaller register blocks) and a
+    build for plain x86-64 (SSE2) compute what the PyTorch path computes wherever the suite runs on an x86 CPU
+    with AVX2; the automatic setting uses the first and leaves the second off."""
+    import platform
+    if shutil_which("c++") is None or platform.machine() not in ("x86_64", "AMD64") or not _has_flag("avx2"):
+        pytest.skip("needs an x86 CPU with AVX2 and a compiler")
+    monkeypatch.setattr(cpu_fused, "FLAGS", cpu_fused.FLAGS + extra)
+    monkeypatch.setitem(cpu_fused._STATE, "enabled", None)
+    lib = cpu_fused._load()
+    assert lib is not None and cpu_fused.status()["failed"] is None
+    assert lib.an_vector_bits() == bits and cpu_fused.status()["wide"] is (bits >= 256)
+    assert cpu_fused.active() is (bits >= 256)
+    cpu_fused._STATE["enabled"] = True
+    for shape, channels_last in (((2, 16, 23, 23), True), ((2, 24, 5, 7), True), ((3, 8, 9, 9), False)):
+        b, c, h, w = shape
+        layer = _layer(c=c, self_sampling=True)
+        x, gy = _inputs(b, c, h, w, channels_last)
+        layout_grad = torch.randn(b, layer.num_entities, h, w, generator=torch.Generator().manual_seed(3))
+        calls = _count_calls(monkeypatch)
+        fused = _run(layer, x, gy, True, layout_grad=layout_grad)
+        assert calls == ["forward", "backward"]
+        torch_path = _run(layer, x, gy, False, layout_grad=layout_grad)
+        for a, ref in zip(fused[:3], torch_path[:3]):
+            assert _close(a, ref, 2e-5)
+        for k in torch_path[3]:
+            assert _close(fused[3][k], torch_path[3][k], 5e-5), k

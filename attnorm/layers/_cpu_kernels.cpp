@@ -6,7 +6,7 @@
 // channels-last input was copied to and from NCHW. Here each sample's map is walked in chunks of
 // pixels that stay in cache:
 // every product of one chunk is done by two register-blocked micro-kernels ("expand": a small matrix
-// times a chunk of map rows; "reduce": sums over the chunk's pixels in 16 lanes, added in double), the
+// times a chunk of map rows; "reduce": sums over the chunk's pixels in vector lanes, added in double), the
 // elementwise steps run on the chunk in between, and a channels-last map is read and written in its
 // own layout. The maths is the layer's (attentive._AttentiveNormFn, variance "algorithm1"):
 //   fwd1: [logits; Vc] = W X + bias, S = softmax_n(logits), S2 = S^2, Vv = Vc^2,
@@ -20,7 +20,8 @@
 // stats_backward). Two entry points, an_forward and an_backward, run a whole direction for a range of
 // samples, split over `threads` threads of OpenMP's team where the library is built with OpenMP (see
 // over_samples). Compiled at first use by the system's C++ compiler (GCC or Clang vector extensions; one
-// 16-float vector type, lowered to whatever SIMD the machine has) and called through ctypes.
+// vector type of 16 floats for AVX-512 or 8 elsewhere, lowered to whatever SIMD the machine has) and called
+// through ctypes.
 
 #include <algorithm>
 #include <cfloat>
@@ -32,10 +33,56 @@
 #include <omp.h>
 #endif
 
-typedef float vf __attribute__((vector_size(64)));
-typedef float vfu __attribute__((vector_size(64), aligned(4)));
-typedef int32_t vi __attribute__((vector_size(64)));
-static const long LANES = 16;
+// One vector type as wide as the machine's registers: 16 floats where the compiler targets AVX-512, else 8
+// (AVX2's ymm registers; two halves on SSE or NEON). Built with 16-float vectors for AVX2, each vector split
+// in two and the register blocks below (sized for AVX-512's 32 registers) spilled: 4.2-4.5x the PyTorch
+// path's time there (session 40).
+#if defined(__AVX512F__)
+#define VBYTES 64
+#else
+#define VBYTES 32
+#endif
+typedef float vf __attribute__((vector_size(VBYTES)));
+typedef float vfu __attribute__((vector_size(VBYTES), aligned(4)));
+typedef int32_t vi __attribute__((vector_size(VBYTES)));
+static const long LANES = VBYTES / 4;
+
+// Register blocks of the micro-kernels below, in rows x vectors of pixels: their accumulators and the map
+// vectors they reuse fit AVX-512's 32 registers, or AVX2's 16 (overridable with -D for timing).
+#if VBYTES == 64
+#ifndef EXPAND_MR
+#define EXPAND_MR 4  // expand: 4 x 4 accumulators, 4 map vectors
+#endif
+#ifndef EXPAND_NV
+#define EXPAND_NV 4
+#endif
+#ifndef GV_MR
+#define GV_MR 4  // gv_rows: 4 rows x 6 accumulators, 4 map vectors
+#endif
+#ifndef GS_MR
+#define GS_MR 4  // gs_rows: 4 rows x 4 accumulators, 4 map vectors
+#endif
+#ifndef REDUCE_MI
+#define REDUCE_MI 4  // reduce: 4 x 4 accumulators, 8 map vectors
+#endif
+#else
+#ifndef EXPAND_MR
+#define EXPAND_MR 4  // 4 x 2 accumulators, 2 map vectors
+#endif
+#ifndef EXPAND_NV
+#define EXPAND_NV 2
+#endif
+#ifndef GV_MR
+#define GV_MR 1  // 6 accumulators, 4 map vectors
+#endif
+#ifndef GS_MR
+#define GS_MR 2  // 2 x 4 accumulators, 4 map vectors
+#endif
+#ifndef REDUCE_MI
+#define REDUCE_MI 2  // 2 x 4 accumulators, 6 map vectors
+#endif
+#endif
+#define REDUCE_NJ 4
 
 static inline vf ld(const float* p) { return *(const vfu*)p; }
 static inline void st(float* p, vf v) { *(vfu*)p = v; }
@@ -46,17 +93,21 @@ static inline vf bc(float s) { return vf{} + s; }
 #endif
 #endif
 
-// The sum of a vector's 16 lanes, in double (a tree of shuffles where the compiler has them).
+// The sum of a vector's lanes, in double (a tree of shuffles where the compiler has them).
 static inline double hsum(vf v) {
 #ifdef HAVE_SHUFFLE
     typedef float v8 __attribute__((vector_size(32)));
     typedef float v4 __attribute__((vector_size(16)));
+#if VBYTES == 64
     v8 h = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+#else
+    v8 h = v;
+#endif
     v4 q = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
     return ((double)q[0] + q[1]) + ((double)q[2] + q[3]);
 #else
     double t = 0.0;
-    for (int l = 0; l < 16; ++l) t += v[l];
+    for (int l = 0; l < LANES; ++l) t += v[l];
     return t;
 #endif
 }
@@ -65,6 +116,8 @@ static inline double hsum(vf v) {
 // every multiply-add that uses it (one load per FMA), which measured load-bound.
 #if defined(__GNUC__) && defined(__AVX512F__)
 #define keep(v) __asm__("" : "+v"(v))
+#elif defined(__GNUC__) && defined(__AVX__)
+#define keep(v) __asm__("" : "+x"(v))
 #else
 #define keep(v) (void)0
 #endif
@@ -96,35 +149,32 @@ static inline vf vexp(vf x) {
 // ------------------------------------------------------------------------------ micro-kernels
 // expand: Y[r][p] = init[r][p] + sum_k A[r][k] X[k][p]  for r < M, p < P, where init is
 // add[r][p] (when add is given) or bias[r] (when given) or 0, plus Y's own value when acc.
-template <int MR>
+template <int MR, int NV>
 static inline void expand_rows(long K, long P, const float* A, long lda, const float* X, long ldx,
                                float* Y, long ldy, const float* add, long ldadd, const float* bias, bool acc) {
     long p = 0;
-    for (; p + 4 * LANES <= P; p += 4 * LANES) {
-        vf s[MR][4];
+    for (; p + NV * LANES <= P; p += NV * LANES) {
+        vf s[MR][NV];
         for (int i = 0; i < MR; ++i)
-            for (int v = 0; v < 4; ++v) {
+            for (int v = 0; v < NV; ++v) {
                 vf init = add ? ld(add + i * ldadd + p + v * LANES) : bc(bias ? bias[i] : 0.f);
                 if (acc) init += ld(Y + i * ldy + p + v * LANES);
                 s[i][v] = init;
             }
         for (long k = 0; k < K; ++k) {
             const float* xr = X + k * ldx + p;
-            vf x0 = ld(xr), x1 = ld(xr + LANES), x2 = ld(xr + 2 * LANES), x3 = ld(xr + 3 * LANES);
-            keep(x0);
-            keep(x1);
-            keep(x2);
-            keep(x3);
+            vf xv[NV];
+            for (int v = 0; v < NV; ++v) {
+                xv[v] = ld(xr + v * LANES);
+                keep(xv[v]);
+            }
             for (int i = 0; i < MR; ++i) {
                 vf w = bc(A[i * lda + k]);
-                s[i][0] += w * x0;
-                s[i][1] += w * x1;
-                s[i][2] += w * x2;
-                s[i][3] += w * x3;
+                for (int v = 0; v < NV; ++v) s[i][v] += w * xv[v];
             }
         }
         for (int i = 0; i < MR; ++i)
-            for (int v = 0; v < 4; ++v) st(Y + i * ldy + p + v * LANES, s[i][v]);
+            for (int v = 0; v < NV; ++v) st(Y + i * ldy + p + v * LANES, s[i][v]);
     }
     for (; p + LANES <= P; p += LANES) {
         vf s[MR];
@@ -152,11 +202,11 @@ static void expand(long M, long K, long P, const float* A, long lda, const float
                    float* Y, long ldy, const float* add = nullptr, long ldadd = 0,
                    const float* bias = nullptr, bool acc = false) {
     long r = 0;
-    for (; r + 4 <= M; r += 4)
-        expand_rows<4>(K, P, A + r * lda, lda, X, ldx, Y + r * ldy, ldy, add ? add + r * ldadd : nullptr, ldadd,
-                       bias ? bias + r : nullptr, acc);
+    for (; r + EXPAND_MR <= M; r += EXPAND_MR)
+        expand_rows<EXPAND_MR, EXPAND_NV>(K, P, A + r * lda, lda, X, ldx, Y + r * ldy, ldy, add ? add + r * ldadd : nullptr,
+                                          ldadd, bias ? bias + r : nullptr, acc);
     for (; r < M; ++r)
-        expand_rows<1>(K, P, A + r * lda, lda, X, ldx, Y + r * ldy, ldy, add ? add + r * ldadd : nullptr, ldadd,
+        expand_rows<1, EXPAND_NV>(K, P, A + r * lda, lda, X, ldx, Y + r * ldy, ldy, add ? add + r * ldadd : nullptr, ldadd,
                        bias ? bias + r : nullptr, acc);
 }
 
@@ -260,7 +310,7 @@ static inline void gs_rows(long K, long P, const float* GU, const float* GR, con
 }
 
 // reduce: Z[i][j] += sum_{p < P} X[i][p] Y[j][p] for i < M, j < N (Z in double: each chunk's sums are
-// summed across their 16 lanes and added in double).
+// summed across their lanes and added in double).
 template <int MI, int NJ>
 static inline void reduce_block(long P, const float* X, long ldx, const float* Y, long ldy, double* Z, long ldz) {
     vf s[MI][NJ];
@@ -290,14 +340,16 @@ static inline void reduce_block(long P, const float* X, long ldx, const float* Y
 
 static void reduce(long M, long N, long P, const float* X, long ldx, const float* Y, long ldy, double* Z, long ldz) {
     long i = 0;
-    for (; i + 4 <= M; i += 4) {
+    for (; i + REDUCE_MI <= M; i += REDUCE_MI) {
         long j = 0;
-        for (; j + 4 <= N; j += 4) reduce_block<4, 4>(P, X + i * ldx, ldx, Y + j * ldy, ldy, Z + i * ldz + j, ldz);
-        for (; j < N; ++j) reduce_block<4, 1>(P, X + i * ldx, ldx, Y + j * ldy, ldy, Z + i * ldz + j, ldz);
+        for (; j + REDUCE_NJ <= N; j += REDUCE_NJ)
+            reduce_block<REDUCE_MI, REDUCE_NJ>(P, X + i * ldx, ldx, Y + j * ldy, ldy, Z + i * ldz + j, ldz);
+        for (; j < N; ++j) reduce_block<REDUCE_MI, 1>(P, X + i * ldx, ldx, Y + j * ldy, ldy, Z + i * ldz + j, ldz);
     }
     for (; i < M; ++i) {
         long j = 0;
-        for (; j + 4 <= N; j += 4) reduce_block<1, 4>(P, X + i * ldx, ldx, Y + j * ldy, ldy, Z + i * ldz + j, ldz);
+        for (; j + REDUCE_NJ <= N; j += REDUCE_NJ)
+            reduce_block<1, REDUCE_NJ>(P, X + i * ldx, ldx, Y + j * ldy, ldy, Z + i * ldz + j, ldz);
         for (; j < N; ++j) reduce_block<1, 1>(P, X + i * ldx, ldx, Y + j * ldy, ldy, Z + i * ldz + j, ldz);
     }
 }
@@ -328,10 +380,11 @@ struct Map {
 };
 
 #ifdef HAVE_SHUFFLE
+#define SHUF(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#if VBYTES == 64
 // In-register transpose of a 16 x 16 block: r[i] lane j -> r[j] lane i. Stage d swaps bit d of
 // the vector index with bit d of the lane index, pairing r[v] and r[v + d].
-#define SHUF(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
-static inline void transpose16(vf* r) {
+static inline void transpose_block(vf* r) {
     for (int v = 0; v < 16; ++v)
         if (!(v & 1)) {
             vf a = r[v], b = r[v + 1];
@@ -356,6 +409,28 @@ static inline void transpose16(vf* r) {
         r[v + 8] = SHUF(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
     }
 }
+#else
+// The same for an 8 x 8 block, in three stages.
+static inline void transpose_block(vf* r) {
+    for (int v = 0; v < 8; ++v)
+        if (!(v & 1)) {
+            vf a = r[v], b = r[v + 1];
+            r[v] = SHUF(a, b, 0, 8, 2, 10, 4, 12, 6, 14);
+            r[v + 1] = SHUF(a, b, 1, 9, 3, 11, 5, 13, 7, 15);
+        }
+    for (int v = 0; v < 8; ++v)
+        if (!(v & 2)) {
+            vf a = r[v], b = r[v + 2];
+            r[v] = SHUF(a, b, 0, 1, 8, 9, 4, 5, 12, 13);
+            r[v + 2] = SHUF(a, b, 2, 3, 10, 11, 6, 7, 14, 15);
+        }
+    for (int v = 0; v < 4; ++v) {
+        vf a = r[v], b = r[v + 4];
+        r[v] = SHUF(a, b, 0, 1, 2, 3, 8, 9, 10, 11);
+        r[v + 4] = SHUF(a, b, 4, 5, 6, 7, 12, 13, 14, 15);
+    }
+}
+#endif
 #endif
 
 // rows k < K, pixels [p0, p0 + P) of sample b: a pointer and its row stride
@@ -368,14 +443,14 @@ static inline const float* chunk_in(const Map& m, long b, long K, long p0, long 
     }
     long p = 0;
 #ifdef HAVE_SHUFFLE
-    if (m.sk == 1) {  // pixel-major: 16 x 16 blocks through registers
+    if (m.sk == 1) {  // pixel-major: LANES x LANES blocks through registers
         for (; p + LANES <= P; p += LANES) {
             long k = 0;
             for (; k + LANES <= K; k += LANES) {
-                vf r[16];
-                for (int i = 0; i < 16; ++i) r[i] = ld(src + (p + i) * m.sp + k);
-                transpose16(r);
-                for (int j = 0; j < 16; ++j) st(buf + (k + j) * P + p, r[j]);
+                vf r[LANES];
+                for (int i = 0; i < LANES; ++i) r[i] = ld(src + (p + i) * m.sp + k);
+                transpose_block(r);
+                for (int j = 0; j < LANES; ++j) st(buf + (k + j) * P + p, r[j]);
             }
             for (; k < K; ++k)
                 for (long q = p; q < p + LANES; ++q) buf[k * P + q] = src[q * m.sp + k];
@@ -395,10 +470,10 @@ static inline void chunk_out(float* base, long sb, long sk, long sp, long b, lon
         for (; p + LANES <= P; p += LANES) {
             long k = 0;
             for (; k + LANES <= K; k += LANES) {
-                vf r[16];
-                for (int j = 0; j < 16; ++j) r[j] = ld(buf + (k + j) * P + p);
-                transpose16(r);
-                for (int i = 0; i < 16; ++i) st(dst + (p + i) * sp + k, r[i]);
+                vf r[LANES];
+                for (int j = 0; j < LANES; ++j) r[j] = ld(buf + (k + j) * P + p);
+                transpose_block(r);
+                for (int i = 0; i < LANES; ++i) st(dst + (p + i) * sp + k, r[i]);
             }
             for (; k < K; ++k)
                 for (long q = p; q < p + LANES; ++q) dst[q * sp + k] = buf[k * P + q];
@@ -620,8 +695,8 @@ static void bwd2_pass(long b, long c, long n, long hw, const float* gy, long gsb
             const float* gab = ga + b * c * n;
             const float* db = delta + b * c;
             long i = 0;
-            for (; i + 4 <= c; i += 4)
-                gv_rows<4>(n, P, n, pb + i * n, n, gmb + i * 2 * n, 2 * n, gab + i * n, n, S + p0, hw, s2, P,
+            for (; i + GV_MR <= c; i += GV_MR)
+                gv_rows<GV_MR>(n, P, n, pb + i * n, n, gmb + i * 2 * n, 2 * n, gab + i * n, n, S + p0, hw, s2, P,
                            Gc + i * ldg, ldg, VC + p0 + i * hw, hw, db + i, GV + i * P, P);
             for (; i < c; ++i)
                 gv_rows<1>(n, P, n, pb + i * n, n, gmb + i * 2 * n, 2 * n, gab + i * n, n, S + p0, hw, s2, P,
@@ -634,8 +709,8 @@ static void bwd2_pass(long b, long c, long n, long hw, const float* gy, long gsb
             const float* gtb = gtotal + b * n;
             const float* gs2b = gs2 + b * n;
             long j = 0;
-            for (; j + 4 <= n; j += 4)
-                gs_rows<4>(c, P, gmTb + j * c, gmTb + (n + j) * c, gaTb + j * c, c, VC + p0, hw, GS + p0 + j * hw,
+            for (; j + GS_MR <= n; j += GS_MR)
+                gs_rows<GS_MR>(c, P, gmTb + j * c, gmTb + (n + j) * c, gaTb + j * c, c, VC + p0, hw, GS + p0 + j * hw,
                            hw, S + p0 + j * hw, hw, gtb + j, gs2b + j, gl ? gl + j * hw : nullptr, hw,
                            gsc + j * P, P);
             for (; j < n; ++j)
@@ -887,8 +962,9 @@ extern "C" {
 
 int an_abi_version() { return 5; }
 
-// The widest vector registers the compiler targeted, in bits: the 16-lane vectors above fill one
-// AVX-512 register; narrower ones split each into parts and spill (measured slower than torch there).
+// The widest vector registers the compiler targeted, in bits: 512 (AVX-512: vectors of 16 floats), 256
+// (AVX, AVX2: 8 floats) or 128 (SSE, NEON: each 8-float vector split in two; measured 6-12x slower than
+// torch's path there, so cpu_fused leaves the kernels off by default).
 int an_vector_bits() {
 #if defined(__AVX512F__)
     return 512;

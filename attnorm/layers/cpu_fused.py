@@ -13,11 +13,14 @@ The source is compiled once per machine by the system's C++ compiler (``$CXX`` o
 ``-O3 -march=native``, or without ``-march=native`` where the compiler refuses it) into
 ``$ATTNORM_CACHE_DIR/kernels`` (default ``~/.cache/attnorm/kernels``) and loaded with ctypes.
 Without a compiler, or if building fails, the layer keeps its PyTorch path (the reason is in
-:func:`status`). By default they run only where the compiler targeted 512-bit vectors (AVX-512): their
-16-lane vectors are split in two elsewhere, and on a 2-core AVX2 host (session 40) they took 4.2-4.5x
-the PyTorch path's time for the layer's forward + backward (b 32, c 32, 16x16 and 32x32). ``ATTNORM_CPU_KERNELS=0`` or
-:func:`cpu_kernels` (``False``) switches them off everywhere, ``ATTNORM_CPU_KERNELS=1`` or
-:func:`cpu_kernels` (``True``) on everywhere they build.
+:func:`status`). Their vectors are as wide as the registers the compiler targets: 16 floats for AVX-512,
+8 elsewhere, with register blocks sized for 32 or 16 registers. By default they run where the compiler
+targeted 256-bit vectors or wider (AVX2, AVX-512): with 128-bit ones only (a build for plain x86-64's SSE2;
+NEON) they took 6-12x the PyTorch path's time (session 41). On a 2-core AVX2 host the 8-float build takes
+0.66-0.77x the PyTorch path's time for the layer's forward + backward (b 32, c 32, 16x16 and 32x32; its
+16-float build, before session 41, took 4.2-4.5x). ``ATTNORM_CPU_KERNELS=0`` or :func:`cpu_kernels`
+(``False``) switches them off everywhere, ``ATTNORM_CPU_KERNELS=1`` or :func:`cpu_kernels` (``True``) on
+everywhere they build.
 Samples are split across ``torch.get_num_threads()`` threads: in OpenMP's team where the library is
 built with ``-fopenmp`` and shares torch's OpenMP runtime (GCC's libgomp, which the Linux CPU wheels of
 torch bring), else in a pool of Python threads (slower at two threads or more: torch's idle OpenMP
@@ -59,21 +62,22 @@ def _env_switch(name: str) -> bool | None:
     return _env_on(name) if os.environ.get(name, "").strip() else None
 
 
-# "enabled": None (auto: where the library was built for 512-bit vectors), True or False; "wide": the library
-# was built for them (known once loaded); "openmp": the loaded library can split samples in torch's OpenMP team;
+# "enabled": None (auto: where the library was built for 256-bit vectors or wider), True or False; "wide": the
+# library was built for them (known once loaded); "openmp": the loaded library can split samples in torch's OpenMP team;
 # "openmp_wanted": the user's switch (kernel_openmp); "threading": how the loaded library splits them, as reports
 # say it when the switch is on
 _STATE = {"enabled": _env_switch("ATTNORM_CPU_KERNELS"), "lib": None, "failed": None, "path": None, "openmp": False,
           "openmp_wanted": _env_on("ATTNORM_CPU_KERNELS_OPENMP"), "threading": None, "wide": None}
-NARROW_REASON = ("built for vectors narrower than AVX-512's, where the kernels ran slower than the PyTorch path; "
-                 "ATTNORM_CPU_KERNELS=1 uses them anyway")
+WIDE_BITS = 256  # the automatic setting runs the kernels where the library's vectors are at least this wide
+NARROW_REASON = ("built for 128-bit vectors (no AVX2 or AVX-512), where the kernels ran 6-12x slower than the "
+                 "PyTorch path; ATTNORM_CPU_KERNELS=1 uses them anyway")
 _LOCK = threading.Lock()
 _POOL: dict = {}
 
 
 def cpu_kernels(enabled: bool | None = True) -> None:
     """Use the fused CPU kernels wherever they build (``True``), nowhere (``False``), or where the
-    library was built for AVX-512's 512-bit vectors (``None``, the default)."""
+    library was built for 256-bit vectors or wider, AVX2's or AVX-512's (``None``, the default)."""
     _STATE["enabled"] = None if enabled is None else bool(enabled)
 
 
@@ -110,7 +114,7 @@ def status() -> dict:
     """``{"enabled", "loaded", "failed", "path", "threading", "wide"}``: whether the kernels are switched
     on (None: automatic), built and loaded, why not (``failed``), the shared library's path, how they
     split the samples over threads (``"openmp"``: in torch's OpenMP team; ``"python threads (reason)"``),
-    and whether the library was built for 512-bit vectors (None until loaded)."""
+    and whether the library was built for vectors of ``WIDE_BITS`` (256) bits or more (None until loaded)."""
     return {"enabled": _STATE["enabled"], "loaded": _STATE["lib"] is not None, "failed": _STATE["failed"],
             "path": _STATE["path"], "threading": _threading(), "wide": _STATE["wide"]}
 
@@ -258,7 +262,7 @@ def _load():
             for name, args in _SIGNATURES.items():
                 fn = getattr(lib, name)
                 fn.argtypes, fn.restype = args, ctypes.c_int
-            wide = lib.an_vector_bits() >= 512
+            wide = lib.an_vector_bits() >= WIDE_BITS
             openmp = bool(lib.an_openmp())
             if openmp and _openmp_runtimes() != runtimes:  # it brought a runtime of its own after all
                 openmp = False
