@@ -1,7 +1,15 @@
 """Shared test settings."""
 
-import pytest
-import torch
+import os
+
+# The suite runs in one worker per core (pytest-xdist, pyproject.toml). A test that runs torch on two threads then
+# shares the cores with the other workers, and OpenMP's default of spinning at every barrier made such tests 5-7x
+# slower (the demo's idle-core test: 3.6 s alone, 26 s beside another worker); sleeping threads cost little.
+# Set before torch (and its OpenMP runtime) load; subprocesses inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -51,3 +59,4 @@ def inpaint_gen(tmp_path_factory):
     torch.manual_seed(0)
     save_inpaint_generator(path, InpaintGenerator(width=0.125, num_entities=4))
     return path
+

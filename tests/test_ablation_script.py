@@ -11,6 +11,9 @@ from attnorm.training.gan import GANTraining, resolve_config
 ablation = load_benchmark("ablation_gan")
 
 
+pytestmark = pytest.mark.benchmarks  # a benchmark script's test: `python -m pytest -m benchmarks` (pyproject.toml)
+
+
 def _default_config_file():
     return ablation.build_parser().parse_args([]).config
 

@@ -7,6 +7,9 @@ import pytest
 from _scripts import load_benchmark
 
 
+pytestmark = pytest.mark.benchmarks  # a benchmark script's test: `python -m pytest -m benchmarks` (pyproject.toml)
+
+
 def test_the_timed_ops_compose_the_layers_output_and_are_all_reported(tmp_path):
     ops = load_benchmark("bench_an_ops")
     out = tmp_path / "res"

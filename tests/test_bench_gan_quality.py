@@ -4,6 +4,9 @@ import pytest
 from _scripts import load_benchmark
 
 
+pytestmark = pytest.mark.benchmarks  # a benchmark script's test: `python -m pytest -m benchmarks` (pyproject.toml)
+
+
 def _script():
     return load_benchmark("bench_gan_quality")
 

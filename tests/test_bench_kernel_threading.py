@@ -14,6 +14,9 @@ needs_openmp = pytest.mark.skipif(cpu_fused._load() is None or not cpu_fused._ST
                                   reason=f"the kernels do not split samples in OpenMP here: {cpu_fused.summary()}")
 
 
+pytestmark = pytest.mark.benchmarks  # a benchmark script's test: `python -m pytest -m benchmarks` (pyproject.toml)
+
+
 def test_alternate_times_each_way_with_its_threading_set_and_restores_it():
     bench = load_benchmark("bench_kernel_threading")
     before = cpu_fused._STATE["openmp_wanted"]

@@ -9,7 +9,8 @@ import torch
 from _scripts import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.skipif(not (REPO / ".git").exists(), reason="needs a git checkout")
+pytestmark = [pytest.mark.skipif(not (REPO / ".git").exists(), reason="needs a git checkout"),
+              pytest.mark.benchmarks]  # a benchmark script's test: `python -m pytest -m benchmarks` (pyproject.toml)
 
 
 def test_loads_the_revisions_layer_as_a_separate_package(tmp_path):

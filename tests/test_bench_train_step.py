@@ -10,6 +10,9 @@ import torch
 from _scripts import load_benchmark
 
 
+pytestmark = pytest.mark.benchmarks  # a benchmark script's test: `python -m pytest -m benchmarks` (pyproject.toml)
+
+
 def test_times_both_layouts_and_reports_the_median_ratio(tmp_path):
     bench = load_benchmark("bench_train_step")
     out = tmp_path / "out"

@@ -229,11 +229,18 @@ def test_kernels_apply_to_narrow_float32_cpu_layers_with_algorithm1_only():
     assert cpu_fused.usable(cpu, torch.float32, True, 16)
 
 
+SHIPPED_FLAGS = cpu_fused.FLAGS
+
+
 @pytest.fixture
 def fresh_build(monkeypatch, tmp_path):
-    """A process state in which the kernels are built (or not) again, into ``tmp_path``."""
+    """A process state in which the kernels are built (or not) again, into ``tmp_path``; at -O1, which compiles in
+    a third of -O3's time (1.5 s against 4.3 s on a 2-core EPYC): these tests are about how the library is built,
+    found and loaded, and what it computes, which -O3 only makes faster."""
     saved = dict(cpu_fused._STATE)
     monkeypatch.setenv("ATTNORM_CACHE_DIR", str(tmp_path))
+    for name in ("FLAGS", "PORTABLE_FLAGS"):
+        monkeypatch.setattr(cpu_fused, name, tuple("-O1" if f == "-O3" else f for f in getattr(cpu_fused, name)))
     cpu_fused._forget()
     yield tmp_path
     cpu_fused._STATE.update(saved)
@@ -375,7 +382,9 @@ def test_the_8_float_and_128_bit_builds_match_the_pytorch_path(fresh_build, monk
     import platform
     if shutil_which("c++") is None or platform.machine() not in ("x86_64", "AMD64") or not _has_flag("avx2"):
         pytest.skip("needs an x86 CPU with AVX2 and a compiler")
-    monkeypatch.setattr(cpu_fused, "FLAGS", cpu_fused.FLAGS + extra)
+    if bits == 256 and not _has_flag("avx512f"):
+        pytest.skip("the native build is the 8-float one here, which every other test in this file runs")
+    monkeypatch.setattr(cpu_fused, "FLAGS", SHIPPED_FLAGS + extra)  # -O3, as shipped: what the compiler vectorises
     monkeypatch.setitem(cpu_fused._STATE, "enabled", None)
     lib = cpu_fused._load()
     assert lib is not None and cpu_fused.status()["failed"] is None

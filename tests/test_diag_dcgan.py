@@ -3,8 +3,12 @@
 import json
 
 import numpy as np
+import pytest
 
 from _scripts import load_benchmark
+
+
+pytestmark = pytest.mark.benchmarks  # a benchmark script's test: `python -m pytest -m benchmarks` (pyproject.toml)
 
 
 def test_variants_flat_background_and_canonical_pose():

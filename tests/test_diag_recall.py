@@ -11,6 +11,9 @@ from scipy import ndimage
 from _scripts import load_benchmark
 
 
+pytestmark = pytest.mark.benchmarks  # a benchmark script's test: `python -m pytest -m benchmarks` (pyproject.toml)
+
+
 def test_blur_matches_scipy_and_tints_keep_luminance_structure():
     diag = load_benchmark("diag_recall")
     x = torch.rand(2, 3, 17, 13, dtype=torch.float64) * 2 - 1

@@ -256,29 +256,25 @@ def test_idle_cpu_threads_counts_the_cores_busy_now_not_the_load_average(monkeyp
     assert config.idle_cpu_threads() == want
 
 
-def test_demo_takes_the_idle_cores_by_default(tmp_path, monkeypatch):
+def test_the_demo_trains_on_to_its_minimum_steps_when_the_time_budget_ends_first(tmp_path, capsys, monkeypatch):
+    """... and, without --threads, on the cores that are idle (idle_cpu_threads, here made to say 2)."""
+    from attnorm.cli import demo as demo_cli
     from attnorm.training import config
     monkeypatch.setattr(config, "idle_cpu_threads", lambda: 2)
     before = torch.get_num_threads()
-    try:
-        assert cli.main(["demo", "--out", str(tmp_path / "d"), "--steps", "1", "--minutes", "1", "--no-pretrained",
-                         "ch=8", "batch_size=4", "procedural_classes=3", "procedural_length=64"]) == 0
-        assert json.loads((tmp_path / "d" / "config.json").read_text())["threads"] == 2
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
-
-
-def test_the_demo_trains_on_to_its_minimum_steps_when_the_time_budget_ends_first(tmp_path, capsys):
-    from attnorm.cli import demo as demo_cli
     parse = lambda *a: demo_cli.demo_budget(cli.command_parser("demo")[0].parse_args(list(a)))
     assert parse() == (5.0, demo_cli.MIN_STEPS)  # as shipped: 5 min, or MIN_STEPS where that is longer
     assert parse("--minutes", "2") == (2.0, 0)  # a budget the user asks for is kept
     assert parse("--minutes", "2", "--min-steps", "40") == (2.0, 40)
     assert parse("--min-steps", "0") == (5.0, 0) and parse("--steps", "10") == (5.0, 10)
     out = tmp_path / "demo"
-    assert cli.main(["demo", "--out", str(out), "--minutes", "0.0001", "--min-steps", "3", "--threads", "1",
-                     "--no-pretrained", "ch=8", "batch_size=4", "procedural_classes=3", "procedural_length=64"]) == 0
+    try:
+        assert cli.main(["demo", "--out", str(out), "--minutes", "0.0001", "--min-steps", "3", "--no-pretrained",
+                         "ch=8", "batch_size=4", "procedural_classes=3", "procedural_length=64"]) == 0
+        assert json.loads((out / "config.json").read_text())["threads"] == 2
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
     printed = capsys.readouterr().out
     rep = json.loads((out / "report.json").read_text())
     assert rep["steps"] == 3 and rep["stop_reason"] == "done"

@@ -8,6 +8,9 @@ import pytest
 from _scripts import load_benchmark
 
 
+pytestmark = pytest.mark.benchmarks  # a benchmark script's test: `python -m pytest -m benchmarks` (pyproject.toml)
+
+
 def test_break_even_is_the_extra_first_calls_over_the_saving_per_call():
     tc = load_benchmark("gpu_triton_cost")
     eager = {"first_s": 0.020, "second_s": 0.010, "steady_s": 0.010}

@@ -20,6 +20,9 @@ def test_ci_runs_the_readme_test_command():
     assert test_cmd, "README must give a test command"
     ci = (ROOT / ".ci" / "run").read_text()
     assert test_cmd[0] in ci
+    # and then the benchmark scripts' tests, which the default run leaves out (pyproject.toml's addopts)
+    assert ci.rstrip().splitlines()[-1] == "python -m pytest -m benchmarks"
+    assert "-m 'not benchmarks'" in (ROOT / "pyproject.toml").read_text()
 
 
 def _readme_commands(files=("README.md",)):

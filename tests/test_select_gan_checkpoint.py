@@ -12,6 +12,9 @@ from attnorm.checkpoints import load_gan_generator
 from attnorm.evaluation.gan import evaluate_gan
 
 
+pytestmark = pytest.mark.benchmarks  # a benchmark script's test: `python -m pytest -m benchmarks` (pyproject.toml)
+
+
 @pytest.fixture(scope="module")
 def kept_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("kept_run")
