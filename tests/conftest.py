@@ -59,4 +59,3 @@ def inpaint_gen(tmp_path_factory):
     torch.manual_seed(0)
     save_inpaint_generator(path, InpaintGenerator(width=0.125, num_entities=4))
     return path
-

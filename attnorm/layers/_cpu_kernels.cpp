@@ -203,11 +203,11 @@ static void expand(long M, long K, long P, const float* A, long lda, const float
                    const float* bias = nullptr, bool acc = false) {
     long r = 0;
     for (; r + EXPAND_MR <= M; r += EXPAND_MR)
-        expand_rows<EXPAND_MR, EXPAND_NV>(K, P, A + r * lda, lda, X, ldx, Y + r * ldy, ldy, add ? add + r * ldadd : nullptr,
-                                          ldadd, bias ? bias + r : nullptr, acc);
+        expand_rows<EXPAND_MR, EXPAND_NV>(K, P, A + r * lda, lda, X, ldx, Y + r * ldy, ldy,
+                                          add ? add + r * ldadd : nullptr, ldadd, bias ? bias + r : nullptr, acc);
     for (; r < M; ++r)
-        expand_rows<1, EXPAND_NV>(K, P, A + r * lda, lda, X, ldx, Y + r * ldy, ldy, add ? add + r * ldadd : nullptr, ldadd,
-                       bias ? bias + r : nullptr, acc);
+        expand_rows<1, EXPAND_NV>(K, P, A + r * lda, lda, X, ldx, Y + r * ldy, ldy, add ? add + r * ldadd : nullptr,
+                                  ldadd, bias ? bias + r : nullptr, acc);
 }
 
 // gv_rows (bwd2's value gradient, rows i < M = c, k < K = n), in one pass over the chunk:
