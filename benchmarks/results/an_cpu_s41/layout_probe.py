@@ -1,3 +1,8 @@
+"""Which convolutions of gan_cpu_small's G and D get an input (forward) or output gradient (backward) that is not
+channels-last, with attention "none" and "an", over two training steps (session 41; results in README.md here).
+
+    OMP_NUM_THREADS=1 python benchmarks/results/an_cpu_s41/layout_probe.py
+"""
 import json, tempfile, torch
 from torch import nn
 from attnorm.training.gan import GANTraining, resolve_config
