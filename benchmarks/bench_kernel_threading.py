@@ -56,7 +56,7 @@ def summarise(times: dict[bool, list[float]]) -> dict:
 
 
 def main(argv=None) -> int:
-    # this compares the kernels' two ways, also where they are off by default (built for AVX2)
+    # this compares the kernels' two ways, also where they are off by default (built for 128-bit vectors)
     with cpu_fused.cpu_kernels_enabled(True):
         return _main(argv)
 

@@ -4,7 +4,8 @@ import os
 
 # The suite runs in one worker per core (pytest-xdist, pyproject.toml). A test that runs torch on two threads then
 # shares the cores with the other workers, and OpenMP's default of spinning at every barrier made such tests 5-7x
-# slower (the demo's idle-core test: 3.6 s alone, 26 s beside another worker); sleeping threads cost little.
+# slower (a demo run on the idle cores, now in tests/test_gan_cli.py's min-steps test: 3.6 s alone, 26 s beside
+# another worker); sleeping threads cost little.
 # Set before torch (and its OpenMP runtime) load; subprocesses inherit it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

@@ -380,7 +380,7 @@ def test_the_report_says_whether_the_cpu_kernels_ran():
         assert on == f"unavailable ({cpu_fused.status()['failed']})"
     elif cpu_fused.status()["wide"]:
         assert on == f"on ({cpu_fused.status()['threading']})"
-    else:  # built for AVX2 or narrower: off unless asked for
+    else:  # built for 128-bit vectors: off unless asked for
         assert on == f"off here ({cpu_fused.NARROW_REASON})"
         with cpu_fused.cpu_kernels_enabled(True):
             assert bench.run(**kw)["config"]["cpu_kernels"] == f"on ({cpu_fused.status()['threading']})"

@@ -16,7 +16,7 @@ needs_kernels = pytest.mark.skipif(cpu_fused._load() is None,
 @pytest.fixture(autouse=True)
 def _kernels_on_wherever_they_build(monkeypatch):
     """These tests check what the kernels compute and how they split work, also on a machine where the
-    automatic choice leaves them off (built for AVX2: slower than the PyTorch path there)."""
+    automatic choice leaves them off (built for 128-bit vectors: slower than the PyTorch path there)."""
     monkeypatch.setitem(cpu_fused._STATE, "enabled", True)
 
 
@@ -391,12 +391,13 @@ def test_the_8_float_and_128_bit_builds_match_the_pytorch_path(fresh_build, monk
     assert lib.an_vector_bits() == bits and cpu_fused.status()["wide"] is (bits >= 256)
     assert cpu_fused.active() is (bits >= 256)
     cpu_fused._STATE["enabled"] = True
+    calls = _count_calls(monkeypatch)
     for shape, channels_last in (((2, 16, 23, 23), True), ((2, 24, 5, 7), True), ((3, 8, 9, 9), False)):
         b, c, h, w = shape
         layer = _layer(c=c, self_sampling=True)
         x, gy = _inputs(b, c, h, w, channels_last)
         layout_grad = torch.randn(b, layer.num_entities, h, w, generator=torch.Generator().manual_seed(3))
-        calls = _count_calls(monkeypatch)
+        calls.clear()
         fused = _run(layer, x, gy, True, layout_grad=layout_grad)
         assert calls == ["forward", "backward"]
         torch_path = _run(layer, x, gy, False, layout_grad=layout_grad)
